@@ -1,0 +1,1 @@
+//! Strata's native backend (placeholder while it is written).
