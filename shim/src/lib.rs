@@ -1,1 +1,3 @@
 //! strata shim library
+
+pub mod check;
