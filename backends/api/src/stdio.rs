@@ -20,10 +20,8 @@ use crate::{Error, Result, StdioPaths};
 /// The ends a process is given, and the shim's handles on its streams.
 #[derive(Default)]
 pub struct ProcessIo {
-    /// What the process gets as fd 0, 1 and 2 (None: inherit /dev/null).
-    pub stdin: Option<OwnedFd>,
-    pub stdout: Option<OwnedFd>,
-    pub stderr: Option<OwnedFd>,
+    /// What the process gets as fd 0, 1 and 2 (None: inherit the shim's /dev/null).
+    pass: Mutex<[Option<OwnedFd>; 3]>,
     stdin_writer: Arc<Mutex<Option<File>>>,
     console: Arc<Mutex<Option<File>>>,
     output_copier: Mutex<Option<JoinHandle<()>>>,
@@ -74,18 +72,24 @@ fn spawn_stdin_copier(path: String, sink: Arc<Mutex<Option<File>>>) {
 impl ProcessIo {
     /// Opens the streams for a process without a terminal.
     pub fn pipes(paths: &StdioPaths) -> Result<ProcessIo> {
-        let mut io = ProcessIo {
-            stdout: open_output(&paths.stdout)?,
-            stderr: open_output(&paths.stderr)?,
-            ..Default::default()
-        };
+        let io = ProcessIo::default();
+        {
+            let mut pass = io.pass.lock().unwrap();
+            pass[1] = open_output(&paths.stdout)?;
+            pass[2] = open_output(&paths.stderr)?;
+        }
         if !paths.stdin.is_empty() {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            io.stdin = Some(r);
+            io.pass.lock().unwrap()[0] = Some(r);
             *io.stdin_writer.lock().unwrap() = Some(File::from(w));
             spawn_stdin_copier(paths.stdin.clone(), io.stdin_writer.clone());
         }
         Ok(io)
+    }
+
+    /// Takes the end the process gets as fd `which` (0, 1 or 2), to hand to the runtime.
+    pub fn take_fd(&self, which: usize) -> Option<OwnedFd> {
+        self.pass.lock().unwrap().get_mut(which).and_then(Option::take)
     }
 
     /// Starts copying between a process's pty master and its FIFOs.

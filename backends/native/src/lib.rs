@@ -1,1 +1,152 @@
-//! Strata's native backend (placeholder while it is written).
+//! Strata's `native` tier: a container made of Linux namespaces, cgroups (v1, v2 and the
+//! hybrid of both), capabilities, seccomp, masked paths and the default device set, created
+//! by youki's `libcontainer` from the OCI spec, in the manner of runc and crun.
+//!
+//! This crate never execs runc and knows nothing of containerd or ttrpc. Containers are kept
+//! under a state root (`/run/strata/native/<namespace>` by default) so that a later shim
+//! process, or the `delete` action after a killed shim, can find and remove them.
+#![deny(unsafe_code)]
+
+mod cgroup;
+mod container;
+mod oom;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
+
+pub use container::Container;
+
+/// Where native containers keep their state unless configured otherwise.
+pub const DEFAULT_STATE_ROOT: &str = "/run/strata/native";
+
+/// The native tier.
+pub struct NativeBackend {
+    state_root: PathBuf,
+    events: EventSink,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl NativeBackend {
+    /// A backend keeping state under `state_root` and reporting exits and OOMs to `events`.
+    pub fn new(state_root: impl Into<PathBuf>, events: EventSink) -> Self {
+        NativeBackend {
+            state_root: state_root.into(),
+            events,
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+
+    fn root_for(&self, namespace: &str) -> PathBuf {
+        self.state_root.join(sanitize(namespace))
+    }
+
+    /// Removes whatever a container left behind when its shim died: kills its processes,
+    /// removes its cgroup and its state. Used by the shim's `delete` action.
+    pub fn cleanup_orphan(state_root: &Path, namespace: &str, id: &str) -> Result<()> {
+        container::cleanup_orphan(&state_root.join(sanitize(namespace)), id)
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect()
+}
+
+impl Backend for NativeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
+    }
+
+    fn create(&self, opts: CreateOpts) -> Result<u32> {
+        let id = opts.id.clone();
+        {
+            let map = self.containers.lock().unwrap();
+            if map.contains_key(&id) {
+                return Err(Error::AlreadyExists(format!("container {id}")));
+            }
+        }
+        let root = self.root_for(&opts.namespace);
+        let c = Container::create(&root, opts, self.events.clone())?;
+        let pid = c.init_pid();
+        let mut map = self.containers.lock().unwrap();
+        if map.contains_key(&id) {
+            drop(map);
+            let _ = c.destroy();
+            return Err(Error::AlreadyExists(format!("container {id}")));
+        }
+        map.insert(id, c);
+        Ok(pid)
+    }
+
+    fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
+        let c = self.get(id)?;
+        match exec_id {
+            None => c.start(),
+            Some(e) => c.start_exec(e),
+        }
+    }
+
+    fn exec(&self, opts: ExecOpts) -> Result<()> {
+        self.get(&opts.container_id)?.add_exec(opts)
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        self.get(id)?.kill(exec_id, signal, all)
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        let c = self.get(id)?;
+        match exec_id {
+            Some(e) => c.delete_exec(e),
+            None => {
+                c.destroy()?;
+                self.containers.lock().unwrap().remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        self.get(id)?.cgroup().pids()
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.get(id)?.cgroup().freeze(true)
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.get(id)?.cgroup().freeze(false)
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        self.get(id)?.cgroup().stats()
+    }
+
+    fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.get(id)?.cgroup().update(resources)
+    }
+
+    fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {
+        self.get(id)?.with_io(exec_id, |io| io.resize(width, height))
+    }
+
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        self.get(id)?.with_io(exec_id, |io| {
+            io.close_stdin();
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! Strata's configuration (TOML) and the choice of backend for a container.
+//!
+//! Looked up in this order: the `ConfigPath` of the runtime options containerd passes
+//! (`ctr run --runtime-config-path`, or a CRI runtime handler's options), then
+//! `/etc/strata/config.toml`, then built-in defaults. The `strata.dev/backend` annotation
+//! may pick any tier in `allowed_backends`, and nothing else: a pod can never move itself to
+//! a tier its RuntimeClass does not allow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use strata_backend::BackendKind;
+
+/// The pod annotation that picks a backend.
+pub const BACKEND_ANNOTATION: &str = "strata.dev/backend";
+/// CRI's annotation naming the pod sandbox a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation on the pod's own annotations copied onto its containers.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// Where the configuration lives when containerd names none.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/strata/config.toml";
+
+/// What went wrong reading the configuration or choosing a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read strata config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("strata config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("annotation {BACKEND_ANNOTATION}={value:?} names no backend; allowed backends: {allowed}")]
+    UnknownBackend { value: String, allowed: String },
+    #[error("annotation {BACKEND_ANNOTATION}={value:?} is not allowed by this runtime's configuration; allowed backends: {allowed}")]
+    NotAllowed { value: String, allowed: String },
+}
+
+/// The parsed configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The tier used when no annotation picks one.
+    #[serde(default = "default_backend")]
+    pub default_backend: BackendKind,
+    /// The tiers an annotation may pick.
+    #[serde(default = "all_backends")]
+    pub allowed_backends: Vec<BackendKind>,
+    /// Where native containers keep their state.
+    #[serde(default)]
+    pub state_root: Option<PathBuf>,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Native
+}
+
+fn all_backends() -> Vec<BackendKind> {
+    BackendKind::ALL.to_vec()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_backend: default_backend(),
+            allowed_backends: all_backends(),
+            state_root: None,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        if !cfg.allowed_backends.contains(&cfg.default_backend) {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "default_backend {:?} is not in allowed_backends [{}]",
+                    cfg.default_backend.as_str(),
+                    list(&cfg.allowed_backends)
+                ),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Loads from `config_path` if given (it must exist), else the default path if it
+    /// exists, else built-in defaults.
+    pub fn load(config_path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match config_path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                if !p.exists() {
+                    return Ok(Config::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text, &path)
+    }
+
+    /// The tier for a container with these annotations.
+    pub fn choose(&self, annotations: &HashMap<String, String>) -> Result<BackendKind, ConfigError> {
+        let Some(value) = annotations.get(BACKEND_ANNOTATION) else {
+            return Ok(self.default_backend);
+        };
+        let allowed = list(&self.allowed_backends);
+        let kind: BackendKind = value.parse().map_err(|_| ConfigError::UnknownBackend {
+            value: value.clone(),
+            allowed: allowed.clone(),
+        })?;
+        if !self.allowed_backends.contains(&kind) {
+            return Err(ConfigError::NotAllowed {
+                value: value.clone(),
+                allowed,
+            });
+        }
+        Ok(kind)
+    }
+}
+
+fn list(kinds: &[BackendKind]) -> String {
+    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(v: &str) -> HashMap<String, String> {
+        HashMap::from([(BACKEND_ANNOTATION.to_string(), v.to_string())])
+    }
+
+    #[test]
+    fn defaults_without_file_or_annotation() {
+        let c = Config::default();
+        assert_eq!(c.choose(&HashMap::new()).unwrap(), BackendKind::Native);
+        assert_eq!(c.choose(&ann("wasm")).unwrap(), BackendKind::Wasm);
+    }
+
+    #[test]
+    fn annotation_cannot_leave_allowed_set() {
+        let c = Config::parse(
+            "default_backend = \"microvm\"\nallowed_backends = [\"microvm\", \"sentry\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.choose(&HashMap::new()).unwrap(), BackendKind::Microvm);
+        assert_eq!(c.choose(&ann("sentry")).unwrap(), BackendKind::Sentry);
+        let e = c.choose(&ann("native")).unwrap_err().to_string();
+        assert!(e.contains("not allowed") && e.contains("microvm, sentry"), "{e}");
+        let e = c.choose(&ann("bogus")).unwrap_err().to_string();
+        assert!(e.contains("names no backend") && e.contains("microvm, sentry"), "{e}");
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let e = Config::parse("default_backend = 3", Path::new("/etc/s.toml")).unwrap_err();
+        assert!(e.to_string().contains("/etc/s.toml"), "{e}");
+        let e = Config::parse("default_backend = \"gvisor\"", Path::new("a")).unwrap_err();
+        assert!(e.to_string().contains("not valid"), "{e}");
+        let e = Config::parse("colour = 1", Path::new("a")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = Config::parse(
+            "default_backend = \"wasm\"\nallowed_backends = [\"native\"]",
+            Path::new("a"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not in allowed_backends"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/strata.toml"))).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}

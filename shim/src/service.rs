@@ -1,0 +1,663 @@
+//! The shim v2 task service: containerd's 17 task RPCs over the backends.
+//!
+//! The service keeps, per container, the state containerd asks about (pid, status, exit
+//! status and time) and raises the task events; backends do the work and report exits and
+//! OOM kills through an [`EventSink`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::shim::shim::*;
+use containerd_shim::protos::shim_sync::Task;
+use containerd_shim::protos::topics::*;
+use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
+use containerd_shim::ExitSignal;
+use strata_backend::{
+    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, StdioPaths,
+};
+use strata_native::NativeBackend;
+
+use crate::bootstrap::{BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE};
+use crate::config::{Config, CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
+use crate::events::Events;
+
+/// The current time as a protobuf timestamp.
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+/// Maps a backend error to the ttrpc code containerd and kubelet act on.
+pub fn to_ttrpc(e: Error) -> ttrpc::Error {
+    let code = match &e {
+        Error::NotFound(_) => Code::NOT_FOUND,
+        Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        Error::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+        Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+        Error::Unsupported { .. } | Error::Unavailable { .. } => Code::UNIMPLEMENTED,
+        Error::Io { .. } | Error::Other(_) => Code::UNKNOWN,
+    };
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+}
+
+fn err(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Created,
+    Running,
+    Stopped,
+}
+
+struct ProcState {
+    pid: u32,
+    phase: Phase,
+    exit_status: u32,
+    exited_at: Option<Timestamp>,
+}
+
+/// A process as containerd sees it.
+struct Proc {
+    stdio: StdioPaths,
+    st: Mutex<ProcState>,
+    exited: Condvar,
+}
+
+impl Proc {
+    fn new(stdio: StdioPaths, pid: u32) -> Arc<Proc> {
+        Arc::new(Proc {
+            stdio,
+            st: Mutex::new(ProcState {
+                pid,
+                phase: Phase::Created,
+                exit_status: 0,
+                exited_at: None,
+            }),
+            exited: Condvar::new(),
+        })
+    }
+}
+
+/// A container held by this shim.
+struct Ctr {
+    id: String,
+    bundle: PathBuf,
+    kind: BackendKind,
+    backend: Arc<dyn Backend>,
+    /// Held across Start (and its event) and across exit handling, so that /tasks/start
+    /// is always queued before /tasks/exit.
+    lifecycle: Mutex<()>,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    paused: Mutex<bool>,
+}
+
+impl Ctr {
+    fn proc(&self, exec_id: &str) -> ttrpc::Result<Arc<Proc>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} in container {} not found", self.id)))
+    }
+}
+
+struct Inner {
+    namespace: String,
+    events: Events,
+    containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    native: OnceLock<Arc<NativeBackend>>,
+    exit: Arc<ExitSignal>,
+}
+
+/// containerd's task service, over Strata's backends.
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+fn opt(exec_id: &str) -> Option<&str> {
+    if exec_id.is_empty() {
+        None
+    } else {
+        Some(exec_id)
+    }
+}
+
+impl TaskService {
+    pub fn new(namespace: String, events: Events, exit: Arc<ExitSignal>) -> TaskService {
+        TaskService {
+            inner: Arc::new(Inner {
+                namespace,
+                events,
+                containers: Mutex::new(HashMap::new()),
+                native: OnceLock::new(),
+                exit,
+            }),
+        }
+    }
+
+    /// Waits for queued events to reach containerd (before the shim exits).
+    pub fn flush_events(&self) {
+        self.inner.events.flush();
+    }
+
+    fn sink(&self) -> EventSink {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Arc::new(move |ev| {
+            if let Some(inner) = weak.upgrade() {
+                Inner::on_backend_event(&inner, ev);
+            }
+        })
+    }
+
+    fn backend(&self, kind: BackendKind, cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
+        match kind {
+            BackendKind::Native => {
+                let b = self.inner.native.get_or_init(|| {
+                    let root = cfg
+                        .state_root
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT));
+                    Arc::new(NativeBackend::new(root, self.sink()))
+                });
+                Ok(b.clone())
+            }
+            other => Err(Error::Unavailable {
+                backend: other,
+                reason: "this build of Strata does not include it yet; use the native backend".into(),
+            }),
+        }
+    }
+
+    fn ctr(&self, id: &str) -> ttrpc::Result<Arc<Ctr>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("container {id} not found")))
+    }
+
+    /// The tier of the pod this container belongs to, if its sandbox runs in this shim.
+    fn pod_backend(&self, annotations: &HashMap<String, String>) -> Option<BackendKind> {
+        if annotations.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) != Some("container") {
+            return None;
+        }
+        let sandbox = annotations.get(SANDBOX_ID_ANNOTATION)?;
+        self.inner
+            .containers
+            .lock()
+            .unwrap()
+            .get(sandbox)
+            .map(|c| c.kind)
+    }
+
+    fn do_create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse, Error> {
+        if self.inner.containers.lock().unwrap().contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {}", req.id)));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unsupported {
+                backend: BackendKind::Native,
+                op: "restore from checkpoint",
+            });
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_path = bundle.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path)
+            .map_err(|e| Error::InvalidArgument(format!("malformed OCI spec {}: {e}", spec_path.display())))?;
+
+        // The config: the runtime options of this request, else those `start` recorded.
+        let config_path = req
+            .options
+            .as_ref()
+            .and_then(crate::bootstrap::config_path_from_options)
+            .or_else(|| {
+                std::fs::read(bundle.join(RUNTIME_OPTIONS_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<RuntimeOptionsRecord>(&b).ok())
+                    .and_then(|r| r.config_path)
+            });
+        let cfg = Config::load(config_path.as_deref().map(std::path::Path::new))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let chosen = cfg.choose(&annotations).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let kind = match self.pod_backend(&annotations) {
+            // Containers inherit their pod's tier, unless they are not WebAssembly at all.
+            Some(pod) => pod,
+            None => chosen,
+        };
+        let backend = self.backend(kind, &cfg)?;
+
+        crate::rootfs::mount(&bundle, &req.rootfs)?;
+        let record = BundleRecord {
+            backend: kind.to_string(),
+            state_root: cfg
+                .state_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT)),
+        };
+        let _ = std::fs::write(bundle.join(BUNDLE_RECORD_FILE), serde_json::to_vec(&record).unwrap_or_default());
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let created = backend.create(CreateOpts {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            spec,
+            stdio: stdio.clone(),
+            namespace: self.inner.namespace.clone(),
+        });
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                crate::rootfs::unmount(&bundle);
+                let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
+                return Err(e);
+            }
+        };
+        let ctr = Arc::new(Ctr {
+            id: req.id.clone(),
+            bundle,
+            kind,
+            backend,
+            lifecycle: Mutex::new(()),
+            init: Proc::new(stdio, pid),
+            execs: Mutex::new(HashMap::new()),
+            paused: Mutex::new(false),
+        });
+        self.inner.containers.lock().unwrap().insert(req.id.clone(), ctr);
+        tracing::info!(id = %req.id, backend = %kind, pid, "created");
+        self.inner.events.send(
+            TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+}
+
+impl Inner {
+    fn on_backend_event(inner: &Arc<Inner>, ev: BackendEvent) {
+        match ev {
+            BackendEvent::Exited {
+                container_id,
+                exec_id,
+                pid,
+                status,
+            } => {
+                let Some(ctr) = inner.containers.lock().unwrap().get(&container_id).cloned() else {
+                    return;
+                };
+                let _l = ctr.lifecycle.lock().unwrap();
+                let proc = match &exec_id {
+                    None => Some(ctr.init.clone()),
+                    Some(e) => ctr.execs.lock().unwrap().get(e).cloned(),
+                };
+                let Some(proc) = proc else { return };
+                let at = now();
+                {
+                    let mut st = proc.st.lock().unwrap();
+                    st.phase = Phase::Stopped;
+                    st.exit_status = status;
+                    st.exited_at = Some(at.clone());
+                }
+                proc.exited.notify_all();
+                tracing::info!(id = %container_id, exec = ?exec_id, pid, status, "exited");
+                inner.events.send(
+                    TASK_EXIT_EVENT_TOPIC,
+                    TaskExit {
+                        container_id: container_id.clone(),
+                        id: exec_id.unwrap_or(container_id),
+                        pid,
+                        exit_status: status,
+                        exited_at: Some(at).into(),
+                        ..Default::default()
+                    },
+                );
+            }
+            BackendEvent::Oom { container_id } => {
+                tracing::info!(id = %container_id, "OOM kill");
+                inner.events.send(
+                    TASK_OOM_EVENT_TOPIC,
+                    TaskOOM {
+                        container_id,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl Task for TaskService {
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let proc = ctr.proc(&req.exec_id)?;
+        let st = proc.st.lock().unwrap();
+        let status = match st.phase {
+            Phase::Created => Status::CREATED,
+            Phase::Running if *ctr.paused.lock().unwrap() => Status::PAUSED,
+            Phase::Running => Status::RUNNING,
+            Phase::Stopped => Status::STOPPED,
+        };
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: ctr.bundle.to_string_lossy().into_owned(),
+            pid: st.pid,
+            status: status.into(),
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.stdio.terminal,
+            exit_status: st.exit_status,
+            exited_at: st.exited_at.clone().into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        self.do_create(&req).map_err(|e| {
+            tracing::warn!(id = %req.id, error = %e, "create failed");
+            to_ttrpc(e)
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let proc = ctr.proc(&req.exec_id)?;
+        let _l = ctr.lifecycle.lock().unwrap();
+        let pid = ctr.backend.start(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+        {
+            let mut st = proc.st.lock().unwrap();
+            st.pid = pid;
+            if st.phase == Phase::Created {
+                st.phase = Phase::Running;
+            }
+        }
+        if req.exec_id.is_empty() {
+            self.inner.events.send(
+                TASK_START_EVENT_TOPIC,
+                TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.inner.events.send(
+                TASK_EXEC_STARTED_EVENT_TOPIC,
+                TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let proc = ctr.proc(&req.exec_id)?;
+        let (pid, phase) = {
+            let st = proc.st.lock().unwrap();
+            (st.pid, st.phase)
+        };
+        if phase == Phase::Running {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("cannot delete running process {} of {}: kill it first", pid, req.id),
+            ));
+        }
+        ctr.backend.delete(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+        let (exit_status, exited_at) = {
+            let st = proc.st.lock().unwrap();
+            match &st.exited_at {
+                Some(at) => (st.exit_status, at.clone()),
+                // Created but never started: the backend killed it.
+                None => (128 + libc::SIGKILL as u32, now()),
+            }
+        };
+        if req.exec_id.is_empty() {
+            crate::rootfs::unmount(&ctr.bundle);
+            let _ = std::fs::remove_file(ctr.bundle.join(BUNDLE_RECORD_FILE));
+            let _ = std::fs::remove_file(ctr.bundle.join(RUNTIME_OPTIONS_FILE));
+            self.inner.containers.lock().unwrap().remove(&req.id);
+            self.inner.events.send(
+                TASK_DELETE_EVENT_TOPIC,
+                TaskDelete {
+                    container_id: req.id.clone(),
+                    pid,
+                    exit_status,
+                    exited_at: Some(exited_at.clone()).into(),
+                    id: req.id.clone(),
+                    ..Default::default()
+                },
+            );
+            tracing::info!(id = %req.id, "deleted");
+        } else {
+            ctr.execs.lock().unwrap().remove(&req.exec_id);
+        }
+        Ok(DeleteResponse {
+            pid,
+            exit_status,
+            exited_at: Some(exited_at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let pids = ctr.backend.pids(&req.id).map_err(to_ttrpc)?;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        ctr.backend.pause(&req.id).map_err(to_ttrpc)?;
+        *ctr.paused.lock().unwrap() = true;
+        self.inner.events.send(
+            TASK_PAUSED_EVENT_TOPIC,
+            TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        ctr.backend.resume(&req.id).map_err(to_ttrpc)?;
+        *ctr.paused.lock().unwrap() = false;
+        self.inner.events.send(
+            TASK_RESUMED_EVENT_TOPIC,
+            TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        Err(err(
+            Code::UNIMPLEMENTED,
+            format!("checkpoint is not supported by Strata's {} backend", ctr.kind),
+        ))
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        ctr.backend
+            .kill(&req.id, opt(&req.exec_id), req.signal as i32, req.all)
+            .map_err(to_ttrpc)?;
+        Ok(Empty::new())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        if ctr.execs.lock().unwrap().contains_key(&req.exec_id) {
+            return Err(err(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "exec request carries no process spec"))?;
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("malformed exec process spec: {e}")))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        ctr.backend
+            .exec(ExecOpts {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process,
+                stdio: stdio.clone(),
+            })
+            .map_err(to_ttrpc)?;
+        ctr.execs.lock().unwrap().insert(req.exec_id.clone(), Proc::new(stdio, 0));
+        self.inner.events.send(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        ctr.backend
+            .resize_pty(&req.id, opt(&req.exec_id), req.width, req.height)
+            .map_err(to_ttrpc)?;
+        Ok(Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        if req.stdin {
+            ctr.backend.close_stdin(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+        }
+        Ok(Empty::new())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let ctr = self.ctr(&req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "update carries no resources"))?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("malformed resources: {e}")))?;
+        ctr.backend.update(&req.id, &resources).map_err(to_ttrpc)?;
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let proc = ctr.proc(&req.exec_id)?;
+        let mut st = proc.st.lock().unwrap();
+        while st.phase != Phase::Stopped {
+            st = proc.exited.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
+        }
+        Ok(WaitResponse {
+            exit_status: st.exit_status,
+            exited_at: st.exited_at.clone().into(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let ctr = self.ctr(&req.id)?;
+        let stats = ctr.backend.stats(&req.id).map_err(to_ttrpc)?;
+        let any = crate::metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, format!("encode metrics: {e}")))?;
+        Ok(StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let task_pid = self
+            .ctr(&req.id)
+            .map(|c| c.init.st.lock().unwrap().pid)
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        if self.inner.containers.lock().unwrap().is_empty() {
+            self.inner.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
