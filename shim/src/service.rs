@@ -359,6 +359,9 @@ impl Inner {
                 );
             }
             BackendEvent::Oom { container_id } => {
+                let ctr = inner.containers.lock().unwrap().get(&container_id).cloned();
+                // After /tasks/start, like the exit.
+                let _l = ctr.as_ref().map(|c| c.lifecycle.lock().unwrap());
                 tracing::info!(id = %container_id, "OOM kill");
                 inner.events.send(
                     TASK_OOM_EVENT_TOPIC,

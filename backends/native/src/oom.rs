@@ -59,7 +59,9 @@ pub fn watch(dir: PathBuf, v2: bool, notify: impl Fn() + Send + 'static) -> std:
         let mut ev = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.event_control"))?;
-        write!(ev, "{} {}", efd.as_raw_fd(), control.as_raw_fd())?;
+        // One write: the kernel parses each write(2) to event_control on its own.
+        ev.write_all(format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()).as_bytes())?;
+        tracing::debug!(dir = %dir.display(), "watching for OOM kills (cgroup v1)");
         std::thread::Builder::new().name("oom-v1".into()).spawn(move || {
             let _control = control;
             let mut f = File::from(std::os::fd::OwnedFd::from(efd));
@@ -72,12 +74,7 @@ pub fn watch(dir: PathBuf, v2: bool, notify: impl Fn() + Send + 'static) -> std:
                     if !dir.exists() {
                         break;
                     }
-                    let under_oom = std::fs::read_to_string(dir.join("memory.oom_control"))
-                        .map(|s| s.contains("oom_kill ") || s.contains("under_oom"))
-                        .unwrap_or(false);
-                    if under_oom {
-                        notify();
-                    }
+                    notify();
                 } else if !dir.exists() {
                     break;
                 } else {
