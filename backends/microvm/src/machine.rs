@@ -168,13 +168,7 @@ impl Machine {
         let cmdline = boot::cmdline(cmdline.trim())?;
 
         let mem = memory::create(mem_size)?;
-        let loaded = boot::load(
-            &mem,
-            mem_size,
-            &cfg.kernel,
-            cfg.initrd.as_deref(),
-            &cmdline,
-        )?;
+        let loaded = boot::load(&mem, mem_size, &cfg.kernel, cfg.initrd.as_deref(), &cmdline)?;
         let vm = Vm::new(mem, cfg.vcpus)?;
 
         let console = Console::new(cfg.console_echo.take());
@@ -209,8 +203,10 @@ impl Machine {
         }
 
         let host_cpuid = cpuid::supported(&vm.kvm)?;
-        let host_xsave = cpuid::host_has_xsave(&host_cpuid, vm.kvm.check_extension(kvm_ioctls::Cap::Xsave));
-        let boot_msrs = msr::supported_boot_msrs(&vm.kvm).map_err(crate::vstate::vcpu::VcpuError::from)?;
+        let host_xsave =
+            cpuid::host_has_xsave(&host_cpuid, vm.kvm.check_extension(kvm_ioctls::Cap::Xsave));
+        let boot_msrs =
+            msr::supported_boot_msrs(&vm.kvm).map_err(crate::vstate::vcpu::VcpuError::from)?;
         let mut vcpus = Vec::new();
         for id in 0..cfg.vcpus {
             let v = Vcpu::new(&vm.fd, id, cfg.vcpus, &host_cpuid, host_xsave, &boot_msrs)?;
@@ -234,7 +230,13 @@ impl Machine {
                 let mut f = first.lock().unwrap_or_else(|p| p.into_inner());
                 f.get_or_insert_with(Instant::now);
             });
-            match v.spawn(pio.clone(), mmio.clone(), tx.clone(), stop.clone(), Some(on_start)) {
+            match v.spawn(
+                pio.clone(),
+                mmio.clone(),
+                tx.clone(),
+                stop.clone(),
+                Some(on_start),
+            ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     let mut m = Machine {
@@ -253,7 +255,12 @@ impl Machine {
                 }
             }
         }
-        tracing::debug!(vcpus = cfg.vcpus, mem_mib = cfg.mem_mib, entry = loaded.entry.entry(), "machine started");
+        tracing::debug!(
+            vcpus = cfg.vcpus,
+            mem_mib = cfg.mem_mib,
+            entry = loaded.entry.entry(),
+            "machine started"
+        );
         Ok(Machine {
             vm: Some(vm),
             vcpus: handles,
@@ -279,7 +286,10 @@ impl Machine {
 
     /// When the first vCPU thread was about to enter the guest.
     pub fn first_vcpu_entry(&self) -> Option<Instant> {
-        *self.first_vcpu_entry.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .first_vcpu_entry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until the guest stops, or `timeout` passes. A clean reset is `Ok`; a triple fault,
@@ -292,7 +302,10 @@ impl Machine {
                 Some(d) => self
                     .events
                     .recv_timeout(d.saturating_duration_since(Instant::now())),
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match r {
                 Ok(VcpuEvent::Halted { .. }) if self.vcpus.len() > 1 => continue,

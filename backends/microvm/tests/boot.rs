@@ -82,7 +82,10 @@ sp: .asciz " "
     let (addr, size) = (fields[0], fields[1]);
     assert_eq!(size, 5000);
     assert_eq!(addr % 4096, 0);
-    assert!(addr + size <= 64 << 20 && addr >= 0x10_0000, "initrd at {addr:#x}");
+    assert!(
+        addr + size <= 64 << 20 && addr >= 0x10_0000,
+        "initrd at {addr:#x}"
+    );
 }
 
 /// The PVH entry: 32-bit protected mode, %ebx = hvm_start_info. Prints the magic, the command
@@ -145,4 +148,203 @@ badmsg: .asciz "bad start_info magic\n"
     let (r, out) = boot(cfg);
     assert_eq!(r.unwrap(), Exit::Reset, "console: {out}");
     assert_eq!(out, "strata pvh entry\nconsole=ttyS0 pvh=yes\n13\n");
+}
+
+/// A guest that faults with no usable IDT (ud2 → #UD → #GP → #DF → shutdown) is a triple-fault
+/// error carrying what it printed first.
+#[test]
+fn triple_fault_is_an_error_with_the_console_tail() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("tf");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "tf",
+        r#"
+    lea msg(%rip), %rsi
+    call puts
+    ud2
+msg: .asciz "about to fault\n"
+"#,
+    );
+    let (r, _) = boot(MachineConfig::new(&kernel));
+    match r {
+        Err(Error::TripleFault { console_tail, .. }) => assert_eq!(console_tail, "about to fault"),
+        other => panic!("expected a triple fault, got {other:?}"),
+    }
+}
+
+/// A guest that spins is stopped at the timeout; the error carries the console tail, and the
+/// vCPU thread is really stopped (the machine drops promptly).
+#[test]
+fn hang_times_out_with_the_console_tail() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("hang");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "hang",
+        r#"
+    lea msg(%rip), %rsi
+    call puts
+1:  jmp 1b
+msg: .asciz "line one\nspinning now\n"
+"#,
+    );
+    let mut m = Machine::start(MachineConfig::new(&kernel)).unwrap();
+    let t0 = std::time::Instant::now();
+    let r = m.wait(Some(Duration::from_millis(500)));
+    match r {
+        Err(Error::Timeout { console_tail, .. }) => {
+            assert_eq!(console_tail, "line one\nspinning now")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    drop(m);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// "Kernel panic" on the console followed by the reboot that `panic=1` asks for is a panic, not
+/// a clean exit.
+#[test]
+fn panic_then_reset_is_a_guest_panic() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("panic");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "panic",
+        r#"
+    lea msg(%rip), %rsi
+    call puts
+    call reset
+msg: .asciz "Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+"#,
+    );
+    let (r, _) = boot(MachineConfig::new(&kernel));
+    match r {
+        Err(Error::GuestPanic { console_tail }) => {
+            assert!(console_tail.contains("Unable to mount root fs"))
+        }
+        other => panic!("expected a guest panic, got {other:?}"),
+    }
+}
+
+/// SMP: four vCPUs are created; the boot vCPU sees the count and its APIC ID in CPUID leaf 1 and
+/// the hypervisor bit; XSAVE is offered only if the host has it (never on PVM).
+#[test]
+fn smp_cpuid_reports_vcpus_and_hypervisor() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("smp");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "smp",
+        r#"
+    mov $1, %eax
+    xor %ecx, %ecx
+    cpuid
+    mov %ecx, %r12d
+    mov %ebx, %eax
+    call puthex
+    lea sp(%rip), %rsi
+    call puts
+    mov %r12d, %eax
+    call puthex
+    lea nl(%rip), %rsi
+    call puts
+    call reset
+sp: .asciz " "
+nl: .asciz "\n"
+"#,
+    );
+    let mut cfg = MachineConfig::new(&kernel);
+    cfg.vcpus = 4;
+    let (r, out) = boot(cfg);
+    assert_eq!(r.unwrap(), Exit::Reset, "console: {out}");
+    let v: Vec<u32> = out
+        .trim()
+        .split(' ')
+        .map(|h| u32::from_str_radix(h, 16).unwrap())
+        .collect();
+    let (ebx, ecx) = (v[0], v[1]);
+    assert_eq!(ebx >> 24, 0, "boot vCPU has APIC ID 0");
+    assert_eq!((ebx >> 16) & 0xff, 4, "four logical CPUs");
+    assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if pvm {
+        assert_eq!(ecx & (1 << 26), 0, "no XSAVE on PVM");
+        assert_eq!(ecx & (1 << 28), 0, "no AVX without XSAVE");
+    }
+}
+
+/// Bad input: a missing kernel, a file that is no kernel, an ELF without the PVH note, an
+/// initramfs larger than memory, a missing disk. Each is a clear error, and a vsock socket bound
+/// before the failure is removed.
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
+    let dir = TempDir::new("bad");
+    let msg = |cfg: MachineConfig| match Machine::start(cfg) {
+        Ok(_) => panic!("machine started on bad input"),
+        Err(e) => e.to_string(),
+    };
+
+    let e = msg(MachineConfig::new(dir.path("nope")));
+    assert!(
+        e.contains("opening the kernel") && e.contains("nope"),
+        "{e}"
+    );
+
+    let junk = dir.path("junk");
+    write(&junk, &[0u8; 4096]);
+    let mut cfg = MachineConfig::new(&junk);
+    let sock = dir.path("v.sock");
+    cfg.vsock = Some(strata_microvm::devices::virtio::vsock::VsockConfig {
+        guest_cid: 3,
+        uds_path: sock.clone(),
+    });
+    let e = msg(cfg);
+    assert!(e.contains("neither an ELF vmlinux nor a bzImage"), "{e}");
+    assert!(!sock.exists(), "the vsock socket was left behind");
+
+    let short = dir.path("short");
+    write(&short, b"\x7fEL");
+    let e = msg(MachineConfig::new(&short));
+    assert!(e.contains("short"), "{e}");
+
+    let nonote = pvh_elf(&dir, "nonote", "    hlt\n", false);
+    let e = msg(MachineConfig::new(&nonote));
+    assert!(e.contains("no PVH entry note"), "{e}");
+
+    let kernel = pvh_elf(&dir, "ok", "    hlt\n", true);
+    let big = dir.path("big-initrd");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let mut cfg = MachineConfig::new(&kernel);
+    cfg.mem_mib = 32;
+    cfg.initrd = Some(big);
+    let e = msg(cfg);
+    assert!(e.contains("initramfs") && e.contains("more memory"), "{e}");
+
+    let mut cfg = MachineConfig::new(&kernel);
+    cfg.disks
+        .push(strata_microvm::devices::virtio::block::DiskConfig::parse(
+            dir.path("missing.img").to_str().unwrap(),
+        ));
+    let e = msg(cfg);
+    assert!(e.contains("disk image") && e.contains("missing.img"), "{e}");
+
+    let mut cfg = MachineConfig::new(&kernel);
+    cfg.vcpus = 0;
+    assert!(msg(cfg).contains("vCPU"));
 }

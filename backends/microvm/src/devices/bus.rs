@@ -67,7 +67,10 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                e.dev
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -78,7 +81,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+                e.dev
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,

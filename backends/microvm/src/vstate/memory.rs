@@ -32,12 +32,12 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// Registers every region of `mem` with the VM, one slot each.
 pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
-        let host_addr = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryError::Map {
-                mib: region.len() >> 20,
-                reason: e.to_string(),
-            })?;
+        let host_addr =
+            mem.get_host_address(region.start_addr())
+                .map_err(|e| MemoryError::Map {
+                    mib: region.len() >> 20,
+                    reason: e.to_string(),
+                })?;
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

@@ -8,7 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// True if /dev/kvm can be used. Without it the test is skipped, saying why; with CI=true it fails.
 pub fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -47,7 +51,9 @@ impl Drop for TempDir {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}",
@@ -104,7 +110,10 @@ pub fn assemble_flat(dir: &TempDir, name: &str, src: &str) -> Vec<u8> {
     let b = dir.path(&format!("{name}.bin"));
     std::fs::write(&s, src).unwrap();
     run(Command::new("as").arg("--64").arg("-o").arg(&o).arg(&s));
-    run(Command::new("objcopy").args(["-O", "binary", "-j", ".text"]).arg(&o).arg(&b));
+    run(Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&o)
+        .arg(&b));
     std::fs::read(&b).unwrap()
 }
 
@@ -122,7 +131,7 @@ pub fn bzimage(dir: &TempDir, name: &str, code64: &[u8]) -> PathBuf {
     img[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
     img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
     img[0x238..0x23c].copy_from_slice(&4095u32.to_le_bytes()); // cmdline_size
-    // Protected-mode kernel: 32-bit entry (unused: ud2), 64-bit entry at +0x200.
+                                                               // Protected-mode kernel: 32-bit entry (unused: ud2), 64-bit entry at +0x200.
     let mut pm = vec![0x0f, 0x0b];
     pm.resize(0x200, 0x90);
     pm.extend_from_slice(code64);
@@ -154,7 +163,8 @@ pub fn pvh_elf(dir: &TempDir, name: &str, body32: &str, note: bool) -> PathBuf {
     } else {
         ""
     };
-    let src = format!("{note_src}\n    .text\n    .code32\n    .globl pvh_start\npvh_start:\n{body32}\n");
+    let src =
+        format!("{note_src}\n    .text\n    .code32\n    .globl pvh_start\npvh_start:\n{body32}\n");
     let s = dir.path(&format!("{name}.S"));
     let o = dir.path(&format!("{name}.o"));
     let ld = dir.path(&format!("{name}.ld"));

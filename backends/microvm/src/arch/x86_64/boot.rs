@@ -133,13 +133,20 @@ pub fn load(
             }
         }
         Format::BzImage => {
-            let r = BzImage::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))).map_err(bad)?;
+            let r =
+                BzImage::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))).map_err(bad)?;
             (r, None)
         }
     };
 
     let initrd = match initrd {
-        Some(p) => Some(load_initrd(mem, mem_size, result.kernel_end, p, result.setup_header.as_ref())?),
+        Some(p) => Some(load_initrd(
+            mem,
+            mem_size,
+            result.kernel_end,
+            p,
+            result.setup_header.as_ref(),
+        )?),
         None => None,
     };
 

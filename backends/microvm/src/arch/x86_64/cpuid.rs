@@ -18,8 +18,15 @@ const LEAF1_ECX_F16C: u32 = 1 << 29;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 7 EBX bits that need XSAVE-managed state: AVX2, AVX512F/DQ/IFMA/PF/ER/CD/BW/VL.
-const LEAF7_EBX_XSAVE_DEPENDENT: u32 =
-    (1 << 5) | (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const LEAF7_EBX_XSAVE_DEPENDENT: u32 = (1 << 5)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 30)
+    | (1 << 31);
 /// Leaf 7 ECX bits that need XSAVE-managed state: AVX512VBMI, VBMI2, VAES, VPCLMULQDQ, VNNI,
 /// BITALG, VPOPCNTDQ.
 const LEAF7_ECX_XSAVE_DEPENDENT: u32 =
@@ -75,7 +82,9 @@ pub fn normalise(
                         | LEAF1_ECX_F16C);
                 }
                 // EBX[31:24] initial APIC ID, EBX[23:16] logical processors per package.
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(cpu_id) << 24) | (u32::from(cpu_count) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff)
+                    | (u32::from(cpu_id) << 24)
+                    | (u32::from(cpu_count) << 16);
                 if cpu_count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -84,7 +93,8 @@ pub fn normalise(
             }
             0x4 => {
                 // EAX[31:26]: cores per package - 1. One thread per core.
-                e.eax = (e.eax & 0x03ff_ffff) | ((u32::from(cpu_count).saturating_sub(1) & 0x3f) << 26);
+                e.eax =
+                    (e.eax & 0x03ff_ffff) | ((u32::from(cpu_count).saturating_sub(1) & 0x3f) << 26);
             }
             0x6 => {
                 e.eax = 0;
@@ -185,7 +195,10 @@ mod tests {
 
     #[test]
     fn xsave_host_keeps_avx() {
-        let host = vec![leaf(1, 0, 0, 0, LEAF1_ECX_XSAVE | LEAF1_ECX_AVX, 0), leaf(0xd, 0, 7, 0, 0, 0)];
+        let host = vec![
+            leaf(1, 0, 0, 0, LEAF1_ECX_XSAVE | LEAF1_ECX_AVX, 0),
+            leaf(0xd, 0, 7, 0, 0, 0),
+        ];
         let out = normalise(&host, 0, 1, true);
         assert_ne!(out[0].ecx & LEAF1_ECX_AVX, 0);
         assert_eq!(out.len(), 2);

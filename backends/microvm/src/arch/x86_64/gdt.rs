@@ -18,7 +18,8 @@ fn get_base(entry: u64) -> u64 {
 }
 
 fn get_limit(entry: u64) -> u32 {
-    let limit = ((((entry) & 0x000F_0000_0000_0000) >> 32) | ((entry) & 0x0000_0000_0000_FFFF)) as u32;
+    let limit =
+        ((((entry) & 0x000F_0000_0000_0000) >> 32) | ((entry) & 0x0000_0000_0000_FFFF)) as u32;
     // A limit in 4 KiB units (G bit set) is scaled to bytes.
     if get_g(entry) == 1 {
         (limit << 12) | 0xfff

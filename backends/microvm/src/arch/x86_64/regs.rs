@@ -87,11 +87,7 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 /// Writes the GDT (and, for long mode, the identity page tables) into guest memory and sets the
 /// segment and control registers for `boot`.
-pub fn setup_sregs(
-    mem: &GuestMemoryMmap,
-    vcpu: &VcpuFd,
-    boot: BootEntry,
-) -> Result<(), RegsError> {
+pub fn setup_sregs(mem: &GuestMemoryMmap, vcpu: &VcpuFd, boot: BootEntry) -> Result<(), RegsError> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
     configure_segments_and_sregs(mem, &mut sregs, boot)?;
     if let BootEntry::Linux64 { .. } = boot {
@@ -207,7 +203,11 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
     };
     let set_mode = |reg: u32, mode: u32| (reg & !0x700) | (mode << 8);
     let lvt0 = get(&klapic.regs, APIC_LVT0);
-    set(&mut klapic.regs, APIC_LVT0, set_mode(lvt0, APIC_MODE_EXTINT));
+    set(
+        &mut klapic.regs,
+        APIC_LVT0,
+        set_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = get(&klapic.regs, APIC_LVT1);
     set(&mut klapic.regs, APIC_LVT1, set_mode(lvt1, APIC_MODE_NMI));
     vcpu.set_lapic(&klapic).map_err(kvm("local APIC"))

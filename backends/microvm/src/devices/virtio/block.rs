@@ -13,7 +13,10 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
-use super::{read_config_bytes, DeviceError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING};
+use super::{
+    read_config_bytes, DeviceError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_MMIO_INT_VRING,
+};
 
 /// The virtio device ID of a block device.
 pub const TYPE_BLOCK: u32 = 2;
@@ -144,7 +147,14 @@ impl Block {
             VIRTIO_BLK_T_OUT => (self.write_from(&mut reader, hdr.sector), 0),
             VIRTIO_BLK_T_FLUSH => {
                 let ok = self.read_only || self.file.sync_all().is_ok();
-                (if ok { VIRTIO_BLK_S_OK } else { VIRTIO_BLK_S_IOERR }, 0)
+                (
+                    if ok {
+                        VIRTIO_BLK_S_OK
+                    } else {
+                        VIRTIO_BLK_S_IOERR
+                    },
+                    0,
+                )
             }
             VIRTIO_BLK_T_GET_ID => {
                 let n = writer.available_bytes().min(VIRTIO_BLK_ID_BYTES);
@@ -165,7 +175,8 @@ impl Block {
     fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let start = sector.checked_mul(SECTOR_SIZE)?;
         let end = start.checked_add(len as u64)?;
-        (end <= self.sectors * SECTOR_SIZE && len as u64 % SECTOR_SIZE == 0).then_some(start)
+        (end <= self.sectors * SECTOR_SIZE && (len as u64).is_multiple_of(SECTOR_SIZE))
+            .then_some(start)
     }
 
     fn read_into(&mut self, w: &mut virtio_queue::Writer<'_, ()>, sector: u64) -> (u8, usize) {
@@ -177,7 +188,9 @@ impl Block {
         let mut left = len;
         while left > 0 {
             let n = left.min(buf.len());
-            if self.file.read_exact_at(&mut buf[..n], off).is_err() || w.write_all(&buf[..n]).is_err() {
+            if self.file.read_exact_at(&mut buf[..n], off).is_err()
+                || w.write_all(&buf[..n]).is_err()
+            {
                 return (VIRTIO_BLK_S_IOERR, len - left);
             }
             off += n as u64;
@@ -198,7 +211,9 @@ impl Block {
         let mut left = len;
         while left > 0 {
             let n = left.min(buf.len());
-            if r.read_exact(&mut buf[..n]).is_err() || self.file.write_all_at(&buf[..n], off).is_err() {
+            if r.read_exact(&mut buf[..n]).is_err()
+                || self.file.write_all_at(&buf[..n], off).is_err()
+            {
                 return VIRTIO_BLK_S_IOERR;
             }
             off += n as u64;

@@ -108,10 +108,7 @@ impl MmioTransport {
         let want = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         if !self.activated && value & want == want && value & STATUS_FAILED == 0 {
             let mem = &self.mem;
-            let all_valid = self
-                .queues
-                .iter()
-                .all(|q| !q.ready() || q.is_valid(mem));
+            let all_valid = self.queues.iter().all(|q| !q.ready() || q.is_valid(mem));
             if !all_valid {
                 self.status |= STATUS_DEVICE_NEEDS_RESET;
                 return;
@@ -120,7 +117,10 @@ impl MmioTransport {
                 self.status |= STATUS_DEVICE_NEEDS_RESET;
                 return;
             };
-            match self.device.activate(self.mem.clone(), queues, self.irq.clone()) {
+            match self
+                .device
+                .activate(self.mem.clone(), queues, self.irq.clone())
+            {
                 Ok(()) => self.activated = true,
                 Err(e) => {
                     tracing::warn!(error = %e, "virtio device activation failed");
@@ -176,10 +176,8 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            0x050 => {
-                if self.activated && (v as usize) < self.queues.len() {
-                    self.device.queue_notify(v as u16);
-                }
+            0x050 if self.activated && (v as usize) < self.queues.len() => {
+                self.device.queue_notify(v as u16);
             }
             0x064 => self.irq.ack(v),
             0x070 => self.set_status(v),
@@ -210,7 +208,7 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= 0x100 {
             self.device.read_config(offset - 0x100, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -218,7 +216,7 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset < 0x100 && data.len() == 4 && offset % 4 == 0 {
+        if offset < 0x100 && data.len() == 4 && offset.is_multiple_of(4) {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_reg(offset, v);
         }

@@ -252,7 +252,10 @@ impl Muxer {
     fn alloc_host_port(&mut self) -> u32 {
         loop {
             let p = self.next_host_port;
-            self.next_host_port = self.next_host_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            self.next_host_port = self
+                .next_host_port
+                .checked_add(1)
+                .unwrap_or(FIRST_HOST_PORT);
             if !self.conns.keys().any(|k| k.0 == p) {
                 return p;
             }
@@ -482,7 +485,10 @@ impl Muxer {
                         (OP_SHUTDOWN, 0, SHUTDOWN_RCV | SHUTDOWN_SEND)
                     }
                     Ok(n) => (OP_RW, n, 0),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                    Err(e)
+                        if e.kind() == ErrorKind::WouldBlock
+                            || e.kind() == ErrorKind::Interrupted =>
+                    {
                         q.rx.go_to_previous_position();
                         continue 'conns;
                     }
@@ -575,7 +581,10 @@ impl Vsock {
         if cfg.guest_cid < 3 || cfg.guest_cid > u64::from(u32::MAX) {
             return Err(DeviceError::VsockSocket {
                 path,
-                source: std::io::Error::new(ErrorKind::InvalidInput, "the guest CID must be 3..2^32"),
+                source: std::io::Error::new(
+                    ErrorKind::InvalidInput,
+                    "the guest CID must be 3..2^32",
+                ),
             });
         }
         let listener = UnixListener::bind(&cfg.uds_path)
@@ -695,7 +704,11 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
             let starved = m.rx_starved;
             for (k, c) in m.conns.iter_mut() {
                 let mut want = EventSet::empty();
-                if c.state == ConnState::Established && !c.host_eof && c.peer_credit() > 0 && !starved {
+                if c.state == ConnState::Established
+                    && !c.host_eof
+                    && c.peer_credit() > 0
+                    && !starved
+                {
                     want |= EventSet::IN;
                 }
                 if !c.to_host.is_empty() {
@@ -708,7 +721,8 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
                         let _ = epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(want, token));
                     }
                     Some(prev) if prev != want => {
-                        let _ = epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(want, token));
+                        let _ =
+                            epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(want, token));
                     }
                     _ => {}
                 }
@@ -732,7 +746,9 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
                 }
                 TOKEN_LISTENER => {
                     while let Ok((s, _)) = listener.accept() {
-                        if m.pending.len() + m.conns.len() >= MAX_CONNS || s.set_nonblocking(true).is_err() {
+                        if m.pending.len() + m.conns.len() >= MAX_CONNS
+                            || s.set_nonblocking(true).is_err()
+                        {
                             continue;
                         }
                         m.pending.push(Pending {
@@ -741,9 +757,11 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
                         });
                     }
                 }
-                t if t >= TOKEN_PENDING && t < TOKEN_WAKE - 1 => {
+                t if (TOKEN_PENDING..TOKEN_WAKE - 1).contains(&t) => {
                     let i = (t - TOKEN_PENDING) as usize;
-                    let Some(p) = m.pending.get_mut(i) else { continue };
+                    let Some(p) = m.pending.get_mut(i) else {
+                        continue;
+                    };
                     let mut b = [0u8; 1];
                     // Byte by byte: nothing past the newline may be consumed, it belongs to the
                     // connection.
@@ -770,7 +788,11 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
         if pending_changed {
             let mut keep = Vec::new();
             for p in std::mem::take(&mut m.pending) {
-                let _ = epoll.ctl(ControlOperation::Delete, p.stream.as_raw_fd(), EpollEvent::default());
+                let _ = epoll.ctl(
+                    ControlOperation::Delete,
+                    p.stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
                 if p.line.last() == Some(&b'\n') {
                     let line = p.line.clone();
                     m.host_connect(p.stream, &line);
