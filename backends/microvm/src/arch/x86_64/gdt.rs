@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn base_and_limit_round_trip() {
-        let e = gdt_entry(0x808b, 0x1234_5678, 0x67);
+        let e = gdt_entry(0x008b, 0x1234_5678, 0x67);
         assert_eq!(get_base(e), 0x1234_5678);
         assert_eq!(get_limit(e), 0x67);
     }
