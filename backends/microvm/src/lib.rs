@@ -20,7 +20,6 @@ pub mod cli;
 pub mod console;
 pub mod devices;
 pub mod error;
-pub mod host;
 pub mod machine;
 pub mod seccomp;
 pub mod vstate;

@@ -47,6 +47,8 @@ pub struct MachineConfig {
     pub vsock: Option<VsockConfig>,
     /// Where the console is echoed, besides the ring buffer.
     pub console_echo: Option<Box<dyn Write + Send>>,
+    /// Load the VMM threads' seccomp filters ([`crate::seccomp`]). On by default.
+    pub seccomp: bool,
 }
 
 impl MachineConfig {
@@ -61,6 +63,7 @@ impl MachineConfig {
             disks: Vec::new(),
             vsock: None,
             console_echo: None,
+            seccomp: true,
         }
     }
 }
@@ -221,14 +224,20 @@ impl Machine {
         let stop = Arc::new(AtomicBool::new(false));
         let first_vcpu_entry = Arc::new(Mutex::new(None));
         for w in workers.iter_mut() {
-            w.start(tx.clone())?;
+            w.start(tx.clone(), cfg.seccomp)?;
         }
         let mut handles = Vec::new();
         for v in vcpus {
             let first = first_vcpu_entry.clone();
-            let on_start: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let seccomp = cfg.seccomp;
+            let on_start: Box<dyn FnOnce() -> Result<(), String> + Send> = Box::new(move || {
+                if seccomp {
+                    crate::seccomp::apply(crate::seccomp::ThreadRole::Vcpu)
+                        .map_err(|e| e.to_string())?;
+                }
                 let mut f = first.lock().unwrap_or_else(|p| p.into_inner());
                 f.get_or_insert_with(Instant::now);
+                Ok(())
             });
             match v.spawn(
                 pio.clone(),

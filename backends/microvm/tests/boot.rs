@@ -279,10 +279,40 @@ nl: .asciz "\n"
     assert_eq!(ebx >> 24, 0, "boot vCPU has APIC ID 0");
     assert_eq!((ebx >> 16) & 0xff, 4, "four logical CPUs");
     assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
-    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
-    if pvm {
-        assert_eq!(ecx & (1 << 26), 0, "no XSAVE on PVM");
-        assert_eq!(ecx & (1 << 28), 0, "no AVX without XSAVE");
+}
+
+/// The CPUID table Strata hands KVM for this host offers nothing the host lacks: where leaf 1 has
+/// no XSAVE (PVM), neither XSAVE nor AVX nor AVX2 nor leaf 0xd is offered.
+///
+/// (PVM itself rewrites leaf 1 ECX after KVM_SET_CPUID2, so a guest there reads XSAVE anyway;
+/// that is the host's doing and is documented in docs/microvm.md.)
+#[test]
+fn normalised_cpuid_offers_nothing_the_host_lacks() {
+    if !kvm_available() {
+        return;
+    }
+    use strata_microvm::arch::x86_64::cpuid;
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let host = cpuid::supported(&kvm).unwrap();
+    let xsave = cpuid::host_has_xsave(&host, kvm.check_extension(kvm_ioctls::Cap::Xsave));
+    let leaf1_host = host.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(
+        xsave,
+        leaf1_host.ecx & (1 << 26) != 0 && kvm.check_extension(kvm_ioctls::Cap::Xsave)
+    );
+    let out = cpuid::normalise(&host, 0, 2, xsave);
+    let l1 = out.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(
+        l1.ecx & !leaf1_host.ecx & !(1 << 31),
+        0,
+        "no leaf-1 feature beyond the host's"
+    );
+    if !xsave {
+        assert_eq!(l1.ecx & ((1 << 26) | (1 << 27) | (1 << 28)), 0);
+        assert!(out.iter().all(|e| e.function != 0xd));
+        if let Some(l7) = out.iter().find(|e| e.function == 7 && e.index == 0) {
+            assert_eq!(l7.ebx & (1 << 5), 0, "no AVX2");
+        }
     }
 }
 

@@ -86,21 +86,25 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on a thread of its own until the guest stops it or `stop` is set (and the
-    /// thread kicked with [`KICK_SIGNAL`](crate::machine::kick_signal)).
+    /// thread kicked with [`kick_signal`](crate::machine::kick_signal)). `on_start` runs first on
+    /// the new thread (it loads the seccomp filter); if it fails the vCPU never enters the guest.
     pub fn spawn(
         self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         events: Sender<VcpuEvent>,
         stop: Arc<AtomicBool>,
-        on_start: Option<Box<dyn FnOnce() + Send>>,
+        on_start: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("strata-vcpu{id}"))
             .spawn(move || {
                 if let Some(f) = on_start {
-                    f();
+                    if let Err(reason) = f() {
+                        let _ = events.send(VcpuEvent::Failed { cpu: id, reason });
+                        return;
+                    }
                 }
                 let ev = self.run_loop(&pio, &mmio, &stop);
                 if let Some(ev) = ev {

@@ -112,7 +112,8 @@ pub trait VirtioDevice: Send {
 
 /// A device's host-side thread.
 pub trait Worker: Send {
-    fn start(&mut self, events: Sender<VcpuEvent>) -> Result<(), crate::Error>;
+    /// Starts the thread; with `seccomp` it loads its filter first.
+    fn start(&mut self, events: Sender<VcpuEvent>, seccomp: bool) -> Result<(), crate::Error>;
     fn stop(&mut self);
 }
 

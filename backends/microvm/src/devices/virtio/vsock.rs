@@ -809,7 +809,7 @@ fn worker_loop(shared: Arc<Shared>, listener: UnixListener, stop: Arc<AtomicBool
 }
 
 impl Worker for VsockWorker {
-    fn start(&mut self, _events: Sender<VcpuEvent>) -> Result<(), crate::Error> {
+    fn start(&mut self, events: Sender<VcpuEvent>, seccomp: bool) -> Result<(), crate::Error> {
         let Some(listener) = self.listener.take() else {
             return Ok(());
         };
@@ -817,7 +817,18 @@ impl Worker for VsockWorker {
         let stop = self.stop.clone();
         let t = std::thread::Builder::new()
             .name("strata-vsock".into())
-            .spawn(move || worker_loop(shared, listener, stop))
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::VsockWorker) {
+                        let _ = events.send(VcpuEvent::Failed {
+                            cpu: 0,
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                }
+                worker_loop(shared, listener, stop)
+            })
             .map_err(|source| DeviceError::Worker {
                 device: "vsock",
                 source,

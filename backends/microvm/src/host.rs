@@ -1,1 +1,0 @@
-//! What the host's KVM is.
