@@ -1,0 +1,706 @@
+//! What the CRI smoke test needs around containerd's CRI plugin: a pod network of the test's own
+//! (a `bridge` + `host-local` conflist for Debian's `containernetworking-plugins`, on a bridge
+//! no one else uses, without masquerade), a pause image built from a small static C program, a
+//! private containerd with the CRI plugin and Strata's handlers taken from
+//! `configs/containerd-strata.toml`, and a CRI client (the `k8s-cri` crate) on its socket.
+//!
+//! Everything it creates is named after the test process (`/run/strata-cri-<pid>-<n>`, bridge
+//! `stc<pid>-<n>`) and removed when the [`CriEnv`] drops; what a killed run left behind is swept
+//! by the next one. It never touches a system containerd, the host's CNI configuration or any
+//! network device but its own bridge.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::Status;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerStatusRequest, ExecSyncRequest, ImageSpec,
+    LinuxPodSandboxConfig, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+};
+
+use crate::cmd;
+use crate::daemon::{self, default_cri_section, DaemonOptions, BUSYBOX_IMAGE};
+use crate::harness::{Harness, HarnessError, Runtime};
+use crate::image::ImageBuilder;
+
+/// Where Debian's `containernetworking-plugins` installs the plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// The plugins the pod network uses (`loopback` is set up by the CRI plugin itself).
+pub const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
+/// The sandbox image, built locally and imported into the CRI namespace.
+pub const PAUSE_IMAGE: &str = "localhost/strata-test/pause:3.9";
+/// The containerd namespace the CRI plugin works in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The CRI handler that runs pods on Strata's native tier.
+pub const STRATA_NATIVE_HANDLER: &str = "strata-native";
+/// How long one CRI call may take.
+pub const CRI_TIMEOUT: Duration = Duration::from_secs(90);
+
+const DIR_PREFIX: &str = "strata-cri-";
+
+/// The pause program: PID 1 of the pod's sandbox. Sleeps in pause(), reaps children, exits 0 on
+/// SIGTERM or SIGINT.
+pub const PAUSE_C: &str = r#"
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void stop(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, 0, WNOHANG) > 0) {} }
+
+int main(void) {
+    struct sigaction sa = {0};
+    sa.sa_handler = stop;
+    sigaction(SIGTERM, &sa, 0);
+    sigaction(SIGINT, &sa, 0);
+    sa.sa_handler = reap;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, 0);
+    for (;;) pause();
+}
+"#;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The repository's `configs/` directory.
+pub fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("configs"))
+        .unwrap_or_else(|| PathBuf::from("configs"))
+}
+
+/// The CRI runtimes section for the test daemon: `runc` (the baseline) and Strata's handlers
+/// exactly as `configs/containerd-strata.toml` ships them, with `/etc/strata/` pointed at the
+/// repository's `configs/`, so the test runs the shipped snippet and per-tier configs.
+pub fn runtimes_section(configs: &Path) -> Result<String> {
+    let path = configs.join("containerd-strata.toml");
+    let shipped =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = String::from(
+        r#"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+"#,
+    );
+    for line in shipped.lines() {
+        if line.trim_start().starts_with("version") {
+            continue;
+        }
+        out.push_str(&line.replace("/etc/strata/", &format!("{}/", configs.display())));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// A bridge + host-local conflist on `bridge`, addresses from `subnet`, leases kept in
+/// `ipam_dir`; no gateway address on the host, no masquerade.
+pub fn conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [ {
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "hairpinMode": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [ [ { "subnet": subnet } ] ],
+                "dataDir": ipam_dir,
+            },
+        } ],
+    }))
+    .unwrap_or_default()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn ip(args: &[&str]) -> Result<cmd::Output> {
+    let mut c = Command::new("ip");
+    c.args(args);
+    cmd::run(c, None, Duration::from_secs(20))
+}
+
+/// Removes what test processes that are gone left behind: their bridges and directories.
+pub fn sweep_stale() {
+    let Ok(rd) = fs::read_dir("/run") else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
+            continue;
+        };
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if alive(pid) {
+            continue;
+        }
+        remove_env_dir(&e.path(), &bridge_name(pid, n));
+    }
+}
+
+fn bridge_name(pid: u32, n: &str) -> String {
+    format!("stc{pid}-{n}")
+}
+
+fn remove_env_dir(dir: &Path, bridge: &str) {
+    if Path::new("/sys/class/net").join(bridge).exists() {
+        let _ = ip(&["link", "del", bridge]);
+    }
+    let d = dir.to_string_lossy().into_owned();
+    let mut mounts = daemon::mountpoints(|m| m.starts_with(&*d));
+    mounts.reverse();
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// A private containerd with the CRI plugin, its pod network and images.
+pub struct CriEnv {
+    pub harness: Harness,
+    /// The CRI runtime handler pods are run with: `strata-native`, or `runc` for the baseline.
+    pub handler: &'static str,
+    /// The shim binary containerd starts for `handler`.
+    pub shim_binary: &'static str,
+    /// The Strata config the handler's `ConfigPath` names (None for runc).
+    pub runtime_config: Option<PathBuf>,
+    /// `/run/strata-cri-<pid>-<n>`: CNI config, leases, logs, the pause build.
+    pub dir: PathBuf,
+    pub network: String,
+    pub bridge: String,
+    /// The pods' subnet, e.g. `10.201.37.0/24`.
+    pub subnet: String,
+    /// Where host-local keeps its leases (one file per address handed out).
+    pub ipam_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl CriEnv {
+    /// Checks the prerequisites, builds the pause image, writes the network configuration and
+    /// starts containerd (through the `strata-testenv` supervisor at `testenv`).
+    pub fn start(testenv: &Path) -> Result<CriEnv, HarnessError> {
+        let missing = |s: String| HarnessError::Missing(s);
+        let failed = |e: anyhow::Error| HarnessError::Failed(format!("{e:#}"));
+        let runtime = Runtime::from_env().map_err(failed)?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err(missing("the CRI test needs root".into()));
+        }
+        for p in CNI_PLUGINS {
+            if !Path::new(CNI_BIN_DIR).join(p).is_file() {
+                return Err(missing(format!(
+                    "{CNI_BIN_DIR}/{p} is missing: apt-get install containernetworking-plugins"
+                )));
+            }
+        }
+        if ip(&["-V"]).map(|o| !o.success()).unwrap_or(true) {
+            return Err(missing("`ip` is missing: apt-get install iproute2".into()));
+        }
+        sweep_stale();
+
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from("/run").join(format!("{DIR_PREFIX}{pid}-{n}"));
+        let bridge = bridge_name(pid, &n.to_string());
+        let (handler, shim_binary, runtime_config) = match runtime {
+            Runtime::Strata => (
+                STRATA_NATIVE_HANDLER,
+                crate::harness::STRATA_SHIM,
+                Some(configs_dir().join("strata-native.toml")),
+            ),
+            Runtime::Runc => ("runc", "containerd-shim-runc-v2", None),
+        };
+        // From here on, a failure removes the directory and the bridge.
+        let mut guard = DirGuard {
+            dir: dir.clone(),
+            bridge: bridge.clone(),
+            armed: true,
+        };
+        let net_dir = dir.join("net.d");
+        let ipam_dir = dir.join("ipam");
+        let log_dir = dir.join("logs");
+        for d in [&net_dir, &ipam_dir, &log_dir] {
+            fs::create_dir_all(d)
+                .with_context(|| format!("creating {}", d.display()))
+                .map_err(failed)?;
+        }
+
+        let pause = build_pause(&dir)?;
+
+        let network = format!("{DIR_PREFIX}{pid}-{n}");
+        let subnet = format!("10.{}.{}.0/24", 200 + (n % 50), pid % 256);
+        fs::write(
+            net_dir.join("10-strata-test.conflist"),
+            conflist(&network, &bridge, &subnet, &ipam_dir),
+        )
+        .map_err(|e| failed(e.into()))?;
+
+        let mut cri = default_cri_section(&net_dir, Path::new(CNI_BIN_DIR), PAUSE_IMAGE);
+        cri.push_str(&runtimes_section(&configs_dir()).map_err(failed)?);
+        let harness = Harness::start(
+            testenv,
+            DaemonOptions {
+                cri_config: Some(cri),
+                ..Default::default()
+            },
+        )?;
+
+        let env = CriEnv {
+            harness,
+            handler,
+            shim_binary,
+            runtime_config,
+            dir,
+            network,
+            bridge,
+            subnet,
+            ipam_dir,
+            log_dir,
+        };
+        guard.armed = false; // the env's Drop takes over
+        let mut busybox = ImageBuilder::busybox(BUSYBOX_IMAGE).map_err(failed)?;
+        busybox.cmd(&["sleep", "3600"]);
+        let mut pause_image = ImageBuilder::busybox(PAUSE_IMAGE).map_err(failed)?;
+        pause_image.file("pause", pause, 0o755).cmd(&["/pause"]);
+        for image in [&pause_image, &busybox] {
+            env.import(image).map_err(failed)?;
+        }
+        Ok(env)
+    }
+
+    /// Imports an image into the CRI namespace.
+    pub fn import(&self, image: &ImageBuilder) -> Result<()> {
+        let tar = self.dir.join("image.tar");
+        image.write_oci_tar(&tar)?;
+        let mut c = self.ctr();
+        c.args(["images", "import"]).arg(&tar);
+        let out = cmd::run(c, None, Duration::from_secs(120))?;
+        let _ = fs::remove_file(&tar);
+        if !out.success() {
+            bail!("importing {} into {CRI_NAMESPACE}: {out}", image.name());
+        }
+        Ok(())
+    }
+
+    /// `ctr` on this daemon, in the CRI namespace.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a")
+            .arg(&self.harness.info.socket)
+            .arg("-n")
+            .arg(CRI_NAMESPACE);
+        c
+    }
+
+    /// A CRI client on the daemon's socket.
+    pub async fn client(&self) -> Result<Cri> {
+        let channel = containerd_client::connect(&self.harness.info.socket)
+            .await
+            .with_context(|| format!("connecting to {}", self.harness.info.socket.display()))?;
+        Ok(Cri {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        })
+    }
+
+    /// A pod sandbox config: its own hostname, logs in the env's directory, its cgroups under
+    /// the daemon's name (so the harness's teardown finds strays).
+    pub fn pod_config(&self, name: &str, annotations: HashMap<String, String>) -> PodSandboxConfig {
+        let uid = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: uid.clone(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: self.log_dir.join(&uid).to_string_lossy().into_owned(),
+            annotations,
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{}/pod{}", self.harness.info.namespace, uid),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A busybox container running `command`.
+    pub fn container_config(&self, name: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: BUSYBOX_IMAGE.to_string(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
+    }
+
+    /// Live shim processes of this daemon for the handler: `(pid, command line)`.
+    pub fn shim_processes(&self) -> Vec<(u32, String)> {
+        let sock = self.harness.info.socket.to_string_lossy().into_owned();
+        daemon::pids_with_cmdline(&sock)
+            .into_iter()
+            .filter(|(_, cmdline)| {
+                cmdline
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|argv0| argv0.ends_with(self.shim_binary))
+            })
+            .collect()
+    }
+
+    /// Interfaces attached to the test's bridge.
+    pub fn bridge_ports(&self) -> Vec<String> {
+        fs::read_dir(Path::new("/sys/class/net").join(&self.bridge).join("brif"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the test's bridge exists.
+    pub fn bridge_exists(&self) -> bool {
+        Path::new("/sys/class/net").join(&self.bridge).exists()
+    }
+
+    /// Deletes the test's bridge (the bridge plugin creates it and never removes it).
+    pub fn delete_bridge(&self) -> Result<()> {
+        if self.bridge_exists() {
+            let out = ip(&["link", "del", &self.bridge])?;
+            if !out.success() {
+                bail!("deleting bridge {}: {out}", self.bridge);
+            }
+        }
+        Ok(())
+    }
+
+    /// Addresses host-local still has leased.
+    pub fn ipam_leases(&self) -> Vec<String> {
+        fs::read_dir(self.ipam_dir.join(&self.network))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `addr` (dotted quad) is inside the test's /24.
+    pub fn in_subnet(&self, addr: &str) -> bool {
+        let prefix = self.subnet.trim_end_matches("0/24");
+        addr.starts_with(prefix) && addr.len() > prefix.len()
+    }
+
+    /// Stops and removes every pod the daemon still has, best effort (after a failed test).
+    pub fn remove_all_pods(&self) {
+        block_on(async {
+            let Ok(mut cri) = self.client().await else {
+                return;
+            };
+            let Ok(pods) = cri.list_pods().await else {
+                return;
+            };
+            for id in pods {
+                let _ = cri.stop_pod(&id).await;
+                let _ = cri.remove_pod(&id).await;
+            }
+        });
+    }
+}
+
+impl Drop for CriEnv {
+    fn drop(&mut self) {
+        self.remove_all_pods();
+        self.harness.stop();
+        remove_env_dir(&self.dir, &self.bridge);
+    }
+}
+
+/// Removes the env's directory and bridge if [`CriEnv::start`] fails half-way.
+struct DirGuard {
+    dir: PathBuf,
+    bridge: String,
+    armed: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            remove_env_dir(&self.dir, &self.bridge);
+        }
+    }
+}
+
+/// Compiles [`PAUSE_C`] with `gcc -static` in `dir`; returns the binary.
+fn build_pause(dir: &Path) -> Result<Vec<u8>, HarnessError> {
+    let src = dir.join("pause.c");
+    let bin = dir.join("pause");
+    fs::write(&src, PAUSE_C).map_err(|e| HarnessError::Failed(e.to_string()))?;
+    let mut c = Command::new("gcc");
+    c.args(["-static", "-Os", "-s", "-o"]).arg(&bin).arg(&src);
+    let out = cmd::run(c, None, Duration::from_secs(120));
+    match out {
+        Ok(o) if o.success() => fs::read(&bin)
+            .map_err(|e| HarnessError::Failed(format!("reading {}: {e}", bin.display()))),
+        Ok(o) => Err(HarnessError::Missing(format!(
+            "cannot build the pause image with `gcc -static` (apt-get install gcc libc6-dev): {o}"
+        ))),
+        Err(e) => Err(HarnessError::Missing(format!(
+            "cannot run gcc (apt-get install gcc libc6-dev): {e:#}"
+        ))),
+    }
+}
+
+/// A CRI client: the runtime and image services on one connection. Every call has a deadline.
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+async fn deadline<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(CRI_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{what} took longer than {CRI_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// What ExecSync returned.
+#[derive(Debug)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+}
+
+impl Cri {
+    /// RunPodSandbox; returns the sandbox id.
+    pub async fn run_pod(
+        &mut self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, Status> {
+        let req = k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.to_string(),
+        };
+        let resp = deadline("RunPodSandbox", self.runtime.run_pod_sandbox(req)).await?;
+        Ok(resp.into_inner().pod_sandbox_id)
+    }
+
+    /// CreateContainer then StartContainer; returns the container id.
+    pub async fn start_container(
+        &mut self,
+        pod: &str,
+        config: &ContainerConfig,
+        pod_config: &PodSandboxConfig,
+    ) -> Result<String, Status> {
+        let req = k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config.clone()),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = deadline("CreateContainer", self.runtime.create_container(req))
+            .await?
+            .into_inner()
+            .container_id;
+        let req = k8s_cri::v1::StartContainerRequest {
+            container_id: id.clone(),
+        };
+        deadline("StartContainer", self.runtime.start_container(req)).await?;
+        Ok(id)
+    }
+
+    /// ExecSync with a 30 s timeout.
+    pub async fn exec_sync(&mut self, container: &str, cmd: &[&str]) -> Result<ExecResult, Status> {
+        let req = ExecSyncRequest {
+            container_id: container.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 30,
+        };
+        let r = deadline("ExecSync", self.runtime.exec_sync(req))
+            .await?
+            .into_inner();
+        Ok(ExecResult {
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            exit_code: r.exit_code,
+        })
+    }
+
+    /// PodSandboxStatus (verbose): the status and the `info` JSON.
+    pub async fn pod_status(
+        &mut self,
+        pod: &str,
+    ) -> Result<(k8s_cri::v1::PodSandboxStatus, serde_json::Value), Status> {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod.to_string(),
+            verbose: true,
+        };
+        let r = deadline("PodSandboxStatus", self.runtime.pod_sandbox_status(req))
+            .await?
+            .into_inner();
+        let info = r
+            .info
+            .get("info")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let status = r
+            .status
+            .ok_or_else(|| Status::internal("PodSandboxStatus without a status"))?;
+        Ok((status, info))
+    }
+
+    /// ContainerStatus (verbose): the state and the `info` JSON.
+    pub async fn container_status(
+        &mut self,
+        id: &str,
+    ) -> Result<(k8s_cri::v1::ContainerStatus, serde_json::Value), Status> {
+        let req = ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: true,
+        };
+        let r = deadline("ContainerStatus", self.runtime.container_status(req))
+            .await?
+            .into_inner();
+        let info = r
+            .info
+            .get("info")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let status = r
+            .status
+            .ok_or_else(|| Status::internal("ContainerStatus without a status"))?;
+        Ok((status, info))
+    }
+
+    /// StopPodSandbox.
+    pub async fn stop_pod(&mut self, pod: &str) -> Result<(), Status> {
+        let req = StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        };
+        deadline("StopPodSandbox", self.runtime.stop_pod_sandbox(req)).await?;
+        Ok(())
+    }
+
+    /// RemovePodSandbox.
+    pub async fn remove_pod(&mut self, pod: &str) -> Result<(), Status> {
+        let req = RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        };
+        deadline("RemovePodSandbox", self.runtime.remove_pod_sandbox(req)).await?;
+        Ok(())
+    }
+
+    /// Ids of every pod sandbox the CRI plugin knows.
+    pub async fn list_pods(&mut self) -> Result<Vec<String>, Status> {
+        let r = deadline(
+            "ListPodSandbox",
+            self.runtime
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+        )
+        .await?;
+        Ok(r.into_inner().items.into_iter().map(|p| p.id).collect())
+    }
+
+    /// Ids of every container the CRI plugin knows.
+    pub async fn list_containers(&mut self) -> Result<Vec<String>, Status> {
+        let r = deadline(
+            "ListContainers",
+            self.runtime
+                .list_containers(ListContainersRequest { filter: None }),
+        )
+        .await?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+}
+
+/// Runs `f` on a fresh single-threaded tokio runtime.
+pub fn run_async<F: std::future::Future>(f: F) -> F::Output {
+    block_on(f)
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The network namespace path of a sandbox, from its verbose status info (the runtime spec's
+/// network namespace).
+pub fn netns_path(info: &serde_json::Value) -> Option<PathBuf> {
+    info.pointer("/runtimeSpec/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `net:[<inode>]` for the namespace file at `path`, as `readlink /proc/self/ns/net` prints it.
+pub fn ns_link(path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(format!("net:[{}]", meta.ino()))
+}
+
+/// A pid from a verbose status info.
+pub fn info_pid(info: &serde_json::Value) -> Result<u32> {
+    info["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("no pid in the status info: {info}"))
+}

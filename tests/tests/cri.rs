@@ -1,0 +1,358 @@
+//! CRI smoke test: a Kubernetes-style pod through containerd's CRI plugin, as the kubelet would
+//! run it, on the handler `strata-native` (or `runc` with `STRATA_TEST_RUNTIME=runc`, the
+//! baseline that proves the test itself right).
+//!
+//! RunPodSandbox with the handler, two busybox containers in the pod, one shim process for the
+//! whole pod, ExecSync, stop, remove, and nothing left behind: processes, mounts, cgroups, the
+//! network namespace, the bridge's ports, host-local's leases, containerd's records.
+//!
+//! Needs root, containerd, runc, busybox-static, containernetworking-plugins, gcc and iproute2;
+//! without them each test says why and is skipped, except on CI (`CI=true`), where it fails.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerState, PodSandboxState};
+use strata_tests::cmd::poll;
+use strata_tests::cri::{self, CriEnv};
+use strata_tests::{leaks, skip, HarnessError};
+
+fn env(test: &str) -> Option<CriEnv> {
+    match CriEnv::start(Path::new(env!("CARGO_BIN_EXE_strata-testenv"))) {
+        Ok(e) => Some(e),
+        Err(HarnessError::Missing(why)) => {
+            skip(test, &why);
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// Polls `check` (a list of what is still wrong) for up to 20 s; panics with the last list.
+fn assert_clean(what: &str, mut check: impl FnMut() -> Vec<String>) {
+    let mut last = Vec::new();
+    let ok = poll(Duration::from_secs(20), || {
+        last = check();
+        last.is_empty().then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{what}: left behind:\n  {}",
+        last.join("\n  ")
+    );
+}
+
+#[test]
+fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
+    let Some(env) = env("cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing") else {
+        return;
+    };
+    let log = |id: &str| env.harness.log_lines(id, 20);
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("strata-smoke", HashMap::new());
+
+        let pod = match c.run_pod(&pod_config, env.handler).await {
+            Ok(id) => id,
+            Err(s) => panic!(
+                "RunPodSandbox with handler {}: {s}\ncontainerd log:\n{}",
+                env.handler,
+                env.harness.log_lines("level=error", 20)
+            ),
+        };
+        let (status, info) = c.pod_status(&pod).await.expect("PodSandboxStatus");
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxReady as i32,
+            "{status:?}"
+        );
+        let pod_ip = status
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .unwrap_or_default();
+        assert!(
+            env.in_subnet(&pod_ip),
+            "pod IP {pod_ip:?} is not from the test's subnet {}",
+            env.subnet
+        );
+        assert_eq!(info["runtimeHandler"], env.handler, "{info}");
+        if let Some(cfg) = &env.runtime_config {
+            // The handler's options reach containerd as runtimeoptions.v1.Options.
+            assert_eq!(
+                info.pointer("/runtimeOptions/config_path")
+                    .and_then(|v| v.as_str()),
+                Some(cfg.to_string_lossy().as_ref()),
+                "runtime options of the sandbox: {info}"
+            );
+        }
+        let netns = cri::netns_path(&info).expect("the sandbox's network namespace path");
+        let netns_link = cri::ns_link(&netns).expect("the sandbox's netns");
+        let sandbox_pid = cri::info_pid(&info).expect("sandbox pid");
+
+        let mut containers = Vec::new();
+        for name in ["one", "two"] {
+            let cfg = env.container_config(name, &["sleep", "3600"]);
+            match c.start_container(&pod, &cfg, &pod_config).await {
+                Ok(id) => containers.push(id),
+                Err(s) => panic!(
+                    "starting container {name}: {s}\ncontainerd log:\n{}",
+                    log(&pod)
+                ),
+            }
+        }
+
+        // Both run, in the pod's network and UTS namespaces.
+        let mut pids = vec![sandbox_pid];
+        for id in &containers {
+            let (st, info) = c.container_status(id).await.expect("ContainerStatus");
+            assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+            pids.push(cri::info_pid(&info).expect("container pid"));
+
+            let r = c
+                .exec_sync(id, &["echo", "hello from the pod"])
+                .await
+                .expect("ExecSync");
+            assert_eq!(
+                (r.exit_code, r.stdout.as_str()),
+                (0, "hello from the pod\n"),
+                "{r:?}"
+            );
+            let r = c
+                .exec_sync(id, &["sh", "-c", "echo oops >&2; exit 3"])
+                .await
+                .expect("ExecSync");
+            assert_eq!((r.exit_code, r.stderr.as_str()), (3, "oops\n"), "{r:?}");
+            let r = c
+                .exec_sync(id, &["readlink", "/proc/self/ns/net"])
+                .await
+                .expect("ExecSync");
+            assert_eq!(
+                r.stdout.trim(),
+                netns_link,
+                "container {id} is not in the pod's netns"
+            );
+            let r = c.exec_sync(id, &["hostname"]).await.expect("ExecSync");
+            assert_eq!(r.stdout.trim(), "strata-smoke", "{r:?}");
+            let r = c
+                .exec_sync(id, &["ip", "-4", "-o", "addr", "show", "eth0"])
+                .await
+                .expect("ExecSync");
+            assert!(
+                r.stdout.contains(&format!("inet {pod_ip}/")),
+                "eth0 in the pod: {r:?}"
+            );
+        }
+
+        // One shim for the whole pod, and it is the parent of every process of the pod.
+        let shims = env.shim_processes();
+        assert_eq!(
+            shims.len(),
+            1,
+            "expected one {} for the pod, found: {shims:#?}",
+            env.shim_binary
+        );
+        let shim_pid = shims[0].0;
+        eprintln!(
+            "pod {pod} on handler {}: IP {pod_ip}, netns {}, one shim (pid {shim_pid}) for pids {pids:?}",
+            env.handler,
+            netns.display()
+        );
+        for pid in &pids {
+            assert_eq!(
+                cri::ppid(*pid),
+                Some(shim_pid),
+                "process {pid} of the pod is not a child of the pod's shim {shims:?}"
+            );
+        }
+        assert_eq!(
+            env.bridge_ports().len(),
+            1,
+            "one veth of the pod on the bridge"
+        );
+        assert_eq!(env.ipam_leases().len(), 1, "one address leased");
+
+        // Stop: every container exits, the network goes.
+        c.stop_pod(&pod).await.expect("StopPodSandbox");
+        for id in &containers {
+            let (st, _) = c.container_status(id).await.expect("ContainerStatus");
+            assert_eq!(st.state, ContainerState::ContainerExited as i32, "{st:?}");
+        }
+        let (status, _) = c.pod_status(&pod).await.expect("PodSandboxStatus");
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxNotready as i32,
+            "{status:?}"
+        );
+
+        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+        assert!(!c.list_pods().await.expect("ListPodSandbox").contains(&pod));
+        let listed = c.list_containers().await.expect("ListContainers");
+        assert!(
+            containers.iter().all(|id| !listed.contains(id)),
+            "{listed:?}"
+        );
+
+        let mut ids: Vec<&str> = vec![pod.as_str()];
+        ids.extend(containers.iter().map(String::as_str));
+        assert_clean("the pod", || {
+            let mut left = leaks::processes(&ids);
+            left.extend(leaks::mounts(&ids));
+            left.extend(leaks::cgroups(&ids));
+            left.extend(leaks::state_dirs(&env.harness, &ids));
+            left.extend(
+                env.shim_processes()
+                    .into_iter()
+                    .map(|(p, c)| format!("shim {p}: {c}")),
+            );
+            if netns.exists() {
+                left.push(format!("network namespace {} still there", netns.display()));
+            }
+            left.extend(
+                env.bridge_ports()
+                    .into_iter()
+                    .map(|p| format!("bridge port {p}")),
+            );
+            left.extend(
+                env.ipam_leases()
+                    .into_iter()
+                    .map(|l| format!("host-local lease {l}")),
+            );
+            for args in [["containers", "ls", "-q"], ["tasks", "ls", "-q"]] {
+                let mut ctr = env.ctr();
+                ctr.args(args);
+                let out = strata_tests::cmd::run(ctr, None, Duration::from_secs(20)).expect("ctr");
+                left.extend(
+                    out.stdout
+                        .lines()
+                        .filter(|l| ids.iter().any(|id| l.contains(id)))
+                        .map(|l| format!("containerd still lists {l}")),
+                );
+            }
+            left
+        });
+    });
+    env.delete_bridge().expect("deleting the test's bridge");
+    assert!(!env.bridge_exists(), "bridge {} still there", env.bridge);
+}
+
+/// A pod of RuntimeClass `strata-native` cannot pick another tier with the annotation: the
+/// handler's ConfigPath allows `native` only, and the shim must say so, naming the allowed tiers.
+#[test]
+fn cri_annotation_cannot_leave_the_runtime_class_tier() {
+    let Some(env) = env("cri_annotation_cannot_leave_the_runtime_class_tier") else {
+        return;
+    };
+    if env.runtime_config.is_none() {
+        eprintln!("SKIP cri_annotation_cannot_leave_the_runtime_class_tier: tests a Strata feature; the suite runs against runc");
+        return;
+    }
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let annotations = HashMap::from([("strata.dev/backend".to_string(), "wasm".to_string())]);
+        let pod_config = env.pod_config("strata-escape", annotations);
+        let err = match c.run_pod(&pod_config, env.handler).await {
+            Ok(id) => {
+                let _ = c.stop_pod(&id).await;
+                let _ = c.remove_pod(&id).await;
+                panic!("a strata-native pod ran with strata.dev/backend=wasm");
+            }
+            Err(s) => s,
+        };
+        let msg = err.message();
+        assert!(
+            msg.contains("strata.dev/backend") && msg.contains("allowed backends: native"),
+            "the error should name the annotation and the allowed tiers: {msg}"
+        );
+        assert!(c.list_pods().await.expect("ListPodSandbox").is_empty());
+        assert_clean("the refused pod", || {
+            let mut left: Vec<String> = env
+                .shim_processes()
+                .into_iter()
+                .map(|(p, c)| format!("shim {p}: {c}"))
+                .collect();
+            left.extend(
+                env.bridge_ports()
+                    .into_iter()
+                    .map(|p| format!("bridge port {p}")),
+            );
+            left.extend(
+                env.ipam_leases()
+                    .into_iter()
+                    .map(|l| format!("host-local lease {l}")),
+            );
+            left
+        });
+    });
+}
+
+/// The shipped CRI snippet, RuntimeClasses and per-tier configs agree: four handlers, each a
+/// RuntimeClass of the same name, each pinning its tier through a config the shim accepts.
+#[test]
+fn shipped_cri_configs_agree() {
+    let configs = cri::configs_dir();
+    let read = |name: &str| {
+        std::fs::read_to_string(configs.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let snippet: toml::Value =
+        toml::from_str(&read("containerd-strata.toml")).expect("containerd-strata.toml");
+    let runtimes = snippet
+        .get("plugins")
+        .and_then(|p| p.get("io.containerd.grpc.v1.cri"))
+        .and_then(|c| c.get("containerd"))
+        .and_then(|c| c.get("runtimes"))
+        .and_then(|r| r.as_table())
+        .expect("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes]");
+    let mut handlers: Vec<&String> = runtimes.keys().collect();
+    handlers.sort();
+    assert_eq!(
+        handlers,
+        [
+            "strata-microvm",
+            "strata-native",
+            "strata-sentry",
+            "strata-wasm"
+        ]
+    );
+
+    let classes = read("runtimeclasses.yaml");
+    for (handler, rt) in runtimes {
+        let tier = handler.trim_start_matches("strata-");
+        assert_eq!(
+            rt["runtime_type"].as_str(),
+            Some("io.containerd.strata.v2"),
+            "{handler}"
+        );
+        let annotations = rt["pod_annotations"].as_array().expect("pod_annotations");
+        assert!(
+            annotations
+                .iter()
+                .any(|a| a.as_str() == Some("strata.dev/*")),
+            "{handler}"
+        );
+        let path = rt["options"]["ConfigPath"]
+            .as_str()
+            .expect("options.ConfigPath");
+        assert_eq!(path, format!("/etc/strata/strata-{tier}.toml"), "{handler}");
+
+        let file = configs.join(format!("strata-{tier}.toml"));
+        let text = read(&format!("strata-{tier}.toml"));
+        let cfg = strata_shim::config::Config::parse(&text, &file)
+            .unwrap_or_else(|e| panic!("the shim rejects {}: {e}", file.display()));
+        assert_eq!(cfg.default_backend.as_str(), tier);
+        let allowed: Vec<&str> = cfg.allowed_backends.iter().map(|b| b.as_str()).collect();
+        assert_eq!(allowed, [tier], "{handler} must pin its tier");
+
+        assert!(
+            classes.contains(&format!("  name: {handler}\n"))
+                && classes.contains(&format!("handler: {handler}\n")),
+            "runtimeclasses.yaml has no RuntimeClass {handler}"
+        );
+    }
+    assert_eq!(classes.matches("kind: RuntimeClass").count(), 4);
+
+    let example = configs.join("strata.toml");
+    strata_shim::config::Config::parse(&read("strata.toml"), &example)
+        .unwrap_or_else(|e| panic!("the shim rejects {}: {e}", example.display()));
+}
