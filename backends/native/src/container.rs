@@ -16,6 +16,7 @@ use strata_backend::stdio::{ConsoleSocket, ProcessIo};
 use strata_backend::{BackendEvent, CreateOpts, Error, EventSink, ExecOpts, Result, StdioPaths};
 
 use crate::cgroup::Cgroup;
+use crate::executor::NativeExecutor;
 use crate::oom::{self, OomWatch};
 
 /// How long to wait for the container's init to hand over its terminal.
@@ -129,7 +130,8 @@ impl Container {
         let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::default())
             .with_root_path(root)
             .map_err(|e| lc_err("container state root", e))?
-            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()));
+            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
+            .with_executor(NativeExecutor);
         let builder = with_stdio(builder, &io);
         let built = {
             let _guard = Reaper::global().fork_guard();
@@ -255,7 +257,8 @@ impl Container {
         let builder = ContainerBuilder::new(self.id.clone(), SyscallType::default())
             .with_root_path(&self.root)
             .map_err(|e| lc_err("container state root", e))?
-            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()));
+            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
+            .with_executor(NativeExecutor);
         let builder = with_stdio(builder, &exec.proc.io);
         let built = {
             let _guard = Reaper::global().fork_guard();

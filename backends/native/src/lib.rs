@@ -9,6 +9,7 @@
 
 mod cgroup;
 mod container;
+mod executor;
 mod oom;
 
 use std::collections::HashMap;

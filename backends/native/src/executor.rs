@@ -1,0 +1,63 @@
+//! What runs in the container's init right before it execs the user's program.
+//!
+//! libcontainer's default executor does the exec; this one first gives the program the
+//! signal dispositions a program expects. The shim ignores SIGPIPE (Rust's runtime does so
+//! for every binary), and an ignored disposition survives execve: without this, `yes | head`
+//! in a container would behave differently than under runc.
+
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+
+/// The native tier's executor.
+#[derive(Clone, Default)]
+pub struct NativeExecutor;
+
+impl Executor for NativeExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        signals::reset_ignored();
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[allow(unsafe_code)]
+mod signals {
+    /// The kernel's `struct sigaction` on x86_64 and aarch64 (not glibc's, which differs and
+    /// whose wrappers refuse the real-time signals glibc reserves for itself).
+    #[repr(C)]
+    #[derive(Default)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+
+    /// Sets every ignored catchable signal, real-time ones included, back to SIG_DFL.
+    pub fn reset_ignored() {
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = KernelSigaction::default();
+            // SAFETY: rt_sigaction with a null new action only writes the current one into
+            // `old`, a properly sized and aligned kernel sigaction; 8 is the kernel sigset size.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8)
+            };
+            if rc != 0 || old.handler != libc::SIG_IGN {
+                continue;
+            }
+            let dfl = KernelSigaction::default();
+            // SAFETY: installs SIG_DFL (handler 0) from a valid kernel sigaction; no code of
+            // ours runs in signal context, and this single-threaded init is about to exec.
+            unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), 8)
+            };
+        }
+    }
+}
