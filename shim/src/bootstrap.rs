@@ -52,8 +52,14 @@ pub struct StartInput {
 pub fn parse_start_input(input: &[u8], flags: &Flags, env_ttrpc: &str) -> StartInput {
     if !input.is_empty() {
         if let Ok(p) = BootstrapParams::parse_from_bytes(input) {
-            if p.instance_id == flags.id && p.namespace == flags.namespace && !p.containerd_ttrpc_address.is_empty() {
-                let runtime_options = p.extensions.iter().find_map(|e| e.value.clone().into_option());
+            if p.instance_id == flags.id
+                && p.namespace == flags.namespace
+                && !p.containerd_ttrpc_address.is_empty()
+            {
+                let runtime_options = p
+                    .extensions
+                    .iter()
+                    .find_map(|e| e.value.clone().into_option());
                 return StartInput {
                     protocol: Protocol::Bootstrap,
                     ttrpc_address: p.containerd_ttrpc_address.clone(),
@@ -63,7 +69,9 @@ pub fn parse_start_input(input: &[u8], flags: &Flags, env_ttrpc: &str) -> StartI
             }
         }
     }
-    let runtime_options = Any::parse_from_bytes(input).ok().filter(|a| !a.type_url.is_empty());
+    let runtime_options = Any::parse_from_bytes(input)
+        .ok()
+        .filter(|a| !a.type_url.is_empty());
     StartInput {
         protocol: Protocol::Legacy,
         ttrpc_address: env_ttrpc.to_string(),
@@ -179,7 +187,11 @@ pub fn start(flags: &Flags) -> Result<()> {
     let mut input = Vec::new();
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        stdin.lock().take(10 << 20).read_to_end(&mut input).context("read start parameters from stdin")?;
+        stdin
+            .lock()
+            .take(10 << 20)
+            .read_to_end(&mut input)
+            .context("read start parameters from stdin")?;
     }
     let env_ttrpc = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let start = parse_start_input(&input, flags, &env_ttrpc);
@@ -188,10 +200,16 @@ pub fn start(flags: &Flags) -> Result<()> {
     }
     let bundle = std::env::current_dir().context("bundle directory")?;
     let record = RuntimeOptionsRecord {
-        config_path: start.runtime_options.as_ref().and_then(config_path_from_options),
+        config_path: start
+            .runtime_options
+            .as_ref()
+            .and_then(config_path_from_options),
     };
-    std::fs::write(bundle.join(RUNTIME_OPTIONS_FILE), serde_json::to_vec(&record)?)
-        .context("record runtime options in the bundle")?;
+    std::fs::write(
+        bundle.join(RUNTIME_OPTIONS_FILE),
+        serde_json::to_vec(&record)?,
+    )
+    .context("record runtime options in the bundle")?;
 
     let grouping = grouping_id(&bundle, &flags.id);
     let opts = StartOpts {
@@ -212,11 +230,15 @@ pub fn start(flags: &Flags) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("listen on {}", path.display()))?;
     let fd = listener.as_raw_fd();
     // The daemon inherits the listening socket: clear close-on-exec on this one fd.
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        .context("pass the listening socket to the shim")?;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .context("pass the listening socket to the shim")?;
 
     let exe = std::env::current_exe().context("locate the shim binary")?;
     let mut cmd = Command::new(exe);
@@ -227,8 +249,20 @@ pub fn start(flags: &Flags) -> Result<()> {
         .process_group(0)
         .env(LISTEN_FD_ENV, fd.to_string())
         .env("TTRPC_ADDRESS", &start.ttrpc_address)
-        .args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address])
-        .args(["-publish-binary", &flags.publish_binary, "-socket", &address]);
+        .args([
+            "-namespace",
+            &flags.namespace,
+            "-id",
+            &flags.id,
+            "-address",
+            &flags.address,
+        ])
+        .args([
+            "-publish-binary",
+            &flags.publish_binary,
+            "-socket",
+            &address,
+        ]);
     if flags.debug {
         cmd.arg("-debug");
     }
@@ -265,7 +299,9 @@ pub fn delete(flags: &Flags) -> Result<()> {
     } else {
         record.state_root.clone()
     };
-    if let Err(e) = strata_native::NativeBackend::cleanup_orphan(&state_root, &flags.namespace, &flags.id) {
+    if let Err(e) =
+        strata_native::NativeBackend::cleanup_orphan(&state_root, &flags.namespace, &flags.id)
+    {
         tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's container");
     }
     crate::rootfs::unmount(&bundle);
@@ -318,7 +354,10 @@ mod tests {
         let s = parse_start_input(&bytes, &flags(), "/t");
         assert_eq!(s.protocol, Protocol::Legacy);
         let opts = s.runtime_options.unwrap();
-        assert_eq!(config_path_from_options(&opts).as_deref(), Some("/etc/strata/native.toml"));
+        assert_eq!(
+            config_path_from_options(&opts).as_deref(),
+            Some("/etc/strata/native.toml")
+        );
     }
 
     #[test]
@@ -343,7 +382,10 @@ mod tests {
         assert_eq!(s.protocol, Protocol::Bootstrap);
         assert_eq!(s.ttrpc_address, "/run/containerd/containerd.sock.ttrpc");
         assert_eq!(s.socket_dir.as_deref(), Some("/run/containerd/s2"));
-        assert_eq!(config_path_from_options(s.runtime_options.as_ref().unwrap()).as_deref(), Some("/ab"));
+        assert_eq!(
+            config_path_from_options(s.runtime_options.as_ref().unwrap()).as_deref(),
+            Some("/ab")
+        );
         let a = encode_start_answer(s.protocol, "unix:///run/containerd/s2/x").unwrap();
         let r = BootstrapResult::parse_from_bytes(&a).unwrap();
         assert_eq!(r.address, "unix:///run/containerd/s2/x");

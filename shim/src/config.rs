@@ -32,7 +32,9 @@ pub enum ConfigError {
     },
     #[error("strata config {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("annotation {BACKEND_ANNOTATION}={value:?} names no backend; allowed backends: {allowed}")]
+    #[error(
+        "annotation {BACKEND_ANNOTATION}={value:?} names no backend; allowed backends: {allowed}"
+    )]
     UnknownBackend { value: String, allowed: String },
     #[error("annotation {BACKEND_ANNOTATION}={value:?} is not allowed by this runtime's configuration; allowed backends: {allowed}")]
     NotAllowed { value: String, allowed: String },
@@ -112,7 +114,10 @@ impl Config {
     }
 
     /// The tier for a container with these annotations.
-    pub fn choose(&self, annotations: &HashMap<String, String>) -> Result<BackendKind, ConfigError> {
+    pub fn choose(
+        &self,
+        annotations: &HashMap<String, String>,
+    ) -> Result<BackendKind, ConfigError> {
         let Some(value) = annotations.get(BACKEND_ANNOTATION) else {
             return Ok(self.default_backend);
         };
@@ -132,7 +137,11 @@ impl Config {
 }
 
 fn list(kinds: &[BackendKind]) -> String {
-    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -160,9 +169,15 @@ mod tests {
         assert_eq!(c.choose(&HashMap::new()).unwrap(), BackendKind::Microvm);
         assert_eq!(c.choose(&ann("sentry")).unwrap(), BackendKind::Sentry);
         let e = c.choose(&ann("native")).unwrap_err().to_string();
-        assert!(e.contains("not allowed") && e.contains("microvm, sentry"), "{e}");
+        assert!(
+            e.contains("not allowed") && e.contains("microvm, sentry"),
+            "{e}"
+        );
         let e = c.choose(&ann("bogus")).unwrap_err().to_string();
-        assert!(e.contains("names no backend") && e.contains("microvm, sentry"), "{e}");
+        assert!(
+            e.contains("names no backend") && e.contains("microvm, sentry"),
+            "{e}"
+        );
     }
 
     #[test]

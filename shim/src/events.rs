@@ -30,7 +30,9 @@ impl Events {
                 for item in rx {
                     match item {
                         Item::Event(topic, ev) => {
-                            if let Err(e) = publisher.publish(Context::default(), topic, &namespace, ev) {
+                            if let Err(e) =
+                                publisher.publish(Context::default(), topic, &namespace, ev)
+                            {
                                 tracing::warn!(topic, error = %e, "publish event");
                             }
                         }
@@ -46,7 +48,11 @@ impl Events {
 
     /// Queues an event.
     pub fn send(&self, topic: &'static str, event: impl MessageDyn) {
-        let _ = self.tx.lock().unwrap().send(Item::Event(topic, Box::new(event)));
+        let _ = self
+            .tx
+            .lock()
+            .unwrap()
+            .send(Item::Event(topic, Box::new(event)));
     }
 
     /// Waits until every queued event has been handed to containerd.

@@ -10,9 +10,15 @@ use strata_backend::Stats;
 /// Packs `s` as `io.containerd.cgroups.v1.Metrics` or `io.containerd.cgroups.v2.Metrics`.
 pub fn to_any(s: &Stats) -> Result<Any, containerd_shim::protos::protobuf::Error> {
     let (type_url, value) = if s.cgroup_version == 2 {
-        ("io.containerd.cgroups.v2.Metrics", to_v2(s).write_to_bytes()?)
+        (
+            "io.containerd.cgroups.v2.Metrics",
+            to_v2(s).write_to_bytes()?,
+        )
     } else {
-        ("io.containerd.cgroups.v1.Metrics", to_v1(s).write_to_bytes()?)
+        (
+            "io.containerd.cgroups.v1.Metrics",
+            to_v1(s).write_to_bytes()?,
+        )
     };
     Ok(Any {
         type_url: type_url.to_string(),
@@ -72,7 +78,10 @@ pub fn to_v1(s: &Stats) -> v1::Metrics {
         ..Default::default()
     };
     m.blkio = Some(v1::BlkIOStat {
-        io_service_bytes_recursive: vec![entry("Read", s.io_read_bytes), entry("Write", s.io_write_bytes)],
+        io_service_bytes_recursive: vec![
+            entry("Read", s.io_read_bytes),
+            entry("Write", s.io_write_bytes),
+        ],
         ..Default::default()
     })
     .into();

@@ -24,14 +24,20 @@ pub fn task_methods(service: TaskService) -> Methods {
     let svc: Arc<dyn containerd_shim::protos::shim_sync::Task + Send + Sync> = Arc::new(service);
     let mut methods = create_task(svc.clone());
     for (name, handler) in create_task(svc) {
-        methods.insert(name.replace("containerd.task.v3.", "containerd.task.v2."), handler);
+        methods.insert(
+            name.replace("containerd.task.v3.", "containerd.task.v2."),
+            handler,
+        );
     }
     methods
 }
 
 fn setup_logging(debug: bool) {
     // containerd reads the shim's log from the FIFO named `log` in the bundle.
-    let file = std::fs::OpenOptions::new().read(true).write(true).open("log");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("log");
     let filter = if debug { "debug" } else { "info" };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
@@ -55,15 +61,27 @@ pub fn serve(flags: &Flags) -> Result<()> {
     strata_backend::reaper::Reaper::global();
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address).context("connect to containerd's event service")?;
+    let publisher =
+        RemotePublisher::new(&ttrpc_address).context("connect to containerd's event service")?;
     let exit = Arc::new(ExitSignal::default());
-    let service = TaskService::new(flags.namespace.clone(), Events::start(publisher, flags.namespace.clone()), exit.clone());
+    let service = TaskService::new(
+        flags.namespace.clone(),
+        Events::start(publisher, flags.namespace.clone()),
+        exit.clone(),
+    );
 
-    let listen_fd: RawFd = match std::env::var(LISTEN_FD_ENV).ok().and_then(|v| v.parse().ok()) {
+    let listen_fd: RawFd = match std::env::var(LISTEN_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(fd) => fd,
         None => {
-            let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
-            let l = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("listen on {path}"))?;
+            let path = flags
+                .socket
+                .strip_prefix("unix://")
+                .unwrap_or(&flags.socket);
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .with_context(|| format!("listen on {path}"))?;
             std::os::fd::IntoRawFd::into_raw_fd(l)
         }
     };
@@ -78,7 +96,10 @@ pub fn serve(flags: &Flags) -> Result<()> {
     exit.wait();
     service.flush_events();
     server.shutdown();
-    let path = flags.socket.strip_prefix("unix://").unwrap_or(&flags.socket);
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
     let _ = std::fs::remove_file(path);
     tracing::info!("strata shim exiting");
     Ok(())

@@ -26,7 +26,9 @@ use strata_backend::{
 };
 use strata_native::NativeBackend;
 
-use crate::bootstrap::{BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE};
+use crate::bootstrap::{
+    BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE,
+};
 use crate::config::{Config, CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
 use crate::events::Events;
 
@@ -119,7 +121,12 @@ impl Ctr {
             .unwrap()
             .get(exec_id)
             .cloned()
-            .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} in container {} not found", self.id)))
+            .ok_or_else(|| {
+                err(
+                    Code::NOT_FOUND,
+                    format!("exec {exec_id} in container {} not found", self.id),
+                )
+            })
     }
 }
 
@@ -186,7 +193,8 @@ impl TaskService {
             }
             other => Err(Error::Unavailable {
                 backend: other,
-                reason: "this build of Strata does not include it yet; use the native backend".into(),
+                reason: "this build of Strata does not include it yet; use the native backend"
+                    .into(),
             }),
         }
     }
@@ -203,7 +211,11 @@ impl TaskService {
 
     /// The tier of the pod this container belongs to, if its sandbox runs in this shim.
     fn pod_backend(&self, annotations: &HashMap<String, String>) -> Option<BackendKind> {
-        if annotations.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) != Some("container") {
+        if annotations
+            .get(CONTAINER_TYPE_ANNOTATION)
+            .map(String::as_str)
+            != Some("container")
+        {
             return None;
         }
         let sandbox = annotations.get(SANDBOX_ID_ANNOTATION)?;
@@ -227,8 +239,9 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec_path = bundle.join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path)
-            .map_err(|e| Error::InvalidArgument(format!("malformed OCI spec {}: {e}", spec_path.display())))?;
+        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+            Error::InvalidArgument(format!("malformed OCI spec {}: {e}", spec_path.display()))
+        })?;
 
         // The config: the runtime options of this request, else those `start` recorded.
         let config_path = req
@@ -244,7 +257,9 @@ impl TaskService {
         let cfg = Config::load(config_path.as_deref().map(std::path::Path::new))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let chosen = cfg.choose(&annotations).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let chosen = cfg
+            .choose(&annotations)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let kind = match self.pod_backend(&annotations) {
             // Containers inherit their pod's tier, unless they are not WebAssembly at all.
             Some(pod) => pod,
@@ -260,7 +275,10 @@ impl TaskService {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT)),
         };
-        let _ = std::fs::write(bundle.join(BUNDLE_RECORD_FILE), serde_json::to_vec(&record).unwrap_or_default());
+        let _ = std::fs::write(
+            bundle.join(BUNDLE_RECORD_FILE),
+            serde_json::to_vec(&record).unwrap_or_default(),
+        );
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -292,7 +310,11 @@ impl TaskService {
             execs: Mutex::new(HashMap::new()),
             paused: Mutex::new(false),
         });
-        self.inner.containers.lock().unwrap().insert(req.id.clone(), ctr);
+        self.inner
+            .containers
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), ctr);
         tracing::info!(id = %req.id, backend = %kind, pid, "created");
         self.inner.events.send(
             TASK_CREATE_EVENT_TOPIC,
@@ -402,7 +424,11 @@ impl Task for TaskService {
         })
     }
 
-    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
         self.do_create(&req).map_err(|e| {
             tracing::warn!(id = %req.id, error = %e, "create failed");
             to_ttrpc(e)
@@ -413,7 +439,10 @@ impl Task for TaskService {
         let ctr = self.ctr(&req.id)?;
         let proc = ctr.proc(&req.exec_id)?;
         let _l = ctr.lifecycle.lock().unwrap();
-        let pid = ctr.backend.start(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+        let pid = ctr
+            .backend
+            .start(&req.id, opt(&req.exec_id))
+            .map_err(to_ttrpc)?;
         {
             let mut st = proc.st.lock().unwrap();
             st.pid = pid;
@@ -457,10 +486,15 @@ impl Task for TaskService {
         if phase == Phase::Running {
             return Err(err(
                 Code::FAILED_PRECONDITION,
-                format!("cannot delete running process {} of {}: kill it first", pid, req.id),
+                format!(
+                    "cannot delete running process {} of {}: kill it first",
+                    pid, req.id
+                ),
             ));
         }
-        ctr.backend.delete(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+        ctr.backend
+            .delete(&req.id, opt(&req.exec_id))
+            .map_err(to_ttrpc)?;
         let (exit_status, exited_at) = {
             let st = proc.st.lock().unwrap();
             match &st.exited_at {
@@ -544,7 +578,10 @@ impl Task for TaskService {
         let ctr = self.ctr(&req.id)?;
         Err(err(
             Code::UNIMPLEMENTED,
-            format!("checkpoint is not supported by Strata's {} backend", ctr.kind),
+            format!(
+                "checkpoint is not supported by Strata's {} backend",
+                ctr.kind
+            ),
         ))
     }
 
@@ -559,14 +596,24 @@ impl Task for TaskService {
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
         let ctr = self.ctr(&req.id)?;
         if ctr.execs.lock().unwrap().contains_key(&req.exec_id) {
-            return Err(err(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            ));
         }
-        let spec = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| err(Code::INVALID_ARGUMENT, "exec request carries no process spec"))?;
-        let process: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("malformed exec process spec: {e}")))?;
+        let spec = req.spec.as_ref().ok_or_else(|| {
+            err(
+                Code::INVALID_ARGUMENT,
+                "exec request carries no process spec",
+            )
+        })?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec.value).map_err(|e| {
+                err(
+                    Code::INVALID_ARGUMENT,
+                    format!("malformed exec process spec: {e}"),
+                )
+            })?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -581,7 +628,10 @@ impl Task for TaskService {
                 stdio: stdio.clone(),
             })
             .map_err(to_ttrpc)?;
-        ctr.execs.lock().unwrap().insert(req.exec_id.clone(), Proc::new(stdio, 0));
+        ctr.execs
+            .lock()
+            .unwrap()
+            .insert(req.exec_id.clone(), Proc::new(stdio, 0));
         self.inner.events.send(
             TASK_EXEC_ADDED_EVENT_TOPIC,
             TaskExecAdded {
@@ -604,7 +654,9 @@ impl Task for TaskService {
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
         let ctr = self.ctr(&req.id)?;
         if req.stdin {
-            ctr.backend.close_stdin(&req.id, opt(&req.exec_id)).map_err(to_ttrpc)?;
+            ctr.backend
+                .close_stdin(&req.id, opt(&req.exec_id))
+                .map_err(to_ttrpc)?;
         }
         Ok(Empty::new())
     }
@@ -626,7 +678,11 @@ impl Task for TaskService {
         let proc = ctr.proc(&req.exec_id)?;
         let mut st = proc.st.lock().unwrap();
         while st.phase != Phase::Stopped {
-            st = proc.exited.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
+            st = proc
+                .exited
+                .wait_timeout(st, Duration::from_secs(60))
+                .unwrap()
+                .0;
         }
         Ok(WaitResponse {
             exit_status: st.exit_status,
@@ -638,7 +694,8 @@ impl Task for TaskService {
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let ctr = self.ctr(&req.id)?;
         let stats = ctr.backend.stats(&req.id).map_err(to_ttrpc)?;
-        let any = crate::metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, format!("encode metrics: {e}")))?;
+        let any = crate::metrics::to_any(&stats)
+            .map_err(|e| err(Code::INTERNAL, format!("encode metrics: {e}")))?;
         Ok(StatsResponse {
             stats: Some(any).into(),
             ..Default::default()

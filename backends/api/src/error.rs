@@ -19,10 +19,16 @@ pub enum Error {
     FailedPrecondition(String),
     /// The tier cannot do this operation at all.
     #[error("{op} is not supported by the {backend} backend")]
-    Unsupported { backend: BackendKind, op: &'static str },
+    Unsupported {
+        backend: BackendKind,
+        op: &'static str,
+    },
     /// The tier is not available in this build or on this host.
     #[error("the {backend} backend is not available: {reason}")]
-    Unavailable { backend: BackendKind, reason: String },
+    Unavailable {
+        backend: BackendKind,
+        reason: String,
+    },
     /// A system call or file operation failed.
     #[error("{context}: {source}")]
     Io {

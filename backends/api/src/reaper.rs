@@ -164,6 +164,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test waits for them
     fn reports_exit_code_and_signal() {
         let reaper = Reaper::global();
         let (tx, rx) = mpsc::channel();
@@ -171,7 +172,10 @@ mod tests {
         let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
         let tx2 = tx.clone();
         reaper.subscribe(child.id() as i32, move |s| tx2.send(("exit", s)).unwrap());
-        let child2 = Command::new("sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
+        let child2 = Command::new("sh")
+            .args(["-c", "kill -9 $$"])
+            .spawn()
+            .unwrap();
         reaper.subscribe(child2.id() as i32, move |s| tx.send(("kill", s)).unwrap());
         drop(_g);
         let mut got: Vec<_> = (0..2)

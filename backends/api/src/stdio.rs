@@ -89,7 +89,11 @@ impl ProcessIo {
 
     /// Takes the end the process gets as fd `which` (0, 1 or 2), to hand to the runtime.
     pub fn take_fd(&self, which: usize) -> Option<OwnedFd> {
-        self.pass.lock().unwrap().get_mut(which).and_then(Option::take)
+        self.pass
+            .lock()
+            .unwrap()
+            .get_mut(which)
+            .and_then(Option::take)
     }
 
     /// Starts copying between a process's pty master and its FIFOs.
@@ -98,7 +102,11 @@ impl ProcessIo {
         let reader = master
             .try_clone()
             .map_err(|e| Error::io("dup pty master", e))?;
-        *self.console.lock().unwrap() = Some(master.try_clone().map_err(|e| Error::io("dup pty master", e))?);
+        *self.console.lock().unwrap() = Some(
+            master
+                .try_clone()
+                .map_err(|e| Error::io("dup pty master", e))?,
+        );
         if !paths.stdin.is_empty() {
             *self.stdin_writer.lock().unwrap() = Some(master);
             spawn_stdin_copier(paths.stdin.clone(), self.stdin_writer.clone());
@@ -148,7 +156,10 @@ impl ProcessIo {
         // the fd is a pty master this struct owns.
         let rc = unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if rc < 0 {
-            return Err(Error::io("set window size", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "set window size",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -204,7 +215,9 @@ impl ConsoleSocket {
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
-                        return Err(Error::Other("no terminal received on the console socket".into()));
+                        return Err(Error::Other(
+                            "no terminal received on the console socket".into(),
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -218,7 +231,12 @@ impl ConsoleSocket {
         let mut buf = [0u8; 4096];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 if let Some(fd) = fds.first() {
@@ -227,7 +245,9 @@ impl ConsoleSocket {
                 }
             }
         }
-        Err(Error::Other("console socket message carried no file descriptor".into()))
+        Err(Error::Other(
+            "console socket message carried no file descriptor".into(),
+        ))
     }
 }
 

@@ -87,7 +87,13 @@ impl Cgroup {
             memory_max_usage: s.memory.memory.max_usage,
             memory_failcnt: s.memory.memory.fail_count,
             memory_cache: s.memory.cache,
-            memory_rss: s.memory.stats.get("rss").or(s.memory.stats.get("anon")).copied().unwrap_or(0),
+            memory_rss: s
+                .memory
+                .stats
+                .get("rss")
+                .or(s.memory.stats.get("anon"))
+                .copied()
+                .unwrap_or(0),
             memory_oom_kills: s.memory.stats.get("oom_kill").copied().unwrap_or(0),
             cpu_usage_total_ns: s.cpu.usage.usage_total,
             cpu_usage_user_ns: s.cpu.usage.usage_user,

@@ -96,16 +96,18 @@ fn watch_exit(proc: &Arc<Proc>, events: &EventSink, id: &str, exec_id: Option<&s
     let exec_id = exec_id.map(str::to_string);
     Reaper::global().subscribe(pid as i32, move |status| {
         // Draining a terminal may take a moment: not on the reaper's thread.
-        let _ = std::thread::Builder::new().name("exit".into()).spawn(move || {
-            proc.io.finish();
-            proc.exited.store(true, Ordering::SeqCst);
-            events(BackendEvent::Exited {
-                container_id: id,
-                exec_id,
-                pid,
-                status,
+        let _ = std::thread::Builder::new()
+            .name("exit".into())
+            .spawn(move || {
+                proc.io.finish();
+                proc.exited.store(true, Ordering::SeqCst);
+                events(BackendEvent::Exited {
+                    container_id: id,
+                    exec_id,
+                    pid,
+                    status,
+                });
             });
-        });
     });
 }
 
@@ -183,7 +185,11 @@ impl Container {
         if let Some((dir, v2)) = c.cgroup.memory_dir() {
             let ev = events.clone();
             let id = c.id.clone();
-            match oom::watch(dir, v2, move || ev(BackendEvent::Oom { container_id: id.clone() })) {
+            match oom::watch(dir, v2, move || {
+                ev(BackendEvent::Oom {
+                    container_id: id.clone(),
+                })
+            }) {
                 Ok(w) => *c.oom.lock().unwrap() = Some(w),
                 Err(e) => tracing::warn!(id = %c.id, error = %e, "cannot watch for OOM kills"),
             }
@@ -203,21 +209,32 @@ impl Container {
     pub fn start(&self) -> Result<u32> {
         let mut lc = self.lc.lock().unwrap();
         let _guard = Reaper::global().fork_guard();
-        lc.start()
-            .map_err(|e| Error::FailedPrecondition(format!("start container {}: {}", self.id, error_chain(&e))))?;
+        lc.start().map_err(|e| {
+            Error::FailedPrecondition(format!("start container {}: {}", self.id, error_chain(&e)))
+        })?;
         Ok(self.init_pid())
     }
 
     pub fn add_exec(&self, opts: ExecOpts) -> Result<()> {
         let mut execs = self.execs.lock().unwrap();
         if execs.contains_key(&opts.exec_id) {
-            return Err(Error::AlreadyExists(format!("exec {} in container {}", opts.exec_id, self.id)));
+            return Err(Error::AlreadyExists(format!(
+                "exec {} in container {}",
+                opts.exec_id, self.id
+            )));
         }
         if self.init.exited.load(Ordering::SeqCst) {
-            return Err(Error::FailedPrecondition(format!("container {} is not running", self.id)));
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                self.id
+            )));
         }
-        let process_file = self.root.join(&self.id).join(format!("exec-{}.json", sanitize_file(&opts.exec_id)));
-        let json = serde_json::to_vec(&opts.process).map_err(|e| Error::InvalidArgument(format!("exec process: {e}")))?;
+        let process_file = self
+            .root
+            .join(&self.id)
+            .join(format!("exec-{}.json", sanitize_file(&opts.exec_id)));
+        let json = serde_json::to_vec(&opts.process)
+            .map_err(|e| Error::InvalidArgument(format!("exec process: {e}")))?;
         std::fs::write(&process_file, json).map_err(|e| Error::io("write exec process spec", e))?;
         let io = if opts.stdio.terminal {
             ProcessIo::default()
@@ -247,7 +264,9 @@ impl Container {
     pub fn start_exec(&self, exec_id: &str) -> Result<u32> {
         let exec = self.exec(exec_id)?;
         if exec.started.swap(true, Ordering::SeqCst) {
-            return Err(Error::FailedPrecondition(format!("exec {exec_id} already started")));
+            return Err(Error::FailedPrecondition(format!(
+                "exec {exec_id} already started"
+            )));
         }
         let console = if exec.proc.stdio.terminal {
             Some(ConsoleSocket::bind(&console_path(&self.root))?)
@@ -269,7 +288,11 @@ impl Container {
                 .build()
         };
         let pid = built.map_err(|e| {
-            Error::InvalidArgument(format!("exec {exec_id} in container {}: {}", self.id, error_chain(&e)))
+            Error::InvalidArgument(format!(
+                "exec {exec_id} in container {}: {}",
+                self.id,
+                error_chain(&e)
+            ))
         })?;
         exec.proc.pid.store(pid.as_raw() as u32, Ordering::SeqCst);
         if let Some(console) = console {
@@ -284,7 +307,9 @@ impl Container {
     pub fn delete_exec(&self, exec_id: &str) -> Result<()> {
         let exec = self.exec(exec_id)?;
         if exec.started.load(Ordering::SeqCst) && !exec.proc.exited.load(Ordering::SeqCst) {
-            return Err(Error::FailedPrecondition(format!("exec {exec_id} is still running")));
+            return Err(Error::FailedPrecondition(format!(
+                "exec {exec_id} is still running"
+            )));
         }
         let _ = std::fs::remove_file(&exec.process_file);
         self.execs.lock().unwrap().remove(exec_id);
@@ -292,7 +317,8 @@ impl Container {
     }
 
     pub fn kill(&self, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
-        let sig = Signal::try_from(signal).map_err(|_| Error::InvalidArgument(format!("unknown signal {signal}")))?;
+        let sig = Signal::try_from(signal)
+            .map_err(|_| Error::InvalidArgument(format!("unknown signal {signal}")))?;
         if all && exec_id.is_none() {
             for pid in self.cgroup.pids().unwrap_or_default() {
                 let _ = kill(Pid::from_raw(pid as i32), sig);
@@ -316,7 +342,11 @@ impl Container {
         }
     }
 
-    pub fn with_io(&self, exec_id: Option<&str>, f: impl FnOnce(&ProcessIo) -> Result<()>) -> Result<()> {
+    pub fn with_io(
+        &self,
+        exec_id: Option<&str>,
+        f: impl FnOnce(&ProcessIo) -> Result<()>,
+    ) -> Result<()> {
         match exec_id {
             None => f(&self.init.io),
             Some(e) => f(&self.exec(e)?.proc.io),
@@ -359,7 +389,13 @@ impl Container {
 
 fn sanitize_file(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -408,7 +444,9 @@ pub fn cleanup_orphan(root: &Path, id: &str) -> Result<()> {
                 }
             }
         }
-        Err(e) => tracing::warn!(%id, error = %error_chain(&e), "cannot load orphan container state"),
+        Err(e) => {
+            tracing::warn!(%id, error = %error_chain(&e), "cannot load orphan container state")
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -47,7 +47,13 @@ mod signals {
             // SAFETY: rt_sigaction with a null new action only writes the current one into
             // `old`, a properly sized and aligned kernel sigaction; 8 is the kernel sigset size.
             let rc = unsafe {
-                libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, 8)
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::null::<KernelSigaction>(),
+                    &mut old,
+                    8,
+                )
             };
             if rc != 0 || old.handler != libc::SIG_IGN {
                 continue;
@@ -56,7 +62,13 @@ mod signals {
             // SAFETY: installs SIG_DFL (handler 0) from a valid kernel sigaction; no code of
             // ours runs in signal context, and this single-threaded init is about to exec.
             unsafe {
-                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), 8)
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8,
+                )
             };
         }
     }

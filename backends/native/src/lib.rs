@@ -62,7 +62,13 @@ impl NativeBackend {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -141,7 +147,8 @@ impl Backend for NativeBackend {
     }
 
     fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {
-        self.get(id)?.with_io(exec_id, |io| io.resize(width, height))
+        self.get(id)?
+            .with_io(exec_id, |io| io.resize(width, height))
     }
 
     fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {

@@ -33,26 +33,35 @@ impl Drop for OomWatch {
 }
 
 /// Starts watching `dir`; `notify` is called once per OOM kill.
-pub fn watch(dir: PathBuf, v2: bool, notify: impl Fn() + Send + 'static) -> std::io::Result<OomWatch> {
+pub fn watch(
+    dir: PathBuf,
+    v2: bool,
+    notify: impl Fn() + Send + 'static,
+) -> std::io::Result<OomWatch> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     if v2 {
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         ino.add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY)?;
         let mut last = read_oom_kills(&dir).unwrap_or(0);
-        std::thread::Builder::new().name("oom-v2".into()).spawn(move || {
-            while !stop2.load(Ordering::SeqCst) && dir.exists() {
-                let mut fds = [nix::poll::PollFd::new(ino.as_fd(), nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
-                let _ = ino.read_events();
-                if let Some(n) = read_oom_kills(&dir) {
-                    for _ in last..n {
-                        notify();
+        std::thread::Builder::new()
+            .name("oom-v2".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) && dir.exists() {
+                    let mut fds = [nix::poll::PollFd::new(
+                        ino.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
+                    let _ = ino.read_events();
+                    if let Some(n) = read_oom_kills(&dir) {
+                        for _ in last..n {
+                            notify();
+                        }
+                        last = last.max(n);
                     }
-                    last = last.max(n);
                 }
-            }
-        })?;
+            })?;
     } else {
         let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let control = File::open(dir.join("memory.oom_control"))?;
@@ -62,26 +71,31 @@ pub fn watch(dir: PathBuf, v2: bool, notify: impl Fn() + Send + 'static) -> std:
         // One write: the kernel parses each write(2) to event_control on its own.
         ev.write_all(format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()).as_bytes())?;
         tracing::debug!(dir = %dir.display(), "watching for OOM kills (cgroup v1)");
-        std::thread::Builder::new().name("oom-v1".into()).spawn(move || {
-            let _control = control;
-            let mut f = File::from(std::os::fd::OwnedFd::from(efd));
-            while !stop2.load(Ordering::SeqCst) {
-                let mut fds = [nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
-                let mut buf = [0u8; 8];
-                if f.read_exact(&mut buf).is_ok() {
-                    // The eventfd also fires when the cgroup is removed.
-                    if !dir.exists() {
+        std::thread::Builder::new()
+            .name("oom-v1".into())
+            .spawn(move || {
+                let _control = control;
+                let mut f = File::from(std::os::fd::OwnedFd::from(efd));
+                while !stop2.load(Ordering::SeqCst) {
+                    let mut fds = [nix::poll::PollFd::new(
+                        f.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
+                    let mut buf = [0u8; 8];
+                    if f.read_exact(&mut buf).is_ok() {
+                        // The eventfd also fires when the cgroup is removed.
+                        if !dir.exists() {
+                            break;
+                        }
+                        notify();
+                    } else if !dir.exists() {
                         break;
+                    } else {
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    notify();
-                } else if !dir.exists() {
-                    break;
-                } else {
-                    std::thread::sleep(Duration::from_millis(1));
                 }
-            }
-        })?;
+            })?;
     }
     Ok(OomWatch { stop })
 }
