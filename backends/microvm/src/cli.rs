@@ -1,1 +1,78 @@
-//! `strata vm run`.
+//! `strata vm run`: boots a machine with its console on stdout and returns the exit status.
+//! The `strata` binary parses the command line and calls [`vm_run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::vsock::VsockConfig;
+use crate::machine::{Exit, Machine, MachineConfig, DEFAULT_CMDLINE};
+use crate::Error;
+
+/// The arguments of `strata vm run`.
+#[derive(Clone, Debug)]
+pub struct VmRunArgs {
+    /// An ELF vmlinux with a PVH note, or a 64-bit bzImage.
+    pub kernel: PathBuf,
+    /// An initramfs.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; [`DEFAULT_CMDLINE`] if not given.
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Disks, each `PATH` or `PATH:ro`, in order (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<String>,
+    /// The host Unix socket of the vsock device.
+    pub vsock: Option<PathBuf>,
+    /// The guest's vsock CID.
+    pub guest_cid: u64,
+    /// Give up (and report the console's tail) after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl VmRunArgs {
+    /// Defaults: 128 MiB, one vCPU, CID 3, no timeout.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmRunArgs {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            mem_mib: 128,
+            vcpus: 1,
+            disks: Vec::new(),
+            vsock: None,
+            guest_cid: 3,
+            timeout: None,
+        }
+    }
+
+    /// The machine these arguments describe, its console echoed to stdout.
+    pub fn machine_config(&self) -> MachineConfig {
+        let mut cfg = MachineConfig::new(&self.kernel);
+        cfg.initrd = self.initrd.clone();
+        cfg.cmdline = self
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        cfg.mem_mib = self.mem_mib;
+        cfg.vcpus = self.vcpus;
+        cfg.disks = self.disks.iter().map(|d| DiskConfig::parse(d)).collect();
+        cfg.vsock = self.vsock.clone().map(|uds_path| VsockConfig {
+            guest_cid: self.guest_cid,
+            uds_path,
+        });
+        cfg.console_echo = Some(Box::new(std::io::stdout()));
+        cfg
+    }
+}
+
+/// Boots the machine and waits for it. `Ok(0)` when the guest shut down cleanly; an error (with
+/// the console's tail where there is one) otherwise.
+pub fn vm_run(args: &VmRunArgs) -> Result<i32, Error> {
+    let mut machine = Machine::start(args.machine_config())?;
+    match machine.wait(args.timeout)? {
+        Exit::Reset => Ok(0),
+    }
+}

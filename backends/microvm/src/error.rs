@@ -29,9 +29,9 @@ pub enum Error {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Bus(#[from] BusOverlap),
-    #[error("creating an eventfd: {0}")]
+    #[error("creating an eventfd")]
     EventFd(#[source] std::io::Error),
-    #[error("registering an irqfd: {0}")]
+    #[error("registering an irqfd")]
     Irqfd(#[source] kvm_ioctls::Error),
     #[error("installing the vCPU kick signal handler: {0}")]
     Signal(String),

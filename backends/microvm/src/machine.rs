@@ -133,10 +133,10 @@ impl Machine {
                 cfg.mem_mib
             )));
         }
-        if !cfg.kernel.exists() {
+        if let Err(source) = std::fs::File::open(&cfg.kernel) {
             return Err(Error::Boot(boot::BootError::OpenKernel {
                 path: cfg.kernel.display().to_string(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source,
             }));
         }
         install_kick_handler()?;

@@ -25,6 +25,43 @@ struct Cli {
 enum Command {
     /// Report what this host supports for each tier (native, sentry, microvm, wasm).
     Check(CheckArgs),
+    /// Run a microVM on Strata's own VMM (the microvm tier's machine), for debugging.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot a kernel with its console on stdout; exits 0 when the guest shuts down cleanly.
+    Run(VmRunCli),
+}
+
+#[derive(Args)]
+struct VmRunCli {
+    /// ELF vmlinux with a PVH note, or a 64-bit bzImage.
+    #[arg(long)]
+    kernel: std::path::PathBuf,
+    /// Initramfs.
+    #[arg(long)]
+    initrd: Option<std::path::PathBuf>,
+    /// Kernel command line (default: console=ttyS0 reboot=k panic=1 pci=off ...).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    mem: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Disk image, PATH or PATH:ro (repeatable; /dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "PATH[:ro]")]
+    disk: Vec<String>,
+    /// Host Unix socket of the hybrid vsock device.
+    #[arg(long, value_name = "UDS")]
+    vsock: Option<std::path::PathBuf>,
+    /// Fail if the guest has not shut down after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
 }
 
 #[derive(Args)]
@@ -45,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => run_check(&args),
+        Command::Vm(VmCommand::Run(args)) => run_vm(args),
     };
     match result {
         Ok(code) => code,
@@ -72,4 +110,17 @@ fn run_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
+    let mut args = strata_microvm::cli::VmRunArgs::new(a.kernel);
+    args.initrd = a.initrd;
+    args.cmdline = a.cmdline;
+    args.mem_mib = a.mem;
+    args.vcpus = a.vcpus;
+    args.disks = a.disk;
+    args.vsock = a.vsock;
+    args.timeout = a.timeout.map(std::time::Duration::from_secs);
+    let code = strata_microvm::cli::vm_run(&args).context("strata vm run")?;
+    Ok(ExitCode::from(code as u8))
 }

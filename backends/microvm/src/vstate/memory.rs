@@ -13,7 +13,7 @@ use crate::arch::x86_64::layout;
 pub enum MemoryError {
     #[error("mapping {mib} MiB of guest memory: {reason}")]
     Map { mib: u64, reason: String },
-    #[error("registering guest memory with KVM: {0}")]
+    #[error("registering guest memory with KVM")]
     Register(#[source] kvm_ioctls::Error),
 }
 

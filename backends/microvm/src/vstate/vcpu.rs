@@ -19,13 +19,13 @@ use crate::machine::VcpuEvent;
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
-    #[error("KVM_CREATE_VCPU {id}: {source}")]
+    #[error("KVM_CREATE_VCPU {id} failed")]
     Create {
         id: u8,
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("KVM_SET_CPUID2 on vCPU {id}: {source}")]
+    #[error("KVM_SET_CPUID2 on vCPU {id} failed")]
     Cpuid {
         id: u8,
         #[source]
@@ -37,7 +37,7 @@ pub enum VcpuError {
     Msr(#[from] msr::MsrError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
-    #[error("starting the vCPU {id} thread: {source}")]
+    #[error("starting the vCPU {id} thread")]
     Spawn {
         id: u8,
         #[source]

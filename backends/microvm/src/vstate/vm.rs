@@ -11,19 +11,21 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("opening /dev/kvm: {0} (is KVM available on this host? `strata vm host` says what it supports)")]
+    #[error(
+        "opening /dev/kvm (is KVM available on this host? `strata check` says what it supports)"
+    )]
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0} is not 12")]
     ApiVersion(i32),
     #[error("the host KVM lacks {0}")]
     MissingCap(&'static str),
-    #[error("KVM_CREATE_VM: {0}")]
+    #[error("KVM_CREATE_VM failed")]
     CreateVm(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_TSS_ADDR: {0}")]
+    #[error("KVM_SET_TSS_ADDR failed")]
     Tss(#[source] kvm_ioctls::Error),
-    #[error("KVM_CREATE_IRQCHIP: {0}")]
+    #[error("KVM_CREATE_IRQCHIP failed")]
     IrqChip(#[source] kvm_ioctls::Error),
-    #[error("KVM_CREATE_PIT2: {0}")]
+    #[error("KVM_CREATE_PIT2 failed")]
     Pit(#[source] kvm_ioctls::Error),
     #[error(transparent)]
     Memory(#[from] MemoryError),

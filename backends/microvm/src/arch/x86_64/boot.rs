@@ -35,7 +35,7 @@ const PAGE_SIZE: u64 = 0x1000;
 /// Errors loading the kernel or initramfs, or describing the machine to the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("opening the kernel {path}: {source}")]
+    #[error("opening the kernel {path}")]
     OpenKernel {
         path: String,
         #[source]
@@ -47,7 +47,7 @@ pub enum BootError {
     No64BitEntry { path: String },
     #[error("the ELF kernel {path} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")]
     NoPvhNote { path: String },
-    #[error("opening the initramfs {path}: {source}")]
+    #[error("opening the initramfs {path}")]
     OpenInitrd {
         path: String,
         #[source]

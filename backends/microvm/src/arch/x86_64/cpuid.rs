@@ -39,7 +39,7 @@ const LEAF7_EDX_XSAVE_DEPENDENT: u32 =
 /// Errors reading CPUID.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
-    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Supported(#[source] kvm_ioctls::Error),
     #[error("building the CPUID table")]
     Fam,

@@ -40,11 +40,11 @@ pub fn boot_msr_values() -> Vec<(u32, u64)> {
 /// Errors setting the boot MSRs.
 #[derive(Debug, thiserror::Error)]
 pub enum MsrError {
-    #[error("reading the host's MSR list: {0}")]
+    #[error("reading the host's MSR list")]
     IndexList(#[source] kvm_ioctls::Error),
     #[error("building the MSR list")]
     Fam,
-    #[error("KVM refused the boot MSRs: {0}")]
+    #[error("KVM refused the boot MSRs")]
     Set(#[source] kvm_ioctls::Error),
     #[error("KVM set only {set} of {wanted} boot MSRs")]
     Partial { set: usize, wanted: usize },

@@ -42,7 +42,7 @@ impl BootEntry {
 pub enum RegsError {
     #[error("writing the boot GDT, IDT or page tables into guest memory")]
     GuestMemory,
-    #[error("KVM refused the vCPU's {what}: {source}")]
+    #[error("KVM refused the vCPU's {what}")]
     Kvm {
         what: &'static str,
         #[source]

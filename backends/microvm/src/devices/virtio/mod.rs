@@ -28,7 +28,7 @@ pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
 /// Errors opening or running a device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("opening the disk image {path}: {source}")]
+    #[error("opening the disk image {path}")]
     OpenDisk {
         path: String,
         #[source]
@@ -36,13 +36,13 @@ pub enum DeviceError {
     },
     #[error("the disk image {path} is {size} bytes, not a whole number of 512-byte sectors")]
     DiskSize { path: String, size: u64 },
-    #[error("vsock socket {path}: {source}")]
+    #[error("binding the vsock socket {path}")]
     VsockSocket {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("starting the {device} worker: {source}")]
+    #[error("starting the {device} worker")]
     Worker {
         device: &'static str,
         #[source]

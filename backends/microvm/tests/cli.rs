@@ -1,0 +1,48 @@
+//! `strata vm run` as a library call: a clean guest gives 0, a bad kernel a clear error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use strata_microvm::cli::{vm_run, VmRunArgs};
+
+#[test]
+fn vm_run_returns_zero_on_a_clean_shutdown() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("cli");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "cli",
+        r#"
+    lea msg(%rip), %rsi
+    call puts
+    call reset
+msg: .asciz "hello from vm run\n"
+"#,
+    );
+    let img = dir.path("d.img");
+    write(&img, &[0u8; 4096]);
+    let mut args = VmRunArgs::new(&kernel);
+    args.mem_mib = 32;
+    args.vcpus = 2;
+    args.disks = vec![format!("{}:ro", img.display())];
+    args.vsock = Some(dir.path("v.sock"));
+    args.timeout = Some(Duration::from_secs(60));
+    assert_eq!(vm_run(&args).unwrap(), 0);
+    assert!(!dir.path("v.sock").exists());
+}
+
+#[test]
+fn vm_run_reports_a_corrupt_kernel() {
+    let dir = TempDir::new("cli-bad");
+    let k = dir.path("vmlinux");
+    write(
+        &k,
+        b"\x7fELF\x02\x01\x01garbage-garbage-garbage-garbage-garbage-garbage-garbage",
+    );
+    let e = vm_run(&VmRunArgs::new(&k)).unwrap_err().to_string();
+    assert!(e.contains("vmlinux"), "{e}");
+}
