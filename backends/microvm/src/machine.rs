@@ -288,6 +288,21 @@ impl Machine {
         self.console.clone()
     }
 
+    /// The host address ranges `[start, end)` that back guest memory (for accounting).
+    pub fn guest_memory_host_ranges(&self) -> Vec<(u64, u64)> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let Some(vm) = self.vm.as_ref() else {
+            return Vec::new();
+        };
+        vm.memory
+            .iter()
+            .filter_map(|r| {
+                let host = vm.memory.get_host_address(r.start_addr()).ok()? as u64;
+                Some((host, host + r.len()))
+            })
+            .collect()
+    }
+
     /// When [`Machine::start`] was called.
     pub fn started_at(&self) -> Instant {
         self.started_at
