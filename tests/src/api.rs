@@ -1,0 +1,119 @@
+//! Calls to containerd's gRPC API for what `ctr` 1.6 cannot do: update a running task's
+//! resources, and hand a runtime a config.json that `ctr` would refuse to write.
+
+use anyhow::{Context, Result};
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::MountsRequest;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    CreateTaskRequest, GetContainerRequest, UpdateContainerRequest, UpdateTaskRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Request, Status};
+use containerd_client::with_namespace;
+use prost_types::{Any, FieldMask};
+
+use crate::Harness;
+
+/// The type URL containerd registers for the OCI `LinuxResources` (JSON-encoded).
+pub const LINUX_RESOURCES_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+/// The type URL containerd registers for the OCI runtime `Spec` (JSON-encoded).
+pub const SPEC_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+async fn channel(h: &Harness) -> Result<Channel> {
+    containerd_client::connect(&h.info.socket)
+        .await
+        .with_context(|| format!("connecting to {}", h.info.socket.display()))
+}
+
+/// Tasks.Update with new resources as the OCI `LinuxResources` JSON `resources`.
+/// The outer error is the harness failing; the inner one is containerd's (and the shim's) answer.
+pub fn update_resources(
+    h: &Harness,
+    id: &str,
+    resources: &serde_json::Value,
+) -> Result<Result<(), Status>> {
+    block_on(async {
+        let mut tasks = TasksClient::new(channel(h).await?);
+        let req = UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(Any {
+                type_url: LINUX_RESOURCES_URL.to_string(),
+                value: serde_json::to_vec(resources)?,
+            }),
+            annotations: Default::default(),
+        };
+        Ok(tasks
+            .update(with_namespace!(req, h.info.namespace.as_str()))
+            .await
+            .map(|_| ()))
+    })
+}
+
+/// Replaces the spec of the existing container `id` (made with `ctr containers create`) with
+/// the raw bytes `spec`, then asks containerd to create its task: the runtime finds `spec`,
+/// byte for byte, as its bundle's config.json. Returns containerd's answer to the create.
+pub fn create_task_with_raw_spec(h: &Harness, id: &str, spec: &[u8]) -> Result<Result<u32, Status>> {
+    block_on(async {
+        let ch = channel(h).await?;
+        let ns = h.info.namespace.as_str();
+        let mut containers = ContainersClient::new(ch.clone());
+        let got = containers
+            .get(with_namespace!(GetContainerRequest { id: id.to_string() }, ns))
+            .await
+            .with_context(|| format!("getting container {id}"))?
+            .into_inner()
+            .container
+            .context("containerd returned no container")?;
+        let mut updated = got.clone();
+        updated.spec = Some(Any {
+            type_url: SPEC_URL.to_string(),
+            value: spec.to_vec(),
+        });
+        containers
+            .update(with_namespace!(
+                UpdateContainerRequest {
+                    container: Some(updated),
+                    update_mask: Some(FieldMask {
+                        paths: vec!["spec".to_string()],
+                    }),
+                },
+                ns
+            ))
+            .await
+            .context("replacing the container's spec")?;
+        let mut snapshots = SnapshotsClient::new(ch.clone());
+        let mounts = snapshots
+            .mounts(with_namespace!(
+                MountsRequest {
+                    snapshotter: got.snapshotter.clone(),
+                    key: got.snapshot_key.clone(),
+                },
+                ns
+            ))
+            .await
+            .context("getting the rootfs mounts")?
+            .into_inner()
+            .mounts;
+        let mut tasks = TasksClient::new(ch);
+        let req = CreateTaskRequest {
+            container_id: id.to_string(),
+            rootfs: mounts,
+            ..Default::default()
+        };
+        Ok(tasks
+            .create(with_namespace!(req, ns))
+            .await
+            .map(|r| r.into_inner().pid))
+    })
+}

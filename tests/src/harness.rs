@@ -1,0 +1,554 @@
+//! The test-side handle on a private containerd, and per-test containers with unique ids.
+
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{self, Output};
+use crate::daemon::{DaemonInfo, DaemonOptions};
+use crate::image::ImageBuilder;
+use crate::leaks;
+
+/// Name of the Strata shim binary containerd looks for on its PATH.
+pub const STRATA_SHIM: &str = "containerd-shim-strata-v2";
+/// How long one `ctr` call may take before the test calls it hung.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which runtime the suite drives: Strata, or runc as the baseline that validates the harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Strata,
+    Runc,
+}
+
+impl Runtime {
+    /// From `STRATA_TEST_RUNTIME` (`strata`, the default, or `runc`).
+    pub fn from_env() -> Result<Runtime> {
+        match std::env::var("STRATA_TEST_RUNTIME").as_deref() {
+            Err(_) | Ok("") | Ok("strata") | Ok("io.containerd.strata.v2") => Ok(Runtime::Strata),
+            Ok("runc") | Ok("io.containerd.runc.v2") => Ok(Runtime::Runc),
+            Ok(other) => bail!("STRATA_TEST_RUNTIME={other}: expected `strata` or `runc`"),
+        }
+    }
+
+    /// The runtime name `ctr run --runtime` takes.
+    pub fn containerd_name(self) -> &'static str {
+        match self {
+            Runtime::Strata => "io.containerd.strata.v2",
+            Runtime::Runc => "io.containerd.runc.v2",
+        }
+    }
+
+    /// The shim binary containerd starts for it.
+    pub fn shim_binary(self) -> &'static str {
+        match self {
+            Runtime::Strata => STRATA_SHIM,
+            Runtime::Runc => "containerd-shim-runc-v2",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Runtime::Strata => "strata",
+            Runtime::Runc => "runc",
+        })
+    }
+}
+
+/// Why a harness could not be had.
+#[derive(Debug)]
+pub enum HarnessError {
+    /// Something the tests need is not on this machine (a skip, except on CI).
+    Missing(String),
+    /// The harness itself failed.
+    Failed(String),
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HarnessError::Missing(s) => write!(f, "prerequisite missing: {s}"),
+            HarnessError::Failed(s) => write!(f, "harness failed: {s}"),
+        }
+    }
+}
+
+/// True on CI (`CI=true`), where a missing prerequisite fails instead of skipping.
+pub fn on_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Reports a skipped test: prints why, or panics on CI.
+pub fn skip(test: &str, reason: &str) {
+    if on_ci() {
+        panic!("{test}: cannot run on CI: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Checks what the suite needs on this machine, for `runtime` with the shim in `shim_dir`.
+pub fn check_prerequisites(runtime: Runtime, shim_dir: &Path) -> Result<(), HarnessError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(HarnessError::Missing(
+            "the integration tests need root (containerd, mounts, cgroups)".into(),
+        ));
+    }
+    for prog in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+        if which(prog).is_none() {
+            return Err(HarnessError::Missing(format!(
+                "`{prog}` is not on PATH: run scripts/install-deps"
+            )));
+        }
+    }
+    if !Path::new(crate::image::BUSYBOX).is_file() {
+        return Err(HarnessError::Missing(format!(
+            "{} is missing: apt-get install busybox-static",
+            crate::image::BUSYBOX
+        )));
+    }
+    if runtime == Runtime::Strata && !shim_dir.join(STRATA_SHIM).is_file() {
+        return Err(HarnessError::Missing(format!(
+            "{} not found: build it with `cargo build -p strata-shim` (or set STRATA_SHIM_DIR)",
+            shim_dir.join(STRATA_SHIM).display()
+        )));
+    }
+    Ok(())
+}
+
+/// The directory the shim binary is taken from: `STRATA_SHIM_DIR`, else the directory of
+/// `testenv` (cargo puts every binary of a profile in one directory).
+pub fn shim_dir(testenv: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("STRATA_SHIM_DIR") {
+        return PathBuf::from(d);
+    }
+    testenv
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A private containerd run by a `strata-testenv supervise` process, which tears it down when
+/// this handle is dropped or this process ends, however it ends.
+pub struct Harness {
+    pub info: DaemonInfo,
+    pub runtime: Runtime,
+    pub shim_dir: PathBuf,
+    supervisor: Mutex<Option<(Child, ChildStdin)>>,
+    next_id: AtomicU32,
+    base_spec: OnceLock<serde_json::Value>,
+}
+
+static SHARED: OnceLock<Result<Harness, HarnessError>> = OnceLock::new();
+
+impl Harness {
+    /// Starts a private containerd through the supervisor binary `testenv`.
+    pub fn start(testenv: &Path, opts: DaemonOptions) -> Result<Harness, HarnessError> {
+        let runtime = Runtime::from_env().map_err(|e| HarnessError::Failed(e.to_string()))?;
+        let shim_dir = shim_dir(testenv);
+        check_prerequisites(runtime, &shim_dir)?;
+        let mut opts = opts;
+        opts.shim_dir.get_or_insert_with(|| shim_dir.clone());
+        let json = serde_json::to_string(&opts).map_err(|e| HarnessError::Failed(e.to_string()))?;
+        let mut child = Command::new(testenv)
+            .arg("supervise")
+            .arg(json)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C to the tests must not stop the clean-up.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HarnessError::Failed(format!("starting {}: {e}", testenv.display())))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let _ = out.read_line(&mut line);
+        let value: serde_json::Value = serde_json::from_str(&line).map_err(|_| {
+            HarnessError::Failed(format!("the supervisor said {line:?} instead of its address"))
+        })?;
+        if let Some(err) = value.get("error") {
+            let _ = child.wait();
+            return Err(HarnessError::Failed(err.as_str().unwrap_or_default().to_string()));
+        }
+        let info: DaemonInfo =
+            serde_json::from_value(value).map_err(|e| HarnessError::Failed(e.to_string()))?;
+        Ok(Harness {
+            info,
+            runtime,
+            shim_dir,
+            supervisor: Mutex::new(Some((child, stdin))),
+            next_id: AtomicU32::new(1),
+            base_spec: OnceLock::new(),
+        })
+    }
+
+    /// The one containerd of this test binary, started on first use. `None` means the test
+    /// should return: it has been reported as skipped (on CI this panics instead).
+    pub fn shared(testenv: &str, test: &str) -> Option<&'static Harness> {
+        match SHARED.get_or_init(|| Harness::start(Path::new(testenv), DaemonOptions::default())) {
+            Ok(h) => Some(h),
+            Err(HarnessError::Missing(reason)) => {
+                skip(test, reason);
+                None
+            }
+            Err(e) => panic!("{test}: {e}"),
+        }
+    }
+
+    /// Stops the daemon now and waits until everything is cleaned up.
+    pub fn stop(&self) {
+        if let Some((mut child, stdin)) = self.supervisor.lock().ok().and_then(|mut s| s.take()) {
+            drop(stdin);
+            let _ = cmd::wait_deadline(&mut child, Duration::from_secs(120));
+        }
+    }
+
+    /// `ctr` on this daemon's socket and namespace.
+    pub fn ctr(&self) -> Command {
+        self.info.ctr()
+    }
+
+    /// Runs `ctr ARGS` with the default deadline.
+    pub fn ctr_run(&self, args: &[&str]) -> Output {
+        let mut c = self.ctr();
+        c.args(args);
+        cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    /// A fresh, unique container id for the test `name`.
+    pub fn new_id(&self, name: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        format!("st{}-{n}-{name}", std::process::id() % 100_000)
+    }
+
+    /// A container handle with a unique id; removed (best effort) when dropped.
+    pub fn container(&self, name: &str) -> Container<'_> {
+        Container {
+            h: self,
+            id: self.new_id(name),
+            runtime: self.runtime.containerd_name().to_string(),
+            scratch: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// containerd's default spec (`ctr oci spec`), as `ctr run` would start from.
+    pub fn base_spec(&self) -> serde_json::Value {
+        self.base_spec
+            .get_or_init(|| {
+                let out = self.ctr_run(&["oci", "spec"]);
+                assert!(out.success(), "ctr oci spec failed: {out}");
+                serde_json::from_str(&out.stdout).expect("ctr oci spec printed JSON")
+            })
+            .clone()
+    }
+
+    /// A fresh copy of the busybox root filesystem in a directory of its own (named without
+    /// any container id, so that it never counts as a leak).
+    pub fn new_rootfs(&self) -> PathBuf {
+        let dir = self
+            .info
+            .state
+            .join("rootfs")
+            .join(format!("r{}", self.next_id.fetch_add(1, Ordering::SeqCst)));
+        ImageBuilder::busybox(&self.info.image)
+            .and_then(|b| b.unpack(&dir))
+            .expect("unpacking the busybox rootfs");
+        dir
+    }
+
+    /// Imports an image built with [`ImageBuilder`] into the namespace.
+    pub fn import_image(&self, image: &ImageBuilder) -> Result<()> {
+        let path = self
+            .info
+            .state
+            .join(format!("image-{}.tar", self.next_id.fetch_add(1, Ordering::SeqCst)));
+        image.write_oci_tar(&path)?;
+        let mut c = self.ctr();
+        c.args(["images", "import"]).arg(&path);
+        let out = cmd::run(c, None, Duration::from_secs(120))?;
+        let _ = std::fs::remove_file(&path);
+        if !out.success() {
+            bail!("importing {}: {out}", image.name());
+        }
+        Ok(())
+    }
+
+    /// The last lines of containerd's log that mention `needle`.
+    pub fn log_lines(&self, needle: &str, max: usize) -> String {
+        let log = std::fs::read_to_string(&self.info.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        lines[lines.len().saturating_sub(max)..].join("\n")
+    }
+
+    /// Fails the test, with details, if anything of the containers `ids` is left (processes,
+    /// mounts, cgroups, state directories, containerd records) after up to 20 s of waiting.
+    pub fn assert_no_leaks(&self, ids: &[&str]) {
+        let mut last = Vec::new();
+        let clean = cmd::poll(Duration::from_secs(20), || {
+            last = leaks::find(self, ids);
+            last.is_empty().then_some(())
+        });
+        if clean.is_none() {
+            let logs: Vec<String> = ids.iter().take(3).map(|id| self.log_lines(id, 15)).collect();
+            panic!(
+                "leaked after the containers were removed:\n  {}\ncontainerd log:\n{}",
+                last.join("\n  "),
+                logs.join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `let h = harness!();` in a test: the shared harness, or return (skipped) when the machine
+/// lacks something the tests need. On CI a missing prerequisite fails the test instead.
+#[macro_export]
+macro_rules! harness {
+    () => {{
+        fn __here() {}
+        let test = std::any::type_name_of_val(&__here).trim_end_matches("::__here");
+        match $crate::Harness::shared(env!("CARGO_BIN_EXE_strata-testenv"), test) {
+            Some(h) => h,
+            None => return,
+        }
+    }};
+}
+
+/// Returns early (skipped) unless the suite runs against Strata; for tests of Strata's own
+/// features (backend annotation, its configuration file).
+#[macro_export]
+macro_rules! strata_only {
+    ($h:expr) => {{
+        fn __here() {}
+        let test = std::any::type_name_of_val(&__here).trim_end_matches("::__here");
+        if $h.runtime != $crate::Runtime::Strata {
+            eprintln!("SKIP {test}: tests a Strata feature; the suite runs against {}", $h.runtime);
+            return;
+        }
+    }};
+}
+
+/// One container of a test, with a unique id.
+pub struct Container<'h> {
+    pub h: &'h Harness,
+    pub id: String,
+    /// The `--runtime` passed to `ctr run`.
+    pub runtime: String,
+    scratch: Mutex<Vec<PathBuf>>,
+}
+
+impl Container<'_> {
+    fn run_cmd(&self, detach: bool, flags: &[&str], args: &[&str]) -> Command {
+        let mut c = self.h.ctr();
+        c.arg("run");
+        c.arg(if detach { "-d" } else { "--rm" });
+        c.arg("--runtime").arg(&self.runtime);
+        c.args(flags);
+        c.arg(&self.h.info.image).arg(&self.id).args(args);
+        c
+    }
+
+    /// `ctr run --rm --runtime RT IMAGE ID ARGS`: runs to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&[], args, None)
+    }
+
+    /// `ctr run --rm` with extra `flags`, feeding `stdin`.
+    pub fn run_with(&self, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Output {
+        cmd::run(self.run_cmd(false, flags, args), stdin, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    /// The `ctr run --rm` command line, to spawn it yourself (pty, streaming output).
+    pub fn run_command(&self, flags: &[&str], args: &[&str]) -> Command {
+        self.run_cmd(false, flags, args)
+    }
+
+    /// `ctr run --rm` in the background, its output read as it comes.
+    pub fn spawn(&self, flags: &[&str], args: &[&str]) -> cmd::Background {
+        cmd::Background::spawn(self.run_cmd(false, flags, args)).expect("starting ctr")
+    }
+
+    /// A spec for this container made from containerd's default one: its own copy of the
+    /// busybox rootfs, `args` as the process, PATH set. Adjust it and pass it to
+    /// [`Container::run_spec`].
+    pub fn spec(&self, args: &[&str]) -> serde_json::Value {
+        let rootfs = self.h.new_rootfs();
+        self.scratch.lock().unwrap().push(rootfs.clone());
+        let mut spec = self.h.base_spec();
+        spec["root"] = serde_json::json!({ "path": rootfs });
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["env"] =
+            serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        spec
+    }
+
+    /// `ctr run --rm --config SPEC ID`: runs the container from a whole spec.
+    pub fn run_spec(&self, spec: &serde_json::Value, flags: &[&str]) -> Output {
+        let dir = self.h.info.state.join("specs");
+        std::fs::create_dir_all(&dir).expect("creating the specs directory");
+        let path = dir.join(format!("s{}.json", self.h.next_id.fetch_add(1, Ordering::SeqCst)));
+        std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).expect("writing the spec");
+        self.scratch.lock().unwrap().push(path.clone());
+        let mut c = self.h.ctr();
+        c.args(["run", "--rm", "--runtime", &self.runtime]);
+        c.args(flags).arg("--config").arg(&path).arg(&self.id);
+        cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    /// `ctr run -d`: starts the container in the background. Panics if that fails.
+    pub fn start(&self, flags: &[&str], args: &[&str]) {
+        let out = cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr");
+        assert!(out.success(), "starting {} failed: {out}", self.id);
+    }
+
+    /// `ctr run -d` returning what ctr said, for tests that expect a failure.
+    pub fn try_start(&self, flags: &[&str], args: &[&str]) -> Output {
+        cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    /// `ctr task exec --exec-id EXEC ID ARGS`.
+    pub fn exec(&self, exec_id: &str, args: &[&str]) -> Output {
+        self.exec_with(exec_id, &[], args, None)
+    }
+
+    /// `ctr task exec` with extra flags and input.
+    pub fn exec_with(&self, exec_id: &str, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Output {
+        cmd::run(self.exec_command(exec_id, flags, args), stdin, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    /// The `ctr task exec` command line.
+    pub fn exec_command(&self, exec_id: &str, flags: &[&str], args: &[&str]) -> Command {
+        let mut c = self.h.ctr();
+        c.args(["task", "exec", "--exec-id", exec_id]).args(flags).arg(&self.id).args(args);
+        c
+    }
+
+    /// `ctr task kill -s SIGNAL ID`.
+    pub fn kill(&self, signal: &str) -> Output {
+        self.h.ctr_run(&["task", "kill", "-s", signal, &self.id])
+    }
+
+    /// The task's status from `ctr task ls` (RUNNING, PAUSED, STOPPED, ...), None if no task.
+    pub fn status(&self) -> Option<String> {
+        self.task_row().map(|(_, s)| s)
+    }
+
+    /// The task's host pid from `ctr task ls`.
+    pub fn pid(&self) -> Option<u32> {
+        self.task_row().and_then(|(p, _)| p.parse().ok())
+    }
+
+    fn task_row(&self) -> Option<(String, String)> {
+        let out = self.h.ctr_run(&["task", "ls"]);
+        out.stdout.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[0] == self.id).then(|| (f[1].to_string(), f[2].to_string()))
+        })
+    }
+
+    /// Waits up to `timeout` for the task to reach `status`.
+    pub fn wait_status(&self, status: &str, timeout: Duration) -> bool {
+        cmd::poll(timeout, || (self.status().as_deref() == Some(status)).then_some(())).is_some()
+    }
+
+    /// Pids from `ctr task ps`.
+    pub fn pids(&self) -> Result<Vec<u32>> {
+        let out = self.h.ctr_run(&["task", "ps", &self.id]);
+        if !out.success() {
+            bail!("ctr task ps failed: {out}");
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect())
+    }
+
+    /// `ctr task metrics --format json`: containerd's cgroup v1 or v2 metrics, as JSON.
+    pub fn metrics(&self) -> Result<serde_json::Value> {
+        let out = self.h.ctr_run(&["task", "metrics", "--format", "json", &self.id]);
+        if !out.success() {
+            bail!("ctr task metrics failed: {out}");
+        }
+        serde_json::from_str(&out.stdout).with_context(|| format!("parsing {}", out.stdout))
+    }
+
+    /// Kills and removes the task and the container, ignoring errors.
+    pub fn remove(&self) {
+        let id = self.id.as_str();
+        if self.status().is_some() {
+            let _ = self.h.ctr_run(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+            let _ = cmd::poll(Duration::from_secs(10), || {
+                (self.status().as_deref() != Some("RUNNING")).then_some(())
+            });
+            let _ = self.h.ctr_run(&["task", "rm", "-f", id]);
+        }
+        let _ = self.h.ctr_run(&["containers", "rm", id]);
+    }
+
+    /// Fails the test if anything of this container is left. See [`Harness::assert_no_leaks`].
+    pub fn assert_no_leaks(&self) {
+        self.h.assert_no_leaks(&[&self.id]);
+    }
+
+    /// Removes the container, then asserts that nothing of it is left.
+    pub fn remove_and_check(&self) {
+        self.remove();
+        self.assert_no_leaks();
+    }
+
+    /// The containerd log lines about this container, for failure messages.
+    pub fn log(&self) -> String {
+        self.h.log_lines(&self.id, 20)
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("containerd log for {}:\n{}", self.id, self.log());
+        }
+        self.remove();
+        for p in self.scratch.lock().unwrap().drain(..) {
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+}
+
+/// Parses `ctr`'s answer file path argument helper: the bundle directory of a container.
+pub fn bundle_dir(h: &Harness, id: &str) -> PathBuf {
+    h.info
+        .state
+        .join("io.containerd.runtime.v2.task")
+        .join(&h.info.namespace)
+        .join(id)
+}
+
+/// Reads a whole file, with the path in the error.
+pub fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}

@@ -1,0 +1,28 @@
+//! Strata's integration-test harness: a private containerd (own socket, root, state directory
+//! and namespace) started from Debian's `containerd`, a busybox OCI image built locally from
+//! Debian's `busybox-static` and imported with `ctr images import`, containers with unique ids,
+//! and the checks that a removed container left nothing behind.
+//!
+//! The same harness drives Strata (`io.containerd.strata.v2`) or, as the baseline that
+//! validates the harness itself, runc (`STRATA_TEST_RUNTIME=runc`); the demo and the benchmark
+//! are built on it too.
+//!
+//! It must never touch a system containerd or anything outside its own directories, namespace
+//! and cgroups, and it must leave nothing behind, however the test process ends.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cgroups;
+pub mod cmd;
+pub mod cri;
+pub mod daemon;
+pub mod events;
+pub mod harness;
+pub mod image;
+pub mod leaks;
+pub mod pty;
+
+pub use cmd::Output;
+pub use daemon::{DaemonInfo, DaemonOptions};
+pub use harness::{on_ci, skip, Container, Harness, HarnessError, Runtime};
