@@ -1,0 +1,76 @@
+//! PID 1's duties: the basic mounts, reaping orphans, and powering the VM off.
+
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Errors of PID 1's set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Pid1Error {
+    #[error("mounting {what} on {target}")]
+    Mount {
+        what: &'static str,
+        target: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("creating {0}")]
+    Mkdir(&'static str, #[source] std::io::Error),
+}
+
+/// (source, target, fstype, flags, data)
+const MOUNTS: &[(&str, &str, &str, u64, &str)] = &[
+    ("proc", "/proc", "proc", 0, ""),
+    ("sysfs", "/sys", "sysfs", 0, ""),
+    ("devtmpfs", "/dev", "devtmpfs", 0, "mode=0755"),
+    ("tmpfs", "/run", "tmpfs", 0, "mode=0755"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, ""),
+];
+
+/// Mounts /proc, /sys, /dev, /run and cgroup2. A file system already mounted (EBUSY) is fine.
+pub fn mount_basics() -> Result<(), Pid1Error> {
+    for &(what, target, fstype, flags, data) in MOUNTS {
+        std::fs::create_dir_all(target).map_err(|e| Pid1Error::Mkdir(target, e))?;
+        let data = if data.is_empty() { None } else { Some(data) };
+        match mount(
+            Some(what),
+            Path::new(target),
+            Some(fstype),
+            MsFlags::from_bits_truncate(flags) | MsFlags::MS_NOSUID,
+            data,
+        ) {
+            Ok(()) | Err(nix::Error::EBUSY) => {}
+            Err(source) => {
+                return Err(Pid1Error::Mount {
+                    what,
+                    target,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reaps every exited child without blocking; returns how many.
+pub fn reap_orphans() -> usize {
+    let mut n = 0;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
+}
+
+/// Syncs and restarts the machine, which Strata's VMM (with `reboot=k`) takes as a clean
+/// shutdown.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+    // reboot(2) does not return on success.
+    std::process::exit(1)
+}
