@@ -26,6 +26,8 @@ pub enum Error {
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
     #[error(transparent)]
+    Mptable(#[from] crate::arch::x86_64::mptable::MptableError),
+    #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
     Bus(#[from] BusOverlap),

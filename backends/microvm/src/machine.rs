@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::layout::{self, SERIAL_IRQ};
-use crate::arch::x86_64::{boot, cpuid, msr};
+use crate::arch::x86_64::{boot, cpuid, mptable, msr};
 use crate::console::{Console, ConsoleWriter};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_BASE, I8042_LEN};
@@ -172,6 +172,7 @@ impl Machine {
 
         let mem = memory::create(mem_size)?;
         let loaded = boot::load(&mem, mem_size, &cfg.kernel, cfg.initrd.as_deref(), &cmdline)?;
+        mptable::setup(&mem, cfg.vcpus)?;
         let vm = Vm::new(mem, cfg.vcpus)?;
 
         let console = Console::new(cfg.console_echo.take());

@@ -237,8 +237,8 @@ msg: .asciz "Kernel panic - not syncing: VFS: Unable to mount root fs\n"
     }
 }
 
-/// SMP: four vCPUs are created; the boot vCPU sees the count and its APIC ID in CPUID leaf 1 and
-/// the hypervisor bit; XSAVE is offered only if the host has it (never on PVM).
+/// SMP: four vCPUs are created; the boot vCPU sees the count and its APIC ID in CPUID leaf 1, the
+/// hypervisor bit, and an MP table listing four processors.
 #[test]
 fn smp_cpuid_reports_vcpus_and_hypervisor() {
     if !kvm_available() {
@@ -259,6 +259,15 @@ fn smp_cpuid_reports_vcpus_and_hypervisor() {
     call puts
     mov %r12d, %eax
     call puthex
+    lea sp(%rip), %rsi
+    call puts
+    mov 0x9fc00, %eax            # MP floating pointer signature
+    call puthex
+    lea sp(%rip), %rsi
+    call puts
+    mov 0x9fc04, %ebx            # -> configuration table
+    movzwl 34(%rbx), %eax        # entry count
+    call puthex
     lea nl(%rip), %rsi
     call puts
     call reset
@@ -276,6 +285,16 @@ nl: .asciz "\n"
         .map(|h| u32::from_str_radix(h, 16).unwrap())
         .collect();
     let (ebx, ecx) = (v[0], v[1]);
+    assert_eq!(
+        v[2],
+        u32::from_le_bytes(*b"_MP_"),
+        "MP floating pointer at the EBDA"
+    );
+    assert_eq!(
+        v[3],
+        4 + 1 + 1 + 24 + 2,
+        "4 CPUs, ISA bus, IOAPIC, 24 IRQs, 2 LINTs"
+    );
     assert_eq!(ebx >> 24, 0, "boot vCPU has APIC ID 0");
     assert_eq!((ebx >> 16) & 0xff, 4, "four logical CPUs");
     assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");

@@ -5,5 +5,6 @@ pub mod boot;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod regs;
