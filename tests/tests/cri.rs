@@ -58,7 +58,7 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
             Err(s) => panic!(
                 "RunPodSandbox with handler {}: {s}\ncontainerd log:\n{}",
                 env.handler,
-                env.harness.log_lines("level=error", 20)
+                env.harness.log_lines("", 40)
             ),
         };
         let (status, info) = c.pod_status(&pod).await.expect("PodSandboxStatus");
