@@ -199,6 +199,21 @@ pub struct CriEnv {
     /// Where host-local keeps its leases (one file per address handed out).
     pub ipam_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// The network namespaces that existed before this env started (see [`CriEnv::own_netns`]).
+    netns_before: Vec<String>,
+}
+
+/// Where containerd 1.6's CRI plugin (and `ip netns`) keep named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+fn netns_names() -> Vec<String> {
+    fs::read_dir(NETNS_DIR)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl CriEnv {
@@ -222,6 +237,7 @@ impl CriEnv {
             return Err(missing("`ip` is missing: apt-get install iproute2".into()));
         }
         sweep_stale();
+        let netns_before = netns_names();
 
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -281,6 +297,7 @@ impl CriEnv {
             subnet,
             ipam_dir,
             log_dir,
+            netns_before,
         };
         guard.armed = false; // the env's Drop takes over
         let mut busybox = ImageBuilder::busybox(BUSYBOX_IMAGE).map_err(failed)?;
@@ -430,6 +447,30 @@ impl CriEnv {
         addr.starts_with(prefix) && addr.len() > prefix.len()
     }
 
+    /// Network namespaces this env's CRI plugin made and left: created since the env started,
+    /// named like the CRI plugin names them, and either holding an address from the test's
+    /// subnet or nothing but `lo` (a RunPodSandbox cut short before or after CNI ran).
+    pub fn own_netns(&self) -> Vec<String> {
+        netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with("cni-") && !self.netns_before.contains(n))
+            .filter(|n| {
+                let Ok(out) = ip(&["-n", n, "-4", "-o", "addr", "show"]) else {
+                    return false;
+                };
+                let addrs: Vec<&str> = out
+                    .stdout
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().nth(3))
+                    .filter(|a| !a.starts_with("127."))
+                    .collect();
+                addrs
+                    .iter()
+                    .all(|a| self.in_subnet(a.split('/').next().unwrap_or_default()))
+            })
+            .collect()
+    }
+
     /// Stops and removes every pod the daemon still has, best effort (after a failed test).
     pub fn remove_all_pods(&self) {
         block_on(async {
@@ -451,6 +492,10 @@ impl Drop for CriEnv {
     fn drop(&mut self) {
         self.remove_all_pods();
         self.harness.stop();
+        for ns in self.own_netns() {
+            eprintln!("cri: removing network namespace {ns} that a failed pod left behind");
+            let _ = ip(&["netns", "del", &ns]);
+        }
         remove_env_dir(&self.dir, &self.bridge);
     }
 }

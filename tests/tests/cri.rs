@@ -210,6 +210,11 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
                 left.push(format!("network namespace {} still there", netns.display()));
             }
             left.extend(
+                env.own_netns()
+                    .into_iter()
+                    .map(|n| format!("network namespace {n}")),
+            );
+            left.extend(
                 env.bridge_ports()
                     .into_iter()
                     .map(|p| format!("bridge port {p}")),
@@ -281,6 +286,11 @@ fn cri_annotation_cannot_leave_the_runtime_class_tier() {
                 env.ipam_leases()
                     .into_iter()
                     .map(|l| format!("host-local lease {l}")),
+            );
+            left.extend(
+                env.own_netns()
+                    .into_iter()
+                    .map(|n| format!("network namespace {n}")),
             );
             left
         });
