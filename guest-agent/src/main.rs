@@ -41,20 +41,26 @@ fn guest_mode() -> ! {
     if let Err(e) = pid1::mount_basics() {
         eprintln!("strata-guest-agent: {e}");
     }
+    if std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "strata.selftest=1"))
+        .unwrap_or(false)
+    {
+        println!("strata-guest-agent: {}", pid1::selftest());
+        pid1::power_off();
+    }
     std::thread::spawn(|| loop {
         pid1::reap_orphans();
         std::thread::sleep(std::time::Duration::from_millis(100));
     });
-    let listener = vsock_listener();
+    let Some(listener) = vsock_listener() else {
+        eprintln!("strata-guest-agent: no vsock; powering off");
+        pid1::power_off();
+    };
     println!("strata-guest-agent: ready on vsock port {AGENT_VSOCK_PORT}");
     loop {
-        let fd = match listener
-            .as_ref()
-            .map(|l| nix::sys::socket::accept(std::os::fd::AsRawFd::as_raw_fd(l)))
-        {
-            Some(Ok(fd)) => fd,
-            Some(Err(_)) => continue,
-            None => pid1::power_off(),
+        let fd = match nix::sys::socket::accept(std::os::fd::AsRawFd::as_raw_fd(&listener)) {
+            Ok(fd) => fd,
+            Err(_) => continue,
         };
         // The accepted fd is a vsock stream socket; UnixStream serves only as an owned
         // Read + Write around it.

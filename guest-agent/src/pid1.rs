@@ -55,6 +55,27 @@ pub fn mount_basics() -> Result<(), Pid1Error> {
     Ok(())
 }
 
+/// A one-line report of PID 1's state: its PID and which of the basic mounts are in place
+/// (`strata.selftest=1` on the kernel command line prints it and powers off).
+pub fn selftest() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let found: Vec<&str> = MOUNTS
+        .iter()
+        .filter(|(_, target, fstype, _, _)| {
+            mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(target) && f.get(2) == Some(fstype)
+            })
+        })
+        .map(|(_, _, fstype, _, _)| *fstype)
+        .collect();
+    format!(
+        "selftest pid={} mounts={}",
+        std::process::id(),
+        found.join(",")
+    )
+}
+
 /// Reaps every exited child without blocking; returns how many.
 pub fn reap_orphans() -> usize {
     let mut n = 0;
