@@ -63,13 +63,20 @@ pub fn update_resources(
 /// Replaces the spec of the existing container `id` (made with `ctr containers create`) with
 /// the raw bytes `spec`, then asks containerd to create its task: the runtime finds `spec`,
 /// byte for byte, as its bundle's config.json. Returns containerd's answer to the create.
-pub fn create_task_with_raw_spec(h: &Harness, id: &str, spec: &[u8]) -> Result<Result<u32, Status>> {
+pub fn create_task_with_raw_spec(
+    h: &Harness,
+    id: &str,
+    spec: &[u8],
+) -> Result<Result<u32, Status>> {
     block_on(async {
         let ch = channel(h).await?;
         let ns = h.info.namespace.as_str();
         let mut containers = ContainersClient::new(ch.clone());
         let got = containers
-            .get(with_namespace!(GetContainerRequest { id: id.to_string() }, ns))
+            .get(with_namespace!(
+                GetContainerRequest { id: id.to_string() },
+                ns
+            ))
             .await
             .with_context(|| format!("getting container {id}"))?
             .into_inner()

@@ -19,7 +19,9 @@ pub fn cgroup_dir(pid: u32, controller: &str) -> Option<PathBuf> {
         } else if ctrls.split(',').any(|c| c == controller) {
             // Hierarchies that hold several controllers are mounted as e.g. cpu,cpuacct.
             for mount in [controller.to_string(), ctrls.to_string()] {
-                let dir = PathBuf::from("/sys/fs/cgroup").join(&mount).join(path.trim_start_matches('/'));
+                let dir = PathBuf::from("/sys/fs/cgroup")
+                    .join(&mount)
+                    .join(path.trim_start_matches('/'));
                 if dir.is_dir() {
                     return Some(dir);
                 }
@@ -48,7 +50,9 @@ pub fn read(pid: u32, controller: &str, files: &[&str]) -> Option<String> {
 
 /// The memory limit of `pid`'s cgroup in bytes (None when unlimited or unknown).
 pub fn memory_limit(pid: u32) -> Option<u64> {
-    read(pid, "memory", &["memory.limit_in_bytes", "memory.max"])?.parse().ok()
+    read(pid, "memory", &["memory.limit_in_bytes", "memory.max"])?
+        .parse()
+        .ok()
 }
 
 fn num(v: &Value) -> Option<u64> {

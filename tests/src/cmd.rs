@@ -39,7 +39,11 @@ impl fmt::Display for Output {
             f,
             "`{}` exited {} after {:.2?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.command,
-            if self.timed_out() { "TIMED OUT".to_string() } else { self.code.to_string() },
+            if self.timed_out() {
+                "TIMED OUT".to_string()
+            } else {
+                self.code.to_string()
+            },
             self.elapsed,
             self.stdout.trim_end(),
             self.stderr.trim_end()
@@ -108,7 +112,9 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting `{command}`"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{command}`"))?;
     let input = stdin.map(|s| s.to_vec());
     let mut child_stdin = child.stdin.take();
     let writer = thread::spawn(move || {
@@ -180,7 +186,9 @@ impl Background {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("starting `{command}`"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting `{command}`"))?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let err = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let readers = vec![

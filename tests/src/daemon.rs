@@ -123,7 +123,7 @@ disabled_plugins = [{disabled}]
   address = "{sock}.ttrpc"
 
 [debug]
-  level = "info"
+  level = "{level}"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
@@ -132,6 +132,7 @@ disabled_plugins = [{disabled}]
         state = info.state.display(),
         sock = info.socket.display(),
         disabled = disabled.join(", "),
+        level = std::env::var("STRATA_TEST_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()),
     );
     if let Some(cri) = &opts.cri_config {
         s.push_str(cri);
@@ -168,10 +169,14 @@ impl Daemon {
         for d in [&info.root, &info.state] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        fs::write(info.state.join("supervisor.pid"), std::process::id().to_string())?;
+        fs::write(
+            info.state.join("supervisor.pid"),
+            std::process::id().to_string(),
+        )?;
         fs::write(&info.config, config_toml(info, opts))?;
         let log = fs::File::create(&info.log)?;
-        let mut path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let mut path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         if let Some(dir) = &opts.shim_dir {
             path = format!("{}:{path}", dir.display());
         }
@@ -183,7 +188,9 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting containerd: install Debian's containerd (apt-get install containerd)")?;
+            .context(
+                "starting containerd: install Debian's containerd (apt-get install containerd)",
+            )?;
         info.containerd_pid = child.id();
         fs::write(info.state.join("containerd.pid"), child.id().to_string())?;
 
@@ -392,7 +399,11 @@ pub fn teardown(info: &DaemonInfo) {
             }
         }
         let _ = kill(Pid::from_raw(containerd_pid as i32), Signal::SIGTERM);
-        if poll(Duration::from_secs(10), || (!alive(containerd_pid)).then_some(())).is_none() {
+        if poll(Duration::from_secs(10), || {
+            (!alive(containerd_pid)).then_some(())
+        })
+        .is_none()
+        {
             kill_pids([containerd_pid]);
         }
     }
@@ -426,6 +437,14 @@ pub fn teardown(info: &DaemonInfo) {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // STRATA_TEST_KEEP_LOG=DIR keeps each daemon's log there for a look after the run.
+    if let Some(dir) = std::env::var_os("STRATA_TEST_KEEP_LOG") {
+        let _ = fs::create_dir_all(&dir);
+        let _ = fs::copy(
+            &info.log,
+            Path::new(&dir).join(format!("{}.log", info.name)),
+        );
+    }
     let _ = fs::remove_dir_all(&info.root);
     let _ = fs::remove_dir_all(&info.state);
 }
@@ -439,7 +458,10 @@ pub fn sweep_stale() -> Vec<String> {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if alive(pid) {
@@ -451,7 +473,10 @@ pub fn sweep_stale() -> Vec<String> {
     if let Ok(rd) = fs::read_dir("/var/lib") {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
                 continue;
             };
             if !alive(pid) && !cleaned.contains(&name) {
@@ -469,7 +494,11 @@ pub fn supervise(opts: &DaemonOptions) -> i32 {
     let mut stdout = std::io::stdout();
     match Daemon::start(opts) {
         Ok(d) => {
-            let _ = writeln!(stdout, "{}", serde_json::to_string(&d.info).unwrap_or_default());
+            let _ = writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string(&d.info).unwrap_or_default()
+            );
             let _ = stdout.flush();
             let mut sink = Vec::new();
             let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
@@ -477,7 +506,11 @@ pub fn supervise(opts: &DaemonOptions) -> i32 {
             0
         }
         Err(e) => {
-            let _ = writeln!(stdout, "{}", serde_json::json!({ "error": format!("{e:#}") }));
+            let _ = writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({ "error": format!("{e:#}") })
+            );
             let _ = stdout.flush();
             1
         }

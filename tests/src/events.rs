@@ -60,7 +60,10 @@ impl Events {
 
     /// Waits until an event with `topic` for `id` arrives.
     pub fn wait_for(&self, id: &str, topic: &str, timeout: Duration) -> bool {
-        poll(timeout, || self.topics(id).iter().any(|t| t == topic).then_some(())).is_some()
+        poll(timeout, || {
+            self.topics(id).iter().any(|t| t == topic).then_some(())
+        })
+        .is_some()
     }
 
     /// Every line seen so far, for failure messages.

@@ -181,11 +181,15 @@ impl Harness {
         let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
         let _ = out.read_line(&mut line);
         let value: serde_json::Value = serde_json::from_str(&line).map_err(|_| {
-            HarnessError::Failed(format!("the supervisor said {line:?} instead of its address"))
+            HarnessError::Failed(format!(
+                "the supervisor said {line:?} instead of its address"
+            ))
         })?;
         if let Some(err) = value.get("error") {
             let _ = child.wait();
-            return Err(HarnessError::Failed(err.as_str().unwrap_or_default().to_string()));
+            return Err(HarnessError::Failed(
+                err.as_str().unwrap_or_default().to_string(),
+            ));
         }
         let info: DaemonInfo =
             serde_json::from_value(value).map_err(|e| HarnessError::Failed(e.to_string()))?;
@@ -223,6 +227,13 @@ impl Harness {
     /// `ctr` on this daemon's socket and namespace.
     pub fn ctr(&self) -> Command {
         self.info.ctr()
+    }
+
+    /// Where `ctr` keeps the FIFOs of the stdio it attaches (`--fifo-dir`). They are the
+    /// client's, not the runtime's: a client that never deletes its task (the shim was killed)
+    /// leaves them, so they live here and are not counted as leaks.
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.info.state.join(crate::leaks::CLIENT_FIFO_DIR)
     }
 
     /// Runs `ctr ARGS` with the default deadline.
@@ -275,10 +286,10 @@ impl Harness {
 
     /// Imports an image built with [`ImageBuilder`] into the namespace.
     pub fn import_image(&self, image: &ImageBuilder) -> Result<()> {
-        let path = self
-            .info
-            .state
-            .join(format!("image-{}.tar", self.next_id.fetch_add(1, Ordering::SeqCst)));
+        let path = self.info.state.join(format!(
+            "image-{}.tar",
+            self.next_id.fetch_add(1, Ordering::SeqCst)
+        ));
         image.write_oci_tar(&path)?;
         let mut c = self.ctr();
         c.args(["images", "import"]).arg(&path);
@@ -306,7 +317,11 @@ impl Harness {
             last.is_empty().then_some(())
         });
         if clean.is_none() {
-            let logs: Vec<String> = ids.iter().take(3).map(|id| self.log_lines(id, 15)).collect();
+            let logs: Vec<String> = ids
+                .iter()
+                .take(3)
+                .map(|id| self.log_lines(id, 15))
+                .collect();
             panic!(
                 "leaked after the containers were removed:\n  {}\ncontainerd log:\n{}",
                 last.join("\n  "),
@@ -344,7 +359,10 @@ macro_rules! strata_only {
         fn __here() {}
         let test = std::any::type_name_of_val(&__here).trim_end_matches("::__here");
         if $h.runtime != $crate::Runtime::Strata {
-            eprintln!("SKIP {test}: tests a Strata feature; the suite runs against {}", $h.runtime);
+            eprintln!(
+                "SKIP {test}: tests a Strata feature; the suite runs against {}",
+                $h.runtime
+            );
             return;
         }
     }};
@@ -364,6 +382,7 @@ impl Container<'_> {
         let mut c = self.h.ctr();
         c.arg("run");
         c.arg(if detach { "-d" } else { "--rm" });
+        c.arg("--fifo-dir").arg(self.h.fifo_dir());
         c.arg("--runtime").arg(&self.runtime);
         c.args(flags);
         c.arg(&self.h.info.image).arg(&self.id).args(args);
@@ -399,9 +418,12 @@ impl Container<'_> {
         let mut spec = self.h.base_spec();
         spec["root"] = serde_json::json!({ "path": rootfs });
         spec["process"]["args"] = serde_json::json!(args);
-        spec["process"]["env"] =
-            serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+        spec["process"]["env"] = serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]);
         spec["process"]["terminal"] = serde_json::json!(false);
+        // `ctr oci spec` knows no container id: its cgroupsPath is the namespace's own cgroup.
+        spec["linux"]["cgroupsPath"] = format!("/{}/{}", self.h.info.namespace, self.id).into();
         spec
     }
 
@@ -409,18 +431,23 @@ impl Container<'_> {
     pub fn run_spec(&self, spec: &serde_json::Value, flags: &[&str]) -> Output {
         let dir = self.h.info.state.join("specs");
         std::fs::create_dir_all(&dir).expect("creating the specs directory");
-        let path = dir.join(format!("s{}.json", self.h.next_id.fetch_add(1, Ordering::SeqCst)));
+        let path = dir.join(format!(
+            "s{}.json",
+            self.h.next_id.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).expect("writing the spec");
         self.scratch.lock().unwrap().push(path.clone());
         let mut c = self.h.ctr();
         c.args(["run", "--rm", "--runtime", &self.runtime]);
+        c.arg("--fifo-dir").arg(self.h.fifo_dir());
         c.args(flags).arg("--config").arg(&path).arg(&self.id);
         cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
     }
 
     /// `ctr run -d`: starts the container in the background. Panics if that fails.
     pub fn start(&self, flags: &[&str], args: &[&str]) {
-        let out = cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr");
+        let out =
+            cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr");
         assert!(out.success(), "starting {} failed: {out}", self.id);
     }
 
@@ -435,14 +462,25 @@ impl Container<'_> {
     }
 
     /// `ctr task exec` with extra flags and input.
-    pub fn exec_with(&self, exec_id: &str, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Output {
+    pub fn exec_with(
+        &self,
+        exec_id: &str,
+        flags: &[&str],
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Output {
         cmd::run(self.exec_command(exec_id, flags, args), stdin, CTR_TIMEOUT).expect("running ctr")
     }
 
     /// The `ctr task exec` command line.
     pub fn exec_command(&self, exec_id: &str, flags: &[&str], args: &[&str]) -> Command {
         let mut c = self.h.ctr();
-        c.args(["task", "exec", "--exec-id", exec_id]).args(flags).arg(&self.id).args(args);
+        c.args(["task", "exec", "--exec-id", exec_id]);
+        c.arg("--fifo-dir")
+            .arg(self.h.fifo_dir())
+            .args(flags)
+            .arg(&self.id)
+            .args(args);
         c
     }
 
@@ -471,7 +509,10 @@ impl Container<'_> {
 
     /// Waits up to `timeout` for the task to reach `status`.
     pub fn wait_status(&self, status: &str, timeout: Duration) -> bool {
-        cmd::poll(timeout, || (self.status().as_deref() == Some(status)).then_some(())).is_some()
+        cmd::poll(timeout, || {
+            (self.status().as_deref() == Some(status)).then_some(())
+        })
+        .is_some()
     }
 
     /// Pids from `ctr task ps`.
@@ -490,7 +531,9 @@ impl Container<'_> {
 
     /// `ctr task metrics --format json`: containerd's cgroup v1 or v2 metrics, as JSON.
     pub fn metrics(&self) -> Result<serde_json::Value> {
-        let out = self.h.ctr_run(&["task", "metrics", "--format", "json", &self.id]);
+        let out = self
+            .h
+            .ctr_run(&["task", "metrics", "--format", "json", &self.id]);
         if !out.success() {
             bail!("ctr task metrics failed: {out}");
         }

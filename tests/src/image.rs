@@ -62,7 +62,10 @@ impl ImageBuilder {
             .output()
             .with_context(|| format!("running {BUSYBOX} --list"))?;
         if !out.status.success() {
-            bail!("{BUSYBOX} --list failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{BUSYBOX} --list failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut b = ImageBuilder {
             name: name.to_string(),
@@ -70,7 +73,9 @@ impl ImageBuilder {
             cmd: vec!["/bin/sh".into()],
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
         };
-        for d in ["bin", "dev", "etc", "proc", "sys", "root", "mnt", "run", "var", "usr", "home"] {
+        for d in [
+            "bin", "dev", "etc", "proc", "sys", "root", "mnt", "run", "var", "usr", "home",
+        ] {
             b.dir(d, 0o755, 0);
         }
         b.dir("tmp", 0o1777, 0);
@@ -99,13 +104,15 @@ impl ImageBuilder {
 
     /// Adds a directory.
     pub fn dir(&mut self, path: &str, mode: u32, uid: u64) -> &mut Self {
-        self.entries.insert(path.to_string(), Entry::Dir { mode, uid });
+        self.entries
+            .insert(path.to_string(), Entry::Dir { mode, uid });
         self
     }
 
     /// Adds a regular file.
     pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> &mut Self {
-        self.entries.insert(path.to_string(), Entry::File { data, mode });
+        self.entries
+            .insert(path.to_string(), Entry::File { data, mode });
         self
     }
 
@@ -157,6 +164,8 @@ impl ImageBuilder {
                 Entry::Symlink { target } => {
                     h.set_entry_type(tar::EntryType::Symlink);
                     h.set_mode(0o777);
+                    h.set_uid(0);
+                    h.set_gid(0);
                     h.set_size(0);
                     tar.append_link(&mut h, path, target)?;
                 }
@@ -204,7 +213,11 @@ impl ImageBuilder {
             } ],
         }))?;
         let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-        let tag = self.name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+        let tag = self
+            .name
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .unwrap_or("latest");
         let index = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -236,7 +249,10 @@ impl ImageBuilder {
             (&config_digest, &config),
             (&manifest_digest, &manifest),
         ] {
-            add(&format!("blobs/sha256/{}", &digest["sha256:".len()..]), data)?;
+            add(
+                &format!("blobs/sha256/{}", &digest["sha256:".len()..]),
+                data,
+            )?;
         }
         let bytes = tar.into_inner()?;
         let mut f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;

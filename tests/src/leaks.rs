@@ -7,6 +7,10 @@ use std::path::Path;
 use crate::daemon::{cgroup_dirs, mountpoints};
 use crate::Harness;
 
+/// The directory under the daemon's state where `ctr` keeps its FIFOs (see
+/// [`Harness::fifo_dir`]); not walked.
+pub const CLIENT_FIFO_DIR: &str = "ctr-fifo";
+
 fn matches<'a>(ids: &[&'a str], text: &str) -> Option<&'a str> {
     ids.iter().copied().find(|id| text.contains(id))
 }
@@ -26,7 +30,12 @@ pub fn processes(ids: &[&str]) -> Vec<String> {
             continue;
         }
         let cmdline = fs::read(e.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim().to_string())
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default();
         let cgroup = fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
         // A zombie has an empty cmdline; its cgroup still says where it was.
@@ -35,7 +44,9 @@ pub fn processes(ids: &[&str]) -> Vec<String> {
                 .ok()
                 .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
                 .unwrap_or('?');
-            found.push(format!("process {pid} [{state}] of {id} still there: {cmdline:?}"));
+            found.push(format!(
+                "process {pid} [{state}] of {id} still there: {cmdline:?}"
+            ));
         }
     }
     found
@@ -67,7 +78,10 @@ fn walk(dir: &Path, ids: &[&str], depth: usize, out: &mut Vec<String>) {
             continue;
         }
         // Content blobs and snapshot trees are named by digest and number, and are large.
-        if name == "io.containerd.content.v1.content" || name == "snapshots" {
+        if name == "io.containerd.content.v1.content"
+            || name == "snapshots"
+            || name == CLIENT_FIFO_DIR
+        {
             continue;
         }
         let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);

@@ -46,7 +46,9 @@ impl PtyChild {
         cmd.stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
-        let child = cmd.spawn().with_context(|| format!("starting {}", cmd::describe(&cmd)))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", cmd::describe(&cmd)))?;
         // `cmd` still holds the slave's descriptors; the reader sees EOF only once they close.
         drop(cmd);
         let master = File::from(pty.master);
@@ -80,7 +82,10 @@ impl PtyChild {
     /// Waits until the screen contains `text`.
     pub fn wait_for(&self, text: &str, timeout: Duration) -> Result<()> {
         if poll(timeout, || self.screen().contains(text).then_some(())).is_none() {
-            bail!("{text:?} did not appear within {timeout:?}; screen:\n{}", self.screen());
+            bail!(
+                "{text:?} did not appear within {timeout:?}; screen:\n{}",
+                self.screen()
+            );
         }
         Ok(())
     }
@@ -94,7 +99,14 @@ impl PtyChild {
     /// Resizes the terminal and tells the program (SIGWINCH), as a terminal emulator does.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         let mut c = Command::new("stty");
-        c.args(["-F", &self.tty_path, "rows", &rows.to_string(), "cols", &cols.to_string()]);
+        c.args([
+            "-F",
+            &self.tty_path,
+            "rows",
+            &rows.to_string(),
+            "cols",
+            &cols.to_string(),
+        ]);
         let out = cmd::run(c, None, Duration::from_secs(10))?;
         if !out.success() {
             bail!("resizing the terminal: {out}");
@@ -105,7 +117,9 @@ impl PtyChild {
 
     /// Waits for the command to end; returns its exit code and the whole screen.
     pub fn wait(mut self, timeout: Duration) -> (i32, String) {
-        let code = cmd::wait_deadline(&mut self.child, timeout).map(cmd::exit_code).unwrap_or(-1);
+        let code = cmd::wait_deadline(&mut self.child, timeout)
+            .map(cmd::exit_code)
+            .unwrap_or(-1);
         if let Some(r) = self.reader.take() {
             // The container side may still hold the terminal briefly after ctr exits.
             let _ = poll(Duration::from_secs(5), || r.is_finished().then_some(()));

@@ -1,0 +1,261 @@
+//! Bad input: each fails with a clear error, and leaves nothing behind.
+
+use std::fs;
+
+use strata_tests::{api, harness, strata_only, Runtime};
+
+const ALL_BACKENDS: [&str; 4] = ["native", "sentry", "microvm", "wasm"];
+
+/// Writes a Strata config file of the harness's own (removed with the harness's state dir).
+fn config_file(h: &strata_tests::Harness, name: &str, text: &str) -> String {
+    let dir = h.info.state.join("strata-configs");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn config_json_that_is_not_json() {
+    let h = harness!();
+    let c = h.container("badjson");
+    let made = h.ctr_run(&[
+        "containers",
+        "create",
+        "--runtime",
+        &c.runtime,
+        &h.info.image,
+        &c.id,
+        "true",
+    ]);
+    assert!(made.success(), "{made}");
+    let answer =
+        api::create_task_with_raw_spec(h, &c.id, b"{\"ociVersion\": \"1.0.2\", this is not json")
+            .expect("talking to containerd");
+    let err = answer.expect_err("a task was created from a config.json that is not JSON");
+    eprintln!("containerd said: {err:?}");
+    if h.runtime == Runtime::Strata {
+        assert!(
+            err.message().contains("config.json"),
+            "the error should name config.json: {err:?}"
+        );
+    }
+    assert_eq!(c.status(), None, "a task exists after a failed create");
+    c.remove();
+    let bundle = strata_tests::harness::bundle_dir(h, &c.id);
+    if h.runtime == Runtime::Runc && bundle.exists() {
+        // Known baseline defect: containerd-shim-runc-v2's `start` parses config.json and
+        // fails, and containerd 1.6 then keeps the bundle directory. Strata must not.
+        eprintln!(
+            "KNOWN runc/containerd 1.6 leak: {} (removed by the test)",
+            bundle.display()
+        );
+        let _ = fs::remove_dir_all(&bundle);
+    }
+    c.assert_no_leaks();
+}
+
+#[test]
+fn spec_with_an_unknown_namespace() {
+    let h = harness!();
+    let c = h.container("badns");
+    let mut spec = c.spec(&["true"]);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "type": "bogus" }));
+    let out = c.run_spec(&spec, &[]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("bogus"),
+        "the error should name the bad namespace: {out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn missing_rootfs() {
+    let h = harness!();
+    let c = h.container("norootfs");
+    let rootfs = "/nonexistent/strata-rootfs".to_string();
+    let mut cmd = h.ctr();
+    cmd.args(["run", "--rm", "--runtime", &c.runtime])
+        .arg("--fifo-dir")
+        .arg(h.fifo_dir());
+    cmd.args(["--rootfs", &rootfs, &c.id, "/bin/true"]);
+    let out = strata_tests::cmd::run(cmd, None, strata_tests::harness::CTR_TIMEOUT).unwrap();
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains(&rootfs),
+        "the error should name the missing rootfs: {out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn nonexistent_binary() {
+    let h = harness!();
+    let c = h.container("nobinary");
+    let out = c.run(&["/no/such/binary", "arg"]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("/no/such/binary"),
+        "the error should name the binary: {out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn second_create_with_the_same_id() {
+    let h = harness!();
+    let c = h.container("dupid");
+    c.start(&[], &["sleep", "1000"]);
+    let again = c.try_start(&[], &["true"]);
+    assert_ne!(again.code, 0, "{again}");
+    assert!(again.stderr.contains("already exists"), "{again}");
+    assert_eq!(
+        c.status().as_deref(),
+        Some("RUNNING"),
+        "the first container was disturbed"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn backend_annotation_bogus_names_the_allowed() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("annbogus");
+    let out = c.run_with(
+        &["--annotation", "strata.dev/backend=bogus"],
+        &["true"],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("bogus"), "{out}");
+    assert!(
+        out.stderr.contains("native"),
+        "the error should name the allowed backends: {out}"
+    );
+    c.assert_no_leaks();
+
+    // With a configuration that allows two, both are named.
+    let cfg = config_file(
+        h,
+        "two.toml",
+        "default_backend = \"native\"\nallowed_backends = [\"native\", \"sentry\"]\n",
+    );
+    let c = h.container("annbogus2");
+    let out = c.run_with(
+        &[
+            "--runtime-config-path",
+            &cfg,
+            "--annotation",
+            "strata.dev/backend=bogus",
+        ],
+        &["true"],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    for b in ["bogus", "native", "sentry"] {
+        assert!(out.stderr.contains(b), "{b} missing from the error: {out}");
+    }
+    c.assert_no_leaks();
+}
+
+#[test]
+fn backend_annotation_not_allowed() {
+    let h = harness!();
+    strata_only!(h);
+    let cfg = config_file(
+        h,
+        "native-only.toml",
+        "default_backend = \"native\"\nallowed_backends = [\"native\"]\n",
+    );
+    for other in ALL_BACKENDS.iter().filter(|b| **b != "native") {
+        let c = h.container(&format!("ann{other}"));
+        let out = c.run_with(
+            &[
+                "--runtime-config-path",
+                &cfg,
+                "--annotation",
+                &format!("strata.dev/backend={other}"),
+            ],
+            &["true"],
+            None,
+        );
+        assert_ne!(out.code, 0, "a pod moved itself to {other}: {out}");
+        assert!(
+            out.stderr.contains(other) && out.stderr.contains("native"),
+            "{out}"
+        );
+        c.assert_no_leaks();
+    }
+}
+
+#[test]
+fn backend_annotation_native_and_config_work() {
+    let h = harness!();
+    strata_only!(h);
+    // The positive control for the tests above: the same flags with good values run.
+    let cfg = config_file(
+        h,
+        "good.toml",
+        "default_backend = \"native\"\nallowed_backends = [\"native\"]\n",
+    );
+    let c = h.container("anngood");
+    let out = c.run_with(
+        &[
+            "--runtime-config-path",
+            &cfg,
+            "--annotation",
+            "strata.dev/backend=native",
+        ],
+        &["echo", "ran"],
+        None,
+    );
+    assert_eq!(out.stdout, "ran\n", "{out}\n{}", c.log());
+    c.assert_no_leaks();
+}
+
+#[test]
+fn config_toml_unreadable() {
+    let h = harness!();
+    strata_only!(h);
+    let dir = h.info.state.join("strata-configs").join("a-directory.toml");
+    fs::create_dir_all(&dir).unwrap();
+    for path in [
+        dir.to_string_lossy().into_owned(),
+        "/nonexistent/strata/config.toml".to_string(),
+    ] {
+        let c = h.container("cfgunread");
+        let out = c.run_with(&["--runtime-config-path", &path], &["true"], None);
+        assert_ne!(out.code, 0, "{out}");
+        assert!(
+            out.stderr.contains(&path),
+            "the error should name {path}: {out}"
+        );
+        c.assert_no_leaks();
+    }
+}
+
+#[test]
+fn config_toml_malformed() {
+    let h = harness!();
+    strata_only!(h);
+    for (name, text) in [
+        ("syntax.toml", "default_backend = [\n"),
+        ("types.toml", "allowed_backends = \"native\"\n"),
+        ("unknown-backend.toml", "default_backend = \"quantum\"\n"),
+    ] {
+        let cfg = config_file(h, name, text);
+        let c = h.container("cfgbad");
+        let out = c.run_with(&["--runtime-config-path", &cfg], &["true"], None);
+        assert_ne!(out.code, 0, "{name} was accepted: {out}");
+        assert!(
+            out.stderr.contains(&cfg),
+            "the error should name {cfg}: {out}"
+        );
+        c.assert_no_leaks();
+    }
+}

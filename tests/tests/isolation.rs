@@ -1,0 +1,319 @@
+//! What the workload sees from inside the container: capabilities, namespaces, hostname, user,
+//! devices, rlimits, masked and read-only paths, cgroup limits, seccomp. Like youki's contest:
+//! a small program in the container reports, the test judges.
+
+use std::collections::BTreeSet;
+
+use strata_tests::{cgroups, harness};
+
+/// containerd's default capability set (`oci.populateDefaultUnixSpec`), by bit number.
+const DEFAULT_CAPS: [(&str, u32); 14] = [
+    ("CAP_CHOWN", 0),
+    ("CAP_DAC_OVERRIDE", 1),
+    ("CAP_FOWNER", 3),
+    ("CAP_FSETID", 4),
+    ("CAP_KILL", 5),
+    ("CAP_SETGID", 6),
+    ("CAP_SETUID", 7),
+    ("CAP_SETPCAP", 8),
+    ("CAP_NET_BIND_SERVICE", 10),
+    ("CAP_NET_RAW", 13),
+    ("CAP_SYS_CHROOT", 18),
+    ("CAP_MKNOD", 27),
+    ("CAP_AUDIT_WRITE", 29),
+    ("CAP_SETFCAP", 31),
+];
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} missing from:\n{status}"))
+        .trim()
+        .to_string()
+}
+
+fn mask(hex: &str) -> u64 {
+    u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("not a capability mask: {hex}"))
+}
+
+#[test]
+fn capabilities_are_containerds_default_set() {
+    let h = harness!();
+    let c = h.container("caps");
+    let out = c.run(&["cat", "/proc/self/status"]);
+    assert!(out.success(), "{out}");
+    let want: u64 = DEFAULT_CAPS.iter().map(|(_, bit)| 1u64 << bit).sum();
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        let got = mask(&status_field(&out.stdout, field));
+        let missing: Vec<_> = DEFAULT_CAPS
+            .iter()
+            .filter(|(_, b)| got & (1 << b) == 0)
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            got,
+            want,
+            "{field} {got:#x}: missing {missing:?}, extra bits {:#x}",
+            got & !want
+        );
+        assert_eq!(got & (1 << CAP_SYS_ADMIN), 0, "CAP_SYS_ADMIN must be gone");
+    }
+    assert_eq!(mask(&status_field(&out.stdout, "CapInh")), 0);
+    assert_eq!(mask(&status_field(&out.stdout, "CapAmb")), 0);
+    assert_eq!(
+        status_field(&out.stdout, "NoNewPrivs"),
+        "1",
+        "ctr asks for no_new_privs"
+    );
+    c.assert_no_leaks();
+
+    // What the capabilities mean in practice: chown works, mount does not.
+    let c = h.container("capuse");
+    let out = c.run(&[
+        "sh",
+        "-c",
+        "touch /tmp/f && chown 1000:1000 /tmp/f && echo chown-ok; \
+         mount -t tmpfs none /mnt 2>/dev/null && echo mount-ok || echo mount-denied",
+    ]);
+    assert_eq!(out.stdout, "chown-ok\nmount-denied\n", "{out}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn namespaces_are_the_specs() {
+    let h = harness!();
+    let c = h.container("ns");
+    let out = c.run(&["sh", "-c", "echo pid=$$; for n in pid mnt net ipc uts user cgroup; do echo $n $(readlink /proc/self/ns/$n); done"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.starts_with("pid=1\n"),
+        "the workload is pid 1 of its pid namespace: {out}"
+    );
+    for line in out.stdout.lines().skip(1) {
+        let (ns, inside) = line.split_once(' ').unwrap();
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let host = host.to_string_lossy();
+        match ns {
+            // containerd's default spec asks for these...
+            "pid" | "mnt" | "net" | "ipc" | "uts" => {
+                assert_ne!(inside, host, "{ns} namespace shared with the host")
+            }
+            // ...and not for these: OCI says the container then stays in the runtime's.
+            _ => assert_eq!(
+                inside, host,
+                "{ns} namespace made although the spec does not ask"
+            ),
+        }
+    }
+    // The network namespace is empty: only a loopback.
+    let c2 = h.container("netns");
+    let out = c2.run(&["ls", "/sys/class/net"]);
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["lo"],
+        "{out}"
+    );
+    c.assert_no_leaks();
+    c2.assert_no_leaks();
+}
+
+#[test]
+fn hostname_from_the_spec() {
+    let h = harness!();
+    let host_before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let c = h.container("hostname");
+    let mut spec = c.spec(&["sh", "-c", "hostname; cat /proc/sys/kernel/hostname"]);
+    spec["hostname"] = "strata-box".into();
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "strata-box\nstrata-box\n", "{out}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host_before
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn user_and_groups_from_the_spec() {
+    let h = harness!();
+    let c = h.container("user");
+    let mut spec = c.spec(&[
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; touch /root/x 2>/dev/null && echo wrote-root || echo no-write",
+    ]);
+    spec["process"]["user"] =
+        serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [2000] });
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"1000"), "uid: {out}");
+    assert_eq!(lines.get(1), Some(&"1000"), "gid: {out}");
+    let groups: BTreeSet<&str> = lines.get(2).unwrap_or(&"").split_whitespace().collect();
+    assert!(
+        groups.contains("2000"),
+        "additional gid 2000 missing: {out}"
+    );
+    assert!(
+        !groups.contains("0"),
+        "root's group leaked into the user's groups: {out}"
+    );
+    assert_eq!(
+        lines.get(3),
+        Some(&"no-write"),
+        "uid 1000 wrote into root's home: {out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn only_the_default_devices() {
+    let h = harness!();
+    let c = h.container("devices");
+    let script = "ls /dev; echo ---; \
+        echo x > /dev/null && echo null-ok; \
+        head -c 4 /dev/zero | wc -c; head -c 16 /dev/urandom | wc -c; \
+        echo x > /dev/full 2>/dev/null || echo full-enospc; \
+        test -e /dev/mem || echo no-mem; test -e /dev/sda || echo no-sda; test -e /dev/kmsg || echo no-kmsg; \
+        mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo MEM-READABLE || echo mem-denied); \
+        mknod /tmp/sda b 8 0 && (head -c 1 /tmp/sda >/dev/null 2>&1 && echo SDA-READABLE || echo sda-denied)";
+    let out = c.run(&["sh", "-c", script]);
+    assert!(out.success(), "{out}");
+    let (listing, checks) = out.stdout.split_once("---\n").unwrap();
+    let allowed: BTreeSet<&str> = [
+        "console", "core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+        "stderr", "stdin", "stdout", "tty", "urandom", "zero",
+    ]
+    .into();
+    let extra: Vec<&str> = listing
+        .split_whitespace()
+        .filter(|d| !allowed.contains(d))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "devices beyond the default set: {extra:?}"
+    );
+    for d in ["null", "zero", "full", "random", "urandom", "tty", "ptmx"] {
+        assert!(
+            listing.split_whitespace().any(|x| x == d),
+            "/dev/{d} missing: {listing}"
+        );
+    }
+    let checks: Vec<&str> = checks.lines().map(str::trim).collect();
+    assert_eq!(
+        checks,
+        [
+            "null-ok",
+            "4",
+            "16",
+            "full-enospc",
+            "no-mem",
+            "no-sda",
+            "no-kmsg",
+            "mem-denied",
+            "sda-denied"
+        ],
+        "{out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn rlimits_masked_and_readonly_paths() {
+    let h = harness!();
+    // Masked paths (containerd's default spec) that have content on this host.
+    assert!(!std::fs::read("/proc/timer_list").unwrap().is_empty());
+    assert!(std::fs::read_dir("/sys/firmware").unwrap().next().is_some());
+    let c = h.container("paths");
+    let script = "echo nofile=$(ulimit -n); echo timer_list=$(wc -c < /proc/timer_list); \
+        echo firmware=$(ls -A /sys/firmware 2>/dev/null | wc -l); \
+        echo 1 > /proc/sysrq-trigger 2>/dev/null && echo SYSRQ-WRITABLE || echo sysrq-ro; \
+        echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo PROCSYS-WRITABLE || echo procsys-ro";
+    let out = c.run(&["sh", "-c", script]);
+    assert!(out.success(), "{out}");
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "nofile=1024",
+            "timer_list=0",
+            "firmware=0",
+            "sysrq-ro",
+            "procsys-ro"
+        ],
+        "{out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn cgroup_limits_are_applied() {
+    let h = harness!();
+    let c = h.container("limits");
+    c.start(
+        &[
+            "--memory-limit",
+            "100663296",
+            "--cpu-quota",
+            "50000",
+            "--cpu-period",
+            "100000",
+            "--cpu-shares",
+            "512",
+        ],
+        &["sleep", "1000"],
+    );
+    let pid = c.pid().unwrap();
+    assert_eq!(cgroups::memory_limit(pid), Some(100_663_296));
+    match cgroups::read(pid, "cpu", &["cpu.cfs_quota_us"]) {
+        Some(q) => {
+            assert_eq!(q, "50000");
+            assert_eq!(
+                cgroups::read(pid, "cpu", &["cpu.cfs_period_us"]).as_deref(),
+                Some("100000")
+            );
+            assert_eq!(
+                cgroups::read(pid, "cpu", &["cpu.shares"]).as_deref(),
+                Some("512")
+            );
+        }
+        None => {
+            let max = cgroups::read(pid, "cpu", &["cpu.max"]).expect("a cpu cgroup (v1 or v2)");
+            assert_eq!(max, "50000 100000");
+        }
+    }
+    // The device cgroup (v1) or its eBPF replacement (v2) is checked by only_the_default_devices.
+    c.remove_and_check();
+}
+
+#[test]
+fn seccomp_profile_is_applied() {
+    let h = harness!();
+    let c = h.container("seccomp");
+    let out = c.run_with(
+        &["--seccomp"],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Seccomp(_filters)?:' /proc/self/status",
+        ],
+        None,
+    );
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("Seccomp:\t2"),
+        "no seccomp filter installed: {out}"
+    );
+    c.assert_no_leaks();
+    let c = h.container("noseccomp");
+    let out = c.run(&["grep", "^Seccomp:", "/proc/self/status"]);
+    assert_eq!(
+        out.stdout.trim(),
+        "Seccomp:\t0",
+        "the spec asks for no filter: {out}"
+    );
+    c.assert_no_leaks();
+}

@@ -1,0 +1,505 @@
+//! The lifecycle conformance suite, through `ctr` and containerd's API: exit codes, stdio,
+//! terminals, exec, signals, pause/resume, pids, stats, resource updates, OOM and the events
+//! containerd publishes. Every test ends by checking that nothing of its containers is left.
+//!
+//! Runs against `io.containerd.strata.v2`, or runc with `STRATA_TEST_RUNTIME=runc`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use strata_tests::cgroups;
+use strata_tests::events::Events;
+use strata_tests::pty::PtyChild;
+use strata_tests::{api, harness};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Shell that waits (up to 5 s) for the terminal to get its size: `ctr` sends the first
+/// resize only after the task has started. (busybox `stty size` exits 0 even when it fails.)
+const WAIT_SIZE: &str =
+    "i=0; while [ -z \"$(stty size 2>/dev/null)\" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done";
+
+#[test]
+fn exit_codes_pass_through() {
+    let h = harness!();
+    for (script, want) in [("true", 0), ("false", 1), ("exit 3", 3), ("exit 255", 255)] {
+        let c = h.container("exit");
+        let out = c.run(&["sh", "-c", script]);
+        assert_eq!(out.code, want, "`{script}`: {out}\n{}", c.log());
+        c.assert_no_leaks();
+    }
+}
+
+#[test]
+fn stdout_and_stderr_are_separate() {
+    let h = harness!();
+    let c = h.container("stdio");
+    let out = c.run(&["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    assert!(out.success(), "{out}");
+    assert_eq!(out.stdout, "to-out\nmore-out\n", "{out}");
+    assert_eq!(out.stderr, "to-err\n", "{out}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn large_output_arrives_whole() {
+    let h = harness!();
+    let c = h.container("bigout");
+    // 1 MiB of 'a', then the exit: nothing may be lost between the workload's last write and
+    // its exit.
+    let out = c.run(&[
+        "sh",
+        "-c",
+        "head -c 1048576 /dev/zero | tr '\\0' a; echo -n END",
+    ]);
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.len(),
+        1_048_576 + 3,
+        "stdout was cut: {} bytes",
+        out.stdout.len()
+    );
+    assert!(out.stdout.ends_with("aEND"));
+    assert!(out.stdout[..1_048_576].bytes().all(|b| b == b'a'));
+    c.assert_no_leaks();
+}
+
+#[test]
+fn stdin_reaches_the_container_and_closes() {
+    let h = harness!();
+    let c = h.container("stdin");
+    // `ctr run` forwards the end of stdin only once the task exists; so write after the
+    // container says it is ready.
+    let mut bg = c.spawn(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo ready; cat; echo; wc -c < /dev/null; echo done",
+        ],
+    );
+    assert!(
+        bg.wait_stdout("ready", SECS(30)),
+        "no ready: {}",
+        bg.stderr()
+    );
+    bg.write_stdin(b"hello\nworld").unwrap();
+    bg.close_stdin();
+    let out = bg.wait(SECS(30));
+    assert!(out.success(), "cat did not see the end of stdin: {out}");
+    assert_eq!(out.stdout, "ready\nhello\nworld\n0\ndone\n", "{out}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn large_stdin_arrives_whole() {
+    let h = harness!();
+    let c = h.container("bigin");
+    let mut bg = c.spawn(&[], &["sh", "-c", "echo ready; wc -c"]);
+    assert!(
+        bg.wait_stdout("ready", SECS(30)),
+        "no ready: {}",
+        bg.stderr()
+    );
+    let data = vec![b'x'; 1 << 20];
+    bg.write_stdin(&data).unwrap();
+    bg.close_stdin();
+    let out = bg.wait(SECS(60));
+    assert!(out.success(), "{out}");
+    assert_eq!(
+        out.stdout.split_whitespace().nth(1),
+        Some("1048576"),
+        "{out}"
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn tty_run() {
+    let h = harness!();
+    let c = h.container("tty");
+    let cmd = c.run_command(
+        &["-t"],
+        &["sh", "-c", &format!("{WAIT_SIZE}; tty; stty size; test -t 0 && echo stdin-tty; read l; echo \"got:$l\"; exit 7")],
+    );
+    let mut pty = PtyChild::spawn(cmd, 40, 100).unwrap();
+    pty.wait_for("stdin-tty", SECS(30)).unwrap();
+    pty.write(b"typed\r").unwrap();
+    let (code, screen) = pty.wait(SECS(30));
+    assert_eq!(
+        code,
+        7,
+        "exit status through the terminal; screen:\n{screen}\n{}",
+        c.log()
+    );
+    assert!(screen.contains("/dev/pts/"), "tty: {screen}");
+    assert!(
+        screen.contains("40 100"),
+        "initial window size not passed: {screen}"
+    );
+    assert!(screen.contains("got:typed"), "input not passed: {screen}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn tty_resize() {
+    let h = harness!();
+    let c = h.container("resize");
+    let script = "stty size; i=0; while [ \"$(stty size)\" = '40 100' ] && [ $i -lt 200 ]; do \
+                  sleep 0.1; i=$((i+1)); done; echo \"now $(stty size)\"";
+    let script = format!("{WAIT_SIZE}; {script}");
+    let pty = PtyChild::spawn(c.run_command(&["-t"], &["sh", "-c", &script]), 40, 100).unwrap();
+    pty.wait_for("40 100", SECS(30)).unwrap();
+    pty.resize(50, 132).unwrap();
+    let (code, screen) = pty.wait(SECS(40));
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("now 50 132"),
+        "window resize not passed: {screen}\n{}",
+        c.log()
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn exec_runs_in_the_container() {
+    let h = harness!();
+    let c = h.container("exec");
+    c.start(&[], &["sh", "-c", "echo marker > /tmp/m; exec sleep 1000"]);
+    let out = c.exec("e1", &["sh", "-c", "cat /tmp/m; echo oops >&2; exit 5"]);
+    assert_eq!(out.code, 5, "{out}");
+    assert_eq!(
+        out.stdout, "marker\n",
+        "exec must see the container's files: {out}"
+    );
+    assert_eq!(out.stderr, "oops\n", "{out}");
+    // Same pid namespace: the init process is pid 1 there.
+    let out = c.exec("e2", &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]);
+    assert_eq!(out.stdout.trim(), "sleep 1000", "{out}");
+    // An exec'd process killed by a signal reports 128+signal.
+    let out = c.exec("e3", &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.code, 137, "{out}");
+    // Its stdin.
+    let mut bg = strata_tests::cmd::Background::spawn(c.exec_command(
+        "e4",
+        &[],
+        &["sh", "-c", "echo ready; cat"],
+    ))
+    .unwrap();
+    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    bg.write_stdin(b"through exec").unwrap();
+    bg.close_stdin();
+    let out = bg.wait(SECS(30));
+    assert_eq!(out.stdout, "ready\nthrough exec", "{out}");
+    assert_eq!(
+        c.status().as_deref(),
+        Some("RUNNING"),
+        "execs must not disturb the init process"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn exec_with_tty() {
+    let h = harness!();
+    let c = h.container("exectty");
+    c.start(&[], &["sleep", "1000"]);
+    let cmd = c.exec_command(
+        "t1",
+        &["-t"],
+        &["sh", "-c", &format!("{WAIT_SIZE}; tty; stty size; exit 3")],
+    );
+    let pty = PtyChild::spawn(cmd, 30, 90).unwrap();
+    let (code, screen) = pty.wait(SECS(30));
+    assert_eq!(code, 3, "{screen}\n{}", c.log());
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("30 90"), "{screen}");
+    c.remove_and_check();
+}
+
+#[test]
+fn sigterm_reaches_the_workload() {
+    let h = harness!();
+    let c = h.container("sigterm");
+    let mut bg = c.spawn(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    // `ctr task kill` sends SIGTERM by default.
+    let k = h.ctr_run(&["task", "kill", &c.id]);
+    assert!(k.success(), "{k}");
+    let out = bg.wait(SECS(30));
+    assert_eq!(out.code, 42, "{out}");
+    assert!(out.stdout.contains("got-term"), "{out}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn sigkill_gives_137() {
+    let h = harness!();
+    let c = h.container("sigkill");
+    let mut bg = c.spawn(&[], &["sh", "-c", "echo ready; exec sleep 1000"]);
+    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    let k = c.kill("SIGKILL");
+    assert!(k.success(), "{k}");
+    let out = bg.wait(SECS(30));
+    assert_eq!(out.code, 137, "{out}");
+    c.assert_no_leaks();
+}
+
+#[test]
+fn kill_an_exec_process() {
+    let h = harness!();
+    let c = h.container("killexec");
+    c.start(&[], &["sleep", "1000"]);
+    let mut bg = strata_tests::cmd::Background::spawn(c.exec_command(
+        "sleeper",
+        &[],
+        &["sh", "-c", "echo ready; exec sleep 1000"],
+    ))
+    .unwrap();
+    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    let k = h.ctr_run(&[
+        "task",
+        "kill",
+        "--exec-id",
+        "sleeper",
+        "-s",
+        "SIGTERM",
+        &c.id,
+    ]);
+    assert!(k.success(), "{k}");
+    let out = bg.wait(SECS(30));
+    assert_eq!(out.code, 143, "an exec'd process dead by SIGTERM: {out}");
+    assert_eq!(c.status().as_deref(), Some("RUNNING"));
+    c.remove_and_check();
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let h = harness!();
+    let c = h.container("pause");
+    let mut bg = c.spawn(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done",
+        ],
+    );
+    assert!(bg.wait_stdout("3\n", SECS(30)), "{}", bg.stderr());
+    let p = h.ctr_run(&["task", "pause", &c.id]);
+    assert!(p.success(), "{p}");
+    assert_eq!(c.status().as_deref(), Some("PAUSED"));
+    std::thread::sleep(Duration::from_millis(300));
+    let frozen = bg.stdout().lines().count();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        bg.stdout().lines().count(),
+        frozen,
+        "the workload kept running while paused"
+    );
+    let r = h.ctr_run(&["task", "resume", &c.id]);
+    assert!(r.success(), "{r}");
+    assert_eq!(c.status().as_deref(), Some("RUNNING"));
+    assert!(
+        strata_tests::cmd::poll(SECS(10), || (bg.stdout().lines().count() > frozen + 2)
+            .then_some(()))
+        .is_some(),
+        "the workload did not go on after resume"
+    );
+    assert!(c.kill("SIGKILL").success());
+    assert_eq!(bg.wait(SECS(30)).code, 137);
+    c.assert_no_leaks();
+}
+
+#[test]
+fn pids_lists_every_process() {
+    let h = harness!();
+    let c = h.container("pids");
+    c.start(&[], &["sh", "-c", "sleep 1000 & sleep 1001 & wait"]);
+    let init = c.pid().expect("ctr task ls gives the pid");
+    let pids = strata_tests::cmd::poll(SECS(10), || {
+        let p = c.pids().ok()?;
+        (p.len() == 3).then_some(p)
+    })
+    .unwrap_or_else(|| panic!("expected 3 pids, got {:?}\n{}", c.pids(), c.log()));
+    assert!(pids.contains(&init), "init {init} missing from {pids:?}");
+    let mut cmds: Vec<String> = pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect();
+    cmds.sort();
+    assert_eq!(
+        cmds,
+        [
+            "sh -c sleep 1000 & sleep 1001 & wait ",
+            "sleep 1000 ",
+            "sleep 1001 "
+        ],
+        "{pids:?}"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn stats_report_usage() {
+    let h = harness!();
+    let c = h.container("stats");
+    c.start(
+        &["--memory-limit", "134217728"],
+        &[
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1001 & i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; wait",
+        ],
+    );
+    let m = strata_tests::cmd::poll(SECS(10), || {
+        let m = c.metrics().ok()?;
+        (cgroups::metric_pids(&m) == Some(3)).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pids.current never reached 3: {:?}\n{}",
+            c.metrics(),
+            c.log()
+        )
+    });
+    let usage = cgroups::metric_memory_usage(&m).expect("memory usage in the metrics");
+    assert!(
+        usage > 100 * 1024 && usage < 134_217_728,
+        "memory usage {usage}: {m}"
+    );
+    assert_eq!(cgroups::metric_memory_limit(&m), Some(134_217_728), "{m}");
+    assert!(
+        cgroups::metric_cpu_ns(&m).unwrap_or(0) > 0,
+        "no cpu time: {m}"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn update_memory_limit() {
+    let h = harness!();
+    let c = h.container("update");
+    c.start(&["--memory-limit", "268435456"], &["sleep", "1000"]);
+    let pid = c.pid().unwrap();
+    assert_eq!(cgroups::memory_limit(pid), Some(268_435_456));
+    // 16 MiB allocates under any of the limits below; 64 MiB does not fit in 48 MiB.
+    assert_eq!(
+        c.exec(
+            "before",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+        )
+        .code,
+        0
+    );
+    let answer = api::update_resources(h, &c.id, &json!({ "memory": { "limit": 50_331_648 } }))
+        .expect("talking to containerd");
+    assert!(answer.is_ok(), "Update failed: {answer:?}\n{}", c.log());
+    assert_eq!(
+        cgroups::memory_limit(pid),
+        Some(50_331_648),
+        "the cgroup limit did not change"
+    );
+    let m = c.metrics().unwrap();
+    assert_eq!(cgroups::metric_memory_limit(&m), Some(50_331_648), "{m}");
+    assert_eq!(
+        c.exec(
+            "small",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]
+        )
+        .code,
+        0
+    );
+    let big = c.exec(
+        "big",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(
+        big.code, 137,
+        "64 MiB under a 48 MiB limit must be OOM-killed: {big}"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn oom_kill_is_reported() {
+    let h = harness!();
+    let events = Events::watch(h);
+    let c = h.container("oom");
+    let out = c.run_with(
+        &["--memory-limit", "33554432"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        None,
+    );
+    assert_eq!(out.code, 137, "{out}");
+    assert!(
+        events.wait_for(&c.id, "/tasks/oom", SECS(10)),
+        "no /tasks/oom event; events:\n{}\n{}",
+        events.dump(),
+        c.log()
+    );
+    c.assert_no_leaks();
+}
+
+#[test]
+fn events_in_containerd_order() {
+    let h = harness!();
+    let events = Events::watch(h);
+    let c = h.container("events");
+    c.start(&[], &["sleep", "1000"]);
+    assert!(c.exec("x1", &["true"]).success());
+    assert!(h.ctr_run(&["task", "pause", &c.id]).success());
+    assert!(h.ctr_run(&["task", "resume", &c.id]).success());
+    assert!(c.kill("SIGKILL").success());
+    assert!(c.wait_status("STOPPED", SECS(10)), "{:?}", c.status());
+    assert!(h.ctr_run(&["task", "rm", &c.id]).success());
+    assert!(
+        events.wait_for(&c.id, "/tasks/delete", SECS(10)),
+        "{}",
+        events.dump()
+    );
+    let topics: Vec<String> = events
+        .topics(&c.id)
+        .into_iter()
+        .filter(|t| t.starts_with("/tasks/"))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "all events:\n{}",
+        events.dump()
+    );
+    let exits: Vec<String> = events
+        .for_id(&c.id)
+        .into_iter()
+        .filter(|e| e.topic == "/tasks/exit")
+        .map(|e| e.payload)
+        .collect();
+    assert!(
+        exits[0].contains("\"id\":\"x1\""),
+        "the first exit is the exec's: {exits:?}"
+    );
+    assert!(exits[1].contains("\"exit_status\":137"), "{exits:?}");
+    c.remove_and_check();
+}

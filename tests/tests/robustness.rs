@@ -1,0 +1,102 @@
+//! The shim under stress: killed with SIGKILL mid-run, and 50 containers started at once.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use strata_tests::cmd::poll;
+use strata_tests::daemon::pids_with_cmdline;
+use strata_tests::harness;
+
+#[test]
+fn shim_killed_mid_run_is_cleaned_up() {
+    let h = harness!();
+    let c = h.container("shimkill");
+    c.start(&[], &["sh", "-c", "sleep 1000 & exec sleep 1001"]);
+    let workload = c.pids().unwrap();
+    assert_eq!(workload.len(), 2, "{workload:?}");
+
+    let shim = h.runtime.shim_binary();
+    let shims: Vec<(u32, String)> = pids_with_cmdline(&format!("-id {} ", c.id))
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.split_whitespace()
+                .next()
+                .is_some_and(|a0| a0.ends_with(shim))
+        })
+        .filter(|(_, cmd)| cmd.contains(&*h.info.socket.to_string_lossy()))
+        .collect();
+    assert_eq!(
+        shims.len(),
+        1,
+        "expected one {shim} for {}: {shims:?}",
+        c.id
+    );
+    kill(Pid::from_raw(shims[0].0 as i32), Signal::SIGKILL).unwrap();
+
+    // containerd notices, runs `shim delete`, and forgets the task.
+    let gone = poll(Duration::from_secs(30), || {
+        (c.status().as_deref() != Some("RUNNING")).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "containerd still reports the task RUNNING\n{}",
+        c.log()
+    );
+    let _ = h.ctr_run(&["task", "rm", "-f", &c.id]);
+    let ls = h.ctr_run(&["task", "ls"]);
+    assert!(ls.success(), "ctr task ls after the shim died: {ls}");
+    let rm = h.ctr_run(&["containers", "rm", &c.id]);
+    assert!(
+        rm.success(),
+        "ctr c rm after the shim died: {rm}\n{}",
+        c.log()
+    );
+    for pid in workload {
+        let alive = poll(Duration::from_secs(20), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+        assert!(
+            alive.is_some(),
+            "workload process {pid} outlived its shim's clean-up"
+        );
+    }
+    c.assert_no_leaks();
+    // containerd still works.
+    let c2 = h.container("aftershimkill");
+    let out = c2.run(&["echo", "still-fine"]);
+    assert_eq!(out.stdout, "still-fine\n", "{out}");
+    c2.assert_no_leaks();
+}
+
+#[test]
+fn fifty_containers_in_parallel() {
+    let h = harness!();
+    let containers: Vec<_> = (0..50).map(|i| h.container(&format!("par{i}"))).collect();
+    let outputs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                s.spawn(move || c.run(&["sh", "-c", &format!("echo hello-{i}; exit {}", i % 7)]))
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut failures = Vec::new();
+    for (i, out) in outputs.iter().enumerate() {
+        if out.code != (i % 7) as i32 || out.stdout != format!("hello-{i}\n") {
+            failures.push(format!("{}: {out}", containers[i].id));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 50 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let slowest = outputs.iter().map(|o| o.elapsed).max().unwrap();
+    eprintln!("50 parallel containers: slowest {slowest:.2?}");
+    let ids: Vec<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    h.assert_no_leaks(&ids);
+}
