@@ -482,7 +482,17 @@ fn assess_microvm(host: &Host) -> Assessment {
             Verdict::Unavailable,
             format!("KVM API version {v}, expected 12"),
         ),
-        (None, Some(e)) => f.add(Verdict::Unavailable, format!("cannot use /dev/kvm: {e}")),
+        (None, Some(e)) => {
+            let hint = if host.root {
+                ""
+            } else {
+                " (the shim runs as root: run strata check as root)"
+            };
+            f.add(
+                Verdict::Unavailable,
+                format!("cannot use /dev/kvm: {e}{hint}"),
+            )
+        }
         (None, None) => f.add(Verdict::Unavailable, "KVM API version unknown"),
     }
     f.done()
@@ -1508,6 +1518,10 @@ irqbypass 16384 1 kvm, Live 0x0000000000000000
         let vm = verdict(&r, BackendKind::Microvm);
         assert_eq!(vm.verdict, Verdict::Unavailable);
         assert!(vm.reasons[0].contains("Permission denied"));
+        assert!(!vm.reasons[0].contains("as root"), "{vm:?}");
+        host.root = false;
+        let r = assess(&host, &BackendKind::ALL);
+        assert!(verdict(&r, BackendKind::Microvm).reasons[0].contains("run strata check as root"));
     }
 
     #[test]
