@@ -60,13 +60,14 @@ pub fn update_resources(
     })
 }
 
-/// Replaces the spec of the existing container `id` (made with `ctr containers create`) with
-/// the raw bytes `spec`, then asks containerd to create its task: the runtime finds `spec`,
-/// byte for byte, as its bundle's config.json. Returns containerd's answer to the create.
+/// Rewrites the spec of the existing container `id` (made with `ctr containers create`) with
+/// `edit` (given the current spec's JSON bytes), then asks containerd to create its task: the
+/// runtime finds the edited bytes, byte for byte, as its bundle's config.json (containerd 1.6
+/// only checks that they unmarshal into Go's `specs.Spec`). Returns containerd's answer.
 pub fn create_task_with_raw_spec(
     h: &Harness,
     id: &str,
-    spec: &[u8],
+    edit: impl FnOnce(Vec<u8>) -> Vec<u8>,
 ) -> Result<Result<u32, Status>> {
     block_on(async {
         let ch = channel(h).await?;
@@ -83,9 +84,10 @@ pub fn create_task_with_raw_spec(
             .container
             .context("containerd returned no container")?;
         let mut updated = got.clone();
+        let current = got.spec.clone().context("the container has no spec")?.value;
         updated.spec = Some(Any {
             type_url: SPEC_URL.to_string(),
-            value: spec.to_vec(),
+            value: edit(current),
         });
         containers
             .update(with_namespace!(

@@ -16,43 +16,32 @@ fn config_file(h: &strata_tests::Harness, name: &str, text: &str) -> String {
 }
 
 #[test]
-fn config_json_that_is_not_json() {
+fn config_json_that_is_not_utf8() {
+    // containerd 1.6 itself unmarshals config.json before starting any shim, and keeps the
+    // bundle directory when that fails, so bytes that are not JSON at all never reach a runtime.
+    // Invalid UTF-8 in a string does: Go's decoder silently replaces it, but it is not JSON
+    // (RFC 8259 requires UTF-8) and a Rust runtime sees a malformed config.json.
     let h = harness!();
     let c = h.container("badjson");
-    let made = h.ctr_run(&[
-        "containers",
-        "create",
-        "--runtime",
-        &c.runtime,
-        &h.info.image,
-        &c.id,
-        "true",
-    ]);
+    let made = h.ctr_run(&["containers", "create", "--runtime", &c.runtime, &h.info.image, &c.id, "true"]);
     assert!(made.success(), "{made}");
-    let answer =
-        api::create_task_with_raw_spec(h, &c.id, b"{\"ociVersion\": \"1.0.2\", this is not json")
-            .expect("talking to containerd");
-    let err = answer.expect_err("a task was created from a config.json that is not JSON");
-    eprintln!("containerd said: {err:?}");
-    if h.runtime == Runtime::Strata {
-        assert!(
-            err.message().contains("config.json"),
-            "the error should name config.json: {err:?}"
-        );
+    let answer = api::create_task_with_raw_spec(h, &c.id, |spec| {
+        let mut v: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        v["hostname"] = "HOSTNAME-PLACEHOLDER".into();
+        let text = serde_json::to_vec(&v).unwrap();
+        let at = text.windows(20).position(|w| w == b"HOSTNAME-PLACEHOLDER").unwrap();
+        [&text[..at], b"\xff\xfe-not-utf8", &text[at + 20..]].concat()
+    })
+    .expect("talking to containerd");
+    match (&answer, h.runtime) {
+        (Err(err), Runtime::Strata) => {
+            assert!(err.message().contains("config.json"), "the error should name config.json: {err:?}")
+        }
+        (Ok(_), Runtime::Strata) => panic!("a task was created from a config.json that is not UTF-8"),
+        // runc is written in Go and takes the replaced string: no verdict, only clean-up.
+        (_, Runtime::Runc) => eprintln!("runc answered {answer:?}"),
     }
-    assert_eq!(c.status(), None, "a task exists after a failed create");
-    c.remove();
-    let bundle = strata_tests::harness::bundle_dir(h, &c.id);
-    if h.runtime == Runtime::Runc && bundle.exists() {
-        // Known baseline defect: containerd-shim-runc-v2's `start` parses config.json and
-        // fails, and containerd 1.6 then keeps the bundle directory. Strata must not.
-        eprintln!(
-            "KNOWN runc/containerd 1.6 leak: {} (removed by the test)",
-            bundle.display()
-        );
-        let _ = fs::remove_dir_all(&bundle);
-    }
-    c.assert_no_leaks();
+    c.remove_and_check();
 }
 
 #[test]
