@@ -11,6 +11,9 @@ use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, S
 
 /// `KVM_RUN`.
 const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_REGS` (`_IOR(KVMIO, 0x81, struct kvm_regs)`): read on an emulation failure, to report
+/// where the guest stopped.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 /// `FIONBIO` (std's `set_nonblocking` on sockets).
 const FIONBIO: u64 = 0x5421;
 
@@ -123,6 +126,7 @@ pub fn build(role: ThreadRole, violation: ScmpAction) -> Result<ScmpFilterContex
     let mut requests = vec![FIONBIO];
     if role == ThreadRole::Vcpu {
         requests.push(KVM_RUN);
+        requests.push(KVM_GET_REGS);
     }
     for req in requests {
         f.add_rule_conditional(

@@ -157,10 +157,13 @@ impl Vcpu {
                         })
                     }
                     VcpuExit::InternalError => {
+                        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                         return Some(VcpuEvent::Failed {
                             cpu,
-                            reason: "KVM internal error (emulation failure)".into(),
-                        })
+                            reason: format!(
+                                "KVM internal error (emulation failure) at guest rip {rip:#x}"
+                            ),
+                        });
                     }
                     VcpuExit::Intr => {}
                     other => {

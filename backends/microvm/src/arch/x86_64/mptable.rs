@@ -69,17 +69,14 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 1;
     for irq in 0..IOAPIC_PINS {
-        // Pin 0 is the 8259's ExtINT passthrough; every other ISA IRQ maps to its own pin.
-        let kind = if irq == 0 {
-            MP_IRQ_SRC_EXTINT
-        } else {
-            MP_IRQ_SRC_INT
-        };
-        entries.extend_from_slice(&[3, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        // Every ISA IRQ, the timer's included, goes to the IOAPIC pin of the same number. (An
+        // ExtINT entry on pin 0 makes Linux's check_timer() take the 8259 through-path, which
+        // oopses on KVM's IOAPIC.)
+        entries.extend_from_slice(&[3, MP_IRQ_SRC_INT, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
-    // LINT0: ExtINT on every local APIC; LINT1: NMI.
-    entries.extend_from_slice(&[4, MP_IRQ_SRC_EXTINT, 0, 0, 0, 0, 0xff, 0]);
+    // LINT0: ExtINT on the boot CPU; LINT1: NMI on every local APIC.
+    entries.extend_from_slice(&[4, MP_IRQ_SRC_EXTINT, 0, 0, 0, 0, 0, 0]);
     entries.extend_from_slice(&[4, MP_IRQ_SRC_NMI, 0, 0, 0, 0, 0xff, 1]);
     count += 2;
 
