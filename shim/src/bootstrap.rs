@@ -304,6 +304,13 @@ pub fn delete(flags: &Flags) -> Result<()> {
     {
         tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's container");
     }
+    if let Err(e) = strata_sentry::SentryBackend::cleanup_orphan(
+        std::path::Path::new(strata_sentry::DEFAULT_STATE_ROOT),
+        &flags.namespace,
+        &flags.id,
+    ) {
+        tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's sentry state");
+    }
     crate::rootfs::unmount(&bundle);
     let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
     let _ = std::fs::remove_file(bundle.join(RUNTIME_OPTIONS_FILE));

@@ -25,6 +25,7 @@ use strata_backend::{
     Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, StdioPaths,
 };
 use strata_native::NativeBackend;
+use strata_sentry::SentryBackend;
 
 use crate::bootstrap::{
     BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE,
@@ -135,6 +136,7 @@ struct Inner {
     events: Events,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
     native: OnceLock<Arc<NativeBackend>>,
+    sentry: OnceLock<Arc<SentryBackend>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -160,6 +162,7 @@ impl TaskService {
                 events,
                 containers: Mutex::new(HashMap::new()),
                 native: OnceLock::new(),
+                sentry: OnceLock::new(),
                 exit,
             }),
         }
@@ -188,6 +191,22 @@ impl TaskService {
                         .clone()
                         .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT));
                     Arc::new(NativeBackend::new(root, self.sink()))
+                });
+                Ok(b.clone())
+            }
+            BackendKind::Sentry => {
+                let b = self.inner.sentry.get_or_init(|| {
+                    // Native state root (the shim's `delete` cleans up there), sentry state
+                    // (rewritten spec, supervisor socket, audit log) in its own.
+                    let root = cfg
+                        .state_root
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT));
+                    Arc::new(SentryBackend::new(
+                        root,
+                        strata_sentry::DEFAULT_STATE_ROOT,
+                        self.sink(),
+                    ))
                 });
                 Ok(b.clone())
             }

@@ -1,0 +1,243 @@
+//! The per-container audit log: one JSON object per line for each trapped or refused call,
+//! in the container's sentry state directory.
+//!
+//! The workload decides how many calls it makes, so the log is bounded twice: a token bucket
+//! (`per_second`, bursts of ten seconds' worth) whose overflow is counted and written as one
+//! `suppressed` record, and a size cap after which the file is rotated once (`audit.jsonl.1`),
+//! so that the two never hold more than twice the cap.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The log's file name in the container's sentry directory.
+pub const FILE: &str = "audit.jsonl";
+
+/// One record.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Record {
+    /// Seconds since the epoch.
+    pub ts: f64,
+    /// Host pid of the calling thread.
+    pub pid: u32,
+    pub syscall: String,
+    /// Decoded arguments (path, flags, address...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// `allow`, `deny`, `emulate`, or `suppressed` for a count of records dropped.
+    pub decision: String,
+    /// errno returned to the workload, if denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// Why, in a few words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// For `suppressed`: how many records the rate limit dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+struct State {
+    file: Option<File>,
+    written: u64,
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+/// The writer shared by a container's supervisor threads.
+pub struct AuditLog {
+    path: PathBuf,
+    max_bytes: u64,
+    per_second: f64,
+    st: Mutex<State>,
+}
+
+impl AuditLog {
+    pub fn open(path: PathBuf, max_bytes: u64, per_second: u32) -> std::io::Result<AuditLog> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let per_second = per_second as f64;
+        Ok(AuditLog {
+            path,
+            max_bytes,
+            per_second,
+            st: Mutex::new(State {
+                file: Some(file),
+                written,
+                tokens: per_second * 10.0,
+                last: Instant::now(),
+                suppressed: 0,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records `r` unless the rate limit says no (then it is only counted).
+    pub fn record(&self, mut r: Record) {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let burst = self.per_second * 10.0;
+        st.tokens =
+            (st.tokens + now.duration_since(st.last).as_secs_f64() * self.per_second).min(burst);
+        st.last = now;
+        if st.tokens < 1.0 {
+            st.suppressed += 1;
+            return;
+        }
+        st.tokens -= 1.0;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        if st.suppressed > 0 {
+            let s = Record {
+                ts,
+                syscall: "-".into(),
+                decision: "suppressed".into(),
+                count: Some(st.suppressed),
+                ..Default::default()
+            };
+            st.suppressed = 0;
+            self.write(&mut st, &s);
+        }
+        r.ts = ts;
+        self.write(&mut st, &r);
+    }
+
+    fn write(&self, st: &mut State, r: &Record) {
+        let Ok(mut line) = serde_json::to_vec(r) else {
+            return;
+        };
+        line.push(b'\n');
+        if st.written + line.len() as u64 > self.max_bytes {
+            st.file = None;
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            let _ = std::fs::rename(&self.path, &old);
+            st.file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&self.path)
+                .ok();
+            st.written = 0;
+        }
+        if let Some(f) = st.file.as_mut() {
+            // One write per record: a reader never sees half a line.
+            if f.write_all(&line).is_ok() {
+                st.written += line.len() as u64;
+            }
+        }
+    }
+}
+
+/// A human summary of an audit log (and its rotated predecessor): counts per call and
+/// decision, the most frequent refused arguments, and what the rate limit dropped.
+pub fn summarise(path: &Path) -> std::io::Result<String> {
+    let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut denied: BTreeMap<String, u64> = BTreeMap::new();
+    let mut suppressed = 0u64;
+    let mut total = 0u64;
+    let mut bad = 0u64;
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    let mut files = Vec::new();
+    if let Ok(f) = File::open(&old) {
+        files.push(f);
+    }
+    files.push(File::open(path)?);
+    for f in files {
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            let Ok(r) = serde_json::from_str::<Record>(&line) else {
+                bad += 1;
+                continue;
+            };
+            if r.decision == "suppressed" {
+                suppressed += r.count.unwrap_or(0);
+                continue;
+            }
+            total += 1;
+            if r.decision == "deny" {
+                let what = r
+                    .args
+                    .get("path")
+                    .or_else(|| r.args.get("addr"))
+                    .or_else(|| r.args.get("family"))
+                    .cloned()
+                    .unwrap_or_default();
+                *denied
+                    .entry(format!("{} {}", r.syscall, what).trim().to_string())
+                    .or_default() += 1;
+            }
+            *counts.entry((r.syscall, r.decision)).or_default() += 1;
+        }
+    }
+    let mut out = format!("audit log {}\n{total} records", path.display());
+    if suppressed > 0 {
+        out.push_str(&format!(", {suppressed} more dropped by the rate limit"));
+    }
+    if bad > 0 {
+        out.push_str(&format!(", {bad} unreadable lines"));
+    }
+    out.push_str("\n\nSYSCALL              DECISION   COUNT\n");
+    for ((sc, d), n) in &counts {
+        out.push_str(&format!("{sc:<20} {d:<10} {n}\n"));
+    }
+    if !denied.is_empty() {
+        let mut top: Vec<_> = denied.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.push_str("\nREFUSED (most frequent first)\n");
+        for (what, n) in top.into_iter().take(20) {
+            out.push_str(&format!("{n:>6}  {what}\n"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(sc: &str, d: &str, path: &str) -> Record {
+        Record {
+            syscall: sc.into(),
+            decision: d.into(),
+            args: BTreeMap::from([("path".to_string(), path.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rate_limit_and_size_cap_bound_the_log() {
+        let dir = std::env::temp_dir().join(format!("strata-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(FILE);
+        let log = AuditLog::open(path.clone(), 64 * 1024, 100).unwrap();
+        for i in 0..100_000 {
+            log.record(rec("openat", "deny", &format!("/secret/{i}")));
+        }
+        // Burst of 10 s at 100/s: about 1000 written, the rest counted.
+        let size = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(dir.join("audit.jsonl.1"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(size <= 64 * 1024 && old <= 64 * 1024, "{size} {old}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log.record(rec("execve", "allow", "/bin/sh"));
+        let s = summarise(&path).unwrap();
+        assert!(s.contains("dropped by the rate limit"), "{s}");
+        assert!(s.contains("execve               allow"), "{s}");
+        assert!(s.contains("REFUSED"), "{s}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,299 @@
+//! The sentry's seccomp filter, written into the container's OCI spec for libcontainer to
+//! install last before exec (with no_new_privs).
+//!
+//! Three kinds of rule:
+//! - `SCMP_ACT_NOTIFY` for every call the supervisor decides: file opens, exec, sockets,
+//!   `uname`, `personality`, and the calls the sentry refuses (so that each refusal is
+//!   audited: the supervisor answers them EPERM; with the supervisor gone the kernel answers
+//!   ENOSYS, so they fail either way).
+//! - `SCMP_ACT_NOTIFY` with argument filters for `clone` with namespace flags, and for
+//!   `clone(CLONE_VM)` without `CLONE_THREAD`/`CLONE_VFORK` (a second process sharing memory
+//!   would defeat the exec check, see docs/sentry.md).
+//! - `SCMP_ACT_ERRNO(ENOSYS)` for `clone3`, whose flags live behind a pointer a filter cannot
+//!   read: libc then falls back to `clone`, which the filter can judge (Docker does the same).
+
+use serde_json::{json, Value};
+
+use crate::policy::Policy;
+
+/// Calls whose every use is decided by the supervisor.
+pub const TRAPPED: &[&str] = &[
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "execve",
+    "execveat",
+    "socket",
+    "connect",
+    "bind",
+    "listen",
+    "uname",
+    "personality",
+];
+
+/// Calls the sentry always refuses (Docker's default profile refuses them too, or more).
+pub const DENIED: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "pivot_root",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "process_madvise",
+    "pidfd_getfd",
+    "swapon",
+    "swapoff",
+    "acct",
+    "reboot",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "syslog",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "quotactl",
+    "quotactl_fd",
+    "sysfs",
+    "_sysctl",
+    "uselib",
+    "ustat",
+    "iopl",
+    "ioperm",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "nfsservctl",
+    "kcmp",
+    "vm86",
+    "vm86old",
+];
+
+/// Every call the sentry handles itself; a policy cannot list these under `[syscalls]`.
+pub const MANAGED: &[&str] = &[
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "execve",
+    "execveat",
+    "socket",
+    "connect",
+    "bind",
+    "listen",
+    "uname",
+    "personality",
+    "clone",
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "pivot_root",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "process_madvise",
+    "pidfd_getfd",
+    "swapon",
+    "swapoff",
+    "acct",
+    "reboot",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "syslog",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "quotactl",
+    "quotactl_fd",
+    "sysfs",
+    "_sysctl",
+    "uselib",
+    "ustat",
+    "iopl",
+    "ioperm",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "nfsservctl",
+    "kcmp",
+    "vm86",
+    "vm86old",
+];
+
+/// Namespace flags that `clone` may not carry.
+pub const CLONE_NS_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
+fn masked(flag: u64, value: u64) -> Value {
+    json!({ "index": 0, "value": flag, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ" })
+}
+
+/// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter
+/// above merged into whatever seccomp profile the spec already has, with `listener` as the
+/// `listenerPath` libcontainer sends the notification fd to.
+pub fn apply(spec: &mut Value, policy: &Policy, listener: &std::path::Path) -> Result<(), String> {
+    let process = spec
+        .get_mut("process")
+        .and_then(Value::as_object_mut)
+        .ok_or("the spec has no process")?;
+    process.insert("noNewPrivileges".into(), json!(true));
+
+    let linux = spec
+        .as_object_mut()
+        .ok_or("the spec is not an object")?
+        .entry("linux")
+        .or_insert_with(|| json!({}));
+    let linux = linux.as_object_mut().ok_or("linux is not an object")?;
+    let seccomp = linux.entry("seccomp").or_insert_with(
+        || json!({ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"] }),
+    );
+    let seccomp = seccomp
+        .as_object_mut()
+        .ok_or("linux.seccomp is not an object")?;
+    let mut managed: Vec<&str> = MANAGED.to_vec();
+    managed.extend(policy.extra.keys().map(String::as_str));
+
+    // Keep the spec's own rules for every other call.
+    let mut rules: Vec<Value> = Vec::new();
+    if let Some(Value::Array(old)) = seccomp.remove("syscalls") {
+        for mut rule in old {
+            if let Some(Value::Array(names)) = rule.get_mut("names") {
+                names.retain(|n| !n.as_str().is_some_and(|n| managed.contains(&n)));
+                if names.is_empty() {
+                    continue;
+                }
+            }
+            rules.push(rule);
+        }
+    }
+    let mut notify: Vec<&str> = TRAPPED.to_vec();
+    notify.extend(DENIED);
+    let mut extra: Vec<&String> = policy.extra.keys().collect();
+    extra.sort();
+    notify.extend(extra.iter().map(|s| s.as_str()));
+    rules.push(json!({ "names": notify, "action": "SCMP_ACT_NOTIFY" }));
+    for flag in CLONE_NS_FLAGS {
+        rules.push(json!({
+            "names": ["clone"], "action": "SCMP_ACT_NOTIFY", "args": [masked(*flag, *flag)],
+        }));
+    }
+    let vm_mask = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_VFORK) as u64;
+    rules.push(json!({
+        "names": ["clone"], "action": "SCMP_ACT_NOTIFY",
+        "args": [masked(vm_mask, libc::CLONE_VM as u64)],
+    }));
+    rules.push(json!({
+        "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS,
+    }));
+    seccomp.insert("syscalls".into(), Value::Array(rules));
+    seccomp.insert("listenerPath".into(), json!(listener));
+    // libcontainer (as runc) refuses flags it does not know; none are needed.
+    seccomp.remove("flags");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_into_an_existing_profile() {
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [
+                    { "names": ["read", "openat", "write"], "action": "SCMP_ACT_ALLOW" },
+                    { "names": ["ptrace"], "action": "SCMP_ACT_ALLOW" },
+                ],
+            }},
+        });
+        apply(
+            &mut spec,
+            &Policy::builtin_default(),
+            std::path::Path::new("/run/x.sock"),
+        )
+        .unwrap();
+        assert_eq!(spec["process"]["noNewPrivileges"], json!(true));
+        let s = &spec["linux"]["seccomp"];
+        assert_eq!(s["listenerPath"], json!("/run/x.sock"));
+        assert_eq!(s["defaultAction"], json!("SCMP_ACT_ERRNO"));
+        let rules = s["syscalls"].as_array().unwrap();
+        assert_eq!(rules[0]["names"], json!(["read", "write"]));
+        // The allowed ptrace rule is gone: the sentry decides ptrace.
+        assert!(rules.iter().all(|r| r["action"] != "SCMP_ACT_ALLOW"
+            || !r["names"].as_array().unwrap().contains(&json!("ptrace"))));
+        let notify = rules
+            .iter()
+            .find(|r| r["action"] == "SCMP_ACT_NOTIFY")
+            .unwrap();
+        for n in ["openat", "execve", "ptrace", "bpf", "uname"] {
+            assert!(
+                notify["names"].as_array().unwrap().contains(&json!(n)),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_listed_call_is_managed() {
+        for n in TRAPPED.iter().chain(DENIED) {
+            assert!(MANAGED.contains(n), "{n}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Strata's `sentry` tier: gVisor's idea, that the workload never talks to the host kernel
+//! unwatched, at native speed. The workload is a native container (this crate composes
+//! `strata_native`), and its sensitive system calls (opens, exec, sockets, `uname`, and the
+//! calls it may never make) are trapped with seccomp user notification to a supervisor in the
+//! shim, which decides them by policy, performs allowed opens and IP connects itself, and
+//! records each in a per-container audit log.
+//!
+//! What this crate must never do: answer CONTINUE to a decision that rests on memory the
+//! workload can still change (the single, documented exception is exec; see
+//! `docs/sentry.md`), or leave a trapped call unanswered in a way that lets it run unchecked:
+//! when the supervisor is gone the kernel fails every trapped call with ENOSYS.
+
+pub mod audit;
+pub mod filter;
+pub mod policy;
+mod supervisor;
+mod sys;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
+use strata_native::NativeBackend;
+
+pub use policy::{Policy, PolicyError, POLICY_ANNOTATION};
+pub use supervisor::{EMULATED_RELEASE, EMULATED_VERSION};
+
+/// Where sentry containers keep their rewritten spec, supervisor socket and audit log.
+pub const DEFAULT_STATE_ROOT: &str = "/run/strata/sentry";
+/// The file `start` leaves in the bundle naming the Strata configuration (the shim's own).
+const RUNTIME_OPTIONS_FILE: &str = "strata-runtime-options.json";
+
+static SOCK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Deserialize, Default)]
+struct RuntimeOptionsRecord {
+    config_path: Option<String>,
+}
+
+struct Supervised {
+    dir: PathBuf,
+    listener: supervisor::Listener,
+}
+
+/// The sentry tier.
+pub struct SentryBackend {
+    native: NativeBackend,
+    root: PathBuf,
+    supervised: Mutex<HashMap<String, Supervised>>,
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The sentry directory of a container.
+pub fn container_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
+    root.join(sanitize(namespace)).join(sanitize(id))
+}
+
+/// The audit log of container `id`: in `namespace` if given, else in whichever namespace
+/// has a container of that id.
+pub fn find_audit_log(root: &Path, namespace: Option<&str>, id: &str) -> Option<PathBuf> {
+    if let Some(ns) = namespace {
+        let p = container_dir(root, ns, id).join(audit::FILE);
+        return p.exists().then_some(p);
+    }
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join(sanitize(id)).join(audit::FILE))
+        .find(|p| p.exists())
+}
+
+impl SentryBackend {
+    /// A backend whose containers are native ones under `native_root` (so that the shim's
+    /// `delete` finds them as it finds native ones) with sentry state under `sentry_root`.
+    pub fn new(
+        native_root: impl Into<PathBuf>,
+        sentry_root: impl Into<PathBuf>,
+        events: EventSink,
+    ) -> Self {
+        SentryBackend {
+            native: NativeBackend::new(native_root, events),
+            root: sentry_root.into(),
+            supervised: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Removes what a container of a dead shim left in the sentry's state directory (its
+    /// processes and cgroup are the native tier's to clean up).
+    pub fn cleanup_orphan(sentry_root: &Path, namespace: &str, id: &str) -> Result<()> {
+        let dir = container_dir(sentry_root, namespace, id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", dir.display()), e)),
+        }
+    }
+
+    fn prepare(&self, opts: &CreateOpts, dir: &Path) -> Result<(supervisor::Listener, PathBuf)> {
+        let record: RuntimeOptionsRecord = std::fs::read(opts.bundle.join(RUNTIME_OPTIONS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let annotations = opts.spec.annotations().clone().unwrap_or_default();
+        let policy_dir = policy::policy_dir_for(record.config_path.as_deref().map(Path::new));
+        let policy = policy::select(&policy_dir, &annotations)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let mut sock = dir.join("seccomp.sock");
+        if sock.as_os_str().len() > 100 {
+            let short = self.root.join("s");
+            std::fs::create_dir_all(&short).map_err(|e| Error::io("create socket directory", e))?;
+            sock = short.join(format!(
+                "{}-{}.sock",
+                std::process::id(),
+                SOCK_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+        }
+        let log = audit::AuditLog::open(
+            dir.join(audit::FILE),
+            policy.audit_max_bytes,
+            policy.audit_per_second,
+        )
+        .map_err(|e| Error::io("open the audit log", e))?;
+        let uts = supervisor::Uts {
+            nodename: opts.spec.hostname().clone().unwrap_or_default(),
+            domainname: opts.spec.domainname().clone().unwrap_or_default(),
+        };
+
+        let mut spec = serde_json::to_value(&opts.spec)
+            .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
+        filter::apply(&mut spec, &policy, &sock).map_err(Error::InvalidArgument)?;
+        // The rewritten spec lives in the sentry directory, which becomes the bundle
+        // libcontainer reads (also for every exec): the root must not be relative to it.
+        if let Some(p) = spec.pointer_mut("/root/path") {
+            let rel = PathBuf::from(p.as_str().unwrap_or("rootfs"));
+            if rel.is_relative() {
+                *p = serde_json::json!(opts.bundle.join(rel));
+            }
+        }
+        let config = dir.join("config.json");
+        std::fs::write(&config, serde_json::to_vec(&spec).unwrap_or_default())
+            .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
+        let ctx = Arc::new(supervisor::Ctx::new(opts.id.clone(), policy, log, uts));
+        let listener = supervisor::Listener::start(&sock, ctx)
+            .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
+        tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
+        Ok((listener, config))
+    }
+}
+
+impl Backend for SentryBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sentry
+    }
+
+    fn create(&self, opts: CreateOpts) -> Result<u32> {
+        if self.supervised.lock().unwrap().contains_key(&opts.id) {
+            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        }
+        let dir = container_dir(&self.root, &opts.namespace, &opts.id);
+        // Left by a shim that died before `delete` could run.
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut listener, config) = match self.prepare(&opts, &dir) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let spec = oci_spec::runtime::Spec::load(&config)
+            .map_err(|e| Error::InvalidArgument(format!("rewritten spec: {e}")));
+        let created = spec.and_then(|spec| {
+            self.native.create(CreateOpts {
+                bundle: dir.clone(),
+                spec,
+                ..opts.clone()
+            })
+        });
+        match created {
+            Ok(pid) => {
+                self.supervised
+                    .lock()
+                    .unwrap()
+                    .insert(opts.id, Supervised { dir, listener });
+                Ok(pid)
+            }
+            Err(e) => {
+                listener.stop();
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
+        self.native.start(id, exec_id)
+    }
+
+    fn exec(&self, opts: ExecOpts) -> Result<()> {
+        self.native.exec(opts)
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        self.native.kill(id, exec_id, signal, all)
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        self.native.delete(id, exec_id)?;
+        if exec_id.is_none() {
+            if let Some(mut s) = self.supervised.lock().unwrap().remove(id) {
+                s.listener.stop();
+                let _ = std::fs::remove_dir_all(&s.dir);
+            }
+        }
+        Ok(())
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        self.native.pids(id)
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.native.pause(id)
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.native.resume(id)
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        self.native.stats(id)
+    }
+
+    fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.native.update(id, resources)
+    }
+
+    fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {
+        self.native.resize_pty(id, exec_id, width, height)
+    }
+
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        self.native.close_stdin(id, exec_id)
+    }
+}

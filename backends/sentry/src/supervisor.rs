@@ -1,0 +1,1355 @@
+//! The supervisor: receives each container's seccomp notification fds on a Unix socket
+//! (libcontainer sends them there during create, and again for every exec), and answers every
+//! trapped call on a thread of that container's own, so that one container's flood of calls
+//! cannot hold up another's.
+//!
+//! Rules kept throughout:
+//! - An argument behind a pointer is read once from `/proc/<pid>/mem`, then the notification
+//!   id is checked to be still valid (the pid might have been reused by another task).
+//! - A decision that rests on such an argument never ends in CONTINUE, with one exception,
+//!   exec, which the kernel must do itself (see `exec` below and docs/sentry.md).
+//!   Opens are done here, resolved inside the container's root with the workload's own
+//!   credentials, and the descriptor is injected (SECCOMP_IOCTL_NOTIF_ADDFD, SEND flag);
+//!   IP connect and bind are done here on a duplicate of the workload's socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, SockaddrLike, SockaddrStorage};
+use nix::sys::stat::SFlag;
+
+use crate::audit::{AuditLog, Record};
+use crate::filter;
+use crate::policy::{Access, ExtraAction, Policy};
+use crate::sys::{self, Creds, Notif};
+
+/// Calls a container may have in flight on worker threads (blocking connects, FIFO opens).
+const MAX_WORKERS: usize = 32;
+/// Symlinks followed in one path, as the kernel's limit.
+const MAX_LINKS: usize = 40;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// What `uname` tells the workload.
+#[derive(Debug, Clone)]
+pub struct Uts {
+    pub nodename: String,
+    pub domainname: String,
+}
+
+/// The release `uname` reports instead of the host's.
+pub const EMULATED_RELEASE: &str = "5.15.0-strata";
+pub const EMULATED_VERSION: &str = "#1 SMP PREEMPT_DYNAMIC Strata sentry";
+
+/// One container's supervision state, shared by its threads.
+pub struct Ctx {
+    pub id: String,
+    pub policy: Policy,
+    pub audit: AuditLog,
+    pub uts: Uts,
+    stop: AtomicBool,
+    workers: AtomicUsize,
+    names: HashMap<i32, String>,
+    own_userns: Option<PathBuf>,
+}
+
+impl Ctx {
+    pub fn new(id: String, policy: Policy, audit: AuditLog, uts: Uts) -> Ctx {
+        let mut names = HashMap::new();
+        for n in filter::MANAGED {
+            if let Ok(nr) = libseccomp::ScmpSyscall::from_name(n) {
+                names.insert(i32::from(nr), n.to_string());
+            }
+        }
+        for (n, (nr, _)) in &policy.extra {
+            names.insert(*nr, n.clone());
+        }
+        Ctx {
+            id,
+            policy,
+            audit,
+            uts,
+            stop: AtomicBool::new(false),
+            workers: AtomicUsize::new(0),
+            names,
+            own_userns: std::fs::read_link("/proc/self/ns/user").ok(),
+        }
+    }
+
+    fn name(&self, nr: i32) -> String {
+        self.names
+            .get(&nr)
+            .cloned()
+            .unwrap_or_else(|| format!("syscall_{nr}"))
+    }
+}
+
+/// The socket libcontainer sends notification fds to, and the thread accepting on it.
+pub struct Listener {
+    ctx: Arc<Ctx>,
+    path: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Binds `path` and accepts from now on: libcontainer connects during create.
+    pub fn start(path: &Path, ctx: Arc<Ctx>) -> io::Result<Listener> {
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)?;
+        l.set_nonblocking(true)?;
+        let c = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sentry-accept-{}", short(&ctx.id)))
+            .spawn(move || accept_loop(l, c))?;
+        Ok(Listener {
+            ctx,
+            path: path.to_path_buf(),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Stops accepting and tells the supervisor threads to end.
+    pub fn stop(&mut self) {
+        self.ctx.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+fn accept_loop(l: UnixListener, ctx: Arc<Ctx>) {
+    while !ctx.stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0) <= 0 {
+            continue;
+        }
+        match l.accept() {
+            Ok((stream, _)) => match receive_fd(stream) {
+                Ok(fd) => {
+                    let c = ctx.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("sentry-{}", short(&ctx.id)))
+                        .spawn(move || supervise(Arc::new(fd), c));
+                    if let Err(e) = spawned {
+                        // The fd is dropped with the closure: the workload's trapped calls
+                        // fail (ENOSYS), never run unchecked.
+                        tracing::error!(id = %ctx.id, error = %e, "cannot start a supervisor thread");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(id = %ctx.id, error = %e, "bad message on the seccomp listener")
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                tracing::warn!(id = %ctx.id, error = %e, "accept on the seccomp listener");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Reads libcontainer's message: the container state (JSON) with the notification fd
+/// attached (SCM_RIGHTS).
+fn receive_fd(stream: UnixStream) -> io::Result<OwnedFd> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let socket::ControlMessageOwned::ScmRights(r) = c {
+            fds.extend(r);
+        }
+    }
+    let mut owned: Vec<OwnedFd> = fds.into_iter().map(sys::own_fd).collect();
+    if owned.len() != 1 {
+        return Err(io::Error::other(format!(
+            "expected one seccomp fd, got {}",
+            owned.len()
+        )));
+    }
+    Ok(owned.remove(0))
+}
+
+fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
+    // Own umask for this thread: files are created with each workload's umask.
+    if let Err(e) = sys::unshare_fs() {
+        tracing::error!(id = %ctx.id, error = %e, "unshare(CLONE_FS) in the supervisor; closing the filter (fail closed)");
+        return;
+    }
+    tracing::debug!(id = %ctx.id, "supervising");
+    loop {
+        if ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(500u16)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(id = %ctx.id, error = %e, "poll on the seccomp fd");
+                break;
+            }
+        }
+        let rev = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !rev.contains(PollFlags::POLLIN) {
+            if rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                break; // no task uses this filter any more
+            }
+            continue;
+        }
+        let n = match sys::recv(fd.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINTR)) => {
+                continue
+            }
+            Err(e) => {
+                tracing::error!(id = %ctx.id, error = %e, "SECCOMP_IOCTL_NOTIF_RECV");
+                break;
+            }
+        };
+        handle(&ctx, &fd, n);
+    }
+    tracing::debug!(id = %ctx.id, "supervisor done");
+}
+
+/// How a trapped call is answered.
+enum Outcome {
+    Errno(i32, &'static str),
+    Continue,
+    Value(i64),
+    Fd(OwnedFd, bool),
+    /// Answered by a worker thread.
+    Deferred,
+    /// The task is gone; nothing to answer.
+    Gone,
+}
+
+struct Call<'a> {
+    ctx: &'a Arc<Ctx>,
+    fd: &'a Arc<OwnedFd>,
+    n: Notif,
+    args: BTreeMap<String, String>,
+}
+
+impl Call<'_> {
+    fn arg(&mut self, k: &str, v: impl Into<String>) {
+        self.args.insert(k.to_string(), v.into());
+    }
+
+    fn valid(&self) -> bool {
+        sys::id_valid(self.fd.as_raw_fd(), self.n.id)
+    }
+}
+
+fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
+    let mut call = Call {
+        ctx,
+        fd,
+        n,
+        args: BTreeMap::new(),
+    };
+    let nr = n.data.nr as libc::c_long;
+    let a = n.data.args;
+    let outcome = match nr {
+        libc::SYS_open => open_call(&mut call, libc::AT_FDCWD, a[0], a[1] as i32, a[2] as u32, 0),
+        libc::SYS_creat => open_call(
+            &mut call,
+            libc::AT_FDCWD,
+            a[0],
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            a[1] as u32,
+            0,
+        ),
+        libc::SYS_openat => open_call(&mut call, a[0] as i32, a[1], a[2] as i32, a[3] as u32, 0),
+        libc::SYS_openat2 => openat2_call(&mut call),
+        libc::SYS_execve => exec_call(&mut call, libc::AT_FDCWD, a[0], 0),
+        libc::SYS_execveat => exec_call(&mut call, a[0] as i32, a[1], a[4] as i32),
+        libc::SYS_socket => socket_call(&mut call),
+        libc::SYS_connect | libc::SYS_bind => addr_call(&mut call, nr == libc::SYS_bind),
+        libc::SYS_listen => listen_call(&mut call),
+        libc::SYS_uname => uname_call(&mut call),
+        libc::SYS_personality => {
+            call.arg("persona", format!("{:#x}", a[0] as u32));
+            match a[0] as u32 {
+                0 | 8 | 0x20008 | 0xffff_ffff => Outcome::Continue,
+                _ => Outcome::Errno(libc::EPERM, "personality change"),
+            }
+        }
+        libc::SYS_clone => {
+            call.arg("flags", format!("{:#x}", a[0]));
+            Outcome::Errno(libc::EPERM, "clone flags refused")
+        }
+        _ => match ctx.policy.extra.values().find(|(x, _)| *x == n.data.nr) {
+            Some((_, ExtraAction::Audit)) => Outcome::Continue,
+            Some((_, ExtraAction::Deny)) => Outcome::Errno(libc::EPERM, "denied by policy"),
+            None => Outcome::Errno(libc::EPERM, "refused by the sentry"),
+        },
+    };
+    finish(call, outcome);
+}
+
+fn finish(call: Call<'_>, outcome: Outcome) {
+    let raw = call.fd.as_raw_fd();
+    let id = call.n.id;
+    let (decision, errno, reason) = match &outcome {
+        Outcome::Errno(e, r) => ("deny", Some(*e), *r),
+        Outcome::Continue | Outcome::Value(_) | Outcome::Fd(..) => ("allow", None, ""),
+        Outcome::Deferred => return,
+        Outcome::Gone => ("gone", None, "task gone before the answer"),
+    };
+    let sent = match outcome {
+        Outcome::Errno(e, _) => sys::respond_errno(raw, id, e),
+        Outcome::Continue => sys::respond_continue(raw, id),
+        Outcome::Value(v) => sys::respond_value(raw, id, v),
+        Outcome::Fd(f, cloexec) => sys::addfd_send(raw, id, &f, cloexec).map(|_| ()),
+        Outcome::Deferred | Outcome::Gone => Ok(()),
+    };
+    if let Err(e) = sent {
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            tracing::debug!(id = %call.ctx.id, error = %e, "answering a trapped call");
+        }
+    }
+    let decision = if call.n.data.nr as libc::c_long == libc::SYS_uname {
+        "emulate"
+    } else {
+        decision
+    };
+    call.ctx.audit.record(Record {
+        pid: call.n.pid,
+        syscall: call.ctx.name(call.n.data.nr),
+        args: call.args,
+        decision: decision.into(),
+        errno,
+        reason: reason.into(),
+        ..Default::default()
+    });
+}
+
+/// Runs `f` on a worker thread (for calls that may block), answering from there.
+fn defer(call: Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    let ctx = call.ctx.clone();
+    if ctx.workers.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
+        ctx.workers.fetch_sub(1, Ordering::SeqCst);
+        finish(
+            call,
+            Outcome::Errno(libc::EAGAIN, "too many blocking calls in flight"),
+        );
+        return Outcome::Deferred;
+    }
+    let fd = call.fd.clone();
+    let raw = fd.as_raw_fd();
+    let n = call.n;
+    let args = call.args;
+    let spawned = std::thread::Builder::new()
+        .name(format!("sentry-w-{}", short(&ctx.id)))
+        .spawn({
+            let ctx = ctx.clone();
+            move || {
+                let _ = sys::unshare_fs();
+                let outcome = f();
+                let c = Call {
+                    ctx: &ctx,
+                    fd: &fd,
+                    n,
+                    args,
+                };
+                finish(c, outcome);
+                ctx.workers.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+    if spawned.is_err() {
+        ctx.workers.fetch_sub(1, Ordering::SeqCst);
+        let _ = sys::respond_errno(raw, n.id, libc::EAGAIN);
+    }
+    Outcome::Deferred
+}
+
+// ----- reading the workload --------------------------------------------------------------
+
+/// What the supervisor needs to know of the calling task.
+struct Task {
+    pid: u32,
+    tgid: u32,
+    ns_tgid: u32,
+    ns_tid: u32,
+    ppid: u32,
+    threads: u32,
+    creds: Creds,
+}
+
+fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+}
+
+fn nums(s: Option<&str>) -> Vec<u32> {
+    s.unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+fn task(ctx: &Ctx, pid: u32) -> Result<Task, i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
+    let uid = nums(field(&status, "Uid"));
+    let gid = nums(field(&status, "Gid"));
+    let last = |k: &str| nums(field(&status, k)).last().copied().unwrap_or(0);
+    let mut cap_eff = u64::from_str_radix(field(&status, "CapEff").unwrap_or("0"), 16).unwrap_or(0);
+    // Capabilities of another user namespace mean nothing on the host: use none.
+    let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    if userns != ctx.own_userns {
+        cap_eff = 0;
+    }
+    Ok(Task {
+        pid,
+        tgid: last("Tgid"),
+        ns_tgid: last("NStgid"),
+        ns_tid: last("NSpid"),
+        ppid: last("PPid"),
+        threads: last("Threads"),
+        creds: Creds {
+            fsuid: uid.get(3).copied().ok_or(libc::ESRCH)?,
+            fsgid: gid.get(3).copied().ok_or(libc::ESRCH)?,
+            groups: nums(field(&status, "Groups")),
+            cap_eff,
+            umask: u32::from_str_radix(field(&status, "Umask").unwrap_or("022"), 8)
+                .unwrap_or(0o022),
+        },
+    })
+}
+
+/// Reads a NUL-terminated string (a path) from the task's memory.
+fn read_cstr(pid: u32, addr: u64) -> Result<String, i32> {
+    if addr == 0 {
+        return Err(libc::EFAULT);
+    }
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(|_| libc::ESRCH)?;
+    let mut out = Vec::new();
+    let mut off = addr;
+    while out.len() < libc::PATH_MAX as usize {
+        let room = 4096 - (off % 4096) as usize;
+        let mut chunk = vec![0u8; room];
+        let got = mem.read_at(&mut chunk, off).map_err(|_| libc::EFAULT)?;
+        if got == 0 {
+            return Err(libc::EFAULT);
+        }
+        if let Some(end) = chunk[..got].iter().position(|b| *b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return String::from_utf8(out).map_err(|_| libc::EACCES);
+        }
+        out.extend_from_slice(&chunk[..got]);
+        off += got as u64;
+    }
+    Err(libc::ENAMETOOLONG)
+}
+
+fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(|_| libc::ESRCH)?;
+    let mut buf = vec![0u8; len];
+    mem.read_exact_at(&mut buf, addr)
+        .map_err(|_| libc::EFAULT)?;
+    Ok(buf)
+}
+
+// ----- paths -----------------------------------------------------------------------------
+
+/// Lexical normalisation (only used for policy matching of already-resolved paths, and to
+/// spot `/proc/self`).
+fn normalize(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn readlink(p: &str) -> Result<String, i32> {
+    std::fs::read_link(p)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        .and_then(|l| l.into_os_string().into_string().map_err(|_| libc::EACCES))
+}
+
+/// The container path a descriptor of the supervisor refers to. The container's root is out
+/// of the supervisor's reach, so the kernel prints it relative to the container's root.
+fn fd_path(fd: &OwnedFd) -> Result<String, i32> {
+    readlink(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The absolute container path the task means by (`dirfd`, `path`).
+fn absolute(t: &Task, dirfd: i32, path: &str) -> Result<String, i32> {
+    if path.starts_with('/') {
+        return Ok(path.to_string());
+    }
+    let base = if dirfd == libc::AT_FDCWD {
+        readlink(&format!("/proc/{}/cwd", t.pid))?
+    } else {
+        readlink(&format!("/proc/{}/fd/{dirfd}", t.pid)).map_err(|_| libc::EBADF)?
+    };
+    if !base.starts_with('/') {
+        return Err(libc::ENOTDIR);
+    }
+    if base.ends_with(" (deleted)") {
+        return Err(libc::ENOENT);
+    }
+    if path.is_empty() {
+        return Ok(base);
+    }
+    Ok(format!("{}/{path}", base.trim_end_matches('/')))
+}
+
+/// `/proc/self` and `/proc/thread-self` name the supervisor when it resolves them: rewrite
+/// them to the task's own pid in its pid namespace.
+fn rewrite_self(t: &Task, path: &str) -> String {
+    let norm = normalize(path);
+    let mut it = norm.splitn(4, '/').skip(1);
+    if it.next() != Some("proc") {
+        return path.to_string();
+    }
+    let who = match it.next() {
+        Some("self") => t.ns_tgid.to_string(),
+        Some("thread-self") => format!("{}/task/{}", t.ns_tgid, t.ns_tid),
+        _ => return path.to_string(),
+    };
+    match it.next() {
+        Some(rest) => format!("/proc/{who}/{rest}"),
+        None => format!("/proc/{who}"),
+    }
+}
+
+fn is_procfs(fd: &OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .map(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Where a path ends after resolution: a directory of the container and a name in it.
+enum Resolved {
+    At {
+        dir: OwnedFd,
+        name: String,
+        real: String,
+    },
+    /// A `/proc/<own pid>/fd/N` magic link: reopen the task's own descriptor.
+    OwnFd { host: String, real: String },
+}
+
+/// Resolves `path` (absolute, in the container) inside the container's root: every
+/// component but the last by the kernel (openat2 with RESOLVE_IN_ROOT), the last one here
+/// so that the caller can open it with O_NOFOLLOW (no race on symlinks) and judge it first.
+fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolved, i32> {
+    let mut path = rewrite_self(t, path);
+    for _ in 0..MAX_LINKS {
+        let trimmed = path.trim_end_matches('/');
+        let (dir, name) = match trimmed.rfind('/') {
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => ("", trimmed),
+        };
+        let (dir, name) = if matches!(name, "" | "." | "..") {
+            (if trimmed.is_empty() { "/" } else { trimmed }, ".")
+        } else {
+            (if dir.is_empty() { "/" } else { dir }, name)
+        };
+        let cdir = CString::new(dir).map_err(|_| libc::EINVAL)?;
+        let dfd = sys::openat2(
+            root.as_raw_fd(),
+            &cdir,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let dreal = fd_path(&dfd)?;
+        let real = if name == "." {
+            dreal.clone()
+        } else {
+            normalize(&format!("{dreal}/{name}"))
+        };
+        if name != "." {
+            if let Ok(st) =
+                nix::sys::stat::fstatat(Some(dfd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            {
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK && follow
+                {
+                    if is_procfs(&dfd) {
+                        // A magic link. The task's own descriptors are reopened through
+                        // the host's procfs (the kernel's rules for reopening apply); other
+                        // magic links are followed by their text, inside the container.
+                        let parts: Vec<&str> = dreal.split('/').collect();
+                        let own = |p: &str| p == t.ns_tgid.to_string();
+                        let fd_dir = match parts.as_slice() {
+                            ["", "proc", p, "fd"] if own(p) => Some(format!("/proc/{}/fd", t.tgid)),
+                            ["", "proc", p, "task", tid, "fd"] if own(p) => {
+                                let host_tid = if *tid == t.ns_tid.to_string() {
+                                    t.pid
+                                } else {
+                                    return Err(libc::EACCES);
+                                };
+                                Some(format!("/proc/{}/task/{host_tid}/fd", t.tgid))
+                            }
+                            ["", "proc", _, "fd"] | ["", "proc", _, "task", _, "fd"] => {
+                                return Err(libc::EACCES)
+                            }
+                            _ => None,
+                        };
+                        if let Some(d) = fd_dir {
+                            let host = format!("{d}/{name}");
+                            let target = readlink(&host)?;
+                            return Ok(Resolved::OwnFd { host, real: target });
+                        }
+                    }
+                    let target = nix::fcntl::readlinkat(Some(dfd.as_raw_fd()), name)
+                        .map_err(|e| e as i32)?
+                        .into_string()
+                        .map_err(|_| libc::EACCES)?;
+                    path = if target.starts_with('/') {
+                        rewrite_self(t, &target)
+                    } else {
+                        rewrite_self(t, &format!("{dreal}/{target}"))
+                    };
+                    continue;
+                }
+            }
+        }
+        return Ok(Resolved::At {
+            dir: dfd,
+            name: name.to_string(),
+            real,
+        });
+    }
+    Err(libc::ELOOP)
+}
+
+fn root_of(pid: u32) -> Result<OwnedFd, i32> {
+    open_path(
+        &format!("/proc/{pid}/root"),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        0,
+    )
+    .map_err(|_| libc::ESRCH)
+}
+
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const SOCK_PACKET: i32 = 10;
+
+fn open_path(path: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    let cwd = open_cwd()?;
+    openat(&cwd, path, flags, mode)
+}
+
+fn open_cwd() -> Result<OwnedFd, Errno> {
+    let c = CString::new("/").map_err(|_| Errno::EINVAL)?;
+    sys::openat2(
+        libc::AT_FDCWD,
+        &c,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+        0,
+    )
+    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// open(2) ignores flags it does not know and the mode without O_CREAT; openat2(2) refuses
+/// both, so pass only what open(2) would act on.
+fn openat(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let known = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_SYNC
+        | libc::O_ASYNC
+        | libc::O_DIRECT
+        | libc::O_LARGEFILE
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_PATH
+        | libc::O_TMPFILE;
+    let flags = flags.bits() & known;
+    let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        mode & 0o7777
+    } else {
+        0
+    };
+    sys::openat2(dir.as_raw_fd(), &c, flags, mode, 0)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+fn bind_or_connect(sock: &OwnedFd, sa: SocketAddr, bind: bool) -> Result<(), Errno> {
+    let fd = sock.as_raw_fd();
+    match sa {
+        SocketAddr::V4(a) => {
+            let a = socket::SockaddrIn::from(a);
+            if bind {
+                socket::bind(fd, &a)
+            } else {
+                socket::connect(fd, &a)
+            }
+        }
+        SocketAddr::V6(a) => {
+            let a = socket::SockaddrIn6::from(a);
+            if bind {
+                socket::bind(fd, &a)
+            } else {
+                socket::connect(fd, &a)
+            }
+        }
+    }
+}
+
+/// Device nodes a workload may open through the supervisor (the supervisor is not in the
+/// container's device cgroup, so it must check them itself): null, zero, full, random,
+/// urandom, tty, console, ptmx, and the pty slaves.
+fn device_allowed(rdev: u64) -> bool {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    matches!(
+        (maj, min),
+        (1, 3) | (1, 5) | (1, 7) | (1, 8) | (1, 9) | (5, 0) | (5, 1) | (5, 2)
+    ) || (136..=143).contains(&maj)
+}
+
+// ----- calls -----------------------------------------------------------------------------
+
+fn flags_text(flags: i32) -> String {
+    let mut s = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "O_RDONLY",
+        libc::O_WRONLY => "O_WRONLY",
+        _ => "O_RDWR",
+    }
+    .to_string();
+    for (f, n) in [
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_PATH, "O_PATH"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+    ] {
+        if flags & f == f {
+            s.push('|');
+            s.push_str(n);
+        }
+    }
+    s
+}
+
+fn openat2_call(call: &mut Call<'_>) -> Outcome {
+    let a = call.n.data.args;
+    let size = a[3] as usize;
+    if !(24..=4096).contains(&size) {
+        return Outcome::Errno(libc::EINVAL, "bad open_how size");
+    }
+    let how = match read_bytes(call.n.pid, a[2], 24) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Errno(e, "unreadable open_how"),
+    };
+    let word = |i: usize| u64::from_ne_bytes(how[i * 8..i * 8 + 8].try_into().unwrap());
+    if word(2) != 0 {
+        // The task's own RESOLVE_* flags would have to be combined with RESOLVE_IN_ROOT.
+        return Outcome::Errno(libc::EOPNOTSUPP, "openat2 resolve flags are not emulated");
+    }
+    open_call(call, a[0] as i32, a[1], word(0) as i32, word(1) as u32, 0)
+}
+
+fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _r: u64) -> Outcome {
+    let pid = call.n.pid;
+    call.arg("flags", flags_text(flags));
+    let path = match read_cstr(pid, ptr) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Errno(e, "unreadable path"),
+    };
+    call.arg("path", path.clone());
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    let t = match task(call.ctx, pid) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Gone,
+    };
+    let abs = match absolute(&t, dirfd, &path) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Errno(e, "cannot place a relative path"),
+    };
+    let write = flags & libc::O_ACCMODE != libc::O_RDONLY
+        || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
+        || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+    let root = match root_of(pid) {
+        Ok(r) => r,
+        Err(_) => return Outcome::Gone,
+    };
+    let _creds = match sys::AsWorkload::enter(&t.creds) {
+        Ok(g) => g,
+        Err(_) => return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials"),
+    };
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    let resolved = match resolve(&t, &root, &abs, follow) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Errno(e, "resolution failed"),
+    };
+    let real = match &resolved {
+        Resolved::At { real, .. } | Resolved::OwnFd { real, .. } => real.clone(),
+    };
+    if real != normalize(&abs) {
+        call.arg("resolved", real.clone());
+    }
+    let own_fd_object = matches!(&resolved, Resolved::OwnFd { real, .. } if !real.starts_with('/'));
+    if !own_fd_object {
+        let access = call.ctx.policy.file_access(&real);
+        let ok = match access {
+            Access::Deny => false,
+            Access::Read => !write,
+            Access::ReadWrite => true,
+        };
+        if !ok {
+            return Outcome::Errno(libc::EACCES, "path rule");
+        }
+    }
+    // The supervisor is outside the container's device cgroup: judge device nodes before
+    // opening them (and again after, on what was opened).
+    if let Resolved::At { dir, name, .. } = &resolved {
+        if let Ok(st) = nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            if (fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK)
+                && !device_allowed(st.st_rdev)
+                && flags & libc::O_PATH == 0
+            {
+                return Outcome::Errno(libc::EPERM, "device not allowed");
+            }
+        }
+    }
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    // Never block the supervisor (FIFOs), never acquire a terminal for the shim.
+    let nonblock = flags & libc::O_NONBLOCK != 0;
+    let oflags = OFlag::from_bits_truncate(
+        (flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) & !libc::O_NOFOLLOW,
+    );
+    let opened = match &resolved {
+        Resolved::At { dir, name, .. } => {
+            let nofollow = if name == "." {
+                OFlag::empty()
+            } else {
+                OFlag::O_NOFOLLOW
+            };
+            openat(dir, name, oflags | nofollow, mode)
+        }
+        Resolved::OwnFd { host, .. } => open_path(host, oflags, mode),
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(Errno::ENXIO) if !nonblock && flags & libc::O_ACCMODE == libc::O_WRONLY => {
+            // A FIFO with no reader yet: wait for one on a worker thread.
+            return fifo_wait(
+                call,
+                resolved,
+                oflags & !OFlag::O_NONBLOCK,
+                mode,
+                t.creds.clone(),
+                cloexec,
+            );
+        }
+        Err(e) => return Outcome::Errno(e as i32, "open failed"),
+    };
+    if let Err(e) = check_opened(&file, flags, nonblock) {
+        return Outcome::Errno(e, "device not allowed");
+    }
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    Outcome::Fd(file, cloexec)
+}
+
+/// Refuses device nodes outside the default set; restores blocking mode.
+fn check_opened(file: &OwnedFd, flags: i32, nonblock: bool) -> Result<(), i32> {
+    if flags & libc::O_PATH == 0 {
+        let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| e as i32)?;
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if (fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK) && !device_allowed(st.st_rdev) {
+            return Err(libc::EPERM);
+        }
+    }
+    if !nonblock && flags & libc::O_PATH == 0 {
+        let fl = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| e as i32)?;
+        let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+            .map_err(|e| e as i32)?;
+    }
+    Ok(())
+}
+
+fn fifo_wait(
+    call: &mut Call<'_>,
+    resolved: Resolved,
+    oflags: OFlag,
+    mode: u32,
+    creds: Creds,
+    cloexec: bool,
+) -> Outcome {
+    let c = Call {
+        ctx: call.ctx,
+        fd: call.fd,
+        n: call.n,
+        args: std::mem::take(&mut call.args),
+    };
+    defer(c, move || {
+        let _g = match sys::AsWorkload::enter(&creds) {
+            Ok(g) => g,
+            Err(_) => {
+                return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials")
+            }
+        };
+        let r = match &resolved {
+            Resolved::At { dir, name, .. } => openat(dir, name, oflags | OFlag::O_NOFOLLOW, mode),
+            Resolved::OwnFd { host, .. } => open_path(host, oflags, mode),
+        };
+        match r {
+            Ok(f) => match check_opened(&f, oflags.bits(), true) {
+                Ok(()) => Outcome::Fd(f, cloexec),
+                Err(e) => Outcome::Errno(e, "device not allowed"),
+            },
+            Err(e) => Outcome::Errno(e as i32, "open failed"),
+        }
+    })
+}
+
+/// Whether no other task can rewrite the task's memory between the check and the kernel's
+/// own read of the exec path: one thread, memory not shared with a multi-threaded parent
+/// (vfork), and the path not in a shared mapping.
+fn private_memory(t: &Task, addr: u64) -> bool {
+    if t.threads != 1 {
+        return false;
+    }
+    if sys::same_vm(t.pid, t.ppid).unwrap_or(true) {
+        let parent_threads = std::fs::read_to_string(format!("/proc/{}/status", t.ppid))
+            .ok()
+            .and_then(|s| field(&s, "Threads").and_then(|v| v.parse::<u32>().ok()));
+        if parent_threads != Some(1) {
+            return false;
+        }
+    }
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", t.pid)) else {
+        return false;
+    };
+    for l in maps.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            continue;
+        };
+        if (lo..hi).contains(&addr) {
+            return perms.as_bytes().get(3) == Some(&b'p');
+        }
+    }
+    false
+}
+
+fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
+    let pid = call.n.pid;
+    let path = if flags & libc::AT_EMPTY_PATH != 0 && ptr != 0 {
+        read_cstr(pid, ptr).unwrap_or_default()
+    } else {
+        match read_cstr(pid, ptr) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Errno(e, "unreadable path"),
+        }
+    };
+    call.arg("path", path.clone());
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    let t = match task(call.ctx, pid) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Gone,
+    };
+    let root = match root_of(pid) {
+        Ok(r) => r,
+        Err(_) => return Outcome::Gone,
+    };
+    let real = if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        match readlink(&format!("/proc/{pid}/fd/{dirfd}")) {
+            Ok(p) if p.starts_with('/') => normalize(&p),
+            _ => return Outcome::Errno(libc::EACCES, "exec of a descriptor that is no file"),
+        }
+    } else {
+        let abs = match absolute(&t, dirfd, &path) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Errno(e, "cannot place a relative path"),
+        };
+        let _creds = match sys::AsWorkload::enter(&t.creds) {
+            Ok(g) => g,
+            Err(_) => {
+                return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials")
+            }
+        };
+        let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
+        match resolve(&t, &root, &abs, follow) {
+            Ok(Resolved::At { dir, name, real }) => {
+                match nix::sys::stat::fstatat(
+                    Some(dir.as_raw_fd()),
+                    name.as_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(st)
+                        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+                            == SFlag::S_IFREG =>
+                    {
+                        real
+                    }
+                    Ok(_) => return Outcome::Errno(libc::EACCES, "not a regular file"),
+                    Err(e) => return Outcome::Errno(e as i32, "no such file"),
+                }
+            }
+            Ok(Resolved::OwnFd { .. }) => {
+                return Outcome::Errno(libc::EACCES, "exec through /proc/self/fd")
+            }
+            Err(e) => return Outcome::Errno(e, "resolution failed"),
+        }
+    };
+    if real != normalize(&path) {
+        call.arg("resolved", real.clone());
+    }
+    if !call.ctx.policy.exec_allowed(&real) {
+        return Outcome::Errno(libc::EACCES, "not in the exec allowlist");
+    }
+    let private = private_memory(&t, ptr);
+    if !private {
+        call.arg("shared_memory", "true");
+        if call.ctx.policy.require_private_memory {
+            return Outcome::Errno(libc::EPERM, "exec path in memory another task can write");
+        }
+    }
+    // The kernel reads the path again after CONTINUE: it must still say the same.
+    if read_cstr(pid, ptr).unwrap_or_default() != path || !call.valid() {
+        return Outcome::Errno(libc::EAGAIN, "exec path changed during the check");
+    }
+    Outcome::Continue
+}
+
+fn socket_call(call: &mut Call<'_>) -> Outcome {
+    let a = call.n.data.args;
+    let (domain, ty, proto) = (a[0] as i32, a[1] as i32 & 0xf, a[2] as i32);
+    call.arg("family", family_name(domain));
+    call.arg("type", ty.to_string());
+    call.arg("protocol", proto.to_string());
+    let p = &call.ctx.policy;
+    match domain {
+        libc::AF_UNIX => Outcome::Continue,
+        libc::AF_NETLINK if proto == libc::NETLINK_ROUTE => Outcome::Continue,
+        libc::AF_INET | libc::AF_INET6 => {
+            if !p.ip_allowed() {
+                Outcome::Errno(libc::EACCES, "network mode none")
+            } else if (ty == libc::SOCK_RAW || ty == SOCK_PACKET) && !p.raw_sockets {
+                Outcome::Errno(libc::EACCES, "raw sockets refused")
+            } else {
+                Outcome::Continue
+            }
+        }
+        _ => Outcome::Errno(libc::EACCES, "socket family refused"),
+    }
+}
+
+fn family_name(d: i32) -> String {
+    match d {
+        libc::AF_UNIX => "AF_UNIX".into(),
+        libc::AF_INET => "AF_INET".into(),
+        libc::AF_INET6 => "AF_INET6".into(),
+        libc::AF_NETLINK => "AF_NETLINK".into(),
+        libc::AF_PACKET => "AF_PACKET".into(),
+        libc::AF_VSOCK => "AF_VSOCK".into(),
+        libc::AF_ALG => "AF_ALG".into(),
+        d => format!("family_{d}"),
+    }
+}
+
+/// A duplicate of the task's socket `fd` and its family.
+fn task_socket(t: &Task, fd: i32) -> Result<(OwnedFd, i32), i32> {
+    let pidfd = sys::pidfd_open(t.tgid).map_err(|_| libc::ESRCH)?;
+    let sock = sys::pidfd_getfd(&pidfd, fd).map_err(|_| libc::EBADF)?;
+    let addr: SockaddrStorage =
+        socket::getsockname(sock.as_raw_fd()).map_err(|_| libc::ENOTSOCK)?;
+    let fam = addr.family().map(|f| f as i32).unwrap_or(libc::AF_UNSPEC);
+    Ok((sock, fam))
+}
+
+fn parse_sockaddr(b: &[u8]) -> Result<Option<SocketAddr>, i32> {
+    if b.len() < 2 {
+        return Err(libc::EINVAL);
+    }
+    let fam = u16::from_ne_bytes([b[0], b[1]]) as i32;
+    match fam {
+        libc::AF_UNSPEC => Ok(None),
+        libc::AF_INET if b.len() >= 16 => {
+            let port = u16::from_be_bytes([b[2], b[3]]);
+            let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))))
+        }
+        libc::AF_INET6 if b.len() >= 28 => {
+            let port = u16::from_be_bytes([b[2], b[3]]);
+            let flow = u32::from_be_bytes(b[4..8].try_into().unwrap());
+            let ip: [u8; 16] = b[8..24].try_into().unwrap();
+            let scope = u32::from_ne_bytes(b[24..28].try_into().unwrap());
+            Ok(Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            ))))
+        }
+        libc::AF_INET | libc::AF_INET6 => Err(libc::EINVAL),
+        _ => Err(libc::EAFNOSUPPORT),
+    }
+}
+
+fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
+    let a = call.n.data.args;
+    let pid = call.n.pid;
+    let t = match task(call.ctx, pid) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Gone,
+    };
+    let (sock, fam) = match task_socket(&t, a[0] as i32) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Errno(e, "not a socket of the task"),
+    };
+    call.arg("family", family_name(fam));
+    if fam != libc::AF_INET && fam != libc::AF_INET6 {
+        // The decision rests on the socket's family only, not on the address: the kernel
+        // resolves Unix and netlink addresses in the workload's own namespaces.
+        return Outcome::Continue;
+    }
+    let len = (a[2] as usize).min(128);
+    let bytes = match read_bytes(pid, a[1], len) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Errno(e, "unreadable address"),
+    };
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    let sa = match parse_sockaddr(&bytes) {
+        Ok(Some(sa)) => sa,
+        Ok(None) if !bind => {
+            // AF_UNSPEC (dissolving a UDP association) would need a raw sockaddr.
+            return Outcome::Errno(libc::EAFNOSUPPORT, "AF_UNSPEC connect is not emulated");
+        }
+        Ok(None) => return Outcome::Errno(libc::EAFNOSUPPORT, "bind to AF_UNSPEC"),
+        Err(e) => return Outcome::Errno(e, "bad address"),
+    };
+    call.arg("addr", sa.to_string());
+    let p = &call.ctx.policy;
+    if bind {
+        if !p.bind_allowed(&sa) {
+            return Outcome::Errno(libc::EACCES, "bind address refused by policy");
+        }
+        if sa.port() != 0 && sa.port() < 1024 && t.creds.cap_eff & (1 << CAP_NET_BIND_SERVICE) == 0
+        {
+            return Outcome::Errno(libc::EACCES, "privileged port without CAP_NET_BIND_SERVICE");
+        }
+        return match bind_or_connect(&sock, sa, true) {
+            Ok(()) => Outcome::Value(0),
+            Err(e) => Outcome::Errno(e as i32, "bind failed"),
+        };
+    }
+    if !p.connect_allowed(&sa) {
+        return Outcome::Errno(libc::EACCES, "connect address refused by policy");
+    }
+    let blocking = nix::fcntl::fcntl(sock.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map(|f| OFlag::from_bits_truncate(f) & OFlag::O_NONBLOCK == OFlag::empty())
+        .unwrap_or(true);
+    let connect = move || match bind_or_connect(&sock, sa, false) {
+        Ok(()) => Outcome::Value(0),
+        Err(e) => Outcome::Errno(e as i32, "connect failed"),
+    };
+    if blocking {
+        let c = Call {
+            ctx: call.ctx,
+            fd: call.fd,
+            n: call.n,
+            args: std::mem::take(&mut call.args),
+        };
+        return defer(c, connect);
+    }
+    connect()
+}
+
+fn listen_call(call: &mut Call<'_>) -> Outcome {
+    let t = match task(call.ctx, call.n.pid) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Gone,
+    };
+    let (sock, fam) = match task_socket(&t, call.n.data.args[0] as i32) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Errno(e, "not a socket of the task"),
+    };
+    call.arg("family", family_name(fam));
+    if fam != libc::AF_INET && fam != libc::AF_INET6 {
+        return Outcome::Continue;
+    }
+    let bound: Option<SocketAddr> = socket::getsockname::<SockaddrStorage>(sock.as_raw_fd())
+        .ok()
+        .and_then(|s| {
+            s.as_sockaddr_in()
+                .map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())))
+                .or_else(|| {
+                    s.as_sockaddr_in6()
+                        .map(|a| SocketAddr::V6(SocketAddrV6::new(a.ip(), a.port(), 0, 0)))
+                })
+        });
+    match bound {
+        Some(sa) => {
+            call.arg("addr", sa.to_string());
+            // Unbound, listen() binds the wildcard address: the policy must allow that.
+            if call.ctx.policy.bind_allowed(&sa) {
+                Outcome::Continue
+            } else {
+                Outcome::Errno(libc::EACCES, "listen address refused by policy")
+            }
+        }
+        None => Outcome::Errno(libc::EACCES, "unknown socket address"),
+    }
+}
+
+fn uname_call(call: &mut Call<'_>) -> Outcome {
+    let field = |s: &str| {
+        let mut b = [0u8; 65];
+        let n = s.len().min(64);
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        b
+    };
+    let mut buf = Vec::with_capacity(6 * 65);
+    for s in [
+        "Linux",
+        &call.ctx.uts.nodename,
+        EMULATED_RELEASE,
+        EMULATED_VERSION,
+        std::env::consts::ARCH,
+        &call.ctx.uts.domainname,
+    ] {
+        buf.extend_from_slice(&field(s));
+    }
+    let pid = nix::unistd::Pid::from_raw(call.n.pid as i32);
+    let local = [io::IoSlice::new(&buf)];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: call.n.data.args[0] as usize,
+        len: buf.len(),
+    }];
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    match nix::sys::uio::process_vm_writev(pid, &local, &remote) {
+        Ok(n) if n == buf.len() => Outcome::Value(0),
+        _ => Outcome::Errno(libc::EFAULT, "bad utsname buffer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("/a/./b/../c//"), "/a/c");
+        assert_eq!(normalize("/../.."), "/");
+        assert_eq!(normalize(""), "/");
+    }
+
+    #[test]
+    fn self_is_rewritten() {
+        let t = Task {
+            pid: 4000,
+            tgid: 4000,
+            ns_tgid: 7,
+            ns_tid: 9,
+            ppid: 1,
+            threads: 1,
+            creds: Creds::default(),
+        };
+        assert_eq!(rewrite_self(&t, "/proc/self/status"), "/proc/7/status");
+        assert_eq!(
+            rewrite_self(&t, "/proc/thread-self/comm"),
+            "/proc/7/task/9/comm"
+        );
+        assert_eq!(rewrite_self(&t, "/proc/self"), "/proc/7");
+        assert_eq!(rewrite_self(&t, "/proc/selfish"), "/proc/selfish");
+        assert_eq!(rewrite_self(&t, "/etc/self"), "/etc/self");
+    }
+
+    #[test]
+    fn sockaddrs() {
+        let mut b = vec![0u8; 16];
+        b[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        b[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        b[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            parse_sockaddr(&b).unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(parse_sockaddr(&b[..8]), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn devices() {
+        assert!(device_allowed(libc::makedev(1, 3)));
+        assert!(!device_allowed(libc::makedev(1, 1))); // /dev/mem
+        assert!(!device_allowed(libc::makedev(8, 0))); // /dev/sda
+        assert!(device_allowed(libc::makedev(136, 4)));
+    }
+}

@@ -1,0 +1,327 @@
+//! The raw kernel interfaces the supervisor needs and no crate wraps: the seccomp
+//! user-notification ioctls (seccomp_unotify(2)), `openat2`, `pidfd_open`/`pidfd_getfd`,
+//! `kcmp`, and per-thread credentials (fsuid, fsgid, groups, effective capabilities).
+//!
+//! Every `unsafe` block of the crate is here.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `struct seccomp_data`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeccompData {
+    pub nr: i32,
+    pub arch: u32,
+    pub instruction_pointer: u64,
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Notif {
+    pub id: u64,
+    pub pid: u32,
+    pub flags: u32,
+    pub data: SeccompData,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct NotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct NotifAddfd {
+    id: u64,
+    flags: u32,
+    srcfd: u32,
+    newfd: u32,
+    newfd_flags: u32,
+}
+
+const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | ((b'!' as u64) << 8) | nr
+}
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+const NOTIF_RECV: u64 = ioc(IOC_READ | IOC_WRITE, 0, std::mem::size_of::<Notif>());
+const NOTIF_SEND: u64 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<NotifResp>());
+const NOTIF_ID_VALID: u64 = ioc(IOC_WRITE, 2, std::mem::size_of::<u64>());
+const NOTIF_ADDFD: u64 = ioc(IOC_WRITE, 3, std::mem::size_of::<NotifAddfd>());
+const USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+const ADDFD_FLAG_SEND: u32 = 2;
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// SECCOMP_IOCTL_NOTIF_RECV: the next trapped call (blocks; poll the fd first).
+pub fn recv(fd: RawFd) -> io::Result<Notif> {
+    let mut n = Notif::default();
+    // SAFETY: NOTIF_RECV writes one `struct seccomp_notif` into `n`, which is zeroed as the
+    // kernel requires and has the kernel's layout and size (encoded in the request number).
+    check(unsafe { libc::ioctl(fd, NOTIF_RECV as _, &mut n as *mut Notif) } as libc::c_long)?;
+    Ok(n)
+}
+
+/// SECCOMP_IOCTL_NOTIF_ID_VALID: whether the trapped task still waits for this answer.
+pub fn id_valid(fd: RawFd, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: the ioctl reads one u64 from the pointer, a live local.
+    unsafe { libc::ioctl(fd, NOTIF_ID_VALID as _, &mut id as *mut u64) == 0 }
+}
+
+fn send(fd: RawFd, resp: &mut NotifResp) -> io::Result<()> {
+    // SAFETY: NOTIF_SEND reads one `struct seccomp_notif_resp` of the kernel's layout.
+    check(unsafe { libc::ioctl(fd, NOTIF_SEND as _, resp as *mut NotifResp) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Answers the call with `-errno`.
+pub fn respond_errno(fd: RawFd, id: u64, errno: i32) -> io::Result<()> {
+    send(
+        fd,
+        &mut NotifResp {
+            id,
+            error: -errno,
+            ..Default::default()
+        },
+    )
+}
+
+/// Answers the call with a return value.
+pub fn respond_value(fd: RawFd, id: u64, val: i64) -> io::Result<()> {
+    send(
+        fd,
+        &mut NotifResp {
+            id,
+            val,
+            ..Default::default()
+        },
+    )
+}
+
+/// Lets the kernel run the call itself. Only for decisions that rest on no pointer argument
+/// (or, for exec, see the supervisor's exec check).
+pub fn respond_continue(fd: RawFd, id: u64) -> io::Result<()> {
+    send(
+        fd,
+        &mut NotifResp {
+            id,
+            flags: USER_NOTIF_FLAG_CONTINUE,
+            ..Default::default()
+        },
+    )
+}
+
+/// SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND: installs a copy of `src` in the
+/// trapped task and answers the call with the new descriptor's number, atomically.
+pub fn addfd_send(fd: RawFd, id: u64, src: &OwnedFd, cloexec: bool) -> io::Result<i32> {
+    let mut a = NotifAddfd {
+        id,
+        flags: ADDFD_FLAG_SEND,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: NOTIF_ADDFD reads one `struct seccomp_notif_addfd` of the kernel's layout.
+    let rc = check(
+        unsafe { libc::ioctl(fd, NOTIF_ADDFD as _, &mut a as *mut NotifAddfd) } as libc::c_long,
+    )?;
+    Ok(rc as i32)
+}
+
+/// Takes ownership of a descriptor just received with SCM_RIGHTS.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process for this message only; nothing else
+    // knows the number, so this is its one owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `struct open_how`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// openat2(2).
+pub fn openat2(
+    dirfd: RawFd,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: flags as u32 as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    // SAFETY: `path` is NUL-terminated, `how` a live `struct open_how` whose size is passed.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) })?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_getfd(2): a duplicate of descriptor `target` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) })?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether two tasks share one address space (kcmp(2) KCMP_VM).
+pub fn same_vm(a: u32, b: u32) -> io::Result<bool> {
+    const KCMP_VM: i32 = 1;
+    // SAFETY: plain integer arguments.
+    let rc = check(unsafe { libc::syscall(libc::SYS_kcmp, a as i32, b as i32, KCMP_VM, 0, 0) })?;
+    Ok(rc == 0)
+}
+
+/// unshare(CLONE_FS) for the calling thread: its own umask, so that a supervisor thread can
+/// take each workload's umask for the files it creates.
+pub fn unshare_fs() -> io::Result<()> {
+    // SAFETY: plain integer argument; affects only the calling thread's fs_struct.
+    check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets the calling thread's umask (after [`unshare_fs`]).
+pub fn set_umask(mask: u32) {
+    // SAFETY: plain integer argument.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capget() -> io::Result<[CapData; 2]> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    // SAFETY: version 3 capget writes two `cap_user_data` structs into `d`.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) })?;
+    Ok(d)
+}
+
+fn capset_effective(eff: u64) -> io::Result<()> {
+    let mut d = capget()?;
+    d[0].effective = (eff as u32) & d[0].permitted;
+    d[1].effective = ((eff >> 32) as u32) & d[1].permitted;
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: version 3 capset reads two `cap_user_data` structs; the raw syscall affects
+    // only the calling thread.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) })?;
+    Ok(())
+}
+
+fn set_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the raw syscall (not glibc's, which would change every thread) reads
+    // `groups.len()` gids from a live slice.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+    Ok(())
+}
+
+fn set_fsuid(uid: u32) {
+    // SAFETY: plain integer argument; per-thread.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
+}
+
+fn set_fsgid(gid: u32) {
+    // SAFETY: plain integer argument; per-thread.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
+}
+
+/// The credentials a file operation is done with, taken from the trapped task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Creds {
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub groups: Vec<u32>,
+    pub cap_eff: u64,
+    pub umask: u32,
+}
+
+/// While alive, the calling thread acts with a workload's credentials.
+pub struct AsWorkload {
+    groups: Vec<u32>,
+}
+
+impl AsWorkload {
+    /// Takes on `c`: groups, fsgid, fsuid, then effective capabilities.
+    pub fn enter(c: &Creds) -> io::Result<AsWorkload> {
+        let groups = nix::unistd::getgroups()
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default();
+        set_groups(&c.groups)?;
+        set_fsgid(c.fsgid);
+        set_fsuid(c.fsuid);
+        set_umask(c.umask);
+        let guard = AsWorkload { groups };
+        capset_effective(c.cap_eff)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for AsWorkload {
+    fn drop(&mut self) {
+        // Effective capabilities back first: setfsuid/setfsgid/setgroups need them.
+        let _ = capset_effective(u64::MAX);
+        set_fsuid(0);
+        set_fsgid(0);
+        let _ = set_groups(&self.groups);
+    }
+}
