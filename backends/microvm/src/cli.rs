@@ -30,6 +30,8 @@ pub struct VmRunArgs {
     pub guest_cid: u64,
     /// Give up (and report the console's tail) after this long.
     pub timeout: Option<Duration>,
+    /// Forward stdin to the guest console.
+    pub console_input: bool,
 }
 
 impl VmRunArgs {
@@ -45,6 +47,7 @@ impl VmRunArgs {
             vsock: None,
             guest_cid: 3,
             timeout: None,
+            console_input: true,
         }
     }
 
@@ -72,7 +75,34 @@ impl VmRunArgs {
 /// the console's tail where there is one) otherwise.
 pub fn vm_run(args: &VmRunArgs) -> Result<i32, Error> {
     let mut machine = Machine::start(args.machine_config())?;
+    if args.console_input {
+        let input = machine.console_input();
+        // Detached: it ends with stdin's EOF or with the process.
+        let _ = std::thread::Builder::new()
+            .name("strata-stdin".into())
+            .spawn(move || forward_stdin(input));
+    }
     match machine.wait(args.timeout)? {
         Exit::Reset => Ok(0),
+    }
+}
+
+fn forward_stdin(input: crate::machine::ConsoleInput) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while let Ok(n) = stdin.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let sent = input.send(rest);
+            rest = &rest[sent..];
+            if sent == 0 {
+                // The guest has not drained the FIFO yet.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }

@@ -118,6 +118,21 @@ pub struct Machine {
     devices: Vec<Arc<Mutex<MmioTransport>>>,
     /// Host-side workers (vsock) stopped with the machine.
     workers: Vec<Box<dyn crate::devices::virtio::Worker>>,
+    serial: Arc<Mutex<SerialDevice>>,
+}
+
+/// The input side of the guest console (COM1's receive FIFO).
+#[derive(Clone)]
+pub struct ConsoleInput(Arc<Mutex<SerialDevice>>);
+
+impl ConsoleInput {
+    /// Queues as much of `bytes` as the UART's 64-byte FIFO takes; returns how much that was.
+    pub fn send(&self, bytes: &[u8]) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
+    }
 }
 
 impl Machine {
@@ -181,11 +196,12 @@ impl Machine {
         vm.fd
             .register_irqfd(&serial_evt, SERIAL_IRQ)
             .map_err(Error::Irqfd)?;
-        let serial: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(SerialDevice::new(
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
             EventFdTrigger(serial_evt),
             ConsoleWriter(console.clone()),
         )));
-        pio.insert(serial, COM1_BASE, COM1_LEN)?;
+        let serial_bus: Arc<Mutex<dyn BusDevice>> = serial.clone();
+        pio.insert(serial_bus, COM1_BASE, COM1_LEN)?;
         let i8042: Arc<Mutex<dyn BusDevice>> =
             Arc::new(Mutex::new(I8042::new(ResetTrigger(tx.clone()))));
         pio.insert(i8042, I8042_BASE, I8042_LEN)?;
@@ -259,6 +275,7 @@ impl Machine {
                         first_vcpu_entry,
                         devices,
                         workers,
+                        serial,
                     };
                     m.shutdown();
                     return Err(e.into());
@@ -281,12 +298,18 @@ impl Machine {
             first_vcpu_entry,
             devices,
             workers,
+            serial,
         })
     }
 
     /// The guest console.
     pub fn console(&self) -> Arc<Console> {
         self.console.clone()
+    }
+
+    /// A handle that types into the guest console.
+    pub fn console_input(&self) -> ConsoleInput {
+        ConsoleInput(self.serial.clone())
     }
 
     /// The host address ranges `[start, end)` that back guest memory (for accounting).

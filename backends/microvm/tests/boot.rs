@@ -397,3 +397,54 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     cfg.vcpus = 0;
     assert!(msg(cfg).contains("vCPU"));
 }
+
+/// Console input: bytes sent through `Machine::console_input` arrive in COM1's receive FIFO; the
+/// guest polls the line status register, reads them and echoes them upper-cased.
+#[test]
+fn console_input_reaches_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("stdin");
+    let kernel = bzimage_from_asm(
+        &dir,
+        "echo",
+        r#"
+    lea prompt(%rip), %rsi
+    call puts
+1:  mov $0x3fd, %dx
+    in %dx, %al
+    test $1, %al
+    jz 1b
+    mov $0x3f8, %dx
+    in %dx, %al
+    cmp $'\n', %al
+    je 2f
+    cmp $'a', %al
+    jb 3f
+    cmp $'z', %al
+    ja 3f
+    sub $0x20, %al
+3:  out %al, %dx
+    jmp 1b
+2:  call reset
+prompt: .asciz "> "
+"#,
+    );
+    let mut m = Machine::start(MachineConfig::new(&kernel)).unwrap();
+    let input = m.console_input();
+    let console = m.console();
+    let t0 = std::time::Instant::now();
+    while !console.contents().starts_with("> ") {
+        assert!(t0.elapsed() < TIMEOUT, "no prompt");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut rest: &[u8] = b"hello, strata\n";
+    while !rest.is_empty() {
+        let n = input.send(rest);
+        rest = &rest[n..];
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(m.wait(Some(TIMEOUT)).unwrap(), Exit::Reset);
+    assert_eq!(console.contents(), "> HELLO, STRATA");
+}

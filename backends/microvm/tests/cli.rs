@@ -31,6 +31,7 @@ msg: .asciz "hello from vm run\n"
     args.disks = vec![format!("{}:ro", img.display())];
     args.vsock = Some(dir.path("v.sock"));
     args.timeout = Some(Duration::from_secs(60));
+    args.console_input = false;
     assert_eq!(vm_run(&args).unwrap(), 0);
     assert!(!dir.path("v.sock").exists());
 }

@@ -14,7 +14,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
     self, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, PVH_INFO_START,
@@ -314,9 +314,4 @@ fn write_pvh_start_info(
     }
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
         .map_err(|e| BootError::Params(e.to_string()))
-}
-
-/// Checks that `mem` is large enough to boot anything at all.
-pub fn check_memory(mem: &GuestMemoryMmap) -> bool {
-    mem.last_addr().raw_value() > HIMEM_START
 }

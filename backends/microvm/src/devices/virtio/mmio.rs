@@ -34,6 +34,7 @@ pub struct MmioTransport {
     status: u32,
     activated: bool,
     config_generation: u32,
+    activation_failure_logged: bool,
 }
 
 impl MmioTransport {
@@ -51,6 +52,7 @@ impl MmioTransport {
             status: 0,
             activated: false,
             config_generation: 0,
+            activation_failure_logged: false,
         }
     }
 
@@ -123,7 +125,15 @@ impl MmioTransport {
             {
                 Ok(()) => self.activated = true,
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio device activation failed");
+                    // The guest can trigger this at will: logged once per device.
+                    if !self.activation_failure_logged {
+                        self.activation_failure_logged = true;
+                        tracing::warn!(
+                            device = self.device.device_type(),
+                            error = %e,
+                            "virtio device activation failed"
+                        );
+                    }
                     self.status |= STATUS_DEVICE_NEEDS_RESET;
                 }
             }
