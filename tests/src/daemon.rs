@@ -449,9 +449,33 @@ pub fn teardown(info: &DaemonInfo) {
     let _ = fs::remove_dir_all(&info.state);
 }
 
-/// Tears down daemons left by supervisors that are gone (a test run that was killed hard).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+}
+
+/// Supervisors whose test process has ended: they are tearing their daemon down.
+fn orphaned_supervisors() -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/run") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(PREFIX)?.parse::<u32>().ok()?;
+            let ppid = parent_of(pid)?;
+            (ppid == 1 || !alive(ppid)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits (up to a minute) for supervisors whose tests have ended to finish their teardown,
+/// then tears down daemons left by supervisors that are gone (a test run killed hard).
 /// Returns the names it cleaned.
 pub fn sweep_stale() -> Vec<String> {
+    let _ = poll(Duration::from_secs(60), || {
+        orphaned_supervisors().is_empty().then_some(())
+    });
     let mut cleaned = Vec::new();
     let Ok(rd) = fs::read_dir("/run") else {
         return cleaned;

@@ -23,21 +23,37 @@ fn config_json_that_is_not_utf8() {
     // (RFC 8259 requires UTF-8) and a Rust runtime sees a malformed config.json.
     let h = harness!();
     let c = h.container("badjson");
-    let made = h.ctr_run(&["containers", "create", "--runtime", &c.runtime, &h.info.image, &c.id, "true"]);
+    let made = h.ctr_run(&[
+        "containers",
+        "create",
+        "--runtime",
+        &c.runtime,
+        &h.info.image,
+        &c.id,
+        "true",
+    ]);
     assert!(made.success(), "{made}");
     let answer = api::create_task_with_raw_spec(h, &c.id, |spec| {
         let mut v: serde_json::Value = serde_json::from_slice(&spec).unwrap();
         v["hostname"] = "HOSTNAME-PLACEHOLDER".into();
         let text = serde_json::to_vec(&v).unwrap();
-        let at = text.windows(20).position(|w| w == b"HOSTNAME-PLACEHOLDER").unwrap();
+        let at = text
+            .windows(20)
+            .position(|w| w == b"HOSTNAME-PLACEHOLDER")
+            .unwrap();
         [&text[..at], b"\xff\xfe-not-utf8", &text[at + 20..]].concat()
     })
     .expect("talking to containerd");
     match (&answer, h.runtime) {
         (Err(err), Runtime::Strata) => {
-            assert!(err.message().contains("config.json"), "the error should name config.json: {err:?}")
+            assert!(
+                err.message().contains("config.json"),
+                "the error should name config.json: {err:?}"
+            )
         }
-        (Ok(_), Runtime::Strata) => panic!("a task was created from a config.json that is not UTF-8"),
+        (Ok(_), Runtime::Strata) => {
+            panic!("a task was created from a config.json that is not UTF-8")
+        }
         // runc is written in Go and takes the replaced string: no verdict, only clean-up.
         (_, Runtime::Runc) => eprintln!("runc answered {answer:?}"),
     }

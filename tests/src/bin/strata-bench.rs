@@ -1,1 +1,199 @@
-fn main() {}
+//! `strata-bench`: Strata's native tier against containerd-shim-runc-v2 + runc, on one private
+//! containerd with one image.
+//!
+//! 1. `ctr run --rm IMAGE ID /bin/true`, the two runtimes interleaved, N runs each: the ratio
+//!    of the medians (target: at most 1.0x runc).
+//! 2. Shim memory: M sleeping containers per runtime, the summed RSS of their shim processes
+//!    divided by M (target: at most 5 MiB per container).
+//!
+//! `strata-bench [--runs N] [--containers M] [--write FILE]`: prints the figures; with
+//! `--write` also puts them into FILE (docs/benchmarks.md) between its result markers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use strata_tests::daemon::pids_with_cmdline;
+use strata_tests::{DaemonOptions, Harness};
+
+const STRATA: &str = "io.containerd.strata.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+const BEGIN: &str = "<!-- bench-native:begin -->";
+const END: &str = "<!-- bench-native:end -->";
+
+struct Args {
+    runs: usize,
+    containers: usize,
+    write: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        runs: 30,
+        containers: 10,
+        write: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => a.runs = value()?.parse()?,
+            "--containers" => a.containers = value()?.parse()?,
+            "--write" => a.write = Some(value()?.into()),
+            _ => bail!("usage: strata-bench [--runs N] [--containers M] [--write FILE]"),
+        }
+    }
+    Ok(a)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn time_true(h: &Harness, runtime: &str) -> Result<Duration> {
+    let mut c = h.container("bench");
+    c.runtime = runtime.to_string();
+    let out = c.run(&["/bin/true"]);
+    if !out.success() {
+        bail!("{runtime}: {out}");
+    }
+    Ok(out.elapsed)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts `n` sleeping containers on `runtime`; returns (shim processes, total shim RSS KiB).
+fn shim_rss(h: &Harness, runtime: &str, shim: &str, n: usize) -> Result<(usize, u64)> {
+    let containers: Vec<_> = (0..n)
+        .map(|_| {
+            let mut c = h.container("rss");
+            c.runtime = runtime.to_string();
+            c
+        })
+        .collect();
+    for c in &containers {
+        let out = c.try_start(&[], &["sleep", "1000"]);
+        if !out.success() {
+            bail!("{runtime}: {out}");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let sock = h.info.socket.to_string_lossy().into_owned();
+    let shims: Vec<u32> = pids_with_cmdline(&sock)
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.split_whitespace()
+                .next()
+                .is_some_and(|a0| a0.ends_with(shim))
+        })
+        .map(|(p, _)| p)
+        .collect();
+    let total = shims.iter().map(|p| rss_kib(*p)).sum();
+    drop(containers);
+    Ok((shims.len(), total))
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    std::process::Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the binary's directory")?;
+    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("shim from {}", h.shim_dir.display());
+
+    // Warm up both (page cache, first shim start).
+    time_true(&h, STRATA)?;
+    time_true(&h, RUNC)?;
+    let (mut s, mut r) = (Vec::new(), Vec::new());
+    for i in 0..a.runs {
+        // Interleaved, alternating which goes first.
+        if i % 2 == 0 {
+            s.push(time_true(&h, STRATA)?);
+            r.push(time_true(&h, RUNC)?);
+        } else {
+            r.push(time_true(&h, RUNC)?);
+            s.push(time_true(&h, STRATA)?);
+        }
+    }
+    let (sm, rm) = (median(&mut s), median(&mut r));
+    let ratio = sm.as_secs_f64() / rm.as_secs_f64();
+
+    let (sn, stotal) = shim_rss(&h, STRATA, "containerd-shim-strata-v2", a.containers)?;
+    let (rn, rtotal) = shim_rss(&h, RUNC, "containerd-shim-runc-v2", a.containers)?;
+    let per = |total: u64| total as f64 / 1024.0 / a.containers as f64;
+    h.stop();
+
+    let profile = dir
+        .file_name()
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let results = format!(
+        "Measured {date} on {cpus} CPUs, kernel {kernel}; {containerd}; {runc}; shim built with \
+         the `{profile}` profile.\n\n\
+         | | strata native | runc (containerd-shim-runc-v2) | strata / runc | target |\n\
+         |---|---|---|---|---|\n\
+         | `ctr run --rm` of /bin/true, median of {runs} interleaved runs | {sm} | {rm} | {ratio:.2}x | at most 1.0x (aim 0.8x) |\n\
+         | fastest / slowest run | {smin} / {smax} | {rmin} / {rmax} | | |\n\
+         | shim RSS per running container ({n} sleeping containers) | {sper:.1} MiB ({sn} shim processes) | {rper:.1} MiB ({rn} shim processes) | {rssratio:.2}x | at most 5 MiB |\n",
+        date = version("date", "-u"),
+        cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel = version("uname", "-r"),
+        containerd = version("containerd", "--version"),
+        runc = version("runc", "--version"),
+        runs = a.runs,
+        sm = ms(sm),
+        rm = ms(rm),
+        smin = ms(s[0]),
+        smax = ms(s[s.len() - 1]),
+        rmin = ms(r[0]),
+        rmax = ms(r[r.len() - 1]),
+        n = a.containers,
+        sper = per(stotal),
+        rper = per(rtotal),
+        rssratio = per(stotal) / per(rtotal).max(f64::MIN_POSITIVE),
+    );
+    println!("{results}");
+    if let Some(path) = a.write {
+        write_results(&path, &results)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_results(path: &Path, results: &str) -> Result<()> {
+    let doc =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+    };
+    let new = format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]);
+    std::fs::write(path, new)?;
+    Ok(())
+}
