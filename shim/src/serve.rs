@@ -57,8 +57,11 @@ fn setup_logging(debug: bool) {
 /// Runs the daemon.
 pub fn serve(flags: &Flags) -> Result<()> {
     setup_logging(flags.debug);
-    // Become the reaper before anything forks.
-    strata_backend::reaper::Reaper::global();
+    // Become the reaper before anything forks. containerd-shim's mount_rootfs forks and
+    // waits through the crate's own monitor: feed it the statuses nobody else claimed.
+    strata_backend::reaper::Reaper::global().set_unclaimed_hook(|pid, status| {
+        let _ = containerd_shim::monitor::monitor_notify_by_pid(pid, status as i32);
+    });
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let publisher =

@@ -258,7 +258,11 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec_path = bundle.join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
+        let text = std::fs::read(&spec_path).map_err(|e| {
+            Error::InvalidArgument(format!("cannot read OCI spec {}: {e}", spec_path.display()))
+        })?;
+        // serde_json's message says what and where (oci-spec's own says only "serde failed").
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&text).map_err(|e| {
             Error::InvalidArgument(format!("malformed OCI spec {}: {e}", spec_path.display()))
         })?;
 
@@ -287,6 +291,16 @@ impl TaskService {
         let backend = self.backend(kind, &cfg)?;
 
         crate::rootfs::mount(&bundle, &req.rootfs)?;
+        if let Some(root) = spec.root() {
+            let path = bundle.join(root.path());
+            if !path.is_dir() {
+                crate::rootfs::unmount(&bundle);
+                return Err(Error::InvalidArgument(format!(
+                    "the container's root filesystem {} does not exist",
+                    path.display()
+                )));
+            }
+        }
         let record = BundleRecord {
             backend: kind.to_string(),
             state_root: cfg

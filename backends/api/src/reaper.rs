@@ -15,6 +15,7 @@ use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::Signals;
 
 type Callback = Box<dyn FnOnce(u32) + Send>;
+type Hook = Box<dyn Fn(i32, u32) + Send + Sync>;
 
 /// How many statuses of pids nobody subscribed to are kept (orphans, early exits).
 const UNCLAIMED_KEPT: usize = 4096;
@@ -31,6 +32,7 @@ struct State {
 pub struct Reaper {
     state: Mutex<State>,
     idle: Condvar,
+    unclaimed_hook: OnceLock<Hook>,
 }
 
 /// While alive, the reaper leaves children alone.
@@ -61,6 +63,7 @@ impl Reaper {
             let reaper = Reaper {
                 state: Mutex::new(State::default()),
                 idle: Condvar::new(),
+                unclaimed_hook: OnceLock::new(),
             };
             std::thread::Builder::new()
                 .name("reaper".into())
@@ -86,6 +89,12 @@ impl Reaper {
             return;
         }
         st.waiters.insert(pid, Box::new(f));
+    }
+
+    /// Also tells `hook` of every status nobody subscribed to: for library code that forks
+    /// and waits through a monitor of its own (containerd-shim's `mount_rootfs`). Set once.
+    pub fn set_unclaimed_hook(&self, hook: impl Fn(i32, u32) + Send + Sync + 'static) {
+        let _ = self.unclaimed_hook.set(Box::new(hook));
     }
 
     /// Forgets a subscription (the process was handed elsewhere).
@@ -125,6 +134,9 @@ impl Reaper {
                         cb(status);
                         st = self.state.lock().unwrap();
                     } else {
+                        if let Some(hook) = self.unclaimed_hook.get() {
+                            hook(pid, status);
+                        }
                         st.unclaimed.insert(pid, status);
                         st.unclaimed_order.push_back(pid);
                         while st.unclaimed_order.len() > UNCLAIMED_KEPT {
