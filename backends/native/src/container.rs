@@ -59,6 +59,7 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     events: EventSink,
     oom: Mutex<Option<OomWatch>>,
+    executor: NativeExecutor,
 }
 
 fn lc_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -113,7 +114,12 @@ fn watch_exit(proc: &Arc<Proc>, events: &EventSink, id: &str, exec_id: Option<&s
 
 impl Container {
     /// Creates the container: namespaces, rootfs, cgroup; the init waits for [`Container::start`].
-    pub fn create(root: &Path, opts: CreateOpts, events: EventSink) -> Result<Arc<Container>> {
+    pub fn create(
+        root: &Path,
+        opts: CreateOpts,
+        events: EventSink,
+        executor: NativeExecutor,
+    ) -> Result<Arc<Container>> {
         std::fs::create_dir_all(root)
             .map_err(|e| Error::io(format!("create state directory {}", root.display()), e))?;
         if root.join(&opts.id).exists() {
@@ -133,7 +139,7 @@ impl Container {
             .with_root_path(root)
             .map_err(|e| lc_err("container state root", e))?
             .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
-            .with_executor(NativeExecutor);
+            .with_executor(executor.clone());
         let builder = with_stdio(builder, &io);
         let built = {
             let _guard = Reaper::global().fork_guard();
@@ -171,6 +177,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             events: events.clone(),
             oom: Mutex::new(None),
+            executor: executor.clone(),
         });
         if let Some(console) = console {
             let attached = console
@@ -277,7 +284,7 @@ impl Container {
             .with_root_path(&self.root)
             .map_err(|e| lc_err("container state root", e))?
             .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
-            .with_executor(NativeExecutor);
+            .with_executor(self.executor.clone());
         let builder = with_stdio(builder, &exec.proc.io);
         let built = {
             let _guard = Reaper::global().fork_guard();

@@ -9,13 +9,25 @@ use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
+/// Something another tier runs in the container's process (init or exec) right before the
+/// exec of the user's program, after libcontainer's own set-up (the sentry installs its
+/// filter in exec'd processes here). An error fails the process instead of exec'ing.
+pub trait PreExec: Send + Sync {
+    fn before_exec(&self, spec: &Spec) -> Result<(), String>;
+}
+
 /// The native tier's executor.
 #[derive(Clone, Default)]
-pub struct NativeExecutor;
+pub struct NativeExecutor {
+    pub(crate) pre_exec: Option<std::sync::Arc<dyn PreExec>>,
+}
 
 impl Executor for NativeExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         signals::reset_ignored();
+        if let Some(hook) = &self.pre_exec {
+            hook.before_exec(spec).map_err(ExecutorError::Other)?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 
 pub use container::Container;
+pub use executor::PreExec;
 
 /// Where native containers keep their state unless configured otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/strata/native";
@@ -28,6 +29,7 @@ pub struct NativeBackend {
     state_root: PathBuf,
     events: EventSink,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    executor: executor::NativeExecutor,
 }
 
 impl NativeBackend {
@@ -37,7 +39,15 @@ impl NativeBackend {
             state_root: state_root.into(),
             events,
             containers: Mutex::new(HashMap::new()),
+            executor: executor::NativeExecutor::default(),
         }
+    }
+
+    /// Runs `hook` in every container process (init and exec) right before the user's
+    /// program is exec'd. For tiers built on this one (the sentry).
+    pub fn with_pre_exec(mut self, hook: Arc<dyn PreExec>) -> Self {
+        self.executor.pre_exec = Some(hook);
+        self
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
@@ -86,7 +96,7 @@ impl Backend for NativeBackend {
             }
         }
         let root = self.root_for(&opts.namespace);
-        let c = Container::create(&root, opts, self.events.clone())?;
+        let c = Container::create(&root, opts, self.events.clone(), self.executor.clone())?;
         let pid = c.init_pid();
         let mut map = self.containers.lock().unwrap();
         if map.contains_key(&id) {

@@ -11,12 +11,14 @@
 //! when the supervisor is gone the kernel fails every trapped call with ENOSYS.
 
 pub mod audit;
+mod exec_filter;
 pub mod filter;
 pub mod policy;
 mod supervisor;
 mod sys;
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,7 +94,8 @@ impl SentryBackend {
         events: EventSink,
     ) -> Self {
         SentryBackend {
-            native: NativeBackend::new(native_root, events),
+            native: NativeBackend::new(native_root, events)
+                .with_pre_exec(Arc::new(exec_filter::ExecFilter)),
             root: sentry_root.into(),
             supervised: Mutex::new(HashMap::new()),
         }
@@ -145,6 +148,31 @@ impl SentryBackend {
         let mut spec = serde_json::to_value(&opts.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
         filter::apply(&mut spec, &policy, &sock).map_err(Error::InvalidArgument)?;
+        // For exec'd processes (see exec_filter): a socket they inherit, and the filter.
+        let (exec_ours, exec_theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::io("socketpair for exec'd processes", e.into()))?;
+        let seccomp_json = spec["linux"]["seccomp"].to_string();
+        let ann = spec
+            .as_object_mut()
+            .and_then(|o| {
+                o.entry("annotations")
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+            })
+            .ok_or_else(|| Error::InvalidArgument("spec annotations are not an object".into()))?;
+        ann.insert(
+            exec_filter::EXEC_FD_ANNOTATION.into(),
+            serde_json::json!(exec_theirs.as_raw_fd().to_string()),
+        );
+        ann.insert(
+            exec_filter::EXEC_FILTER_ANNOTATION.into(),
+            serde_json::json!(seccomp_json),
+        );
         // The rewritten spec lives in the sentry directory, which becomes the bundle
         // libcontainer reads (also for every exec): the root must not be relative to it.
         if let Some(p) = spec.pointer_mut("/root/path") {
@@ -157,7 +185,7 @@ impl SentryBackend {
         std::fs::write(&config, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
         let ctx = Arc::new(supervisor::Ctx::new(opts.id.clone(), policy, log, uts));
-        let listener = supervisor::Listener::start(&sock, ctx)
+        let listener = supervisor::Listener::start(&sock, exec_ours, exec_theirs, ctx)
             .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
         Ok((listener, config))

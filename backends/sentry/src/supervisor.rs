@@ -19,7 +19,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,22 +102,31 @@ pub struct Listener {
     ctx: Arc<Ctx>,
     path: PathBuf,
     thread: Option<JoinHandle<()>>,
+    /// The end exec'd processes inherit and send their notification fd on; kept open for
+    /// the container's life.
+    _exec_theirs: OwnedFd,
 }
 
 impl Listener {
     /// Binds `path` and accepts from now on: libcontainer connects during create.
-    pub fn start(path: &Path, ctx: Arc<Ctx>) -> io::Result<Listener> {
+    pub fn start(
+        path: &Path,
+        exec_ours: OwnedFd,
+        exec_theirs: OwnedFd,
+        ctx: Arc<Ctx>,
+    ) -> io::Result<Listener> {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
         let c = ctx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sentry-accept-{}", short(&ctx.id)))
-            .spawn(move || accept_loop(l, c))?;
+            .spawn(move || accept_loop(l, exec_ours, c))?;
         Ok(Listener {
             ctx,
             path: path.to_path_buf(),
             thread: Some(thread),
+            _exec_theirs: exec_theirs,
         })
     }
 
@@ -145,29 +154,48 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
 }
 
-fn accept_loop(l: UnixListener, ctx: Arc<Ctx>) {
+fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd) {
+    let c = ctx.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("sentry-{}", short(&ctx.id)))
+        .spawn(move || supervise(Arc::new(fd), c));
+    if let Err(e) = spawned {
+        // The fd is dropped with the closure: the workload's trapped calls fail (ENOSYS),
+        // never run unchecked.
+        tracing::error!(id = %ctx.id, error = %e, "cannot start a supervisor thread");
+    }
+}
+
+fn accept_loop(l: UnixListener, exec_ours: OwnedFd, ctx: Arc<Ctx>) {
     while !ctx.stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(l.as_fd(), PollFlags::POLLIN),
+            PollFd::new(exec_ours.as_fd(), PollFlags::POLLIN),
+        ];
         if poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0) <= 0 {
             continue;
         }
+        let exec_ready = fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if exec_ready {
+            match receive_fd(exec_ours.as_raw_fd()) {
+                Ok(fd) => spawn_supervisor(&ctx, fd),
+                Err(e) => {
+                    tracing::warn!(id = %ctx.id, error = %e, "bad message from an exec'd process")
+                }
+            }
+        }
         match l.accept() {
-            Ok((stream, _)) => match receive_fd(stream) {
-                Ok(fd) => {
-                    let c = ctx.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("sentry-{}", short(&ctx.id)))
-                        .spawn(move || supervise(Arc::new(fd), c));
-                    if let Err(e) = spawned {
-                        // The fd is dropped with the closure: the workload's trapped calls
-                        // fail (ENOSYS), never run unchecked.
-                        tracing::error!(id = %ctx.id, error = %e, "cannot start a supervisor thread");
+            Ok((stream, _)) => {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                match receive_fd(stream.as_raw_fd()) {
+                    Ok(fd) => spawn_supervisor(&ctx, fd),
+                    Err(e) => {
+                        tracing::warn!(id = %ctx.id, error = %e, "bad message on the seccomp listener")
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(id = %ctx.id, error = %e, "bad message on the seccomp listener")
-                }
-            },
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::warn!(id = %ctx.id, error = %e, "accept on the seccomp listener");
@@ -179,13 +207,12 @@ fn accept_loop(l: UnixListener, ctx: Arc<Ctx>) {
 
 /// Reads libcontainer's message: the container state (JSON) with the notification fd
 /// attached (SCM_RIGHTS).
-fn receive_fd(stream: UnixStream) -> io::Result<OwnedFd> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [io::IoSliceMut::new(&mut buf)];
     let msg = socket::recvmsg::<()>(
-        stream.as_raw_fd(),
+        sock,
         &mut iov,
         Some(&mut cmsg),
         socket::MsgFlags::MSG_CMSG_CLOEXEC,

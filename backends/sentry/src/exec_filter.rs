@@ -1,0 +1,55 @@
+//! The sentry's filter for exec'd processes (`ctr task exec`, CRI ExecSync).
+//!
+//! libcontainer 0.7 gives a process joining a running container (its "tenant") only the
+//! container's namespaces and cgroup: not its seccomp profile. So the sentry installs its
+//! filter itself, from the native tier's pre-exec hook, in the exec'd process right before the
+//! exec, and sends the notification fd to the supervisor over a socket the process inherited
+//! from the shim (the supervisor's Unix socket is not reachable from inside the container's
+//! mount namespace). Both travel in the rewritten spec's annotations, which libcontainer keeps
+//! for tenants; the hook keeps no state, as it runs in a forked child of the multi-threaded
+//! shim. Anything missing fails the exec: never an unfiltered process.
+
+use std::io::IoSlice;
+
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use strata_native::PreExec;
+
+/// Annotation: the inherited descriptor to send the notification fd on.
+pub const EXEC_FD_ANNOTATION: &str = "strata.dev/sentry-exec-fd";
+/// Annotation: the filter (OCI `linux.seccomp` JSON) to install.
+pub const EXEC_FILTER_ANNOTATION: &str = "strata.dev/sentry-exec-filter";
+
+/// The hook.
+pub struct ExecFilter;
+
+impl PreExec for ExecFilter {
+    fn before_exec(&self, spec: &Spec) -> Result<(), String> {
+        if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
+            return Ok(()); // the container's init: libcontainer installed the filter
+        }
+        let ann = spec.annotations().clone().unwrap_or_default();
+        let fd: i32 = ann
+            .get(EXEC_FD_ANNOTATION)
+            .and_then(|v| v.parse().ok())
+            .ok_or("sentry: no supervisor socket for this exec")?;
+        let filter: LinuxSeccomp = ann
+            .get(EXEC_FILTER_ANNOTATION)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or("sentry: no filter for this exec")?;
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("sentry: no_new_privs: {e}"))?;
+        let notify = libcontainer::seccomp::initialize_seccomp(&filter)
+            .map_err(|e| format!("sentry: install the filter: {e}"))?
+            .ok_or("sentry: the filter has no notification fd")?;
+        let sent = sendmsg::<UnixAddr>(
+            fd,
+            &[IoSlice::new(b"exec")],
+            &[ControlMessage::ScmRights(&[notify])],
+            MsgFlags::empty(),
+            None,
+        );
+        let _ = nix::unistd::close(notify);
+        sent.map_err(|e| format!("sentry: send the notification fd: {e}"))?;
+        Ok(())
+    }
+}
