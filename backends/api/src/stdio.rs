@@ -8,12 +8,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::{Error, Result, StdioPaths};
 
@@ -23,6 +26,8 @@ pub struct ProcessIo {
     /// What the process gets as fd 0, 1 and 2 (None: inherit the shim's /dev/null).
     pass: Mutex<[Option<OwnedFd>; 3]>,
     stdin_writer: Arc<Mutex<Option<File>>>,
+    stdin_closing: Arc<AtomicBool>,
+    stdin_path: Mutex<String>,
     console: Arc<Mutex<Option<File>>>,
     output_copier: Mutex<Option<JoinHandle<()>>>,
 }
@@ -44,8 +49,12 @@ fn open_output(path: &str) -> Result<Option<OwnedFd>> {
     Ok(Some(f.into()))
 }
 
-/// Opens a stdin FIFO for reading in a thread (the open waits for containerd's writer).
-fn spawn_stdin_copier(path: String, sink: Arc<Mutex<Option<File>>>) {
+/// How long the stdin copier waits for data before it looks whether CloseIO came.
+const STDIN_POLL: Duration = Duration::from_millis(50);
+
+/// Opens a stdin FIFO for reading in a thread (the open waits for containerd's writer) and
+/// copies into `sink` until end-of-file, or until `closing` is set and the FIFO is drained.
+fn spawn_stdin_copier(path: String, sink: Arc<Mutex<Option<File>>>, closing: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -55,6 +64,19 @@ fn spawn_stdin_copier(path: String, sink: Arc<Mutex<Option<File>>>) {
             };
             let mut buf = [0u8; 8192];
             loop {
+                let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+                let ready = poll(
+                    &mut fds,
+                    PollTimeout::try_from(STDIN_POLL).unwrap_or(PollTimeout::MAX),
+                )
+                .unwrap_or(0);
+                if ready == 0 {
+                    // Nothing buffered: after CloseIO that means everything was copied.
+                    if closing.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
+                }
                 let n = match src.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
@@ -82,7 +104,12 @@ impl ProcessIo {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             io.pass.lock().unwrap()[0] = Some(r);
             *io.stdin_writer.lock().unwrap() = Some(File::from(w));
-            spawn_stdin_copier(paths.stdin.clone(), io.stdin_writer.clone());
+            *io.stdin_path.lock().unwrap() = paths.stdin.clone();
+            spawn_stdin_copier(
+                paths.stdin.clone(),
+                io.stdin_writer.clone(),
+                io.stdin_closing.clone(),
+            );
         }
         Ok(io)
     }
@@ -109,7 +136,12 @@ impl ProcessIo {
         );
         if !paths.stdin.is_empty() {
             *self.stdin_writer.lock().unwrap() = Some(master);
-            spawn_stdin_copier(paths.stdin.clone(), self.stdin_writer.clone());
+            *self.stdin_path.lock().unwrap() = paths.stdin.clone();
+            spawn_stdin_copier(
+                paths.stdin.clone(),
+                self.stdin_writer.clone(),
+                self.stdin_closing.clone(),
+            );
         }
         if let Some(out) = open_output(&paths.stdout)? {
             let mut out = File::from(out);
@@ -135,9 +167,18 @@ impl ProcessIo {
         Ok(())
     }
 
-    /// Closes the process's stdin.
+    /// Closes the process's stdin once what containerd already wrote to it has been copied
+    /// (containerd sends CloseIO right after its last write).
     pub fn close_stdin(&self) {
-        *self.stdin_writer.lock().unwrap() = None;
+        self.stdin_closing.store(true, Ordering::SeqCst);
+        // A copier still waiting in open() for a writer that never came: let it through.
+        let path = self.stdin_path.lock().unwrap().clone();
+        if !path.is_empty() {
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+        }
     }
 
     /// Sets the terminal's window size.
