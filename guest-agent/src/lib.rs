@@ -1,18 +1,38 @@
-//! Strata's guest agent: PID 1 inside the microVM.
+//! Strata's guest agent: PID 1 inside the microVM, and the host side's client for it.
 //!
-//! What it does now (a skeleton, see docs/microvm.md): mounts /proc, /sys, /dev, /run and the
-//! cgroup2 hierarchy; reaps orphans; listens on vsock port [`AGENT_VSOCK_PORT`] (or, for tests, a
-//! Unix socket: same code, another transport); exchanges the protocol version; answers `PING`;
-//! shuts the VM down on `SHUTDOWN`. Container creation and the ttrpc service come next.
+//! The agent mounts /proc, /sys, /dev, /run and the cgroup2 hierarchy, reaps orphans, and serves
+//! the agent protocol (`proto/agent.proto`, ttrpc) on vsock port [`AGENT_VSOCK_PORT`], or on a
+//! Unix socket when run as a host process for tests: same code, another transport. Every
+//! connection starts with `Version`. Container creation is the next step (docs/microvm.md).
 //!
-//! It must never trust the host's framing blindly either: a request line longer than
-//! [`MAX_LINE`] closes the connection.
+//! The host side ([`client`]) must never trust the agent: every call has a deadline, and a reply
+//! that is not a well-formed ttrpc frame is an error, never a panic or a hang.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod pid1;
-pub mod protocol;
+pub mod service;
+
+/// The protocol's generated code: messages and the ttrpc service and client.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_docs,
+    unused,
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case
+)]
+pub mod proto {
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/proto/agent.rs"));
+    }
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/proto/agent_ttrpc.rs"));
+    }
+}
 
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
-/// The longest request line accepted.
-pub const MAX_LINE: usize = 4096;
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,9 +1,7 @@
-//! `strata-guest-agent`: PID 1 of the microVM (vsock), or a host process for tests
+//! `strata-guest-agent`: PID 1 of the microVM (vsock port 1024), or a host process for tests
 //! (`--listen-unix PATH`).
 
-use std::os::unix::net::UnixListener;
-
-use strata_guest_agent::protocol::{serve, After};
+use strata_guest_agent::service::serve;
 use strata_guest_agent::{pid1, AGENT_VSOCK_PORT};
 
 fn main() {
@@ -13,28 +11,15 @@ fn main() {
             eprintln!("strata-guest-agent: --listen-unix needs a path");
             std::process::exit(2);
         };
-        std::process::exit(host_mode(path));
+        let r = serve(&format!("unix://{path}"));
+        let _ = std::fs::remove_file(path);
+        if let Err(e) = r {
+            eprintln!("strata-guest-agent: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     guest_mode()
-}
-
-/// The same service on a Unix socket; `SHUTDOWN` ends the process with 0.
-fn host_mode(path: &str) -> i32 {
-    let listener = match UnixListener::bind(path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("strata-guest-agent: binding {path}: {e}");
-            return 1;
-        }
-    };
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if let Ok(After::Shutdown) = serve(stream) {
-            let _ = std::fs::remove_file(path);
-            return 0;
-        }
-    }
-    1
 }
 
 fn guest_mode() -> ! {
@@ -52,52 +37,9 @@ fn guest_mode() -> ! {
         pid1::reap_orphans();
         std::thread::sleep(std::time::Duration::from_millis(100));
     });
-    let Some(listener) = vsock_listener() else {
-        eprintln!("strata-guest-agent: no vsock; powering off");
-        pid1::power_off();
-    };
-    println!("strata-guest-agent: ready on vsock port {AGENT_VSOCK_PORT}");
-    loop {
-        let fd = match nix::sys::socket::accept(std::os::fd::AsRawFd::as_raw_fd(&listener)) {
-            Ok(fd) => fd,
-            Err(_) => continue,
-        };
-        // The accepted fd is a vsock stream socket; UnixStream serves only as an owned
-        // Read + Write around it.
-        let stream = std::os::unix::net::UnixStream::from(owned(fd));
-        if let Ok(After::Shutdown) = serve(stream) {
-            pid1::power_off();
-        }
+    println!("strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT}");
+    if let Err(e) = serve(&format!("vsock://-1:{AGENT_VSOCK_PORT}")) {
+        eprintln!("strata-guest-agent: {e}");
     }
-}
-
-/// Takes ownership of a descriptor that accept(2) just returned.
-#[allow(unsafe_code)]
-fn owned(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` was returned by accept(2) a moment ago and no other object owns it, so
-    // this OwnedFd is its only owner and closes it exactly once.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
-fn vsock_listener() -> Option<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{
-        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
-    };
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| eprintln!("strata-guest-agent: vsock socket: {e}"))
-    .ok()?;
-    let addr = VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_VSOCK_PORT);
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
-        .map_err(|e| eprintln!("strata-guest-agent: vsock bind: {e}"))
-        .ok()?;
-    listen(&fd, Backlog::new(16).ok()?)
-        .map_err(|e| eprintln!("strata-guest-agent: vsock listen: {e}"))
-        .ok()?;
-    Some(fd)
+    pid1::power_off()
 }

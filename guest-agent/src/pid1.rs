@@ -55,11 +55,10 @@ pub fn mount_basics() -> Result<(), Pid1Error> {
     Ok(())
 }
 
-/// A one-line report of PID 1's state: its PID and which of the basic mounts are in place
-/// (`strata.selftest=1` on the kernel command line prints it and powers off).
-pub fn selftest() -> String {
+/// Which of the basic mounts are in place, by file-system type.
+pub fn mounted_basics() -> Vec<&'static str> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let found: Vec<&str> = MOUNTS
+    MOUNTS
         .iter()
         .filter(|(_, target, fstype, _, _)| {
             mounts.lines().any(|l| {
@@ -68,11 +67,16 @@ pub fn selftest() -> String {
             })
         })
         .map(|(_, _, fstype, _, _)| *fstype)
-        .collect();
+        .collect()
+}
+
+/// A one-line report of PID 1's state: its PID and which of the basic mounts are in place
+/// (`strata.selftest=1` on the kernel command line prints it and powers off).
+pub fn selftest() -> String {
     format!(
         "selftest pid={} mounts={}",
         std::process::id(),
-        found.join(",")
+        mounted_basics().join(",")
     )
 }
 

@@ -1,16 +1,27 @@
-//! The agent as a host process on a Unix socket (same code as on vsock): version exchange,
-//! a request, a refused version, shutdown ending the process.
+//! The agent protocol end to end with the agent run as a host process on a Unix socket (same
+//! code as on vsock): version exchange, a refused version, Ping, Shutdown ending the process.
+//! And the host side against a malicious agent: garbage replies are errors within the deadline.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use proptest::prelude::*;
+use strata_guest_agent::client::{Agent, ClientError};
+use strata_guest_agent::proto::agent::VersionRequest;
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("strata-agent-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[test]
 fn agent_over_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("strata-agent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("unix");
     let sock = dir.join("agent.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata-guest-agent"))
         .arg("--listen-unix")
@@ -18,37 +29,143 @@ fn agent_over_unix_socket() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let connect = || loop {
-        match UnixStream::connect(&sock) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                return s;
-            }
-            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("agent socket never appeared: {e}"),
-        }
-    };
-
-    let mut s = connect();
-    s.write_all(b"STRATA-AGENT 7\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    assert_eq!(line, "ERR unsupported version STRATA-AGENT 7\n");
-
-    let mut s = connect();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    s.write_all(b"STRATA-AGENT 1\nPING\nSHUTDOWN\n").unwrap();
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        got.push(l);
+    while !sock.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "agent socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(got, ["STRATA-AGENT 1\n", "PONG\n", "OK\n"]);
+    let timeout = Duration::from_secs(10);
+
+    // A host speaking another version is told so.
+    let raw = ttrpc::Client::connect(&format!("unix://{}", sock.display())).unwrap();
+    let raw = strata_guest_agent::proto::agent_ttrpc::AgentClient::new(raw);
+    let r = raw
+        .version(
+            ttrpc::context::with_timeout(timeout.as_nanos() as i64),
+            &VersionRequest {
+                host_version: 99,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!r.compatible);
+    assert_eq!(r.agent_version, strata_guest_agent::PROTOCOL_VERSION);
+
+    let agent = Agent::connect_unix(&sock, timeout).unwrap();
+    let p = agent.ping().unwrap();
+    assert_eq!(p.pid, child.id());
+    assert!(p.uptime_ms < 60_000);
+    // Two clients at once.
+    let second = Agent::connect(&format!("unix://{}", sock.display()), timeout).unwrap();
+    assert_eq!(second.ping().unwrap().pid, child.id());
+    agent.shutdown().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!sock.exists(), "socket removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fake agent that answers any request with `reply` (then keeps the connection open).
+fn fake_agent(sock: PathBuf, reply: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let l = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&reply);
+            // Hold the connection a little past the client's 1 s deadline (or until it closes).
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1300)));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Garbage, or a frame header claiming a huge or bogus message, is an error within the
+    /// deadline: no panic, no hang, no allocation of what the header claims.
+    #[test]
+    fn malformed_agent_replies_are_errors(
+        garbage in proptest::collection::vec(any::<u8>(), 0..256),
+        claimed_len in prop_oneof![Just(u32::MAX), Just(4 << 20), any::<u32>()],
+        framed in any::<bool>(),
+    ) {
+        let dir = scratch("fuzz");
+        let sock = dir.join("fake.sock");
+        let mut reply = Vec::new();
+        if framed {
+            // ttrpc frame header: length, stream id 1 (the first request's), type 2 (response).
+            reply.extend_from_slice(&claimed_len.to_be_bytes());
+            reply.extend_from_slice(&1u32.to_be_bytes());
+            reply.push(2);
+            reply.push(0);
+        }
+        reply.extend_from_slice(&garbage);
+        let server = fake_agent(sock.clone(), reply);
+        let t0 = Instant::now();
+        let r = Agent::connect_unix(&sock, Duration::from_secs(1));
+        prop_assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+        prop_assert!(matches!(r, Err(ClientError::Call { .. }) | Err(ClientError::Client(_))), "{:?}", r.err());
+        let _ = server.join();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The hybrid-vsock client path: a stand-in for the VMM's vsock socket answers `CONNECT 1024`
+/// with `OK <port>` and then relays bytes to the agent; a refusal is a clear error.
+#[test]
+fn hybrid_vsock_client_path() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+
+    let dir = scratch("hybrid");
+    let agent_sock = dir.join("agent.sock");
+    let vsock = dir.join("v.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-guest-agent"))
+        .arg("--listen-unix")
+        .arg(&agent_sock)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !agent_sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let l = UnixListener::bind(&vsock).unwrap();
+    let relay_to = agent_sock.clone();
+    let relay = std::thread::spawn(move || {
+        for (i, conn) in l.incoming().take(2).enumerate() {
+            let s = conn.unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            let mut w = s.try_clone().unwrap();
+            if i == 0 {
+                assert_eq!(line, "CONNECT 1024\n");
+                w.write_all(b"OK 1073741824\n").unwrap();
+                let up = UnixStream::connect(&relay_to).unwrap();
+                let (mut a, mut b) = (s.try_clone().unwrap(), up.try_clone().unwrap());
+                let t = std::thread::spawn(move || std::io::copy(&mut a, &mut b));
+                let (mut c, mut d) = (up, w);
+                let _ = std::io::copy(&mut c, &mut d);
+                let _ = t.join();
+            } else {
+                w.write_all(b"NO SUCH PORT\n").unwrap();
+            }
+        }
+    });
+    let agent = Agent::connect_hybrid_vsock(&vsock, 1024, Duration::from_secs(10)).unwrap();
+    assert_eq!(agent.ping().unwrap().pid, child.id());
+    agent.shutdown().unwrap();
+    assert!(child.wait().unwrap().success());
+    drop(agent);
+    match Agent::connect_hybrid_vsock(&vsock, 1024, Duration::from_secs(10)) {
+        Err(ClientError::VsockRefused { port: 1024, reply }) => assert_eq!(reply, "NO SUCH PORT"),
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+    relay.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -129,45 +129,27 @@ fn guest_image_boots_under_qemu_tcg() {
     }
 }
 
-/// Connects to the agent (retrying while the guest boots), exchanges the version, pings, and asks
-/// for a shutdown.
+/// Connects to the agent over vsock (retrying while the guest boots), exchanges versions,
+/// pings, and asks for a shutdown.
 fn talk_over_vsock(cid: u32) {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
-
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use strata_guest_agent::client::Agent;
     let t0 = Instant::now();
-    let stream = loop {
-        let fd = socket(
-            AddressFamily::Vsock,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        let addr = VsockAddr::new(cid, 1024);
-        if connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).is_ok() {
-            break UnixStream::from(fd);
+    let agent = loop {
+        match Agent::connect(&format!("vsock://{cid}:1024"), Duration::from_secs(10)) {
+            Ok(a) => break a,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(150),
+                    "the agent never answered: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(150),
-            "the agent never listened on vsock"
-        );
-        std::thread::sleep(Duration::from_millis(500));
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut r = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    w.write_all(b"STRATA-AGENT 1\nPING\nSHUTDOWN\n").unwrap();
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        got.push(l);
-    }
-    assert_eq!(got, ["STRATA-AGENT 1\n", "PONG\n", "OK\n"]);
+    let p = agent.ping().unwrap();
+    assert_eq!(p.pid, 1);
+    assert_eq!(p.mounts, ["proc", "sysfs", "devtmpfs", "tmpfs", "cgroup2"]);
+    agent.shutdown().unwrap();
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {

@@ -1,7 +1,7 @@
 //! The full machine: Strata's VMM boots the guest kernel (scripts/build-guest-kernel) with the
 //! agent's initramfs (scripts/build-initramfs); the host reaches the agent through the hybrid
-//! vsock socket (`CONNECT 1024`), exchanges the protocol version and shuts the VM down through
-//! it, which must end as a clean reset.
+//! vsock socket (`CONNECT 1024`), exchanges the protocol version over ttrpc, pings it, and shuts
+//! the VM down through it, which must end as a clean reset.
 //!
 //! This needs hardware KVM (kvm_intel or kvm_amd): on PVM an unmodified Linux stops with an
 //! emulation failure, so the test is skipped there, saying so. `STRATA_FORCE_LINUX_GUEST=1`
@@ -10,13 +10,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use strata_guest_agent::client::Agent;
 use strata_microvm::devices::virtio::vsock::VsockConfig;
 use strata_microvm::{Exit, Machine, MachineConfig};
 
@@ -81,33 +80,22 @@ fn linux_guest_with_agent_over_vsock() {
 
     // The agent is ready when it answers the version exchange.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let stream = loop {
-        if let Ok(mut s) = UnixStream::connect(&uds) {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(b"CONNECT 1024\n").unwrap();
-            let mut line = String::new();
-            if BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("OK ") {
-                break s;
-            }
+    let agent = loop {
+        match Agent::connect_hybrid_vsock(&uds, 1024, Duration::from_secs(10)) {
+            Ok(a) => break a,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the agent never answered on vsock ({e}); console:\n{}",
+                console.contents()
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never answered on vsock; console:\n{}",
-            console.contents()
-        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let ready = t0.elapsed();
-    let mut r = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    w.write_all(b"STRATA-AGENT 1\nPING\nSHUTDOWN\n").unwrap();
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        got.push(l);
-    }
-    assert_eq!(got, ["STRATA-AGENT 1\n", "PONG\n", "OK\n"]);
+    let p = agent.ping().unwrap();
+    assert_eq!(p.pid, 1);
+    assert_eq!(p.mounts, ["proc", "sysfs", "devtmpfs", "tmpfs", "cgroup2"]);
+    agent.shutdown().unwrap();
     let exit = m.wait(Some(Duration::from_secs(30)));
     assert_eq!(
         exit.unwrap(),
