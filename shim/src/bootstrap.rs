@@ -312,6 +312,13 @@ pub fn delete(flags: &Flags) -> Result<()> {
         tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's sentry state");
     }
     crate::rootfs::unmount(&bundle);
+    // The dead shim's socket, unless another shim of the pod still serves on it.
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = socket_path(address.trim());
+        if !path.is_empty() && UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
     let _ = std::fs::remove_file(bundle.join(RUNTIME_OPTIONS_FILE));
     let resp = DeleteResponse {
