@@ -21,6 +21,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod machine;
+pub mod rootfs;
 pub mod seccomp;
 pub mod vstate;
 
