@@ -37,6 +37,7 @@ const ESCAPE_C: &str = r#"#define _GNU_SOURCE
 #include <sys/wait.h>
 #include <unistd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 
 /* Each attempt prints "NAME allowed" or "NAME denied <errno name>". */
 static void report(const char *name, long rc) {
@@ -44,6 +45,8 @@ static void report(const char *name, long rc) {
     else printf("%s denied %s\n", name, strerrorname_np(errno) ? strerrorname_np(errno) : "?");
     fflush(stdout);
 }
+
+static int child_fn(void *arg) { (void)arg; return 0; }
 
 static long read_file(const char *path) {
     int fd = open(path, O_RDONLY);
@@ -59,7 +62,57 @@ static long read_file(const char *path) {
     return -1;
 }
 
+/* TOCTOU: two threads flip the path between an allowed and a denied file while the main
+   thread opens it; every descriptor obtained must be the allowed file. */
+static volatile int stop_flip;
+static char flip_buf[64];
+static void *flipper(void *arg) {
+    (void)arg;
+    volatile char *b = flip_buf;
+    static const char a[] = "/etc/passwd", k[] = "/proc/kallsyms";
+    while (!stop_flip) {
+        for (size_t i = 0; i < sizeof a; i++) b[i] = a[i];
+        for (volatile int d = 0; d < 20000; d++) {}
+        for (size_t i = 0; i < sizeof k; i++) b[i] = k[i];
+        for (volatile int d = 0; d < 20000; d++) {}
+    }
+    return NULL;
+}
+
+static int toctou(void) {
+    pthread_t t[2];
+    memcpy(flip_buf, "/etc/passwd", 12);
+    for (int i = 0; i < 2; i++) {
+        int e = pthread_create(&t[i], NULL, flipper, NULL);
+        if (e != 0) {
+            printf("toctou pthread_create failed: %s\n", strerror(e));
+            return 1;
+        }
+    }
+    long ok = 0, denied = 0, violations = 0, other = 0;
+    for (int i = 0; i < 20000; i++) {
+        int fd = open(flip_buf, O_RDONLY);
+        if (fd < 0) {
+            if (errno == EACCES) denied++; else other++;
+            continue;
+        }
+        char link[64], p[256];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, p, sizeof p - 1);
+        if (n > 0) {
+            p[n] = 0;
+            if (strcmp(p, "/etc/passwd") == 0) ok++; else { violations++; fprintf(stderr, "opened %s\n", p); }
+        }
+        close(fd);
+    }
+    stop_flip = 1;
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    printf("toctou ok=%ld denied=%ld violations=%ld other=%ld\n", ok, denied, violations, other);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou();
     const char *marker = argc > 1 ? argv[1] : "/tmp/strata-host-secret";
     char path[512];
     long rc;
@@ -119,6 +172,11 @@ int main(int argc, char **argv) {
     struct iovec l = { buf, sizeof buf }, r = { buf, sizeof buf };
     report("process_vm_readv", syscall(SYS_process_vm_readv, getpid(), &l, 1, &r, 1, 0));
     report("personality_change", syscall(SYS_personality, 0x0400000 /* ADDR_NO_RANDOMIZE */));
+    /* A second process sharing this one's memory (CLONE_VM without CLONE_THREAD/VFORK). */
+    static char stack[64 * 1024];
+    rc = clone(child_fn, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
+    if (rc > 0) waitpid(rc, NULL, 0);
+    report("clone_vm_process", rc);
     /* Control: ordinary work must still run. */
     report("control_open_etc", open("/etc/passwd", O_RDONLY));
     report("control_socket_unix", socket(AF_UNIX, SOCK_STREAM, 0));
@@ -152,6 +210,7 @@ const ATTEMPTS: &[&str] = &[
     "open_by_handle_at",
     "process_vm_readv",
     "personality_change",
+    "clone_vm_process",
 ];
 
 const SENTRY: &str = "strata.dev/backend=sentry";
@@ -167,7 +226,9 @@ fn escape_binary(h: &Harness, test: &str) -> Option<PathBuf> {
         let out = dir.join("escape");
         std::fs::write(&src, ESCAPE_C).map_err(|e| e.to_string())?;
         let mut c = std::process::Command::new("cc");
-        c.args(["-static", "-O2", "-o"]).arg(&out).arg(&src);
+        c.args(["-static", "-O2", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src);
         match cmd::run(c, None, Duration::from_secs(120)) {
             Ok(o) if o.success() => Ok(out),
             Ok(o) => Err(format!(
@@ -236,7 +297,7 @@ fn escape_suite_fails_under_sentry_and_is_compared_with_native() {
         results.insert(backend, parse(&out.stdout));
         c.remove_and_check();
     }
-    eprintln!("{:<24} {:<22} {}", "attempt", "native", "sentry");
+    eprintln!("{:<24} {:<22} sentry", "attempt", "native");
     for a in ATTEMPTS {
         eprintln!(
             "{a:<24} {:<22} {}",
@@ -407,6 +468,15 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     assert!(has("openat", "deny", Some("/dev/mem")), "{recs:?}");
     assert!(has("mount", "deny", None), "{recs:?}");
     assert!(has("openat", "allow", Some("/etc/passwd")), "{recs:?}");
+    let strata = h.shim_dir.join("strata");
+    let mut cmdl = std::process::Command::new(&strata);
+    cmdl.args(["audit", "-n", &h.info.namespace, &c.id]);
+    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("openat /dev/mem") && out.stdout.contains("mount"),
+        "{out}"
+    );
     c.remove_and_check();
     assert!(
         !PathBuf::from("/run/strata/sentry")
@@ -547,4 +617,33 @@ fn supervisor_death_fails_closed() {
         panic!("the workload was killed before it tried an open without its supervisor");
     }
     c.assert_no_leaks();
+}
+
+#[test]
+fn toctou_rewriting_the_path_never_opens_a_denied_file() {
+    let h = harness!();
+    strata_only!(h);
+    let Some(probe) = escape_binary(h, "toctou") else {
+        return;
+    };
+    let c = h.container("sentry-toctou");
+    let spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "toctou"], "sentry");
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("toctou "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let n = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} missing: {line}"))
+    };
+    eprintln!("{line}");
+    assert_eq!(n("violations"), 0, "a denied file was opened: {out}");
+    // The race was really run: both the allowed and the denied path were seen.
+    assert!(n("ok") > 0 && n("denied") > 0, "{line}");
+    c.remove_and_check();
 }

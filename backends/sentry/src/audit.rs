@@ -29,7 +29,8 @@ pub struct Record {
     /// Decoded arguments (path, flags, address...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
-    /// `allow`, `deny`, `emulate`, or `suppressed` for a count of records dropped.
+    /// `allow`, `deny` (by policy), `error` (failed as the kernel would have failed it),
+    /// `emulate`, or `suppressed` for a count of records dropped.
     pub decision: String,
     /// errno returned to the workload, if denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -179,8 +179,11 @@ pub const CLONE_NS_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
-fn masked(flag: u64, value: u64) -> Value {
-    json!({ "index": 0, "value": flag, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ" })
+/// `(arg0 & mask) == datum`. libcontainer 0.7 takes the mask from `valueTwo` and the datum
+/// from `value` (and libseccomp masks the datum), so the order matters: the other way round,
+/// the CLONE_VM rule below refused every thread.
+fn masked(mask: u64, datum: u64) -> Value {
+    json!({ "index": 0, "value": datum, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ" })
 }
 
 /// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter

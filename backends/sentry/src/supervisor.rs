@@ -275,6 +275,27 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
     tracing::debug!(id = %ctx.id, "supervisor done");
 }
 
+/// Reasons that are the call's own failure (as the kernel would have answered), not a
+/// refusal by policy: audited as `error`, not `deny`.
+const ERROR_REASONS: &[&str] = &[
+    "open failed",
+    "resolution failed",
+    "no such file",
+    "not a regular file",
+    "unreadable path",
+    "unreadable address",
+    "unreadable open_how",
+    "bad open_how size",
+    "bad address",
+    "bad utsname buffer",
+    "cannot place a relative path",
+    "not a socket of the task",
+    "bind failed",
+    "connect failed",
+    "too many blocking calls in flight",
+    "exec path changed during the check",
+];
+
 /// How a trapped call is answered.
 enum Outcome {
     Errno(i32, &'static str),
@@ -355,6 +376,7 @@ fn finish(call: Call<'_>, outcome: Outcome) {
     let raw = call.fd.as_raw_fd();
     let id = call.n.id;
     let (decision, errno, reason) = match &outcome {
+        Outcome::Errno(e, r) if ERROR_REASONS.contains(r) => ("error", Some(*e), *r),
         Outcome::Errno(e, r) => ("deny", Some(*e), *r),
         Outcome::Continue | Outcome::Value(_) | Outcome::Fd(..) => ("allow", None, ""),
         Outcome::Deferred => return,

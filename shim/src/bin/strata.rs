@@ -28,6 +28,17 @@ enum Command {
     /// Run a microVM on Strata's own VMM (the microvm tier's machine), for debugging.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Summarise a sentry container's audit log (its trapped and refused system calls).
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// The container id.
+    container: String,
+    /// containerd namespace (default: whichever has a container of that id).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +94,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => run_check(&args),
         Command::Vm(VmCommand::Run(args)) => run_vm(args),
+        Command::Audit(args) => run_audit(&args),
     };
     match result {
         Ok(code) => code,
@@ -123,4 +135,20 @@ fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
     args.timeout = a.timeout.map(std::time::Duration::from_secs);
     let code = strata_microvm::cli::vm_run(&args).context("strata vm run")?;
     Ok(ExitCode::from(code as u8))
+}
+
+fn run_audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let root = std::path::Path::new(strata_sentry::DEFAULT_STATE_ROOT);
+    let path = strata_sentry::find_audit_log(root, a.namespace.as_deref(), &a.container)
+        .with_context(|| {
+            format!(
+                "no audit log for container {:?} under {} (is it a running sentry container?)",
+                a.container,
+                root.display()
+            )
+        })?;
+    let summary = strata_sentry::audit::summarise(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    print!("{summary}");
+    Ok(ExitCode::SUCCESS)
 }
