@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod container;
 pub mod pid1;
 pub mod service;
 

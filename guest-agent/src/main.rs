@@ -6,6 +6,18 @@ use strata_guest_agent::{pid1, AGENT_VSOCK_PORT};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--container-init") {
+        let (Some(root), rest) = (args.get(2), args.get(3..).unwrap_or_default()) else {
+            std::process::exit(2);
+        };
+        match strata_guest_agent::container::container_init(std::path::Path::new(root), rest) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("strata-guest-agent: container: {e}");
+                std::process::exit(127);
+            }
+        }
+    }
     if let Some(i) = args.iter().position(|a| a == "--listen-unix") {
         let Some(path) = args.get(i + 1) else {
             eprintln!("strata-guest-agent: --listen-unix needs a path");
@@ -26,11 +38,26 @@ fn guest_mode() -> ! {
     if let Err(e) = pid1::mount_basics() {
         eprintln!("strata-guest-agent: {e}");
     }
-    if std::fs::read_to_string("/proc/cmdline")
-        .map(|c| c.split_whitespace().any(|w| w == "strata.selftest=1"))
-        .unwrap_or(false)
-    {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let param = |name: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    if param("strata.selftest").as_deref() == Some("1") {
         println!("strata-guest-agent: {}", pid1::selftest());
+        // strata.rootfs=/dev/vdX strata.run=cmd,arg,...: run one command in a container on
+        // that rootfs and report its exit status.
+        if let (Some(dev), Some(run)) = (param("strata.rootfs"), param("strata.run")) {
+            let argv: Vec<String> = run.split(',').map(str::to_string).collect();
+            match strata_guest_agent::container::prepare_rootfs(&dev)
+                .and_then(|root| strata_guest_agent::container::run(root, &argv))
+            {
+                Ok(code) => println!("strata-guest-agent: container exited with status {code}"),
+                Err(e) => println!("strata-guest-agent: container failed: {e}"),
+            }
+        }
         pid1::power_off();
     }
     std::thread::spawn(|| loop {

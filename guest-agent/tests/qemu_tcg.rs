@@ -55,7 +55,7 @@ fn guest_image_boots_under_qemu_tcg() {
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-M",
-        "microvm,rtc=off",
+        "microvm,rtc=off,acpi=off",
         "-accel",
         "tcg",
         "-cpu",
@@ -160,4 +160,84 @@ fn which(name: &str) -> Result<PathBuf, ()> {
                 .find(|p| p.is_file())
         })
         .ok_or(())
+}
+
+/// The agent's first container: a busybox rootfs as an ext4 image on a virtio-blk device; the
+/// agent mounts it read-only with an overlay, and runs a shell in new namespaces chrooted there.
+#[test]
+fn container_runs_on_a_virtio_blk_rootfs_under_qemu_tcg() {
+    let Ok(qemu) = which("qemu-system-x86_64") else {
+        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    };
+    let out = Command::new(root().join("scripts/build-guest-kernel"))
+        .arg("--cached")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+    }
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.exists()
+        || ldd
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
+            .unwrap_or(true)
+    {
+        return skip("no static /bin/busybox (apt-get install busybox-static)");
+    }
+    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dir = std::env::temp_dir().join(format!("strata-qemu-ct-{}", std::process::id()));
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    let img = dir.join("rootfs.ext4");
+    let st = Command::new("mke2fs")
+        .args(["-F", "-q", "-t", "ext4", "-d"])
+        .arg(&rootfs)
+        .arg(&img)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let initrd = dir.join("initramfs.cpio.gz");
+    let st = Command::new(root().join("scripts/build-initramfs"))
+        .arg(&initrd)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "build-initramfs failed");
+
+    let out = Command::new(qemu)
+        .args(["-M", "microvm,rtc=off,acpi=off", "-accel", "tcg", "-cpu", "max", "-m", "256"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-drive")
+        .arg(format!("id=rootfs,file={},format=raw,if=none,readonly=on", img.display()))
+        .args(["-device", "virtio-blk-device,drive=rootfs"])
+        .arg("-append")
+        .arg(
+            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.rootfs=/dev/vda \
+             strata.run=/bin/sh,-c,echo${IFS}hello${IFS}from${IFS}the${IFS}container;hostname;echo${IFS}pid=$$;touch${IFS}/written",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    for want in [
+        "hello from the container",
+        "strata-container",
+        "pid=1",
+        "container exited with status 0",
+    ] {
+        assert!(
+            console.contains(want),
+            "missing {want:?}; console:\n{console}"
+        );
+    }
 }
