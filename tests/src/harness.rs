@@ -574,6 +574,11 @@ impl Drop for Container<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("containerd log for {}:\n{}", self.id, self.log());
+            eprintln!(
+                "processes of {}:\n{}",
+                self.id,
+                crate::leaks::diagnose(&self.id)
+            );
         }
         self.remove();
         for p in self.scratch.lock().unwrap().drain(..) {

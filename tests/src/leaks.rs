@@ -147,3 +147,57 @@ pub fn find(h: &Harness, ids: &[&str]) -> Vec<String> {
     out.extend(containerd_records(h, ids));
     out
 }
+
+/// What the processes of `id` are doing (state, kernel wait channel, each thread's), for the
+/// message of a test that failed or hung.
+pub fn diagnose(id: &str) -> String {
+    let mut out = String::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    let read = |p: &Path| fs::read_to_string(p).unwrap_or_default().trim().to_string();
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let cgroup = read(&e.path().join("cgroup"));
+        if !cmdline.contains(id) && !cgroup.contains(id) {
+            continue;
+        }
+        let stat = read(&e.path().join("stat"));
+        let state = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|r| r.chars().next())
+            .unwrap_or('?');
+        out.push_str(&format!(
+            "  pid {pid} [{state}] wchan={} {cmdline:?}\n",
+            read(&e.path().join("wchan"))
+        ));
+        if let Ok(tasks) = fs::read_dir(e.path().join("task")) {
+            for t in tasks.flatten() {
+                let tid = t.file_name().to_string_lossy().into_owned();
+                if tid == pid.to_string() {
+                    continue;
+                }
+                out.push_str(&format!(
+                    "    thread {tid} {} wchan={}\n",
+                    read(&t.path().join("comm")),
+                    read(&t.path().join("wchan"))
+                ));
+            }
+        }
+    }
+    out
+}

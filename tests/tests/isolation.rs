@@ -317,3 +317,21 @@ fn seccomp_profile_is_applied() {
     );
     c.assert_no_leaks();
 }
+
+#[test]
+fn loopback_is_up_in_a_new_network_namespace() {
+    // runc brings `lo` up in a network namespace it creates; workloads rely on 127.0.0.1.
+    let h = harness!();
+    let c = h.container("loopback");
+    let script = "cat /sys/class/net/lo/flags; \
+        ping -c1 -W2 127.0.0.1 >/dev/null 2>&1 && echo ping-ok || echo ping-failed; \
+        timeout 5 nc -l -p 7777 > /tmp/got & sleep 0.3; echo hi | nc 127.0.0.1 7777; wait; cat /tmp/got";
+    let out = c.run(&["sh", "-c", script]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let flags =
+        u32::from_str_radix(lines.first().unwrap_or(&"").trim_start_matches("0x"), 16).unwrap_or(0);
+    assert_eq!(flags & 1, 1, "lo is down (IFF_UP not set): {out}");
+    assert_eq!(lines.get(1), Some(&"ping-ok"), "{out}");
+    assert_eq!(lines.get(2), Some(&"hi"), "TCP over 127.0.0.1: {out}");
+    c.assert_no_leaks();
+}
