@@ -113,9 +113,9 @@ pub fn normalise(
                 e.ecx = 0;
                 e.edx = 0;
             }
-            0xb => {
-                // x2APIC topology: EDX is the x2APIC ID; level 0 (SMT) has 1 thread, level 1
-                // (core) has `cpu_count`.
+            0xb | 0x1f => {
+                // x2APIC topology (0xb, and its V2 0x1f): EDX is the x2APIC ID; level 0 (SMT)
+                // has 1 thread, level 1 (core) has `cpu_count`.
                 e.edx = u32::from(cpu_id);
                 match e.index {
                     0 => {
@@ -203,6 +203,27 @@ mod tests {
         assert_ne!(out[0].ecx & LEAF1_ECX_AVX, 0);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn topology_leaves_describe_the_guest() {
+        let host = vec![
+            leaf(0xb, 0, 1, 2, 0x100, 7),
+            leaf(0xb, 1, 4, 16, 0x201, 7),
+            leaf(0x1f, 1, 4, 16, 0x201, 7),
+        ];
+        let out = normalise(&host, 2, 3, true);
+        assert!(out.iter().all(|e| e.edx == 2), "x2APIC ID");
+        let core = out
+            .iter()
+            .find(|e| e.function == 0xb && e.index == 1)
+            .unwrap();
+        assert_eq!((core.eax, core.ebx), (2, 3));
+        let core2 = out
+            .iter()
+            .find(|e| e.function == 0x1f && e.index == 1)
+            .unwrap();
+        assert_eq!((core2.eax, core2.ebx), (2, 3));
     }
 
     #[test]
