@@ -54,6 +54,14 @@ pub enum Error {
         after: Duration,
         console_tail: String,
     },
+    #[error("the guest was not ready within {after:?} (last attempt: {last_attempt}); console tail:\n{console_tail}")]
+    NotReady {
+        after: Duration,
+        last_attempt: String,
+        console_tail: String,
+    },
+    #[error("the guest shut down before it was ready; console tail:\n{console_tail}")]
+    StoppedBeforeReady { console_tail: String },
 }
 
 impl Error {
@@ -64,7 +72,9 @@ impl Error {
             | Error::TripleFault { console_tail, .. }
             | Error::Halted { console_tail, .. }
             | Error::VcpuFailed { console_tail, .. }
-            | Error::Timeout { console_tail, .. } => Some(console_tail),
+            | Error::Timeout { console_tail, .. }
+            | Error::NotReady { console_tail, .. }
+            | Error::StoppedBeforeReady { console_tail } => Some(console_tail),
             _ => None,
         }
     }

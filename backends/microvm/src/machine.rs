@@ -367,12 +367,17 @@ impl Machine {
                 }
             }
         };
+        self.finish(ev, timeout.unwrap_or_default())
+    }
+
+    /// Stops the machine and turns how it ended into the result `wait` returns.
+    fn finish(&mut self, ev: Option<VcpuEvent>, after: Duration) -> Result<Exit, Error> {
         self.shutdown();
         let tail = self.console.tail(TAIL_LINES);
         let panicked = self.console.contents().contains("Kernel panic");
         match ev {
             None => Err(Error::Timeout {
-                after: timeout.unwrap_or_default(),
+                after,
                 console_tail: tail,
             }),
             Some(VcpuEvent::Reset) if panicked => Err(Error::GuestPanic { console_tail: tail }),
@@ -391,6 +396,56 @@ impl Machine {
                 reason,
                 console_tail: tail,
             }),
+        }
+    }
+
+    /// Waits until `ready` succeeds (tried every 20 ms: the agent answering, a line on the
+    /// console), the guest stops, or `timeout` passes. The guest stopping first, cleanly or not,
+    /// or the timeout, is an error carrying the console's tail, and the machine is stopped then;
+    /// on success it keeps running.
+    pub fn wait_until<T, E: std::fmt::Display>(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.events.try_recv() {
+                Ok(VcpuEvent::Halted { .. }) if self.vcpus.len() > 1 => continue,
+                Ok(ev) => {
+                    return match self.finish(Some(ev), timeout) {
+                        Ok(Exit::Reset) => Err(Error::StoppedBeforeReady {
+                            console_tail: self.console.tail(TAIL_LINES),
+                        }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return self
+                        .finish(
+                            Some(VcpuEvent::Failed {
+                                cpu: 0,
+                                reason: "every vCPU thread ended".into(),
+                            }),
+                            timeout,
+                        )
+                        .and_then(unreachable_reset);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            let last = match ready() {
+                Ok(v) => return Ok(v),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                self.shutdown();
+                return Err(Error::NotReady {
+                    after: timeout,
+                    last_attempt: last,
+                    console_tail: self.console.tail(TAIL_LINES),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -420,6 +475,13 @@ impl Machine {
         self.devices.clear();
         self.vm.take();
     }
+}
+
+/// `finish` with a `Failed` event never returns `Ok`; this keeps the types honest without a panic.
+fn unreachable_reset<T>(_: Exit) -> Result<T, Error> {
+    Err(Error::Config(
+        "the machine reported a clean exit after a failure".into(),
+    ))
 }
 
 impl Drop for Machine {

@@ -448,3 +448,82 @@ prompt: .asciz "> "
     assert_eq!(m.wait(Some(TIMEOUT)).unwrap(), Exit::Reset);
     assert_eq!(console.contents(), "> HELLO, STRATA");
 }
+
+/// `wait_until`: ready when the probe succeeds (the machine keeps running); a guest that never
+/// gets ready is `NotReady` with the last probe error and the console; one that stops first is
+/// `StoppedBeforeReady`, or its own failure.
+#[test]
+fn wait_until_ready_or_why_not() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("ready");
+    let spin_after = |name: &str, msg: &str| {
+        bzimage_from_asm(
+            &dir,
+            name,
+            &format!(
+                r#"
+    lea msg(%rip), %rsi
+    call puts
+1:  pause
+    jmp 1b
+msg: .asciz "{msg}"
+"#
+            ),
+        )
+    };
+    let probe = |c: std::sync::Arc<strata_microvm::console::Console>| {
+        move || {
+            if c.contents().contains("agent ready") {
+                Ok(())
+            } else {
+                Err("no \"agent ready\" yet")
+            }
+        }
+    };
+
+    let mut m = Machine::start(MachineConfig::new(spin_after(
+        "ok",
+        "booting\\nagent ready\\n",
+    )))
+    .unwrap();
+    let c = m.console();
+    m.wait_until(TIMEOUT, probe(c.clone())).unwrap();
+    assert!(m.first_vcpu_entry().is_some());
+    drop(m);
+
+    let mut m = Machine::start(MachineConfig::new(spin_after(
+        "never",
+        "booting\\nstuck\\n",
+    )))
+    .unwrap();
+    let c = m.console();
+    match m.wait_until(Duration::from_millis(300), probe(c)) {
+        Err(Error::NotReady {
+            last_attempt,
+            console_tail,
+            ..
+        }) => {
+            assert!(last_attempt.contains("agent ready"), "{last_attempt}");
+            assert_eq!(console_tail, "booting\nstuck");
+        }
+        other => panic!("expected NotReady, got {:?}", other.err()),
+    }
+
+    let resets = bzimage_from_asm(&dir, "bye", "    call reset\n");
+    let mut m = Machine::start(MachineConfig::new(resets)).unwrap();
+    let c = m.console();
+    assert!(matches!(
+        m.wait_until(TIMEOUT, probe(c)),
+        Err(Error::StoppedBeforeReady { .. })
+    ));
+
+    let faults = bzimage_from_asm(&dir, "boom", "    ud2\n");
+    let mut m = Machine::start(MachineConfig::new(faults)).unwrap();
+    let c = m.console();
+    assert!(matches!(
+        m.wait_until(TIMEOUT, probe(c)),
+        Err(Error::TripleFault { .. })
+    ));
+}
