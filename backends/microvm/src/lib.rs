@@ -11,8 +11,9 @@
 //! hang or exhaust the host side: every descriptor is bounds-checked through vm-memory, every
 //! queue is bounded, every host-side buffer has a cap.
 //!
-//! `unsafe` is confined to [`vstate::memory`] (KVM memory slots) and [`seccomp`]; each block
-//! carries a `// SAFETY:` comment. Everything else is checked by `#![deny(unsafe_code)]`.
+//! `unsafe` is confined to [`vstate::memory`] (the KVM memory-slot ioctl), with a `// SAFETY:`
+//! comment; everything else is checked by `#![deny(unsafe_code)]`. The seccomp filters
+//! ([`seccomp`]) are built through libseccomp's safe API.
 #![deny(unsafe_code)]
 
 pub mod arch;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::{
     read_config_bytes, DeviceError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -57,16 +57,27 @@ impl DiskConfig {
     }
 }
 
+/// The request header (virtio_blk_outhdr): type, reserved, sector; 16 bytes, little endian.
 #[derive(Clone, Copy, Default)]
-#[repr(C)]
 struct RequestHeader {
     type_: u32,
-    _reserved: u32,
     sector: u64,
 }
-// SAFETY: plain old data, every bit pattern valid, no padding (4 + 4 + 8 bytes).
-#[allow(unsafe_code)]
-unsafe impl ByteValued for RequestHeader {}
+
+impl RequestHeader {
+    fn read(r: &mut impl Read) -> std::io::Result<Self> {
+        let mut b = [0u8; 16];
+        r.read_exact(&mut b)?;
+        let mut t = [0u8; 4];
+        t.copy_from_slice(&b[0..4]);
+        let mut sec = [0u8; 8];
+        sec.copy_from_slice(&b[8..16]);
+        Ok(RequestHeader {
+            type_: u32::from_le_bytes(t),
+            sector: u64::from_le_bytes(sec),
+        })
+    }
+}
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -131,7 +142,7 @@ impl Block {
         let Ok(mut writer) = chain.writer(mem) else {
             return 0;
         };
-        let Ok(hdr) = reader.read_obj::<RequestHeader>() else {
+        let Ok(hdr) = RequestHeader::read(&mut reader) else {
             return 0;
         };
         let avail = writer.available_bytes();
