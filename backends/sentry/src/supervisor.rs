@@ -105,6 +105,8 @@ pub struct Listener {
     /// The end exec'd processes inherit and send their notification fd on; kept open for
     /// the container's life.
     _exec_theirs: OwnedFd,
+    /// Closed (dropped) to wake the accepting thread at once when stopping.
+    wake: Option<OwnedFd>,
 }
 
 impl Listener {
@@ -119,14 +121,16 @@ impl Listener {
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
         let c = ctx.clone();
+        let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let thread = std::thread::Builder::new()
             .name(format!("sentry-accept-{}", short(&ctx.id)))
-            .spawn(move || accept_loop(l, exec_ours, c))?;
+            .spawn(move || accept_loop(l, exec_ours, wake_r, c))?;
         Ok(Listener {
             ctx,
             path: path.to_path_buf(),
             thread: Some(thread),
             _exec_theirs: exec_theirs,
+            wake: Some(wake_w),
         })
     }
 
@@ -137,6 +141,7 @@ impl Listener {
     /// Stops accepting and tells the supervisor threads to end.
     pub fn stop(&mut self) {
         self.ctx.stop.store(true, Ordering::SeqCst);
+        self.wake.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -166,14 +171,18 @@ fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd) {
     }
 }
 
-fn accept_loop(l: UnixListener, exec_ours: OwnedFd, ctx: Arc<Ctx>) {
+fn accept_loop(l: UnixListener, exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
     while !ctx.stop.load(Ordering::SeqCst) {
         let mut fds = [
             PollFd::new(l.as_fd(), PollFlags::POLLIN),
             PollFd::new(exec_ours.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
         ];
-        if poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0) <= 0 {
+        if poll(&mut fds, PollTimeout::from(1000u16)).unwrap_or(0) <= 0 {
             continue;
+        }
+        if fds[2].revents().is_some_and(|r| !r.is_empty()) {
+            break;
         }
         let exec_ready = fds[1]
             .revents()
