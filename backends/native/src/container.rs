@@ -162,6 +162,21 @@ impl Container {
             }
         };
         let pid = lc.pid().map(|p| p.as_raw() as u32).unwrap_or(0);
+        if pid != 0 && creates_network_namespace(&opts.spec) {
+            if let Err(e) = crate::netns::loopback_up(pid) {
+                let _ = cleanup_orphan(root, &opts.id);
+                return Err(e);
+            }
+        }
+        // libcontainer's tenant builder gives exec'd processes no seccomp filter: the
+        // executor installs the container's profile in them itself.
+        let mut exec_executor = executor.clone();
+        exec_executor.exec_seccomp = opts
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone())
+            .filter(|s| !crate::executor::has_notify(s));
         let cgroup_path = lc
             .spec()
             .map(|s| s.cgroup_path)
@@ -177,7 +192,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             events: events.clone(),
             oom: Mutex::new(None),
-            executor: executor.clone(),
+            executor: exec_executor,
         });
         if let Some(console) = console {
             let attached = console
@@ -404,6 +419,19 @@ fn sanitize_file(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Whether the runtime creates the network namespace (no path to join): then its loopback
+/// is ours to bring up.
+fn creates_network_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|nss| {
+            nss.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+        })
 }
 
 /// The error and its sources, joined.

@@ -5,7 +5,7 @@
 //! for every binary), and an ignored disposition survives execve: without this, `yes | head`
 //! in a container would behave differently than under runc.
 
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Spec};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
@@ -20,11 +20,43 @@ pub trait PreExec: Send + Sync {
 #[derive(Clone, Default)]
 pub struct NativeExecutor {
     pub(crate) pre_exec: Option<std::sync::Arc<dyn PreExec>>,
+    /// For exec'd processes: the container's seccomp profile, which libcontainer's tenant
+    /// builder drops.
+    pub(crate) exec_seccomp: Option<LinuxSeccomp>,
+}
+
+/// Whether a profile hands calls to a supervisor (the sentry's); such a filter is the
+/// sentry's to install, not ours.
+pub fn has_notify(s: &LinuxSeccomp) -> bool {
+    s.default_action() == LinuxSeccompAction::ScmpActNotify
+        || s.syscalls()
+            .iter()
+            .flatten()
+            .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+}
+
+/// Installs `profile` in this (exec'd) process. Without CAP_SYS_ADMIN, which the process
+/// has dropped by now, the kernel accepts a filter only under no_new_privs; runc installs
+/// the filter before dropping capabilities instead. Setting no_new_privs is the price of a
+/// filter at all (documented in docs/native.md).
+fn install_exec_seccomp(profile: &LinuxSeccomp) -> Result<(), ExecutorError> {
+    if libcontainer::seccomp::initialize_seccomp(profile).is_ok() {
+        return Ok(());
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| {
+        ExecutorError::Other(format!("set no_new_privs for the seccomp filter: {e}"))
+    })?;
+    libcontainer::seccomp::initialize_seccomp(profile)
+        .map(|_| ())
+        .map_err(|e| ExecutorError::Other(format!("install the container's seccomp profile: {e}")))
 }
 
 impl Executor for NativeExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         signals::reset_ignored();
+        if let Some(profile) = &self.exec_seccomp {
+            install_exec_seccomp(profile)?;
+        }
         if let Some(hook) = &self.pre_exec {
             hook.before_exec(spec).map_err(ExecutorError::Other)?;
         }

@@ -10,6 +10,7 @@
 mod cgroup;
 mod container;
 mod executor;
+mod netns;
 mod oom;
 
 use std::collections::HashMap;
