@@ -19,7 +19,8 @@ use strata_backend::BackendKind;
 
 /// The backends linked into this build of Strata. Add a tier here when its crate is wired into
 /// the shim: `strata check` reports every other tier as not built.
-pub const BUILT_BACKENDS: &[BackendKind] = &[BackendKind::Native, BackendKind::Sentry];
+pub const BUILT_BACKENDS: &[BackendKind] =
+    &[BackendKind::Native, BackendKind::Sentry, BackendKind::Wasm];
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

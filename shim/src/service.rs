@@ -26,6 +26,7 @@ use strata_backend::{
 };
 use strata_native::NativeBackend;
 use strata_sentry::SentryBackend;
+use strata_wasm::WasmBackend;
 
 use crate::bootstrap::{
     BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE,
@@ -137,6 +138,7 @@ struct Inner {
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
     native: OnceLock<Arc<NativeBackend>>,
     sentry: OnceLock<Arc<SentryBackend>>,
+    wasm: OnceLock<Arc<WasmBackend>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -163,6 +165,7 @@ impl TaskService {
                 containers: Mutex::new(HashMap::new()),
                 native: OnceLock::new(),
                 sentry: OnceLock::new(),
+                wasm: OnceLock::new(),
                 exit,
             }),
         }
@@ -209,6 +212,14 @@ impl TaskService {
                     ))
                 });
                 Ok(b.clone())
+            }
+            BackendKind::Wasm => {
+                if let Some(b) = self.inner.wasm.get() {
+                    return Ok(b.clone());
+                }
+                // Tasks run in this binary re-executed as a runner (strata_wasm::runner).
+                let b = Arc::new(WasmBackend::with_current_exe(self.sink())?);
+                Ok(self.inner.wasm.get_or_init(|| b).clone())
             }
             other => Err(Error::Unavailable {
                 backend: other,
@@ -301,6 +312,14 @@ impl TaskService {
                 )));
             }
         }
+        // In a wasm pod, a container whose entrypoint is an ELF binary (the pause container,
+        // a sidecar) runs as native; `kind` stays the pod's tier for its other containers.
+        let backend = if kind == BackendKind::Wasm && strata_wasm::entrypoint_is_elf(&bundle, &spec)
+        {
+            self.backend(BackendKind::Native, &cfg)?
+        } else {
+            backend
+        };
         let record = BundleRecord {
             backend: kind.to_string(),
             state_root: cfg

@@ -1,0 +1,161 @@
+//! Strata's `wasm` tier: a WebAssembly module (WASI preview 1) or component (WASI preview 2,
+//! `wasi:cli/command`) run by wasmtime, in the manner of runwasi's containerd-shim-wasmtime.
+//!
+//! Each task runs in its own process (the shim binary re-executed as a runner, see
+//! [`runner`]) in its own cgroup, so its memory is accounted, the spec's limits apply, and
+//! a kill is a real signal. The module is `process.args[0]` inside the rootfs, optionally
+//! `#export`; compiled code is cached by module digest and engine configuration ([`cache`]).
+//!
+//! This crate knows nothing of containerd or ttrpc. It must never execute a compiled
+//! artifact whose digest it has not checked, and never let a task outlive its shim.
+#![deny(unsafe_code)]
+
+pub mod cache;
+mod cgroup;
+pub mod module;
+pub mod runner;
+mod sys;
+mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
+
+pub use module::entrypoint_is_elf;
+pub use runner::run_if_runner;
+use task::Task;
+
+/// The wasm tier.
+pub struct WasmBackend {
+    runner: PathBuf,
+    events: EventSink,
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+fn unsupported(op: &'static str) -> Error {
+    Error::Unsupported {
+        backend: BackendKind::Wasm,
+        op,
+    }
+}
+
+impl WasmBackend {
+    /// A backend whose tasks run in `runner`: a binary whose `main` calls
+    /// [`run_if_runner`] first (the shim binary itself).
+    pub fn new(runner: impl Into<PathBuf>, events: EventSink) -> Self {
+        WasmBackend {
+            runner: runner.into(),
+            events,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A backend whose runner is this very executable.
+    pub fn with_current_exe(events: EventSink) -> Result<Self> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::io("locate the shim binary to run wasm tasks", e))?;
+        Ok(WasmBackend::new(exe, events))
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Task>> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+}
+
+impl Backend for WasmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wasm
+    }
+
+    fn create(&self, opts: CreateOpts) -> Result<u32> {
+        if self.tasks.lock().unwrap().contains_key(&opts.id) {
+            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        }
+        let task = Task::create(&opts, &self.runner, self.events.clone())?;
+        let pid = task.pid;
+        let mut tasks = self.tasks.lock().unwrap();
+        if tasks.contains_key(&opts.id) {
+            drop(tasks);
+            task.destroy();
+            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        }
+        tasks.insert(opts.id, task);
+        Ok(pid)
+    }
+
+    fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
+        if exec_id.is_some() {
+            return Err(unsupported("exec"));
+        }
+        self.get(id)?.start()
+    }
+
+    fn exec(&self, _opts: ExecOpts) -> Result<()> {
+        Err(unsupported(
+            "exec (a WebAssembly task is one module instance)",
+        ))
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        let task = self.get(id)?;
+        if let Some(e) = exec_id {
+            return Err(Error::NotFound(format!("exec {e} in container {id}")));
+        }
+        task.signal(signal, all)
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        if let Some(e) = exec_id {
+            return Err(Error::NotFound(format!("exec {e} in container {id}")));
+        }
+        let task = self.get(id)?;
+        task.destroy();
+        self.tasks.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let task = self.get(id)?;
+        match task.cgroup.pids() {
+            Ok(p) => Ok(p),
+            Err(_) if !task.exited() => Ok(vec![task.pid]),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.get(id)?.cgroup.freeze(true)
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.get(id)?.cgroup.freeze(false)
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        self.get(id)?.cgroup.stats()
+    }
+
+    fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        // The cgroup's limits change; the module's linear-memory cap stays what create set.
+        self.get(id)?.cgroup.update(resources)
+    }
+
+    fn resize_pty(&self, _id: &str, _exec_id: Option<&str>, _w: u32, _h: u32) -> Result<()> {
+        Err(unsupported("a terminal"))
+    }
+
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        if let Some(e) = exec_id {
+            return Err(Error::NotFound(format!("exec {e} in container {id}")));
+        }
+        self.get(id)?.io.close_stdin();
+        Ok(())
+    }
+}

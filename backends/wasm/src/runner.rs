@@ -1,0 +1,591 @@
+//! The wasm task's own process: the shim binary re-executed with [`RUNNER_ENV`] set.
+//!
+//! The shim spawns it with the task's stdio (containerd's FIFOs) as fds 0-2, a control pipe
+//! as fd 3 and a status pipe as fd 4, and puts it in the task's cgroup. Then:
+//!
+//! 1. it reads its [`TaskConfig`] from the control pipe (the shim sends it only after the
+//!    cgroup is in place, so everything below is accounted to the task);
+//! 2. loads the module or component (through the compiled-module cache), links WASI, checks
+//!    the export, and answers `ok` or `error: ...` on the status pipe: this is the task's
+//!    create, and its errors are the create's errors;
+//! 3. waits for the start byte, then runs it. The exit status is `proc_exit`'s code (0 when
+//!    the entry returns), 134 for a trap (with the trap on stderr, as the wasmtime CLI does),
+//!    143 for SIGTERM (epoch interruption stops even a tight loop; a module blocked in a host
+//!    call gets the default action after a grace period), 137 for SIGKILL.
+//!
+//! When the control pipe closes (the shim died), the runner kills itself: a task never
+//! outlives its shim.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::cache::{self, Compiled};
+use crate::module::WasmKind;
+
+/// Set (to anything) in the environment of the runner process.
+pub const RUNNER_ENV: &str = "STRATA_WASM_RUNNER";
+/// The exit status of a trap, as the wasmtime CLI reports it (128 + SIGABRT).
+pub const TRAP_EXIT: i32 = 134;
+/// How long a module blocked in a host call has, after SIGTERM, before the default action.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+/// The start byte on the control pipe.
+pub const START: u8 = b'S';
+
+/// A directory the module sees.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub readonly: bool,
+}
+
+/// Everything the runner needs, sent by the shim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskConfig {
+    pub id: String,
+    /// Host path of the `.wasm` file.
+    pub module: PathBuf,
+    pub kind: WasmKind,
+    /// The export to call instead of `_start` (modules only).
+    pub export: Option<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    /// Caps the sum of linear memories and tables (bytes).
+    pub memory_limit: Option<u64>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The engine every task uses: Cranelift, epoch interruption for kills, the component model.
+pub fn engine() -> wasmtime::Result<Engine> {
+    let mut c = wasmtime::Config::new();
+    c.epoch_interruption(true);
+    c.wasm_component_model(true);
+    Engine::new(&c)
+}
+
+/// Caps what the module can allocate: linear memories, and tables at a pointer per element,
+/// summed over the store.
+#[derive(Debug, Default)]
+pub struct Limits {
+    max_bytes: Option<usize>,
+    used: usize,
+}
+
+impl Limits {
+    pub fn new(max_bytes: Option<u64>) -> Self {
+        Limits {
+            max_bytes: max_bytes.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+            used: 0,
+        }
+    }
+
+    fn grow(&mut self, by: usize) -> bool {
+        match self.max_bytes {
+            Some(max) if self.used.saturating_add(by) > max => false,
+            _ => {
+                self.used = self.used.saturating_add(by);
+                true
+            }
+        }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.grow(desired.saturating_sub(current)))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let elems = desired.saturating_sub(current);
+        Ok(self.grow(elems.saturating_mul(std::mem::size_of::<usize>())))
+    }
+}
+
+/// A preview 1 module's store data.
+pub struct P1State {
+    wasi: WasiP1Ctx,
+    limits: Limits,
+}
+
+/// A preview 2 component's store data.
+pub struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A task ready to run: compiled, linked, its WASI context built.
+pub enum Prepared {
+    Module {
+        store: Store<P1State>,
+        pre: wasmtime::InstancePre<P1State>,
+        export: String,
+    },
+    Component {
+        store: Store<P2State>,
+        pre: CommandPre<P2State>,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Stopped by epoch interruption (SIGTERM).
+    Interrupted,
+    /// A trap or another runtime error; the message is for stderr.
+    Trapped(String),
+}
+
+fn wasi_builder(cfg: &TaskConfig) -> wasmtime::Result<WasiCtxBuilder> {
+    let mut b = WasiCtxBuilder::new();
+    b.inherit_stdio().args(&cfg.args).envs(&cfg.env);
+    for p in &cfg.preopens {
+        let perms = if p.readonly {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+            wasmtime::format_err!(
+                "cannot open {} for the module as {}: {e}",
+                p.host.display(),
+                p.guest
+            )
+        })?;
+    }
+    Ok(b)
+}
+
+/// Loads, links and checks the task (step 2). Errors say what is wrong with the module.
+pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared, cache::Outcome)> {
+    let wasm = std::fs::read(&cfg.module)
+        .map_err(|e| wasmtime::format_err!("cannot read {}: {e}", cfg.module.display()))?;
+    crate::module::kind_of(&wasm)
+        .map_err(|e| wasmtime::format_err!("{}: {e}", cfg.module.display()))?;
+    let (compiled, outcome) =
+        cache::load_or_compile(engine, cfg.kind, &wasm, cfg.cache_dir.as_deref()).map_err(|e| {
+            wasmtime::format_err!("invalid WebAssembly in {}: {e:#}", cfg.module.display())
+        })?;
+    let limits = Limits::new(cfg.memory_limit);
+    let prepared = match compiled {
+        Compiled::Module(module) => {
+            let export = cfg.export.clone().unwrap_or_else(|| "_start".into());
+            match module.get_export(&export) {
+                Some(wasmtime::ExternType::Func(ty)) => {
+                    let ok = ty.params().len() == 0
+                        && (ty.results().len() == 0
+                            || (ty.results().len() == 1
+                                && matches!(ty.results().next(), Some(wasmtime::ValType::I32))));
+                    if !ok {
+                        wasmtime::bail!(
+                            "export `{export}` of {} takes parameters or returns more than an i32: Strata calls it with none",
+                            cfg.module.display()
+                        );
+                    }
+                }
+                Some(_) => wasmtime::bail!(
+                    "export `{export}` of {} is not a function",
+                    cfg.module.display()
+                ),
+                None => {
+                    let funcs: Vec<String> = module
+                        .exports()
+                        .filter(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)))
+                        .map(|e| e.name().to_string())
+                        .take(10)
+                        .collect();
+                    wasmtime::bail!(
+                        "{} has no export `{export}` (exported functions: {}); name one with `{}#NAME`",
+                        cfg.module.display(),
+                        if funcs.is_empty() { "none".into() } else { funcs.join(", ") },
+                        cfg.args.first().map(String::as_str).unwrap_or("/app.wasm"),
+                    );
+                }
+            }
+            let mut linker: Linker<P1State> = Linker::new(engine);
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
+            let pre = linker.instantiate_pre(&module).map_err(|e| {
+                wasmtime::format_err!(
+                    "{} imports what WASI preview 1 does not provide: {e:#}",
+                    cfg.module.display()
+                )
+            })?;
+            let wasi = wasi_builder(cfg)?.build_p1();
+            let mut store = Store::new(engine, P1State { wasi, limits });
+            store.limiter(|s| &mut s.limits);
+            Prepared::Module { store, pre, export }
+        }
+        Compiled::Component(component) => {
+            if let Some(e) = &cfg.export {
+                wasmtime::bail!(
+                    "`#{e}` names an export, but {} is a component: components run through wasi:cli/run",
+                    cfg.module.display()
+                );
+            }
+            let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .and_then(CommandPre::new)
+                .map_err(|e| {
+                    wasmtime::format_err!(
+                        "{} is not a wasi:cli/command component this host can run: {e:#}",
+                        cfg.module.display()
+                    )
+                })?;
+            let ctx = wasi_builder(cfg)?.build();
+            let mut store = Store::new(
+                engine,
+                P2State {
+                    ctx,
+                    table: ResourceTable::new(),
+                    limits,
+                },
+            );
+            store.limiter(|s| &mut s.limits);
+            Prepared::Component { store, pre }
+        }
+    };
+    Ok((prepared, outcome))
+}
+
+fn classify(e: wasmtime::Error) -> Exit {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return Exit::Code(exit.0);
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return Exit::Interrupted;
+    }
+    Exit::Trapped(format!("{e:?}"))
+}
+
+impl Prepared {
+    /// Runs the task to its end (step 3).
+    pub fn run(self) -> Exit {
+        match self {
+            Prepared::Module {
+                mut store,
+                pre,
+                export,
+            } => {
+                store.set_epoch_deadline(1);
+                let instance = match pre.instantiate(&mut store) {
+                    Ok(i) => i,
+                    Err(e) => return classify(e),
+                };
+                if export != "_start" {
+                    if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                        if let Err(e) = init.call(&mut store, ()) {
+                            return classify(e);
+                        }
+                    }
+                }
+                if let Ok(f) = instance.get_typed_func::<(), i32>(&mut store, &export) {
+                    return match f.call(&mut store, ()) {
+                        Ok(code) => Exit::Code(code),
+                        Err(e) => classify(e),
+                    };
+                }
+                match instance
+                    .get_typed_func::<(), ()>(&mut store, &export)
+                    .and_then(|f| f.call(&mut store, ()))
+                {
+                    Ok(()) => Exit::Code(0),
+                    Err(e) => classify(e),
+                }
+            }
+            Prepared::Component { mut store, pre } => {
+                store.set_epoch_deadline(1);
+                let cmd = match pre.instantiate(&mut store) {
+                    Ok(c) => c,
+                    Err(e) => return classify(e),
+                };
+                match cmd.wasi_cli_run().call_run(&mut store) {
+                    Ok(Ok(())) => Exit::Code(0),
+                    Ok(Err(())) => Exit::Code(1),
+                    Err(e) => classify(e),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the wasm task if this process is a runner; otherwise returns at once. Call it first
+/// thing in the shim binary's `main`.
+pub fn run_if_runner() {
+    if std::env::var_os(RUNNER_ENV).is_none() {
+        return;
+    }
+    std::process::exit(runner_main());
+}
+
+fn runner_main() -> i32 {
+    let (mut control, mut status) = crate::sys::runner_pipes();
+    let report = |status: &mut std::fs::File, line: &str| {
+        let _ = status.write_all(line.as_bytes());
+    };
+    let cfg = match read_config(&mut control) {
+        Ok(c) => c,
+        Err(e) => {
+            report(
+                &mut status,
+                &format!("error: reading the task configuration: {e}\n"),
+            );
+            return 1;
+        }
+    };
+    let engine = match engine() {
+        Ok(e) => e,
+        Err(e) => {
+            report(&mut status, &format!("error: wasmtime engine: {e:#}\n"));
+            return 1;
+        }
+    };
+    let prepared = match prepare(&engine, &cfg) {
+        Ok((p, outcome)) => {
+            report(&mut status, &format!("ok {outcome:?}\n"));
+            p
+        }
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            report(&mut status, &format!("error: {msg}\n"));
+            return 1;
+        }
+    };
+    drop(status);
+    let mut byte = [0u8; 1];
+    if !matches!(control.read(&mut byte), Ok(1) if byte[0] == START) {
+        // Deleted before it started.
+        return 0;
+    }
+    // The shim holds the other end for the task's whole life: end of file means it died.
+    let _ = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while matches!(control.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        });
+    let interrupted = Arc::new(AtomicBool::new(false));
+    watch_signals(&engine, interrupted.clone());
+    let exit = prepared.run();
+    let _ = std::io::stdout().flush();
+    match exit {
+        Exit::Code(c) => c,
+        Exit::Interrupted => {
+            let _ = std::io::stderr().flush();
+            // Die of the signal that stopped it, so containerd sees 128+SIGTERM.
+            let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGTERM);
+            128 + signal_hook::consts::SIGTERM
+        }
+        Exit::Trapped(msg) => {
+            eprintln!("Error: {msg}");
+            TRAP_EXIT
+        }
+    }
+}
+
+fn read_config(control: &mut std::fs::File) -> std::io::Result<TaskConfig> {
+    let mut len = [0u8; 4];
+    control.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 16 << 20 {
+        return Err(std::io::Error::other(
+            "task configuration larger than 16 MiB",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    control.read_exact(&mut buf)?;
+    serde_json::from_slice(&buf).map_err(std::io::Error::other)
+}
+
+/// SIGTERM and SIGINT stop the module at its next epoch check; a module that does not reach
+/// one within [`TERM_GRACE`] (blocked in a host call) gets the signal's default action.
+fn watch_signals(engine: &Engine, interrupted: Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+        return;
+    };
+    let engine = engine.clone();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                interrupted.store(true, Ordering::SeqCst);
+                engine.increment_epoch();
+                std::thread::sleep(TERM_GRACE);
+                let _ = std::io::stdout().flush();
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path, wat: &str) -> TaskConfig {
+        let module = dir.join("m.wasm");
+        std::fs::write(&module, wat::parse_str(wat).unwrap()).unwrap();
+        TaskConfig {
+            id: "t".into(),
+            module,
+            kind: WasmKind::Module,
+            export: None,
+            args: vec!["/m.wasm".into()],
+            env: vec![],
+            preopens: vec![],
+            memory_limit: None,
+            cache_dir: None,
+        }
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("strata-wasm-run-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const EXIT7: &str = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (func (export "_start") (call $exit (i32.const 7)))
+        (func (export "other") (result i32) (i32.const 9)))"#;
+
+    #[test]
+    fn exit_codes_and_exports() {
+        let d = tmpdir("exit");
+        let e = engine().unwrap();
+        let mut c = cfg(&d, EXIT7);
+        assert_eq!(prepare(&e, &c).unwrap().0.run(), Exit::Code(7));
+        c.export = Some("other".into());
+        assert_eq!(prepare(&e, &c).unwrap().0.run(), Exit::Code(9));
+        c.export = Some("nope".into());
+        let err = prepare(&e, &c).err().unwrap().to_string();
+        assert!(
+            err.contains("no export `nope`") && err.contains("_start, other"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn trap_and_unknown_import() {
+        let d = tmpdir("trap");
+        let e = engine().unwrap();
+        let c = cfg(&d, r#"(module (func (export "_start") unreachable))"#);
+        match prepare(&e, &c).unwrap().0.run() {
+            Exit::Trapped(m) => assert!(m.contains("unreachable"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let c = cfg(
+            &d,
+            r#"(module (import "env" "launch_missiles" (func)) (func (export "_start")))"#,
+        );
+        let err = format!("{:#}", prepare(&e, &c).err().unwrap());
+        assert!(err.contains("launch_missiles"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn memory_limit_caps_growth() {
+        let d = tmpdir("mem");
+        let e = engine().unwrap();
+        // Grows one page at a time until memory.grow fails; exits with the pages it holds.
+        let mut c = cfg(
+            &d,
+            r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func (export "_start")
+              (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+              (call $exit (memory.size))))"#,
+        );
+        c.memory_limit = Some(4 << 20);
+        assert_eq!(prepare(&e, &c).unwrap().0.run(), Exit::Code(64));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn epoch_stops_a_tight_loop() {
+        let d = tmpdir("loop");
+        let e = engine().unwrap();
+        let c = cfg(&d, r#"(module (func (export "_start") (loop $l (br $l))))"#);
+        let p = prepare(&e, &c).unwrap().0;
+        let e2 = e.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            e2.increment_epoch();
+        });
+        assert_eq!(p.run(), Exit::Interrupted);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A wasi:cli/command component with no imports: its `run` returns ok or err.
+    pub fn command_component(ok: bool) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(component
+              (core module $m (func (export "run") (result i32) i32.const {}))
+              (core instance $i (instantiate $m))
+              (func $run (result (result)) (canon lift (core func $i "run")))
+              (instance $inst (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+            if ok { 0 } else { 1 }
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn component_runs_through_wasi_cli_run() {
+        let d = tmpdir("component");
+        let e = engine().unwrap();
+        for (ok, want) in [(true, 0), (false, 1)] {
+            let mut c = cfg(&d, "(module)");
+            std::fs::write(&c.module, command_component(ok)).unwrap();
+            c.kind = WasmKind::Component;
+            assert_eq!(prepare(&e, &c).unwrap().0.run(), Exit::Code(want));
+        }
+        let mut c = cfg(&d, "(module)");
+        std::fs::write(&c.module, command_component(true)).unwrap();
+        c.kind = WasmKind::Component;
+        c.export = Some("x".into());
+        assert!(prepare(&e, &c)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("component"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

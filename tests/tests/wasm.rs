@@ -1,0 +1,602 @@
+//! The wasm tier through containerd: modules written in WAT (the `wat` crate) placed as
+//! `/app.wasm` in the container's own copy of the busybox rootfs, run with
+//! `strata.dev/backend=wasm`. Every test ends by checking that nothing of its container is
+//! left (processes, cgroups, mounts, state).
+//!
+//! Strata-only: runc cannot run WebAssembly.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use strata_tests::harness::{Container, CTR_TIMEOUT};
+use strata_tests::{cgroups, cmd, harness, strata_only, Harness, Output};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// WASI preview 1 imports and a memory every module below uses.
+const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  ;; write(fd, ptr, len) through one iovec at 0..8, result count at 8
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+"#;
+
+/// A module: PRELUDE plus `body` (functions and data).
+fn module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {PRELUDE} {body})")).expect("valid WAT")
+}
+
+/// Prints `text` on fd `fd`, then exits with `code`.
+fn print_and_exit(fd: u32, text: &str, code: i32) -> Vec<u8> {
+    module(&format!(
+        r#"(data (i32.const 1024) "{text}")
+           (func (export "_start")
+             (call $write (i32.const {fd}) (i32.const 1024) (i32.const {len}))
+             (call $exit (i32.const {code})))"#,
+        len = text.len(),
+        text = text.replace('\n', "\\n"),
+    ))
+}
+
+/// Writes its argv and environ buffers (NUL-separated) to stdout with `|` between.
+fn dump_args_env() -> Vec<u8> {
+    module(
+        r#"(data (i32.const 16) "|")
+           (func (export "_start") (local $n i32)
+             (drop (call $args_sizes (i32.const 100) (i32.const 104)))
+             (drop (call $args_get (i32.const 2048) (i32.const 4096)))
+             (call $write (i32.const 1) (i32.const 4096) (i32.load (i32.const 104)))
+             (call $write (i32.const 1) (i32.const 16) (i32.const 1))
+             (drop (call $env_sizes (i32.const 100) (i32.const 104)))
+             (drop (call $env_get (i32.const 2048) (i32.const 8192)))
+             (call $write (i32.const 1) (i32.const 8192) (i32.load (i32.const 104))))"#,
+    )
+}
+
+/// Opens `path` relative to preopen `dirfd`; reads it to stdout (`write` false) or creates it
+/// and writes `wrote\n` (`write` true). Exits with the WASI errno of a failed open.
+fn file_op(dirfd: u32, path: &str, write: bool) -> Vec<u8> {
+    let (oflags, rights) = if write { (1 | 8, 64) } else { (0, 2) };
+    let action = if write {
+        "(call $write (i32.load (i32.const 200)) (i32.const 300) (i32.const 6))"
+    } else {
+        r#"(i32.store (i32.const 20) (i32.const 4096))
+           (i32.store (i32.const 24) (i32.const 4000))
+           (drop (call $fd_read (i32.load (i32.const 200)) (i32.const 20) (i32.const 1) (i32.const 28)))
+           (call $write (i32.const 1) (i32.const 4096) (i32.load (i32.const 28)))"#
+    };
+    module(&format!(
+        r#"(data (i32.const 1024) "{path}")
+           (data (i32.const 300) "wrote\n")
+           (func (export "_start") (local $e i32)
+             (local.set $e (call $path_open (i32.const {dirfd}) (i32.const 0) (i32.const 1024)
+               (i32.const {len}) (i32.const {oflags}) (i64.const {rights}) (i64.const {rights})
+               (i32.const 0) (i32.const 200)))
+             (if (local.get $e) (then (call $exit (local.get $e))))
+             {action}
+             (call $exit (i32.const 0)))"#,
+        len = path.len(),
+    ))
+}
+
+/// Spins forever.
+fn spin() -> Vec<u8> {
+    module(r#"(func (export "_start") (loop $l (br $l)))"#)
+}
+
+/// A module with a unique data segment, so that its digest (its cache entry) is its own.
+fn unique_hello(tag: &str) -> Vec<u8> {
+    module(&format!(
+        r#"(data (i32.const 1024) "cached {tag}\n")
+           (func (export "_start") (call $write (i32.const 1) (i32.const 1024) (i32.const {len})))"#,
+        len = "cached \n".len() + tag.len()
+    ))
+}
+
+/// The rootfs of a spec made by [`Container::spec`].
+fn rootfs(spec: &Value) -> PathBuf {
+    PathBuf::from(spec["root"]["path"].as_str().expect("spec has a root path"))
+}
+
+/// A spec running `args` on the wasm tier with `wasm` as /app.wasm in the rootfs.
+fn wasm_spec(c: &Container, wasm: &[u8], args: &[&str]) -> Value {
+    let mut spec = c.spec(args);
+    std::fs::write(rootfs(&spec).join("app.wasm"), wasm).expect("writing /app.wasm");
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    spec
+}
+
+fn write_spec(h: &Harness, spec: &Value) -> PathBuf {
+    let dir = h.info.state.join("specs");
+    std::fs::create_dir_all(&dir).expect("creating the specs directory");
+    let path = dir.join(format!(
+        "wasm-{}-{}.json",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).expect("writing the spec");
+    path
+}
+
+/// `ctr run --rm --config SPEC` in the background.
+fn spawn_spec(c: &Container, spec: &Value) -> (cmd::Background, PathBuf) {
+    let path = write_spec(c.h, spec);
+    let mut cmd = c.h.ctr();
+    cmd.args(["run", "--rm", "--runtime", &c.runtime]);
+    cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
+    cmd.arg("--config").arg(&path).arg(&c.id);
+    (cmd::Background::spawn(cmd).expect("starting ctr"), path)
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("STRATA_WASM_CACHE_DIR").unwrap_or_else(|_| "/var/cache/strata/wasm".into()),
+    )
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(data)?;
+            ch.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The cache entries of a module.
+fn cache_entries(wasm: &[u8]) -> Vec<PathBuf> {
+    let prefix = format!("{}-", sha256_hex(wasm));
+    std::fs::read_dir(cache_dir())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().starts_with(&prefix))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_fails_with(out: &Output, needle: &str) {
+    assert!(!out.success(), "expected a failure: {out}");
+    assert!(
+        out.stderr.contains(needle),
+        "the error should say {needle:?}: {out}"
+    );
+}
+
+#[test]
+fn wasm_hello_stdout_and_stderr() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-hello");
+    let spec = wasm_spec(
+        &c,
+        &print_and_exit(1, "hello from wasm\n", 0),
+        &["/app.wasm"],
+    );
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "hello from wasm\n");
+    let c2 = h.container("wasm-stderr");
+    let spec = wasm_spec(&c2, &print_and_exit(2, "to stderr\n", 0), &["/app.wasm"]);
+    let out = c2.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}");
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("", "to stderr\n")
+    );
+    c.remove_and_check();
+    c2.remove_and_check();
+}
+
+#[test]
+fn wasm_exit_codes_pass_through() {
+    let h = harness!();
+    strata_only!(h);
+    // proc_exit takes 0..=125 (as in the wasmtime CLI, larger values are a trap).
+    for code in [0, 3, 125] {
+        let c = h.container("wasm-exit");
+        let spec = wasm_spec(&c, &print_and_exit(1, "x", code), &["/app.wasm"]);
+        let out = c.run_spec(&spec, &[]);
+        assert_eq!(out.code, code, "{out}\n{}", c.log());
+        c.remove_and_check();
+    }
+}
+
+#[test]
+fn wasm_args_and_env() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-args");
+    let mut spec = wasm_spec(&c, &dump_args_env(), &["/app.wasm", "one", "two words"]);
+    spec["process"]["env"] = json!(["GREETING=hi there", "EMPTY="]);
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(
+        out.stdout.replace('\0', ";"),
+        "/app.wasm;one;two words;|GREETING=hi there;EMPTY=;"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_named_export() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-export");
+    let wasm = module(
+        r#"(data (i32.const 1024) "other export\n")
+           (func (export "_start") (call $exit (i32.const 9)))
+           (func (export "other") (call $write (i32.const 1) (i32.const 1024) (i32.const 13)))"#,
+    );
+    let spec = wasm_spec(&c, &wasm, &["/app.wasm#other"]);
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "other export\n");
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_reads_a_rootfs_file() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-read");
+    // Preopen 3 is the rootfs, as `/`.
+    let spec = wasm_spec(&c, &file_op(3, "etc/greeting", false), &["/app.wasm"]);
+    std::fs::write(rootfs(&spec).join("etc/greeting"), "read from the rootfs\n").unwrap();
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "read from the rootfs\n");
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_writes_to_a_mount_and_a_read_only_mount_is_refused() {
+    let h = harness!();
+    strata_only!(h);
+    let base = h.info.state.join(format!(
+        "wasm-mounts-{}",
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let (rw, ro) = (base.join("rw"), base.join("ro"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    let mounts = |spec: &mut Value| {
+        let m = spec["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/out", "type": "bind", "source": rw, "options": ["rbind", "rw"]}));
+        m.push(
+            json!({"destination": "/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}),
+        );
+    };
+    // Preopens: 3 is `/`, 4 is /out, 5 is /ro.
+    let c = h.container("wasm-mount-rw");
+    let mut spec = wasm_spec(&c, &file_op(4, "f.txt", true), &["/app.wasm"]);
+    mounts(&mut spec);
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(
+        std::fs::read_to_string(rw.join("f.txt")).unwrap(),
+        "wrote\n"
+    );
+    c.remove_and_check();
+
+    let c = h.container("wasm-mount-ro");
+    let mut spec = wasm_spec(&c, &file_op(5, "f.txt", true), &["/app.wasm"]);
+    mounts(&mut spec);
+    let out = c.run_spec(&spec, &[]);
+    assert_ne!(out.code, 0, "writing to a read-only mount succeeded: {out}");
+    assert!(
+        !ro.join("f.txt").exists(),
+        "the read-only mount was written"
+    );
+    c.remove_and_check();
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn wasm_trap_is_a_nonzero_exit_with_the_message() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-trap");
+    let spec = wasm_spec(
+        &c,
+        &module(r#"(func (export "_start") unreachable)"#),
+        &["/app.wasm"],
+    );
+    let out = c.run_spec(&spec, &[]);
+    assert_eq!(out.code, 134, "{out}\n{}", c.log());
+    assert!(out.stderr.contains("unreachable"), "{out}");
+    c.remove_and_check();
+}
+
+fn kill_within(signal: &str, want: i32) {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-spin");
+    let spec = wasm_spec(&c, &spin(), &["/app.wasm"]);
+    let (bg, path) = spawn_spec(&c, &spec);
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "never ran\n{}",
+        c.log()
+    );
+    // It really spins: let it burn CPU for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let k = c.kill(signal);
+    assert!(k.success(), "{k}");
+    let out = bg.wait(CTR_TIMEOUT);
+    let took = t.elapsed();
+    assert_eq!(out.code, want, "{out}\n{}", c.log());
+    assert!(took < Duration::from_secs(1), "{signal} took {took:?}");
+    eprintln!("{signal}: the spinning module was gone after {took:?}");
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_sigkill_stops_an_infinite_loop_within_a_second() {
+    kill_within("SIGKILL", 137);
+}
+
+#[test]
+fn wasm_sigterm_interrupts_an_infinite_loop_within_a_second() {
+    kill_within("SIGTERM", 143);
+}
+
+#[test]
+fn wasm_pids_and_stats_come_from_its_own_cgroup() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-stats");
+    let mut spec = wasm_spec(&c, &spin(), &["/app.wasm"]);
+    spec["linux"]["resources"]["memory"] = json!({ "limit": 256u64 << 20 });
+    let (bg, path) = spawn_spec(&c, &spec);
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "never ran\n{}",
+        c.log()
+    );
+    let pid = c.pid().expect("task pid");
+    assert_eq!(c.pids().unwrap(), vec![pid]);
+    let dir = cgroups::cgroup_dir(pid, "memory").expect("the task has a memory cgroup");
+    assert!(
+        dir.to_string_lossy().contains(&c.id),
+        "cgroup {} is not the task's own",
+        dir.display()
+    );
+    assert_eq!(cgroups::memory_limit(pid), Some(256 << 20));
+    let m = c.metrics().unwrap();
+    let usage = cgroups::metric_memory_usage(&m).unwrap_or(0);
+    // cgroup v1 charges pages to the cgroup that faults them first: what the runner touched
+    // before it was moved in (the shim binary's pages) is not counted, its heap is.
+    assert!(usage > 0, "memory usage {usage} in {m}");
+    // pids.current counts the runner's threads (main, signals, control).
+    assert!(cgroups::metric_pids(&m).unwrap_or(0) >= 1, "{m}");
+    assert!(c.kill("SIGKILL").success());
+    assert_eq!(bg.wait(CTR_TIMEOUT).code, 137);
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_linear_memory_is_capped_at_the_spec_limit() {
+    let h = harness!();
+    strata_only!(h);
+    // Grows page by page (untouched, so only the limiter can stop it), then exits with the
+    // MiB it holds; 0 would mean it reached 1 GiB.
+    let wasm = module(
+        r#"(func (export "_start")
+             (block $done (loop $l
+               (br_if $done (i32.ge_u (memory.size) (i32.const 16384)))
+               (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))))
+             (if (i32.ge_u (memory.size) (i32.const 16384)) (then (call $exit (i32.const 0))))
+             (call $exit (i32.div_u (memory.size) (i32.const 16))))"#,
+    );
+    let c = h.container("wasm-memcap");
+    let mut spec = wasm_spec(&c, &wasm, &["/app.wasm"]);
+    spec["linux"]["resources"]["memory"] = json!({ "limit": 48u64 << 20 });
+    let out = c.run_spec(&spec, &[]);
+    assert_eq!(out.code, 48, "{out}\n{}", c.log());
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_memory_bomb_is_stopped_at_the_limit() {
+    let h = harness!();
+    strata_only!(h);
+    // Grows and touches every page towards 1 GiB: exit 0 means nothing stopped it; 3 means
+    // memory.grow was refused; 137 that the cgroup's OOM killer stopped the task first.
+    let wasm = module(
+        r#"(func (export "_start") (local $p i32)
+             (block $done (loop $l
+               (br_if $done (i32.ge_u (memory.size) (i32.const 16384)))
+               (local.set $p (memory.grow (i32.const 16)))
+               (if (i32.eq (local.get $p) (i32.const -1)) (then (call $exit (i32.const 3))))
+               (i32.store (i32.mul (local.get $p) (i32.const 65536)) (i32.const 1))
+               (i32.store (i32.add (i32.mul (local.get $p) (i32.const 65536)) (i32.const 500000)) (i32.const 1))
+               (memory.fill (i32.mul (local.get $p) (i32.const 65536)) (i32.const 7) (i32.const 1048576))
+               (br $l)))
+             (call $exit (i32.const 0)))"#,
+    );
+    let c = h.container("wasm-bomb");
+    let mut spec = wasm_spec(&c, &wasm, &["/app.wasm"]);
+    spec["linux"]["resources"]["memory"] = json!({ "limit": 64u64 << 20 });
+    let out = c.run_spec(&spec, &[]);
+    assert!(
+        matches!(out.code, 3 | 137),
+        "the bomb was not stopped: {out}\n{}",
+        c.log()
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_preview2_component_runs() {
+    let h = harness!();
+    strata_only!(h);
+    for (ok, want) in [(true, 0), (false, 1)] {
+        let wasm = wat::parse_str(format!(
+            r#"(component
+              (core module $m (func (export "run") (result i32) i32.const {}))
+              (core instance $i (instantiate $m))
+              (func $run (result (result)) (canon lift (core func $i "run")))
+              (instance $inst (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $inst)))"#,
+            if ok { 0 } else { 1 }
+        ))
+        .unwrap();
+        let c = h.container("wasm-p2");
+        let spec = wasm_spec(&c, &wasm, &["/app.wasm"]);
+        let out = c.run_spec(&spec, &[]);
+        assert_eq!(out.code, want, "{out}\n{}", c.log());
+        c.remove_and_check();
+    }
+}
+
+#[test]
+fn wasm_elf_entrypoint_runs_native() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-elf");
+    let mut spec = c.spec(&["sh", "-c", "echo native in a wasm pod; cat /proc/self/comm"]);
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "native in a wasm pod\ncat\n");
+    c.remove_and_check();
+}
+
+#[test]
+fn wasm_bad_input_is_a_clear_error() {
+    let h = harness!();
+    strata_only!(h);
+    let good = print_and_exit(1, "x", 0);
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("not-wasm", b"#!/bin/sh\necho hi\n".to_vec(), "/app.wasm", "not a WebAssembly binary"),
+        ("truncated-header", good[..6].to_vec(), "/app.wasm", "truncated"),
+        ("truncated-body", good[..good.len() - 5].to_vec(), "/app.wasm", "invalid WebAssembly"),
+        ("missing-export", good.clone(), "/app.wasm#nope", "no export `nope`"),
+        ("missing-file", good.clone(), "/nope.wasm", "/nope.wasm does not exist"),
+        (
+            "unknown-import",
+            wat::parse_str(r#"(module (import "env" "launch_missiles" (func)) (memory (export "memory") 1) (func (export "_start")))"#).unwrap(),
+            "/app.wasm",
+            "launch_missiles",
+        ),
+    ];
+    for (name, wasm, arg0, needle) in cases {
+        let c = h.container(&format!("wasm-bad-{name}"));
+        let spec = wasm_spec(&c, &wasm, &[arg0]);
+        let out = c.run_spec(&spec, &[]);
+        assert_fails_with(&out, needle);
+        c.remove_and_check();
+    }
+}
+
+#[test]
+fn wasm_cache_hit_and_corrupt_entry_rebuilt() {
+    let h = harness!();
+    strata_only!(h);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let wasm = unique_hello(&tag);
+    let want = format!("cached {tag}\n");
+    let run = || {
+        let c = h.container("wasm-cache");
+        let out = c.run_spec(&wasm_spec(&c, &wasm, &["/app.wasm"]), &[]);
+        assert!(out.success(), "{out}\n{}", c.log());
+        assert_eq!(out.stdout, want);
+        c.remove_and_check();
+    };
+    run();
+    let entries = cache_entries(&wasm);
+    assert_eq!(
+        entries.len(),
+        1,
+        "one entry after the first start: {entries:?}"
+    );
+    let entry = &entries[0];
+    let ino = std::fs::metadata(entry).unwrap().ino();
+    run();
+    assert_eq!(
+        std::fs::metadata(entry).unwrap().ino(),
+        ino,
+        "the second start recompiled"
+    );
+
+    let mut bytes = std::fs::read(entry).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(entry, &bytes).unwrap();
+    run();
+    let rebuilt = std::fs::read(entry).unwrap();
+    assert_ne!(rebuilt, bytes, "the corrupt entry was not rebuilt");
+    assert_eq!(cache_entries(&wasm).len(), 1);
+    let _ = std::fs::remove_file(entry);
+}
+
+#[test]
+fn wasm_concurrent_first_starts_of_one_module() {
+    let h = harness!();
+    strata_only!(h);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let wasm = unique_hello(&tag);
+    let containers: Vec<Container> = (0..4).map(|_| h.container("wasm-conc")).collect();
+    let specs: Vec<Value> = containers
+        .iter()
+        .map(|c| wasm_spec(c, &wasm, &["/app.wasm"]))
+        .collect();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = containers
+            .iter()
+            .zip(&specs)
+            .map(|(c, spec)| s.spawn(move || c.run_spec(spec, &[])))
+            .collect();
+        for r in runs {
+            let out = r.join().unwrap();
+            assert!(out.success(), "{out}");
+            assert_eq!(out.stdout, format!("cached {tag}\n"));
+        }
+    });
+    let entries = cache_entries(&wasm);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    for c in &containers {
+        c.remove_and_check();
+    }
+    let _ = std::fs::remove_file(&entries[0]);
+}
