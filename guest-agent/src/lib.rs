@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod container;
+pub mod containers;
 pub mod pid1;
 pub mod service;
 

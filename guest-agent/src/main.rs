@@ -23,7 +23,13 @@ fn main() {
             eprintln!("strata-guest-agent: --listen-unix needs a path");
             std::process::exit(2);
         };
-        let r = serve(&format!("unix://{path}"));
+        let state = args
+            .iter()
+            .position(|a| a == "--state")
+            .and_then(|i| args.get(i + 1))
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(format!("{path}.state")));
+        let r = serve(&format!("unix://{path}"), &state);
         let _ = std::fs::remove_file(path);
         if let Err(e) = r {
             eprintln!("strata-guest-agent: {e}");
@@ -60,12 +66,9 @@ fn guest_mode() -> ! {
         }
         pid1::power_off();
     }
-    std::thread::spawn(|| loop {
-        pid1::reap_orphans();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    });
     println!("strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT}");
-    if let Err(e) = serve(&format!("vsock://-1:{AGENT_VSOCK_PORT}")) {
+    let state = std::path::Path::new("/run/strata/containers");
+    if let Err(e) = serve(&format!("vsock://-1:{AGENT_VSOCK_PORT}"), state) {
         eprintln!("strata-guest-agent: {e}");
     }
     pid1::power_off()

@@ -1,11 +1,10 @@
-//! PID 1's duties: the basic mounts, reaping orphans, and powering the VM off.
+//! PID 1's duties: the basic mounts and powering the VM off. (Orphans are reaped by
+//! `strata-backend`'s reaper, which the service starts.)
 
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 /// Errors of PID 1's set-up.
 #[derive(Debug, thiserror::Error)]
@@ -78,17 +77,6 @@ pub fn selftest() -> String {
         std::process::id(),
         mounted_basics().join(",")
     )
-}
-
-/// Reaps every exited child without blocking; returns how many.
-pub fn reap_orphans() -> usize {
-    let mut n = 0;
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return n,
-            Ok(_) => n += 1,
-        }
-    }
 }
 
 /// Syncs and restarts the machine, which Strata's VMM (with `reboot=k`) takes as a clean

@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 
 use ttrpc::TtrpcContext;
 
+use crate::containers::{to_ttrpc, Containers};
 use crate::proto::agent::{
-    PingRequest, PingResponse, ShutdownRequest, ShutdownResponse, VersionRequest, VersionResponse,
+    CreateContainerRequest, CreateContainerResponse, DeleteRequest, DeleteResponse, ExecRequest,
+    ExecResponse, KillRequest, KillResponse, PingRequest, PingResponse, ShutdownRequest,
+    ShutdownResponse, StartRequest, StartResponse, VersionRequest, VersionResponse, WaitRequest,
+    WaitResponse,
 };
 use crate::proto::agent_ttrpc::{create_agent, Agent};
 use crate::PROTOCOL_VERSION;
@@ -28,6 +32,11 @@ pub enum ServeError {
 struct AgentService {
     started: Instant,
     shutdown: Mutex<Option<Sender<()>>>,
+    containers: Containers,
+}
+
+fn deadline(ctx: &TtrpcContext) -> Option<Instant> {
+    (ctx.timeout_nano > 0).then(|| Instant::now() + Duration::from_nanos(ctx.timeout_nano as u64))
 }
 
 impl Agent for AgentService {
@@ -66,15 +75,78 @@ impl Agent for AgentService {
         }
         Ok(ShutdownResponse::default())
     }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let pid = self
+            .containers
+            .create(&req.id, &req.bundle, req.stdio.as_ref())
+            .map_err(to_ttrpc)?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+        let pid = self
+            .containers
+            .start(&req.id, &req.exec_id)
+            .map_err(to_ttrpc)?;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecRequest) -> ttrpc::Result<ExecResponse> {
+        self.containers
+            .exec(&req.id, &req.exec_id, &req.process_json, req.stdio.as_ref())
+            .map_err(to_ttrpc)?;
+        Ok(ExecResponse::default())
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<KillResponse> {
+        self.containers
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .map_err(to_ttrpc)?;
+        Ok(KillResponse::default())
+    }
+
+    fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        match self.containers.wait(&req.id, &req.exec_id, deadline(ctx)) {
+            Some(exit_status) => Ok(WaitResponse {
+                exit_status,
+                ..Default::default()
+            }),
+            None => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::DEADLINE_EXCEEDED,
+                format!("{} {} has not exited", req.id, req.exec_id),
+            ))),
+        }
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        self.containers
+            .delete(&req.id, &req.exec_id)
+            .map_err(to_ttrpc)?;
+        Ok(DeleteResponse::default())
+    }
 }
 
 /// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`) until a `Shutdown`
-/// request, then returns.
-pub fn serve(addr: &str) -> Result<(), ServeError> {
+/// request, then returns. Container state is kept under `state_root`.
+pub fn serve(addr: &str, state_root: &std::path::Path) -> Result<(), ServeError> {
+    // Every child of the agent (container processes, orphans) is reaped in one place.
+    let _ = strata_backend::reaper::Reaper::global();
     let (tx, rx) = mpsc::channel();
     let service = create_agent(Arc::new(AgentService {
         started: Instant::now(),
         shutdown: Mutex::new(Some(tx)),
+        containers: Containers::new(state_root),
     }));
     let mut server = ttrpc::Server::new()
         .bind(addr)
