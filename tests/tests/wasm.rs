@@ -600,3 +600,92 @@ fn wasm_concurrent_first_starts_of_one_module() {
     }
     let _ = std::fs::remove_file(&entries[0]);
 }
+
+/// A Kubernetes-style pod through containerd's CRI plugin on the handler `strata-wasm`: the
+/// pause container (ELF) runs native, the wasm container runs on the wasm tier, both in one
+/// shim; its output reaches the CRI log; stop and remove leave nothing.
+#[test]
+fn wasm_cri_pod_with_handler_strata_wasm() {
+    use std::collections::HashMap;
+
+    use k8s_cri::v1::ContainerState;
+    use strata_tests::cri::{self, CriEnv};
+    use strata_tests::image::ImageBuilder;
+    use strata_tests::{leaks, skip, HarnessError};
+
+    const TEST: &str = "wasm_cri_pod_with_handler_strata_wasm";
+    if strata_tests::Runtime::from_env().ok() != Some(strata_tests::Runtime::Strata) {
+        eprintln!("SKIP {TEST}: tests a Strata feature");
+        return;
+    }
+    let env = match CriEnv::start(std::path::Path::new(env!("CARGO_BIN_EXE_strata-testenv"))) {
+        Ok(e) => e,
+        Err(HarnessError::Missing(why)) => return skip(TEST, &why),
+        Err(e) => panic!("{TEST}: {e}"),
+    };
+    const IMAGE: &str = "localhost/strata-test/wasm-hello:1";
+    let wasm = module(
+        r#"(data (i32.const 1024) "hello from a wasm pod\n")
+           (func (export "_start")
+             (call $write (i32.const 1) (i32.const 1024) (i32.const 22))
+             (loop $l (br $l)))"#,
+    );
+    let mut image = ImageBuilder::busybox(IMAGE).unwrap();
+    image.file("app.wasm", wasm, 0o644).cmd(&["/app.wasm"]);
+    env.import(&image).expect("importing the wasm image");
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("strata-wasm-pod", HashMap::new());
+        let pod = c
+            .run_pod(&pod_config, "strata-wasm")
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "RunPodSandbox on strata-wasm: {s}\n{}",
+                    env.harness.log_lines("", 30)
+                )
+            });
+        let mut cfg = env.container_config("hello", &["/app.wasm"]);
+        cfg.image.as_mut().unwrap().image = IMAGE.into();
+        let id = c
+            .start_container(&pod, &cfg, &pod_config)
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "starting the wasm container: {s}\n{}",
+                    env.harness.log_lines(&pod, 30)
+                )
+            });
+        let (st, info) = c.container_status(&id).await.expect("ContainerStatus");
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+        let pid = cri::info_pid(&info).expect("container pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).starts_with("strata-wasm:"),
+            "the container is not a wasm runner: {:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        let shims: Vec<_> = env.shim_processes();
+        assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+        let log = PathBuf::from(&pod_config.log_directory).join("hello.log");
+        let seen = cmd::poll(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("hello from a wasm pod"))
+        });
+        assert!(seen.is_some(), "no output in {}", log.display());
+
+        c.stop_pod(&pod).await.expect("StopPodSandbox");
+        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+        let ids = [pod.as_str(), id.as_str()];
+        let mut left = Vec::new();
+        let clean = cmd::poll(Duration::from_secs(20), || {
+            left = leaks::processes(&ids);
+            left.extend(leaks::mounts(&ids));
+            left.extend(leaks::cgroups(&ids));
+            left.extend(leaks::state_dirs(&env.harness, &ids));
+            left.is_empty().then_some(())
+        });
+        assert!(clean.is_some(), "left behind: {left:?}");
+    });
+}
