@@ -44,6 +44,16 @@ fn guest_mode() -> ! {
     if let Err(e) = pid1::mount_basics() {
         eprintln!("strata-guest-agent: {e}");
     }
+    match pid1::leave_initramfs() {
+        Ok(true) => {
+            // The basic mounts stayed with the old root.
+            if let Err(e) = pid1::mount_basics() {
+                eprintln!("strata-guest-agent: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!("strata-guest-agent: leaving the initramfs: {e}"),
+    }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let param = |name: &str| {
         cmdline
@@ -64,6 +74,11 @@ fn guest_mode() -> ! {
                 Err(e) => println!("strata-guest-agent: container failed: {e}"),
             }
         }
+        // strata.bundle=/dev/vdX: an OCI bundle (config.json, rootfs/) on that device; create
+        // and run it with the native backend's code, its output on the console.
+        if let Some(dev) = param("strata.bundle") {
+            println!("strata-guest-agent: {}", run_bundle(&dev));
+        }
         pid1::power_off();
     }
     println!("strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT}");
@@ -72,4 +87,33 @@ fn guest_mode() -> ! {
         eprintln!("strata-guest-agent: {e}");
     }
     pid1::power_off()
+}
+
+/// The self-test's OCI container: the bundle device mounted with an overlay, created, started
+/// and waited for through [`Containers`](strata_guest_agent::containers::Containers).
+fn run_bundle(dev: &str) -> String {
+    use strata_guest_agent::containers::Containers;
+    use strata_guest_agent::proto::agent::Stdio;
+    let bundle = match strata_guest_agent::container::prepare_rootfs(dev) {
+        Ok(b) => b,
+        Err(e) => return format!("bundle failed: {e}"),
+    };
+    let _ = strata_backend::reaper::Reaper::global();
+    let c = Containers::new("/run/strata/containers");
+    let io = Stdio {
+        stdout: "/dev/console".into(),
+        stderr: "/dev/console".into(),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    match c
+        .create("selftest", bundle, Some(&io))
+        .and_then(|_| c.start("selftest", ""))
+    {
+        Ok(_) => match c.wait("selftest", "", Some(deadline)) {
+            Some(status) => format!("OCI container exited with status {status}"),
+            None => "OCI container did not exit within 120 s".into(),
+        },
+        Err(e) => format!("OCI container failed: {e}"),
+    }
 }

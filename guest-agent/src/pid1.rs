@@ -1,6 +1,7 @@
 //! PID 1's duties: the basic mounts and powering the VM off. (Orphans are reaped by
 //! `strata-backend`'s reaper, which the service starts.)
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
@@ -77,6 +78,79 @@ pub fn selftest() -> String {
         std::process::id(),
         mounted_basics().join(",")
     )
+}
+
+/// Moves PID 1 off the initramfs onto a tmpfs copy of it (what `switch_root` does), because
+/// `pivot_root(2)`, which container runtimes use, refuses to run from the initramfs (rootfs).
+/// Returns false, changing nothing, when `/` is not the initramfs.
+pub fn leave_initramfs() -> Result<bool, Pid1Error> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let root_fs = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&"/"))
+        .map(|f| f.get(2).copied().unwrap_or(""))
+        .next_back()
+        .unwrap_or("");
+    if root_fs != "rootfs" && root_fs != "ramfs" {
+        return Ok(false);
+    }
+    const NEW: &str = "/newroot";
+    std::fs::create_dir_all(NEW).map_err(|e| Pid1Error::Mkdir(NEW, e))?;
+    mount(
+        Some("tmpfs"),
+        NEW,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|source| Pid1Error::Mount {
+        what: "tmpfs",
+        target: NEW,
+        source,
+    })?;
+    copy_tree(Path::new("/"), Path::new(NEW)).map_err(|e| Pid1Error::Mkdir(NEW, e))?;
+    let step = |what: &'static str| {
+        move |source| Pid1Error::Mount {
+            what,
+            target: "/",
+            source,
+        }
+    };
+    nix::unistd::chdir(NEW).map_err(step("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(step("move"))?;
+    nix::unistd::chroot(".").map_err(step("chroot"))?;
+    nix::unistd::chdir("/").map_err(step("chdir"))?;
+    Ok(true)
+}
+
+/// Copies the initramfs' own files (not the mounted /proc, /sys, /dev, /run, nor the target).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let src = e.path();
+        if from == Path::new("/")
+            && ["/proc", "/sys", "/dev", "/run", "/newroot"]
+                .iter()
+                .any(|p| src == Path::new(p))
+        {
+            std::fs::create_dir_all(to.join(e.file_name()))?;
+            continue;
+        }
+        let dst = to.join(e.file_name());
+        let md = std::fs::symlink_metadata(&src)?;
+        if md.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if md.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode()))?;
+            copy_tree(&src, &dst)?;
+        } else if md.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Syncs and restarts the machine, which Strata's VMM (with `reboot=k`) takes as a clean

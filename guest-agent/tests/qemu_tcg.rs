@@ -241,3 +241,112 @@ fn container_runs_on_a_virtio_blk_rootfs_under_qemu_tcg() {
         );
     }
 }
+
+/// An OCI container inside the guest: a bundle (config.json + busybox rootfs) on a virtio-blk
+/// device; the agent, moved off the initramfs, creates and runs it with the native backend's
+/// code (libcontainer) and reports its exit status.
+#[test]
+fn oci_container_runs_inside_the_guest_under_qemu_tcg() {
+    let Ok(qemu) = which("qemu-system-x86_64") else {
+        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    };
+    let out = Command::new(root().join("scripts/build-guest-kernel"))
+        .arg("--cached")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+    }
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.exists()
+        || ldd
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
+            .unwrap_or(true)
+    {
+        return skip("no static /bin/busybox (apt-get install busybox-static)");
+    }
+    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dir = std::env::temp_dir().join(format!("strata-qemu-oci-{}", std::process::id()));
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
+    }
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "hostname"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let spec = format!(
+        r#"{{"ociVersion":"1.0.2",
+  "process":{{"terminal":false,"user":{{"uid":0,"gid":0}},
+    "args":["/bin/sh","-c","echo hello from an OCI container; hostname; echo pid=$$"],
+    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true}},
+  "root":{{"path":"rootfs","readonly":false}},
+  "hostname":"oci-guest",
+  "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+    {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
+  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}}]}}}}"#
+    );
+    std::fs::write(bundle.join("config.json"), spec).unwrap();
+    let img = dir.join("bundle.ext4");
+    let st = Command::new("mke2fs")
+        .args(["-F", "-q", "-t", "ext4", "-d"])
+        .arg(&bundle)
+        .arg(&img)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let initrd = dir.join("initramfs.cpio.gz");
+    let st = Command::new(root().join("scripts/build-initramfs"))
+        .arg(&initrd)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "build-initramfs failed");
+    let out = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,rtc=off,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-drive")
+        .arg(format!(
+            "id=bundle,file={},format=raw,if=none,readonly=on",
+            img.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=bundle"])
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.bundle=/dev/vda",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    for want in [
+        "hello from an OCI container",
+        "oci-guest",
+        "pid=1",
+        "OCI container exited with status 0",
+    ] {
+        assert!(
+            console.contains(want),
+            "missing {want:?}; console:\n{console}"
+        );
+    }
+}
