@@ -278,17 +278,15 @@ fn oci_container_runs_inside_the_guest_under_qemu_tcg() {
     for applet in ["sh", "echo", "hostname"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
-    let spec = format!(
-        r#"{{"ociVersion":"1.0.2",
-  "process":{{"terminal":false,"user":{{"uid":0,"gid":0}},
+    let spec = r#"{"ociVersion":"1.0.2",
+  "process":{"terminal":false,"user":{"uid":0,"gid":0},
     "args":["/bin/sh","-c","echo hello from an OCI container; hostname; echo pid=$$"],
-    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true}},
-  "root":{{"path":"rootfs","readonly":false}},
+    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true},
+  "root":{"path":"rootfs","readonly":false},
   "hostname":"oci-guest",
-  "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
-    {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
-  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}}]}}}}"#
-    );
+  "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+    {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}],
+  "linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"}]}}"#;
     std::fs::write(bundle.join("config.json"), spec).unwrap();
     let img = dir.join("bundle.ext4");
     let st = Command::new("mke2fs")
