@@ -311,6 +311,9 @@ pub fn delete(flags: &Flags) -> Result<()> {
     ) {
         tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's sentry state");
     }
+    if record.backend == "wasm" {
+        strata_wasm::cleanup_orphan(&bundle, &flags.namespace, &flags.id);
+    }
     crate::rootfs::unmount(&bundle);
     // The dead shim's socket, unless another shim of the pod still serves on it.
     if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {

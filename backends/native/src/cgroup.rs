@@ -40,6 +40,39 @@ impl Cgroup {
         .map_err(|e| cg_err("open cgroup", e))
     }
 
+    /// Moves `pid` into the cgroup (created if missing) and applies `resources`: for tiers
+    /// whose task is a process of their own rather than a libcontainer container (wasm).
+    pub fn enter(
+        &self,
+        pid: u32,
+        resources: Option<&oci_spec::runtime::LinuxResources>,
+    ) -> Result<()> {
+        let m = self.manager()?;
+        m.add_task(nix::unistd::Pid::from_raw(pid as i32))
+            .map_err(|e| cg_err("move the task into its cgroup", e))?;
+        if let Some(resources) = resources {
+            self.update(resources)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process in the cgroup, then removes it (retrying while they die).
+    pub fn kill_and_remove(&self) {
+        for pid in self.pids().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.freeze(false);
+        for _ in 0..50 {
+            if self.remove().is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn pids(&self) -> Result<Vec<u32>> {
         let pids = self
             .manager()?

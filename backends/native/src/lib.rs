@@ -11,7 +11,7 @@ mod cgroup;
 mod container;
 mod executor;
 mod netns;
-mod oom;
+pub mod oom;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 
+pub use cgroup::Cgroup;
 pub use container::Container;
 pub use executor::PreExec;
 

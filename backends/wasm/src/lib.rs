@@ -11,7 +11,6 @@
 #![deny(unsafe_code)]
 
 pub mod cache;
-mod cgroup;
 pub mod module;
 pub mod runner;
 mod sys;
@@ -25,6 +24,18 @@ use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpt
 
 pub use module::entrypoint_is_elf;
 pub use runner::run_if_runner;
+
+/// Removes what a task left when its shim died: its runner (killed by its closed control
+/// pipe, or here) and its cgroup. Used by the shim's `delete` action.
+pub fn cleanup_orphan(bundle: &std::path::Path, namespace: &str, id: &str) {
+    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
+        return;
+    };
+    let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&text) else {
+        return;
+    };
+    strata_native::Cgroup::new(task::spec_cgroup_path(&spec, namespace, id), id).kill_and_remove();
+}
 use task::Task;
 
 /// The wasm tier.

@@ -16,9 +16,10 @@ use strata_backend::reaper::Reaper;
 use strata_backend::stdio::ProcessIo;
 use strata_backend::{BackendEvent, BackendKind, CreateOpts, Error, EventSink, Result};
 
-use crate::cgroup::Cgroup;
 use crate::module::{self, WasmKind};
 use crate::runner::{Preopen, TaskConfig, RUNNER_ENV, START};
+use strata_native::oom::{self, OomWatch};
+use strata_native::Cgroup;
 
 /// How long the runner may take to load and compile a module before create gives up.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -65,6 +66,7 @@ pub struct Task {
     control: Mutex<Option<File>>,
     shared: Arc<Shared>,
     started: AtomicBool,
+    oom: Mutex<Option<OomWatch>>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -170,12 +172,16 @@ pub fn task_config(opts: &CreateOpts) -> Result<TaskConfig> {
 
 /// The task's cgroup path: the spec's, else one of Strata's own.
 fn cgroup_path(opts: &CreateOpts) -> PathBuf {
-    let p = opts
-        .spec
+    spec_cgroup_path(&opts.spec, &opts.namespace, &opts.id)
+}
+
+/// The cgroup path a task of this spec gets.
+pub fn spec_cgroup_path(spec: &oci_spec::runtime::Spec, namespace: &str, id: &str) -> PathBuf {
+    let p = spec
         .linux()
         .as_ref()
         .and_then(|l| l.cgroups_path().clone())
-        .unwrap_or_else(|| PathBuf::from(format!("/strata/{}/{}", opts.namespace, opts.id)));
+        .unwrap_or_else(|| PathBuf::from(format!("/strata/{namespace}/{id}")));
     if p.is_absolute() {
         p
     } else {
@@ -303,9 +309,26 @@ impl Task {
             control: Mutex::new(Some(File::from(control_w))),
             shared,
             started: AtomicBool::new(false),
+            oom: Mutex::new(None),
         });
         match task.handshake(opts, &json, File::from(status_r)) {
-            Ok(()) => Ok(task),
+            Ok(()) => {
+                // The runner's memory cgroup: its OOM kills become /tasks/oom.
+                if let Some((dir, v2)) = task.cgroup.memory_dir() {
+                    let id = task.id.clone();
+                    match oom::watch(dir, v2, move || {
+                        events(BackendEvent::Oom {
+                            container_id: id.clone(),
+                        })
+                    }) {
+                        Ok(w) => *task.oom.lock().unwrap() = Some(w),
+                        Err(e) => {
+                            tracing::warn!(id = %task.id, error = %e, "cannot watch for OOM kills")
+                        }
+                    }
+                }
+                Ok(task)
+            }
             Err(e) => {
                 task.destroy();
                 Err(e)
@@ -399,6 +422,9 @@ impl Task {
 
     /// Kills the runner if it still runs, waits for its exit, removes the cgroup.
     pub fn destroy(&self) {
+        if let Some(w) = self.oom.lock().unwrap().take() {
+            w.stop();
+        }
         if !self.exited() {
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
             let _ = self.cgroup.freeze(false);
