@@ -53,6 +53,18 @@ pub struct Config {
     /// Where native containers keep their state.
     #[serde(default)]
     pub state_root: Option<PathBuf>,
+    /// The wasm tier's settings.
+    #[serde(default)]
+    pub wasm: WasmConfig,
+}
+
+/// `[wasm]`: the wasm tier's settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmConfig {
+    /// Where compiled modules are cached; `"off"` disables the cache. Unset: the
+    /// environment's `STRATA_WASM_CACHE_DIR`, else `/var/cache/strata/wasm`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn default_backend() -> BackendKind {
@@ -69,6 +81,7 @@ impl Default for Config {
             default_backend: default_backend(),
             allowed_backends: all_backends(),
             state_root: None,
+            wasm: WasmConfig::default(),
         }
     }
 }
@@ -178,6 +191,13 @@ mod tests {
             e.contains("names no backend") && e.contains("microvm, sentry"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn wasm_cache_dir_is_configurable() {
+        let c = Config::parse("[wasm]\ncache_dir = \"/srv/wasm\"\n", Path::new("a")).unwrap();
+        assert_eq!(c.wasm.cache_dir.as_deref(), Some(Path::new("/srv/wasm")));
+        assert!(Config::parse("[wasm]\ncache = 1\n", Path::new("a")).is_err());
     }
 
     #[test]

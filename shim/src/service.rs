@@ -218,7 +218,11 @@ impl TaskService {
                     return Ok(b.clone());
                 }
                 // Tasks run in this binary re-executed as a runner (strata_wasm::runner).
-                let b = Arc::new(WasmBackend::with_current_exe(self.sink())?);
+                let mut b = WasmBackend::with_current_exe(self.sink())?;
+                if let Some(dir) = &cfg.wasm.cache_dir {
+                    b = b.with_cache_dir((dir.as_os_str() != "off").then(|| dir.clone()));
+                }
+                let b = Arc::new(b);
                 Ok(self.inner.wasm.get_or_init(|| b).clone())
             }
             other => Err(Error::Unavailable {

@@ -43,6 +43,7 @@ pub struct WasmBackend {
     runner: PathBuf,
     events: EventSink,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    cache_dir: Option<PathBuf>,
 }
 
 fn unsupported(op: &'static str) -> Error {
@@ -60,7 +61,15 @@ impl WasmBackend {
             runner: runner.into(),
             events,
             tasks: Mutex::new(HashMap::new()),
+            cache_dir: cache::dir_from_env(),
         }
+    }
+
+    /// Where compiled modules are cached (None: no cache). Without this, the environment's
+    /// `STRATA_WASM_CACHE_DIR`, else the default directory.
+    pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
     }
 
     /// A backend whose runner is this very executable.
@@ -89,7 +98,12 @@ impl Backend for WasmBackend {
         if self.tasks.lock().unwrap().contains_key(&opts.id) {
             return Err(Error::AlreadyExists(format!("container {}", opts.id)));
         }
-        let task = Task::create(&opts, &self.runner, self.events.clone())?;
+        let task = Task::create(
+            &opts,
+            &self.runner,
+            self.events.clone(),
+            self.cache_dir.clone(),
+        )?;
         let pid = task.pid;
         let mut tasks = self.tasks.lock().unwrap();
         if tasks.contains_key(&opts.id) {

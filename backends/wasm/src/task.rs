@@ -74,7 +74,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 /// Builds the runner's configuration from the spec; every error here names what to fix.
-pub fn task_config(opts: &CreateOpts) -> Result<TaskConfig> {
+pub fn task_config(opts: &CreateOpts, cache_dir: Option<PathBuf>) -> Result<TaskConfig> {
     let spec = &opts.spec;
     let process = spec
         .process()
@@ -166,7 +166,7 @@ pub fn task_config(opts: &CreateOpts) -> Result<TaskConfig> {
         env,
         preopens,
         memory_limit,
-        cache_dir: crate::cache::dir_from_env(),
+        cache_dir,
     })
 }
 
@@ -236,14 +236,19 @@ fn read_status(status: &File, timeout: Duration) -> std::result::Result<String, 
 impl Task {
     /// Spawns the runner, puts it in its cgroup, hands it its configuration and waits until
     /// it has loaded and linked the module. The module does not run before [`Task::start`].
-    pub fn create(opts: &CreateOpts, runner: &Path, events: EventSink) -> Result<Arc<Task>> {
+    pub fn create(
+        opts: &CreateOpts,
+        runner: &Path,
+        events: EventSink,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Arc<Task>> {
         if opts.stdio.terminal {
             return Err(Error::Unsupported {
                 backend: BackendKind::Wasm,
                 op: "a terminal (run without -t)",
             });
         }
-        let cfg = task_config(opts)?;
+        let cfg = task_config(opts, cache_dir)?;
         let json = serde_json::to_vec(&cfg)
             .map_err(|e| Error::Other(format!("task configuration: {e}")))?;
         let io = Arc::new(ProcessIo::pipes(&opts.stdio)?);
