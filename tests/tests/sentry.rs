@@ -555,7 +555,22 @@ fn a_pod_picks_a_policy_only_within_the_configuration() {
 fn supervisor_death_fails_closed() {
     let h = harness!();
     strata_only!(h);
-    let c = h.container("sentry-failclosed");
+    // containerd's clean-up of a dead shim kills the workload within milliseconds; on a
+    // loaded machine the workload may not run in that window at all. Try a few times; one
+    // observed failure is enough to check the property, and every try checks it.
+    for attempt in 0..5 {
+        if supervisor_death_attempt(h, attempt) {
+            return;
+        }
+    }
+    if on_ci() {
+        panic!("in 5 tries the workload was always killed before it tried an open without its supervisor");
+    }
+}
+
+/// One try: true when the workload saw its trapped calls fail after the shim died.
+fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
+    let c = h.container(&format!("sentry-failclosed{attempt}"));
     let mut spec = c.spec(&[
         "sh",
         "-c",
@@ -604,19 +619,20 @@ fn supervisor_death_fails_closed() {
     let text = read();
     let _ = std::fs::remove_file(&path);
     c.remove();
-    // Either the workload saw its trapped calls fail, or containerd's clean-up killed it
-    // first; never may an open succeed after one failed.
-    eprintln!("fail-closed: workload saw a failure: {}", failed.is_some());
+    eprintln!(
+        "fail-closed try {attempt}: workload saw a failure: {}",
+        failed.is_some()
+    );
+    // Never may an open succeed after one failed.
     if failed.is_some() {
         let after = text.split_once("fail").map(|(_, r)| r).unwrap_or("");
         assert!(
             !after.contains("ok"),
             "an open succeeded after the supervisor died"
         );
-    } else if on_ci() {
-        panic!("the workload was killed before it tried an open without its supervisor");
     }
     c.assert_no_leaks();
+    failed.is_some()
 }
 
 #[test]
