@@ -150,7 +150,8 @@ fn main() -> Result<()> {
     let per = |total: u64| total as f64 / 1024.0 / a.containers as f64;
     h.stop();
 
-    let profile = dir
+    let profile = h
+        .shim_dir
         .file_name()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default();
