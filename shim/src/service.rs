@@ -46,6 +46,23 @@ pub fn now() -> Timestamp {
     }
 }
 
+/// The wasm runner binary, next to this shim binary.
+fn wasm_runner_path() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("locate the shim binary to find strata-wasm-runner", e))?;
+    let runner = exe.with_file_name("strata-wasm-runner");
+    if !runner.is_file() {
+        return Err(Error::Unavailable {
+            backend: BackendKind::Wasm,
+            reason: format!(
+                "{} is missing: install strata-wasm-runner next to the shim",
+                runner.display()
+            ),
+        });
+    }
+    Ok(runner)
+}
+
 /// Maps a backend error to the ttrpc code containerd and kubelet act on.
 pub fn to_ttrpc(e: Error) -> ttrpc::Error {
     let code = match &e {
@@ -217,8 +234,8 @@ impl TaskService {
                 if let Some(b) = self.inner.wasm.get() {
                     return Ok(b.clone());
                 }
-                // Tasks run in this binary re-executed as a runner (strata_wasm::runner).
-                let mut b = WasmBackend::with_current_exe(self.sink())?;
+                // Tasks run in strata-wasm-runner, installed next to the shim.
+                let mut b = WasmBackend::new(wasm_runner_path()?, self.sink());
                 if let Some(dir) = &cfg.wasm.cache_dir {
                     b = b.with_cache_dir((dir.as_os_str() != "off").then(|| dir.clone()));
                 }

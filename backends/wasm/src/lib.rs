@@ -55,7 +55,7 @@ fn unsupported(op: &'static str) -> Error {
 
 impl WasmBackend {
     /// A backend whose tasks run in `runner`: a binary whose `main` calls
-    /// [`run_if_runner`] first (the shim binary itself).
+    /// [`run_if_runner`] first (`strata-wasm-runner`).
     pub fn new(runner: impl Into<PathBuf>, events: EventSink) -> Self {
         WasmBackend {
             runner: runner.into(),
@@ -70,13 +70,6 @@ impl WasmBackend {
     pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
         self.cache_dir = dir;
         self
-    }
-
-    /// A backend whose runner is this very executable.
-    pub fn with_current_exe(events: EventSink) -> Result<Self> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Error::io("locate the shim binary to run wasm tasks", e))?;
-        Ok(WasmBackend::new(exe, events))
     }
 
     fn get(&self, id: &str) -> Result<Arc<Task>> {
