@@ -38,20 +38,31 @@ fn setup_logging(debug: bool) {
         .read(true)
         .write(true)
         .open("log");
-    let filter = if debug { "debug" } else { "info" };
+    // A plain level (STRATA_LOG=trace|debug|info|warn|error), not an EnvFilter: parsing
+    // directives compiles regexes, code and heap every shim process would pay for.
+    let level = std::env::var("STRATA_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(if debug {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        });
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("STRATA_LOG").unwrap_or_else(|_| filter.to_string()),
-        ))
+        .with_max_level(level)
         .with_ansi(false);
-    match file {
-        Ok(f) => {
-            let _ = builder.with_writer(std::sync::Mutex::new(f)).try_init();
-        }
-        Err(_) => {
-            let _ = builder.with_writer(std::io::sink).try_init();
-        }
-    }
+    // No Mutex around the writer: libcontainer forks from this multi-threaded process and
+    // its children log too; a lock another thread held at the fork would never be released
+    // in the child. Each event is formatted first, then written with one write(2) on a
+    // shared file, which is atomic on the FIFO for lines under PIPE_BUF.
+    let file: &'static std::fs::File = match file {
+        Ok(f) => Box::leak(Box::new(f)),
+        Err(_) => match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            Ok(f) => Box::leak(Box::new(f)),
+            Err(_) => return,
+        },
+    };
+    let _ = builder.with_writer(move || file).try_init();
 }
 
 /// Runs the daemon.
