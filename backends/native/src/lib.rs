@@ -72,7 +72,8 @@ impl NativeBackend {
     }
 }
 
-fn sanitize(s: &str) -> String {
+/// A name made safe to be one path component (namespaces, ids).
+pub fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {

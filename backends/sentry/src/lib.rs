@@ -54,17 +54,7 @@ pub struct SentryBackend {
     supervised: Mutex<HashMap<String, Supervised>>,
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+use strata_native::sanitize;
 
 /// The sentry directory of a container.
 pub fn container_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
