@@ -1,0 +1,269 @@
+//! `strata-bench-wasm`: the wasm tier's start latency and memory, on one private containerd.
+//!
+//! 1. `ctr run --rm` of a hello module on the wasm tier, cold (its compiled-module cache entry
+//!    removed before each run) and warm, interleaved with the native tier running busybox
+//!    `echo hello`, N runs each; medians.
+//! 2. The bare engine: the wasmtime CLI (`wasmtime run --allow-precompiled` of the module
+//!    precompiled by `wasmtime compile`) on the same module, if `wasmtime` is on PATH or in
+//!    ~/.cargo/bin: the shim's cost above the engine is the ratio warm / CLI.
+//! 3. Memory of a running wasm task: RSS and PSS of its shim process plus its runner process.
+//!
+//! `strata-bench-wasm [--runs N] [--write FILE]`: prints the figures; with `--write` also puts
+//! them into FILE (docs/benchmarks.md) between its wasm result markers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use strata_tests::daemon::pids_with_cmdline;
+use strata_tests::{DaemonOptions, Harness};
+
+const STRATA: &str = "io.containerd.strata.v2";
+const BEGIN: &str = "<!-- bench-wasm:begin -->";
+const END: &str = "<!-- bench-wasm:end -->";
+const CACHE_DIR: &str = "/var/cache/strata/wasm";
+
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "hello\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+/// Sleeps 600 s in poll_oneoff (one relative clock subscription at 0, event out at 64).
+const SLEEPER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 600000000000))
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Removes every cache entry of the module with digest `digest`.
+fn drop_cache_entries(digest: &str) {
+    if let Ok(rd) = std::fs::read_dir(CACHE_DIR) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(digest) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn run_wasm(h: &Harness, wasm: &[u8]) -> Result<Duration> {
+    let c = h.container("wbench");
+    let mut spec = c.spec(&["/app.wasm"]);
+    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
+    std::fs::write(root.join("app.wasm"), wasm)?;
+    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
+    let out = c.run_spec(&spec, &[]);
+    if !out.success() || out.stdout != "hello\n" {
+        bail!("wasm run: {out}");
+    }
+    Ok(out.elapsed)
+}
+
+fn run_native(h: &Harness) -> Result<Duration> {
+    let c = h.container("nbench");
+    let out = c.run(&["echo", "hello"]);
+    if !out.success() {
+        bail!("native run: {out}");
+    }
+    Ok(out.elapsed)
+}
+
+fn wasmtime_cli() -> Option<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let candidates = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("wasmtime"))
+        .chain([Path::new(&home).join(".cargo/bin/wasmtime")])
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn smaps(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0u64)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn main() -> Result<()> {
+    let mut runs = 20usize;
+    let mut write: Option<PathBuf> = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => runs = it.next().context("--runs N")?.parse()?,
+            "--write" => write = Some(it.next().context("--write FILE")?.into()),
+            _ => bail!("usage: strata-bench-wasm [--runs N] [--write FILE]"),
+        }
+    }
+    let hello = wat::parse_str(HELLO)?;
+    let digest = hex(&hello);
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the binary's directory")?;
+    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    run_native(&h)?;
+    run_wasm(&h, &hello)?;
+    let (mut cold, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        drop_cache_entries(&digest);
+        cold.push(run_wasm(&h, &hello)?);
+        warm.push(run_wasm(&h, &hello)?);
+        native.push(run_native(&h)?);
+    }
+    let (cm, wm, nm) = (median(&mut cold), median(&mut warm), median(&mut native));
+
+    // The bare engine on the same module, precompiled (the counterpart of a warm cache).
+    let cli = wasmtime_cli().map(|cli| -> Result<(String, Duration)> {
+        let tmp = std::env::temp_dir().join(format!("strata-bench-wasm-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::write(tmp.join("hello.wasm"), &hello)?;
+        let st = Command::new(&cli)
+            .args(["compile", "-o"])
+            .arg(tmp.join("hello.cwasm"))
+            .arg(tmp.join("hello.wasm"))
+            .status()?;
+        if !st.success() {
+            bail!("wasmtime compile failed");
+        }
+        let mut t = Vec::new();
+        for _ in 0..runs.max(5) {
+            let start = Instant::now();
+            let out = Command::new(&cli)
+                .args(["run", "--allow-precompiled"])
+                .arg(tmp.join("hello.cwasm"))
+                .output()?;
+            t.push(start.elapsed());
+            if out.stdout != b"hello\n" {
+                bail!(
+                    "wasmtime run printed {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        let version = Command::new(&cli)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Ok((version, median(&mut t)))
+    });
+    let cli = cli.transpose()?;
+
+    // Memory of a running task: its shim plus its runner.
+    let sleeper = wat::parse_str(SLEEPER)?;
+    let c = h.container("wmem");
+    let mut spec = c.spec(&["/app.wasm"]);
+    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
+    std::fs::write(root.join("app.wasm"), &sleeper)?;
+    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
+    let path = h.info.state.join(format!("{}.json", c.id));
+    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+    let out = h.ctr_run(&[
+        "run",
+        "-d",
+        "--runtime",
+        STRATA,
+        "--config",
+        &path.to_string_lossy(),
+        &c.id,
+    ]);
+    if !out.success() {
+        bail!("starting the sleeping wasm task: {out}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let shim = pids_with_cmdline(&format!("-id {} ", c.id))
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("containerd-shim-strata-v2"))
+        .map(|(p, _)| p)
+        .context("the task's shim")?;
+    let runner = c.pid().context("the task's pid")?;
+    let (srss, spss) = smaps(shim);
+    let (rrss, rpss) = smaps(runner);
+    let _ = c.kill("SIGKILL");
+    c.remove();
+    let _ = std::fs::remove_file(&path);
+    h.stop();
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let cli_rows = match &cli {
+        Some((v, t)) => format!(
+            "| bare engine: `wasmtime run --allow-precompiled` ({v}), median of {n} | {t} | warm / CLI: {ratio:.2}x | warm at most 1.5x the CLI |\n",
+            n = runs.max(5),
+            t = ms(*t),
+            ratio = wm.as_secs_f64() / t.as_secs_f64(),
+        ),
+        None => "| bare engine: wasmtime CLI | not installed (`cargo install wasmtime-cli`) | | warm at most 1.5x the CLI |\n".into(),
+    };
+    let results = format!(
+        "Measured {date}, {runs} interleaved runs each.\n\n\
+         | | median | ratio | target |\n\
+         |---|---|---|---|\n\
+         | `ctr run --rm` hello, wasm tier, cold (cache entry removed) | {cold} | cold / native: {cr:.2}x | |\n\
+         | `ctr run --rm` hello, wasm tier, warm (cached compiled module) | {warm} | warm / native: {wr:.2}x | |\n\
+         | `ctr run --rm` busybox `echo hello`, native tier | {native} | | |\n\
+         {cli_rows}\
+         | running wasm task: shim + runner RSS | {rss:.1} MiB (shim {srss:.1} + runner {rrss:.1}) | | at most 15 MiB per task |\n\
+         | running wasm task: shim + runner PSS | {pss:.1} MiB (shim {spss:.1} + runner {rpss:.1}) | | |\n",
+        date = String::from_utf8_lossy(&Command::new("date").arg("-u").output()?.stdout).trim(),
+        cold = ms(cm),
+        warm = ms(wm),
+        native = ms(nm),
+        cr = cm.as_secs_f64() / nm.as_secs_f64(),
+        wr = wm.as_secs_f64() / nm.as_secs_f64(),
+        rss = mib(srss + rrss),
+        srss = mib(srss),
+        rrss = mib(rrss),
+        pss = mib(spss + rpss),
+        spss = mib(spss),
+        rpss = mib(rpss),
+    );
+    println!("{results}");
+    if let Some(path) = write {
+        let doc = std::fs::read_to_string(&path)?;
+        let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+            bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+        };
+        std::fs::write(
+            &path,
+            format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]),
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
