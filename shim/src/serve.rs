@@ -109,7 +109,19 @@ pub fn serve(flags: &Flags) -> Result<()> {
 
     exit.wait();
     service.flush_events();
-    server.shutdown();
+    // A handler blocked for good (a Wait nobody will answer) must not keep the shim alive:
+    // give the server a moment to stop cleanly, then leave anyway.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    if done_rx
+        .recv_timeout(std::time::Duration::from_secs(2))
+        .is_err()
+    {
+        tracing::warn!("ttrpc server did not stop within 2 s; exiting anyway");
+    }
     let path = flags
         .socket
         .strip_prefix("unix://")

@@ -101,7 +101,22 @@ struct Proc {
     exited: Condvar,
 }
 
+/// The exit status of an exec whose start failed (as `sh` reports a command it cannot run).
+const EXEC_START_FAILED: u32 = 127;
+
 impl Proc {
+    /// Marks the process ended with `status` unless it already has, and wakes its waiters.
+    fn finish(&self, status: u32) {
+        let mut st = self.st.lock().unwrap();
+        if st.phase != Phase::Stopped {
+            st.phase = Phase::Stopped;
+            st.exit_status = status;
+            st.exited_at = Some(now());
+        }
+        drop(st);
+        self.exited.notify_all();
+    }
+
     fn new(stdio: StdioPaths, pid: u32) -> Arc<Proc> {
         Arc::new(Proc {
             stdio,
@@ -512,10 +527,17 @@ impl Task for TaskService {
         let ctr = self.ctr(&req.id)?;
         let proc = ctr.proc(&req.exec_id)?;
         let _l = ctr.lifecycle.lock().unwrap();
-        let pid = ctr
-            .backend
-            .start(&req.id, opt(&req.exec_id))
-            .map_err(to_ttrpc)?;
+        let pid = match ctr.backend.start(&req.id, opt(&req.exec_id)) {
+            Ok(pid) => pid,
+            Err(e) => {
+                // An exec that never ran has ended: its Wait (containerd asks before Start)
+                // must return, or it would hold a ttrpc worker forever.
+                if !req.exec_id.is_empty() {
+                    proc.finish(EXEC_START_FAILED);
+                }
+                return Err(to_ttrpc(e));
+            }
+        };
         {
             let mut st = proc.st.lock().unwrap();
             st.pid = pid;
@@ -577,6 +599,11 @@ impl Task for TaskService {
             }
         };
         if req.exec_id.is_empty() {
+            // Whatever still waits on this container's processes gets an answer.
+            ctr.init.finish(exit_status);
+            for p in ctr.execs.lock().unwrap().values() {
+                p.finish(128 + libc::SIGKILL as u32);
+            }
             crate::rootfs::unmount(&ctr.bundle);
             let _ = std::fs::remove_file(ctr.bundle.join(BUNDLE_RECORD_FILE));
             let _ = std::fs::remove_file(ctr.bundle.join(RUNTIME_OPTIONS_FILE));
