@@ -447,6 +447,11 @@ pub fn teardown(info: &DaemonInfo) {
     }
     let _ = fs::remove_dir_all(&info.root);
     let _ = fs::remove_dir_all(&info.state);
+    // The tiers keep per-namespace state directories (empty once their containers are
+    // gone); this namespace was the daemon's own, so its directories go with it.
+    for tier in ["native", "sentry"] {
+        let _ = fs::remove_dir(Path::new("/run/strata").join(tier).join(&info.namespace));
+    }
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
