@@ -93,80 +93,20 @@ pub const DENIED: &[&str] = &[
     "vm86old",
 ];
 
-/// Every call the sentry handles itself; a policy cannot list these under `[syscalls]`.
-pub const MANAGED: &[&str] = &[
-    "open",
-    "openat",
-    "openat2",
-    "creat",
-    "execve",
-    "execveat",
-    "socket",
-    "connect",
-    "bind",
-    "listen",
-    "uname",
-    "personality",
-    "clone",
-    "clone3",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    "userfaultfd",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "kexec_load",
-    "kexec_file_load",
-    "bpf",
-    "perf_event_open",
-    "unshare",
-    "setns",
-    "mount",
-    "umount2",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "move_mount",
-    "open_tree",
-    "mount_setattr",
-    "pivot_root",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "process_madvise",
-    "pidfd_getfd",
-    "swapon",
-    "swapoff",
-    "acct",
-    "reboot",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "syslog",
-    "lookup_dcookie",
-    "name_to_handle_at",
-    "open_by_handle_at",
-    "quotactl",
-    "quotactl_fd",
-    "sysfs",
-    "_sysctl",
-    "uselib",
-    "ustat",
-    "iopl",
-    "ioperm",
-    "create_module",
-    "get_kernel_syms",
-    "query_module",
-    "nfsservctl",
-    "kcmp",
-    "vm86",
-    "vm86old",
-];
+/// The calls the sentry filters by their arguments (namespace flags), neither trapped nor
+/// refused outright.
+pub const ARG_FILTERED: &[&str] = &["clone", "clone3"];
+
+/// Every call the sentry handles itself (trapped, filtered by argument, or refused); a policy
+/// cannot list these under `[syscalls]`.
+pub fn managed() -> impl Iterator<Item = &'static str> {
+    TRAPPED.iter().chain(ARG_FILTERED).chain(DENIED).copied()
+}
+
+/// Whether the sentry handles `name` itself.
+pub fn is_managed(name: &str) -> bool {
+    managed().any(|n| n == name)
+}
 
 /// Namespace flags that `clone` may not carry.
 pub const CLONE_NS_FLAGS: &[u64] = &[
@@ -208,7 +148,7 @@ pub fn apply(spec: &mut Value, policy: &Policy, listener: &std::path::Path) -> R
     let seccomp = seccomp
         .as_object_mut()
         .ok_or("linux.seccomp is not an object")?;
-    let mut managed: Vec<&str> = MANAGED.to_vec();
+    let mut managed: Vec<&str> = managed().collect();
     managed.extend(policy.extra.keys().map(String::as_str));
 
     // Keep the spec's own rules for every other call.
@@ -296,7 +236,7 @@ mod tests {
     #[test]
     fn every_listed_call_is_managed() {
         for n in TRAPPED.iter().chain(DENIED) {
-            assert!(MANAGED.contains(n), "{n}");
+            assert!(is_managed(n), "{n}");
         }
     }
 }

@@ -309,7 +309,7 @@ impl Policy {
             for name in list {
                 let nr = libseccomp::ScmpSyscall::from_name(name)
                     .map_err(|_| invalid(format!("{key}: no system call named {name:?}")))?;
-                if crate::filter::MANAGED.contains(&name.as_str()) {
+                if crate::filter::is_managed(name) {
                     return Err(invalid(format!(
                         "{key}: {name} is always handled by the sentry and cannot be listed"
                     )));

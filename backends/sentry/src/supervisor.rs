@@ -69,7 +69,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(id: String, policy: Policy, audit: AuditLog, uts: Uts) -> Ctx {
         let mut names = HashMap::new();
-        for n in filter::MANAGED {
+        for n in filter::managed() {
             if let Ok(nr) = libseccomp::ScmpSyscall::from_name(n) {
                 names.insert(i32::from(nr), n.to_string());
             }
