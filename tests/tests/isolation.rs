@@ -325,7 +325,9 @@ fn loopback_is_up_in_a_new_network_namespace() {
     let c = h.container("loopback");
     let script = "cat /sys/class/net/lo/flags; \
         ping -c1 -W2 127.0.0.1 >/dev/null 2>&1 && echo ping-ok || echo ping-failed; \
-        timeout 5 nc -l -p 7777 > /tmp/got & sleep 0.3; echo hi | nc 127.0.0.1 7777; wait; cat /tmp/got";
+        timeout 10 nc -l -p 7777 > /tmp/got & \
+        i=0; while [ $i -lt 50 ]; do echo hi | nc 127.0.0.1 7777 2>/dev/null && break; \
+        i=$((i+1)); sleep 0.1; done; wait; cat /tmp/got";
     let out = c.run(&["sh", "-c", script]);
     let lines: Vec<&str> = out.stdout.lines().collect();
     let flags =
