@@ -56,21 +56,38 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Kills every process in the cgroup, then removes it (retrying while they die).
-    pub fn kill_and_remove(&self) {
+    /// Sends `sig` to every process in the cgroup; for SIGKILL also thaws it, so that the
+    /// kills land even in a paused container.
+    pub fn signal_all(&self, sig: nix::sys::signal::Signal) {
         for pid in self.pids().unwrap_or_default() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
         }
-        let _ = self.freeze(false);
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            let _ = self.freeze(false);
+        }
+    }
+
+    /// SIGKILLs every process in the cgroup (see [`Cgroup::signal_all`]).
+    pub fn kill_all(&self) {
+        self.signal_all(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Removes the cgroup, retrying (for a second at most) while its killed processes die.
+    /// False if it is still there.
+    pub fn remove_retrying(&self) -> bool {
         for _ in 0..50 {
             if self.remove().is_ok() {
-                break;
+                return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        false
+    }
+
+    /// Kills every process in the cgroup, then removes it.
+    pub fn kill_and_remove(&self) {
+        self.kill_all();
+        let _ = self.remove_retrying();
     }
 
     pub fn pids(&self) -> Result<Vec<u32>> {

@@ -342,12 +342,7 @@ impl Container {
         let sig = Signal::try_from(signal)
             .map_err(|_| Error::InvalidArgument(format!("unknown signal {signal}")))?;
         if all && exec_id.is_none() {
-            for pid in self.cgroup.pids().unwrap_or_default() {
-                let _ = kill(Pid::from_raw(pid as i32), sig);
-            }
-            if sig == Signal::SIGKILL {
-                let _ = self.cgroup.freeze(false);
-            }
+            self.cgroup.signal_all(sig);
             return Ok(());
         }
         let proc = match exec_id {
@@ -380,10 +375,7 @@ impl Container {
         if let Some(w) = self.oom.lock().unwrap().take() {
             w.stop();
         }
-        for pid in self.cgroup.pids().unwrap_or_default() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let _ = self.cgroup.freeze(false);
+        self.cgroup.kill_all();
         let init = self.init_pid();
         if init != 0 && !self.init.exited.load(Ordering::SeqCst) {
             let _ = kill(Pid::from_raw(init as i32), Signal::SIGKILL);
@@ -459,10 +451,7 @@ pub fn cleanup_orphan(root: &Path, id: &str) -> Result<()> {
         Ok(mut lc) => {
             let cg = lc.spec().ok().map(|s| Cgroup::new(s.cgroup_path, id));
             if let Some(cg) = &cg {
-                for pid in cg.pids().unwrap_or_default() {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
-                let _ = cg.freeze(false);
+                cg.kill_all();
             }
             if let Some(pid) = lc.pid() {
                 let _ = kill(pid, Signal::SIGKILL);
@@ -471,12 +460,7 @@ pub fn cleanup_orphan(root: &Path, id: &str) -> Result<()> {
                 tracing::warn!(%id, error = %error_chain(&e), "libcontainer delete of an orphan failed");
             }
             if let Some(cg) = cg {
-                for _ in 0..50 {
-                    if cg.remove().is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                let _ = cg.remove_retrying();
             }
         }
         Err(e) => {

@@ -406,12 +406,7 @@ impl Task {
         let sig = Signal::try_from(signal)
             .map_err(|_| Error::InvalidArgument(format!("unknown signal {signal}")))?;
         if all {
-            for pid in self.cgroup.pids().unwrap_or_default() {
-                let _ = kill(Pid::from_raw(pid as i32), sig);
-            }
-            if sig == Signal::SIGKILL {
-                let _ = self.cgroup.freeze(false);
-            }
+            self.cgroup.signal_all(sig);
         }
         if self.exited() {
             if all {
@@ -439,12 +434,8 @@ impl Task {
             tracing::warn!(id = %self.id, pid = self.pid, "wasm runner did not exit after SIGKILL");
         }
         self.io.finish();
-        for _ in 0..50 {
-            if self.cgroup.remove().is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !self.cgroup.remove_retrying() {
+            tracing::warn!(id = %self.id, "cannot remove the wasm task's cgroup");
         }
-        tracing::warn!(id = %self.id, "cannot remove the wasm task's cgroup");
     }
 }
