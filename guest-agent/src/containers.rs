@@ -93,6 +93,7 @@ impl Containers {
             spec,
             stdio: stdio(io),
             namespace: NAMESPACE.to_string(),
+            config_path: None,
         })
     }
 

@@ -379,6 +379,7 @@ impl TaskService {
             spec,
             stdio: stdio.clone(),
             namespace: self.inner.namespace.clone(),
+            config_path: config_path.as_deref().map(PathBuf::from),
         });
         let pid = match created {
             Ok(pid) => pid,

@@ -80,6 +80,9 @@ pub struct CreateOpts {
     pub stdio: StdioPaths,
     /// containerd namespace, used to keep state of different namespaces apart.
     pub namespace: String,
+    /// The Strata configuration file the container was created under, if one was named
+    /// (a tier may keep its own settings beside it).
+    pub config_path: Option<PathBuf>,
 }
 
 /// An additional process to run in an existing container.

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 use strata_native::NativeBackend;
 
@@ -32,15 +31,8 @@ pub use supervisor::{EMULATED_RELEASE, EMULATED_VERSION};
 
 /// Where sentry containers keep their rewritten spec, supervisor socket and audit log.
 pub const DEFAULT_STATE_ROOT: &str = "/run/strata/sentry";
-/// The file `start` leaves in the bundle naming the Strata configuration (the shim's own).
-const RUNTIME_OPTIONS_FILE: &str = "strata-runtime-options.json";
 
 static SOCK_SEQ: AtomicU64 = AtomicU64::new(0);
-
-#[derive(Deserialize, Default)]
-struct RuntimeOptionsRecord {
-    config_path: Option<String>,
-}
 
 struct Supervised {
     dir: PathBuf,
@@ -103,12 +95,8 @@ impl SentryBackend {
     }
 
     fn prepare(&self, opts: &CreateOpts, dir: &Path) -> Result<(supervisor::Listener, PathBuf)> {
-        let record: RuntimeOptionsRecord = std::fs::read(opts.bundle.join(RUNTIME_OPTIONS_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         let annotations = opts.spec.annotations().clone().unwrap_or_default();
-        let policy_dir = policy::policy_dir_for(record.config_path.as_deref().map(Path::new));
+        let policy_dir = policy::policy_dir_for(opts.config_path.as_deref());
         let policy = policy::select(&policy_dir, &annotations)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
 
