@@ -161,6 +161,12 @@ pub struct BundleRecord {
     pub state_root: PathBuf,
 }
 
+/// Removes what `start` and `create` left in the bundle.
+pub fn forget_bundle(bundle: &Path) {
+    let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
+    let _ = std::fs::remove_file(bundle.join(RUNTIME_OPTIONS_FILE));
+}
+
 /// The pod a container belongs to: its shim is shared with the pod's other containers.
 pub fn grouping_id(bundle: &Path, id: &str) -> String {
     let Ok(text) = std::fs::read_to_string(bundle.join("config.json")) else {
@@ -322,8 +328,7 @@ pub fn delete(flags: &Flags) -> Result<()> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
-    let _ = std::fs::remove_file(bundle.join(RUNTIME_OPTIONS_FILE));
+    forget_bundle(&bundle);
     let resp = DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
         exited_at: Some(crate::service::now()).into(),

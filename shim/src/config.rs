@@ -126,6 +126,13 @@ impl Config {
         Config::parse(&text, &path)
     }
 
+    /// Where native containers keep their state: `state_root`, else the native default.
+    pub fn native_state_root(&self) -> PathBuf {
+        self.state_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT))
+    }
+
     /// The tier for a container with these annotations.
     pub fn choose(
         &self,

@@ -221,10 +221,7 @@ impl TaskService {
         match kind {
             BackendKind::Native => {
                 let b = self.inner.native.get_or_init(|| {
-                    let root = cfg
-                        .state_root
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT));
+                    let root = cfg.native_state_root();
                     Arc::new(NativeBackend::new(root, self.sink()))
                 });
                 Ok(b.clone())
@@ -233,10 +230,7 @@ impl TaskService {
                 let b = self.inner.sentry.get_or_init(|| {
                     // Native state root (the shim's `delete` cleans up there), sentry state
                     // (rewritten spec, supervisor socket, audit log) in its own.
-                    let root = cfg
-                        .state_root
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT));
+                    let root = cfg.native_state_root();
                     Arc::new(SentryBackend::new(
                         root,
                         strata_sentry::DEFAULT_STATE_ROOT,
@@ -358,10 +352,7 @@ impl TaskService {
         };
         let record = BundleRecord {
             backend: kind.to_string(),
-            state_root: cfg
-                .state_root
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(strata_native::DEFAULT_STATE_ROOT)),
+            state_root: cfg.native_state_root(),
         };
         let _ = std::fs::write(
             bundle.join(BUNDLE_RECORD_FILE),
@@ -606,8 +597,7 @@ impl Task for TaskService {
                 p.finish(128 + libc::SIGKILL as u32);
             }
             crate::rootfs::unmount(&ctr.bundle);
-            let _ = std::fs::remove_file(ctr.bundle.join(BUNDLE_RECORD_FILE));
-            let _ = std::fs::remove_file(ctr.bundle.join(RUNTIME_OPTIONS_FILE));
+            crate::bootstrap::forget_bundle(&ctr.bundle);
             self.inner.containers.lock().unwrap().remove(&req.id);
             self.inner.events.send(
                 TASK_DELETE_EVENT_TOPIC,
