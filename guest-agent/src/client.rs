@@ -2,12 +2,15 @@
 //! vsock socket), exchange versions, call. Every call has a deadline.
 
 use std::io::{Read, Write};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::proto::agent::{PingRequest, PingResponse, ShutdownRequest, VersionRequest};
+use crate::proto::agent::{
+    OomEventRequest, PingRequest, PingResponse, ShutdownRequest, StatsRequest, StatsResponse,
+    VersionRequest,
+};
 use crate::proto::agent_ttrpc::AgentClient;
 use crate::PROTOCOL_VERSION;
 
@@ -37,10 +40,97 @@ pub enum ClientError {
     Incompatible { agent: u32, host: u32 },
 }
 
+/// How this connection reached the agent, so that stdio ports can be reached the same way.
+#[derive(Clone, Debug)]
+enum Transport {
+    /// The agent as a host process on this Unix socket: port P is `PATH_P`.
+    Unix(PathBuf),
+    /// The VMM's hybrid vsock socket: `CONNECT <port>`.
+    Hybrid(PathBuf),
+    /// AF_VSOCK to this CID.
+    Vsock(u32),
+    /// A ttrpc address of another kind: no streams.
+    Other(String),
+}
+
+/// One of a process's standard streams, connected.
+pub struct StdioStream(std::fs::File);
+
+impl StdioStream {
+    /// Ends the stream in this direction (stdin: the process reads end-of-file).
+    pub fn close_write(&self) -> std::io::Result<()> {
+        nix::sys::socket::shutdown(self.0.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(std::io::Error::from)
+    }
+
+    /// Bounds each read (None: block).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        nix::sys::socket::setsockopt(
+            &self.0,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::from(libc::timeval {
+                tv_sec: t.map_or(0, |t| t.as_secs() as libc::time_t),
+                tv_usec: t.map_or(0, |t| t.subsec_micros() as libc::suseconds_t),
+            }),
+        )
+        .map_err(std::io::Error::from)
+    }
+}
+
+impl Read for StdioStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for StdioStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A connection to the agent, after the version exchange.
 pub struct Agent {
     client: AgentClient,
     timeout: Duration,
+    transport: Transport,
+}
+
+/// Sends `CONNECT <port>\n` on `s` and reads the `OK <host port>` line, byte by byte (what
+/// follows the newline belongs to the stream), at most [`MAX_CONNECT_REPLY`] bytes.
+fn hybrid_connect(s: &mut UnixStream, port: u32, timeout: Duration) -> Result<(), ClientError> {
+    let io = |source| ClientError::Connect {
+        addr: format!("vsock port {port}"),
+        source,
+    };
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io)?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) if line.len() < MAX_CONNECT_REPLY => line.push(b[0]),
+            Ok(_) => {
+                return Err(ClientError::VsockRefused {
+                    port,
+                    reply: String::from_utf8_lossy(&line).into_owned(),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(ClientError::VsockRefused {
+            port,
+            reply: String::from_utf8_lossy(&line).into_owned(),
+        });
+    }
+    s.set_read_timeout(None).map_err(io)
 }
 
 impl Agent {
@@ -50,7 +140,18 @@ impl Agent {
             addr: addr.to_string(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        Self::handshake(AgentClient::new(c), timeout)
+        let transport = if let Some(p) = addr.strip_prefix("unix://") {
+            Transport::Unix(p.into())
+        } else if let Some(cid) = addr
+            .strip_prefix("vsock://")
+            .and_then(|r| r.split(':').next())
+            .and_then(|c| c.parse().ok())
+        {
+            Transport::Vsock(cid)
+        } else {
+            Transport::Other(addr.to_string())
+        };
+        Self::handshake(AgentClient::new(c), timeout, transport)
     }
 
     /// Connects through Strata's hybrid vsock socket: `CONNECT <port>\n`, `OK <host port>\n`,
@@ -60,40 +161,13 @@ impl Agent {
         port: u32,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let addr = uds.display().to_string();
-        let io = |source| ClientError::Connect {
-            addr: addr.clone(),
+        let mut s = UnixStream::connect(uds).map_err(|source| ClientError::Connect {
+            addr: uds.display().to_string(),
             source,
-        };
-        let mut s = UnixStream::connect(uds).map_err(io)?;
-        s.set_read_timeout(Some(timeout)).map_err(io)?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes())
-            .map_err(io)?;
-        // Byte by byte: what follows the newline is ttrpc's.
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        loop {
-            match s.read(&mut b) {
-                Ok(1) if b[0] == b'\n' => break,
-                Ok(1) if line.len() < MAX_CONNECT_REPLY => line.push(b[0]),
-                Ok(_) => {
-                    return Err(ClientError::VsockRefused {
-                        port,
-                        reply: String::from_utf8_lossy(&line).into_owned(),
-                    })
-                }
-                Err(e) => return Err(io(e)),
-            }
-        }
-        if !line.starts_with(b"OK ") {
-            return Err(ClientError::VsockRefused {
-                port,
-                reply: String::from_utf8_lossy(&line).into_owned(),
-            });
-        }
-        s.set_read_timeout(None).map_err(io)?;
+        })?;
+        hybrid_connect(&mut s, port, timeout)?;
         let c = ttrpc::Client::new(s.into_raw_fd()).map_err(ClientError::Client)?;
-        Self::handshake(AgentClient::new(c), timeout)
+        Self::handshake(AgentClient::new(c), timeout, Transport::Hybrid(uds.into()))
     }
 
     /// Connects to a Unix socket path (the agent run as a host process).
@@ -103,14 +177,18 @@ impl Agent {
             source,
         })?;
         let c = ttrpc::Client::new(s.into_raw_fd()).map_err(ClientError::Client)?;
-        Self::handshake(AgentClient::new(c), timeout)
+        Self::handshake(AgentClient::new(c), timeout, Transport::Unix(path.into()))
     }
 
     fn ctx(timeout: Duration) -> ttrpc::context::Context {
         ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
     }
 
-    fn handshake(client: AgentClient, timeout: Duration) -> Result<Self, ClientError> {
+    fn handshake(
+        client: AgentClient,
+        timeout: Duration,
+        transport: Transport,
+    ) -> Result<Self, ClientError> {
         let r = client
             .version(
                 Self::ctx(timeout),
@@ -129,7 +207,11 @@ impl Agent {
                 host: PROTOCOL_VERSION,
             });
         }
-        Ok(Agent { client, timeout })
+        Ok(Agent {
+            client,
+            timeout,
+            transport,
+        })
     }
 
     /// `Ping`: the agent's PID, uptime and mounts.
@@ -151,6 +233,68 @@ impl Agent {
                 call: "Shutdown",
                 source,
             })
+    }
+
+    /// Connects to a stdio port the agent announced (`StdioPorts`), the way this connection
+    /// reached the agent.
+    pub fn open_stream(&self, port: u32) -> Result<StdioStream, ClientError> {
+        let fail = |addr: String, source| ClientError::Connect { addr, source };
+        let fd: OwnedFd = match &self.transport {
+            Transport::Unix(base) => {
+                let p = format!("{}_{port}", base.display());
+                UnixStream::connect(&p).map_err(|e| fail(p, e))?.into()
+            }
+            Transport::Hybrid(uds) => {
+                let mut s =
+                    UnixStream::connect(uds).map_err(|e| fail(uds.display().to_string(), e))?;
+                hybrid_connect(&mut s, port, self.timeout)?;
+                s.into()
+            }
+            Transport::Vsock(cid) => crate::vsock::connect(*cid, port)
+                .map_err(|e| fail(format!("vsock://{cid}:{port}"), e))?,
+            Transport::Other(addr) => {
+                return Err(fail(
+                    addr.clone(),
+                    std::io::Error::other("no stdio streams on this transport"),
+                ))
+            }
+        };
+        Ok(StdioStream(fd.into()))
+    }
+
+    /// `Stats`: the container's cgroup figures inside the guest.
+    pub fn stats(&self, id: &str) -> Result<StatsResponse, ClientError> {
+        self.client
+            .stats(
+                Self::ctx(self.timeout),
+                &StatsRequest {
+                    id: id.to_string(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|source| ClientError::Call {
+                call: "Stats",
+                source,
+            })
+    }
+
+    /// `OomEvent`: the id of the next container whose cgroup saw an OOM kill, waiting at most
+    /// `wait`; `Ok(None)` if none came.
+    pub fn oom_event(&self, wait: Duration) -> Result<Option<String>, ClientError> {
+        let req = OomEventRequest {
+            wait_ms: wait.as_millis().min(u64::MAX as u128) as u64,
+            ..Default::default()
+        };
+        match self.client.oom_event(Self::ctx(wait + self.timeout), &req) {
+            Ok(r) => Ok(Some(r.container_id)),
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::DEADLINE_EXCEEDED => {
+                Ok(None)
+            }
+            Err(source) => Err(ClientError::Call {
+                call: "OomEvent",
+                source,
+            }),
+        }
     }
 
     /// The raw generated client, for calls this wrapper does not cover yet.

@@ -1,15 +1,21 @@
 //! The agent's containers: the protocol's container calls on the native backend's code
-//! (`strata-native`, youki's libcontainer), run inside the guest. Exits reach `Wait` through the
-//! backend's event sink; every child of the agent is reaped by `strata-backend`'s reaper.
+//! (`strata-native`, youki's libcontainer), run inside the guest. Exits reach `Wait` and OOM
+//! kills reach `OomEvent` through the backend's event sink; every child of the agent is reaped
+//! by `strata-backend`'s reaper. Streamed stdio is [`crate::streams`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
-use strata_backend::{Backend, BackendEvent, CreateOpts, Error, ExecOpts, StdioPaths};
+use strata_backend::{Backend, BackendEvent, CreateOpts, Error, ExecOpts, Stats, StdioPaths};
 use strata_native::NativeBackend;
 
-use crate::proto::agent::Stdio;
+use crate::proto::agent::{Stdio, StdioPorts};
+use crate::streams::{ProcessStreams, StreamTransport};
+
+/// OOM notices kept until the host takes them; older ones are dropped beyond this.
+const MAX_OOM_NOTICES: usize = 256;
 
 /// The agent's containers namespace (one agent per VM, one namespace).
 const NAMESPACE: &str = "strata-guest";
@@ -23,10 +29,20 @@ struct Exits {
     changed: Condvar,
 }
 
-/// The native backend plus the exits it reported.
+/// OOM kills seen, by container id, oldest first.
+#[derive(Default)]
+struct Ooms {
+    queue: Mutex<VecDeque<String>>,
+    changed: Condvar,
+}
+
+/// The native backend plus the exits and OOM kills it reported and the processes' streams.
 pub struct Containers {
     backend: NativeBackend,
     exits: Arc<Exits>,
+    ooms: Arc<Ooms>,
+    transport: StreamTransport,
+    streams: Mutex<HashMap<Key, ProcessStreams>>,
 }
 
 fn stdio(s: Option<&Stdio>) -> StdioPaths {
@@ -58,43 +74,91 @@ pub fn to_ttrpc(e: Error) -> ttrpc::Error {
 }
 
 impl Containers {
-    /// A backend keeping its state under `state_root`.
+    /// A backend keeping its state under `state_root`, streams on vsock from the host only.
     pub fn new(state_root: impl Into<PathBuf>) -> Self {
+        Self::with_transport(state_root, StreamTransport::Vsock { allow_local: false })
+    }
+
+    /// A backend keeping its state under `state_root`, stdio streams on `transport`.
+    pub fn with_transport(state_root: impl Into<PathBuf>, transport: StreamTransport) -> Self {
         let exits = Arc::new(Exits::default());
-        let sink_exits = exits.clone();
-        let sink: strata_backend::EventSink = Arc::new(move |ev| {
-            if let BackendEvent::Exited {
+        let ooms = Arc::new(Ooms::default());
+        let (sink_exits, sink_ooms) = (exits.clone(), ooms.clone());
+        let sink: strata_backend::EventSink = Arc::new(move |ev| match ev {
+            BackendEvent::Exited {
                 container_id,
                 exec_id,
                 status,
                 ..
-            } = ev
-            {
+            } => {
                 let mut done = sink_exits.done.lock().unwrap_or_else(|p| p.into_inner());
                 done.insert((container_id, exec_id.unwrap_or_default()), status);
                 sink_exits.changed.notify_all();
+            }
+            BackendEvent::Oom { container_id } => {
+                let mut q = sink_ooms.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.len() == MAX_OOM_NOTICES {
+                    q.pop_front();
+                }
+                q.push_back(container_id);
+                sink_ooms.changed.notify_all();
             }
         });
         Containers {
             backend: NativeBackend::new(state_root, sink),
             exits,
+            ooms,
+            transport,
+            streams: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn create(&self, id: &str, bundle: &str, io: Option<&Stdio>) -> Result<u32, Error> {
+    /// Creates the container; returns its init's PID and the ports of its streamed stdio.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &str,
+        io: Option<&Stdio>,
+    ) -> Result<(u32, StdioPorts), Error> {
         let bundle = PathBuf::from(bundle);
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
             Error::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
         self.forget(id, "");
-        self.backend.create(CreateOpts {
+        let (streams, io) = self.open_streams(io)?;
+        let pid = self.backend.create(CreateOpts {
             id: id.to_string(),
             bundle,
             spec,
-            stdio: stdio(io),
+            stdio: stdio(io.as_ref()),
             namespace: NAMESPACE.to_string(),
             config_path: None,
+        })?;
+        Ok((pid, self.keep_streams(id, "", streams)))
+    }
+
+    /// The streams `io` asks for, and the stdio to give the backend.
+    fn open_streams(
+        &self,
+        io: Option<&Stdio>,
+    ) -> Result<(Option<ProcessStreams>, Option<Stdio>), Error> {
+        Ok(match ProcessStreams::open(&self.transport, io)? {
+            Some((ps, paths)) => (Some(ps), Some(paths)),
+            None => (None, io.cloned()),
         })
+    }
+
+    fn keep_streams(&self, id: &str, exec: &str, streams: Option<ProcessStreams>) -> StdioPorts {
+        let Some(mut ps) = streams else {
+            return StdioPorts::default();
+        };
+        ps.opened();
+        let ports = ps.ports.clone();
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((id.to_string(), exec.to_string()), ps);
+        ports
     }
 
     pub fn start(&self, id: &str, exec: &str) -> Result<u32, Error> {
@@ -107,16 +171,51 @@ impl Containers {
         exec: &str,
         process_json: &str,
         io: Option<&Stdio>,
-    ) -> Result<(), Error> {
+    ) -> Result<StdioPorts, Error> {
         let process: oci_spec::runtime::Process = serde_json::from_str(process_json)
             .map_err(|e| Error::InvalidArgument(format!("process: {e}")))?;
+        if exec.is_empty() {
+            return Err(Error::InvalidArgument("an exec needs an exec id".into()));
+        }
         self.forget(id, exec);
+        let (streams, io) = self.open_streams(io)?;
         self.backend.exec(ExecOpts {
             container_id: id.to_string(),
             exec_id: exec.to_string(),
             process,
-            stdio: stdio(io),
-        })
+            stdio: stdio(io.as_ref()),
+        })?;
+        Ok(self.keep_streams(id, exec, streams))
+    }
+
+    /// The container's cgroup figures.
+    pub fn stats(&self, id: &str) -> Result<Stats, Error> {
+        self.backend.stats(id)
+    }
+
+    /// The next OOM notice (a container id); `None` if `deadline` passed first.
+    pub fn next_oom(&self, deadline: Option<Instant>) -> Option<String> {
+        let mut q = self.ooms.queue.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(id) = q.pop_front() {
+                return Some(id);
+            }
+            match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    q = self
+                        .ooms
+                        .changed
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                None => q = self.ooms.changed.wait(q).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
     }
 
     pub fn kill(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), Error> {
@@ -160,6 +259,13 @@ impl Containers {
     pub fn delete(&self, id: &str, exec: &str) -> Result<(), Error> {
         self.backend.delete(id, exec_id(exec))?;
         self.forget(id, exec);
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if exec.is_empty() {
+            // The container goes: so do its execs' streams.
+            streams.retain(|(c, _), _| c != id);
+        } else {
+            streams.remove(&(id.to_string(), exec.to_string()));
+        }
         Ok(())
     }
 

@@ -3,17 +3,22 @@
 //! The agent mounts /proc, /sys, /dev, /run and the cgroup2 hierarchy, reaps orphans, and serves
 //! the agent protocol (`proto/agent.proto`, ttrpc) on vsock port [`AGENT_VSOCK_PORT`], or on a
 //! Unix socket when run as a host process for tests: same code, another transport. Every
-//! connection starts with `Version`. Container creation is the next step (docs/microvm.md).
+//! connection starts with `Version`. Containers are created inside the guest with the native
+//! backend's code; their stdio can stream over the transport ([`streams`]).
 //!
 //! The host side ([`client`]) must never trust the agent: every call has a deadline, and a reply
 //! that is not a well-formed ttrpc frame is an error, never a panic or a hang.
-#![forbid(unsafe_code)]
+//!
+//! `unsafe` is denied except in [`vsock`] (wrapping the descriptor `accept4` returns).
+#![deny(unsafe_code)]
 
 pub mod client;
 pub mod container;
 pub mod containers;
 pub mod pid1;
 pub mod service;
+pub mod streams;
+pub mod vsock;
 
 /// The protocol's generated code: messages and the ttrpc service and client.
 #[allow(
@@ -37,4 +42,5 @@ pub mod proto {
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: stdio streams, `Stats`, `OomEvent`.
+pub const PROTOCOL_VERSION: u32 = 2;

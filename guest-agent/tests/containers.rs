@@ -3,63 +3,18 @@
 //! ways (stdin from a file, stdout to a file), an exec'd process, a signal, exit statuses through
 //! Wait, delete. Needs root (namespaces, cgroups) and a static busybox.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{bundle, skip};
 use strata_guest_agent::client::Agent;
 use strata_guest_agent::proto::agent::{
     CreateContainerRequest, DeleteRequest, ExecRequest, KillRequest, StartRequest, Stdio,
     WaitRequest,
 };
-
-fn skip(why: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    true
-}
-
-fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let b = dir.join(name);
-    let bin = b.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "dev", "tmp"] {
-        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "hostname"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    let spec = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-            "noNewPrivileges": true
-        },
-        "root": {"path": "rootfs", "readonly": false},
-        "hostname": name,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-        }
-    });
-    std::fs::write(
-        b.join("config.json"),
-        serde_json::to_vec_pretty(&spec).unwrap(),
-    )
-    .unwrap();
-    b
-}
 
 fn io(dir: &Path, name: &str, stdin: Option<&str>) -> Stdio {
     let s = |p: PathBuf| p.display().to_string();

@@ -1,0 +1,123 @@
+//! Shared by the agent's host-process tests: busybox bundles, the agent as a host process.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Skips (or fails under CI=true) with `why`; returns true to make the caller return.
+pub fn skip(why: &str) -> bool {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    true
+}
+
+/// Root and a static /bin/busybox, or a skip.
+pub fn can_run_containers() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return !skip("needs root");
+    }
+    let static_busybox = Command::new("ldd")
+        .arg("/bin/busybox")
+        .output()
+        .map(|o| !String::from_utf8_lossy(&o.stdout).contains("=>"))
+        .unwrap_or(false);
+    static_busybox || !skip("no static /bin/busybox (apt-get install busybox-static)")
+}
+
+/// An OCI bundle of busybox running `args`; `resources` goes to `linux.resources`.
+pub fn bundle_with(dir: &Path, name: &str, args: &[&str], resources: serde_json::Value) -> PathBuf {
+    let b = dir.join(name);
+    let bin = b.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp"] {
+        std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "hostname", "dd", "tr", "wc"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": name,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "resources": resources
+        }
+    });
+    std::fs::write(
+        b.join("config.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
+    b
+}
+
+pub fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    bundle_with(dir, name, args, serde_json::json!({}))
+}
+
+/// The agent run as a host process on `<dir>/agent.sock`; killed (with its containers) if a
+/// test fails before it shut the agent down.
+pub struct HostAgent {
+    pub child: std::process::Child,
+    pub sock: PathBuf,
+}
+
+impl HostAgent {
+    pub fn start(dir: &Path) -> HostAgent {
+        let sock = dir.join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_strata-guest-agent"))
+            .arg("--listen-unix")
+            .arg(&sock)
+            .arg("--state")
+            .arg(dir.join("state"))
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "agent socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HostAgent { child, sock }
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("strata-agent-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
