@@ -224,19 +224,31 @@ impl Containers {
         self.backend.kill(id, exec_id(exec), signal, all)
     }
 
-    /// Blocks until the process exited; `None` if `deadline` passed first.
-    pub fn wait(&self, id: &str, exec: &str, deadline: Option<std::time::Instant>) -> Option<u32> {
+    /// Blocks until the process exited; `Ok(None)` if `deadline` passed first. A container the
+    /// agent does not hold is `NotFound` at once, not a wait until the deadline.
+    pub fn wait(
+        &self,
+        id: &str,
+        exec: &str,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Option<u32>, Error> {
         let key = (id.to_string(), exec.to_string());
+        let known = |done: &HashMap<Key, u32>| {
+            done.contains_key(&key) || !matches!(self.backend.pids(id), Err(Error::NotFound(_)))
+        };
         let mut done = self.exits.done.lock().unwrap_or_else(|p| p.into_inner());
+        if !known(&done) {
+            return Err(Error::NotFound(format!("container {id}")));
+        }
         loop {
             if let Some(s) = done.get(&key) {
-                return Some(*s);
+                return Ok(Some(*s));
             }
             match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
-                        return None;
+                        return Ok(None);
                     }
                     done = self
                         .exits

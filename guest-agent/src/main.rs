@@ -110,7 +110,7 @@ fn run_bundle(dev: &str) -> String {
         .create("selftest", bundle, Some(&io))
         .and_then(|_| c.start("selftest", ""))
     {
-        Ok(_) => match c.wait("selftest", "", Some(deadline)) {
+        Ok(_) => match c.wait("selftest", "", Some(deadline)).ok().flatten() {
             Some(status) => format!("OCI container exited with status {status}"),
             None => "OCI container did not exit within 120 s".into(),
         },

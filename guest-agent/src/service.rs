@@ -123,7 +123,11 @@ impl Agent for AgentService {
     }
 
     fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        match self.containers.wait(&req.id, &req.exec_id, deadline(ctx)) {
+        match self
+            .containers
+            .wait(&req.id, &req.exec_id, deadline(ctx))
+            .map_err(to_ttrpc)?
+        {
             Some(exit_status) => Ok(WaitResponse {
                 exit_status,
                 ..Default::default()
