@@ -1,7 +1,7 @@
 //! Running a command in a rootfs that reached the guest as a block device: the image is mounted
 //! read-only, made writable with an overlay on tmpfs, and the command runs chrooted in fresh
-//! mount, UTS, IPC and PID namespaces. This is the agent's first, minimal container; creating
-//! containers from an OCI spec comes next.
+//! mount, UTS, IPC and PID namespaces. This is the agent's first, minimal container (its
+//! self-test); OCI containers go through [`crate::containers`], on the same overlay.
 //!
 //! No `fork` in this crate: the namespaced part runs in a re-executed agent
 //! (`--container-init ROOT ARGV...`), which unshares, chroots and spawns the command as PID 1 of
@@ -22,6 +22,12 @@ pub enum ContainerError {
         target: String,
         #[source]
         source: nix::Error,
+    },
+    #[error("reading the image on {device}")]
+    Image {
+        device: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("creating {path}")]
     Mkdir {
@@ -68,12 +74,36 @@ fn do_mount(
     })
 }
 
-/// Mounts `device` (ext4) read-only and an overlay over it; returns the writable root.
+/// The file system on `device`, by its superblock's magic: erofs (0xe0f5e1e2 at 1024) or ext4
+/// (0xef53 at 1080).
+pub fn detect_fs(device: &str) -> Result<&'static str, ContainerError> {
+    use std::io::Read;
+    let mut sb = [0u8; 1084];
+    let read = std::fs::File::open(device).and_then(|mut f| f.read_exact(&mut sb));
+    read.map_err(|source| ContainerError::Image {
+        device: device.to_string(),
+        source,
+    })?;
+    if sb[1024..1028] == 0xe0f5_e1e2u32.to_le_bytes() {
+        Ok("erofs")
+    } else if sb[1080..1082] == 0xef53u16.to_le_bytes() {
+        Ok("ext4")
+    } else {
+        Err(ContainerError::Image {
+            device: device.to_string(),
+            source: std::io::Error::other("neither an erofs nor an ext4 image"),
+        })
+    }
+}
+
+/// Mounts `device` (erofs or ext4) read-only and an overlay on tmpfs over it; returns the
+/// writable root. Writes land in the tmpfs upper layer, never on the image.
 pub fn prepare_rootfs(device: &str) -> Result<&'static str, ContainerError> {
     for d in [LOWER, RW, ROOTFS] {
         mkdir(d)?;
     }
-    do_mount(device, LOWER, "ext4", MsFlags::MS_RDONLY, None)?;
+    let fstype = detect_fs(device)?;
+    do_mount(device, LOWER, fstype, MsFlags::MS_RDONLY, None)?;
     do_mount("tmpfs", RW, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
     mkdir(&format!("{RW}/upper"))?;
     mkdir(&format!("{RW}/work"))?;

@@ -67,6 +67,9 @@ fn guest_mode() -> ! {
         // that rootfs and report its exit status.
         if let (Some(dev), Some(run)) = (param("strata.rootfs"), param("strata.run")) {
             let argv: Vec<String> = run.split(',').map(str::to_string).collect();
+            if let Ok(fs) = strata_guest_agent::container::detect_fs(&dev) {
+                println!("strata-guest-agent: rootfs {dev} is {fs}, overlay on tmpfs");
+            }
             match strata_guest_agent::container::prepare_rootfs(&dev)
                 .and_then(|root| strata_guest_agent::container::run(root, &argv))
             {

@@ -348,3 +348,112 @@ fn oci_container_runs_inside_the_guest_under_qemu_tcg() {
         );
     }
 }
+
+/// A rootfs image as the tier builds it: erofs from the rootfs directory, through the
+/// content-keyed cache (the second build is a cache hit). The guest mounts the read-only erofs
+/// disk with an overlay on tmpfs: the container changes a file of the image and creates another,
+/// reads both back, and the image itself stays as it was.
+#[test]
+fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
+    let Ok(qemu) = which("qemu-system-x86_64") else {
+        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    };
+    if which("mkfs.erofs").is_err() {
+        return skip("mkfs.erofs is not installed (scripts/install-deps installs erofs-utils)");
+    }
+    let out = Command::new(root().join("scripts/build-guest-kernel"))
+        .arg("--cached")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+    }
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.exists()
+        || ldd
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
+            .unwrap_or(true)
+    {
+        return skip("no static /bin/busybox (apt-get install busybox-static)");
+    }
+    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dir = std::env::temp_dir().join(format!("strata-qemu-erofs-{}", std::process::id()));
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(rootfs.join("etc/hostname"), "from-the-image\n").unwrap();
+    let cache = dir.join("cache");
+    let img = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
+    assert!(!img.reused);
+    let again = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
+    assert!(
+        again.reused,
+        "the second build of the same rootfs is a cache hit"
+    );
+    let before = std::fs::read(&img.path).unwrap();
+
+    let initrd = dir.join("initramfs.cpio.gz");
+    let st = Command::new(root().join("scripts/build-initramfs"))
+        .arg(&initrd)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "build-initramfs failed");
+    let script = [
+        "/bin/busybox cat /etc/hostname",
+        "echo changed-in-the-overlay>/etc/hostname",
+        "echo created-in-the-overlay>/new-file",
+        "/bin/busybox cat /etc/hostname /new-file",
+    ]
+    .join(";")
+    .replace(' ', "${IFS}");
+    let out = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,rtc=off,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-drive")
+        .arg(format!(
+            "id=rootfs,file={},format=raw,if=none,readonly=on",
+            img.path.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=rootfs"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.rootfs=/dev/vda \
+             strata.run=/bin/sh,-c,{script}"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = std::fs::read(&img.path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    for want in [
+        "rootfs /dev/vda is erofs, overlay on tmpfs",
+        "from-the-image",
+        "changed-in-the-overlay\r\ncreated-in-the-overlay",
+        "container exited with status 0",
+    ] {
+        assert!(
+            console.contains(want),
+            "missing {want:?}; console:\n{console}"
+        );
+    }
+    assert!(before == after, "the image was written");
+}

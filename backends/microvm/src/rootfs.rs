@@ -1,11 +1,13 @@
-//! A container's rootfs as a block image for the guest: an ext4 file system built from the
-//! bundle's rootfs directory with `mke2fs -d` (no root privileges, no loop device), cached by
-//! content so that a second start of the same image reuses it. The guest mounts it read-only and
-//! makes it writable with an overlay.
+//! A container's rootfs as a block image for the guest, built from the bundle's rootfs
+//! directory without root privileges or a loop device: erofs with `mkfs.erofs` (Debian's
+//! `erofs-utils`; read-only by design, compact, the default) or ext4 with `mke2fs -d`. Images
+//! are cached by content, so a second start of the same rootfs reuses the image. The guest
+//! mounts it read-only and makes it writable with an overlay on tmpfs (the agent's
+//! `container::prepare_rootfs`, which tells the two apart by their superblock magic).
 //!
-//! The cache key is a SHA-256 over a canonical walk of the tree: every entry's relative path,
-//! type, mode, owner, and its content (files) or target (symlinks). Timestamps are left out, so
-//! unpacking the same image twice gives the same key.
+//! The cache key is a SHA-256 over the format and a canonical walk of the tree: every entry's
+//! relative path, type, mode, owner, and its content (files) or target (symlinks). Timestamps
+//! are left out, so unpacking the same image twice gives the same key.
 
 use std::fs;
 use std::io::Read;
@@ -30,8 +32,31 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("mke2fs failed on {path}: {stderr} (is e2fsprogs installed?)")]
-    Mkfs { path: String, stderr: String },
+    #[error("{tool} failed on {path}: {stderr} (is {package} installed?)")]
+    Mkfs {
+        tool: &'static str,
+        package: &'static str,
+        path: String,
+        stderr: String,
+    },
+}
+
+/// The file system of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// erofs, uncompressed (`mkfs.erofs`).
+    Erofs,
+    /// ext4 without a journal (`mke2fs -d`).
+    Ext4,
+}
+
+impl ImageFormat {
+    fn ext(self) -> &'static str {
+        match self {
+            ImageFormat::Erofs => "erofs",
+            ImageFormat::Ext4 => "ext4",
+        }
+    }
 }
 
 /// A built (or reused) image.
@@ -109,10 +134,10 @@ fn walk(root: &Path, dir: &Path, h: &mut Sha256) -> Result<u64, RootfsError> {
     Ok(bytes)
 }
 
-/// The content key of the tree at `dir`, and its bytes of file content.
-pub fn content_key(dir: &Path) -> Result<(String, u64), RootfsError> {
+/// The content key of the tree at `dir` as an image of `format`, and its bytes of file content.
+pub fn content_key(dir: &Path, format: ImageFormat) -> Result<(String, u64), RootfsError> {
     let mut h = Sha256::new();
-    h.update(b"strata-rootfs-ext4-v1\0");
+    h.update(format!("strata-rootfs-{}-v1\0", format.ext()).as_bytes());
     let bytes = walk(dir, dir, &mut h)?;
     let key = h
         .finalize()
@@ -124,13 +149,25 @@ pub fn content_key(dir: &Path) -> Result<(String, u64), RootfsError> {
 
 /// Builds (or reuses) the ext4 image of `dir` in `cache`.
 pub fn build_ext4(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError> {
-    let (key, bytes) = content_key(dir)?;
+    build(dir, cache, ImageFormat::Ext4)
+}
+
+/// Builds (or reuses) the erofs image of `dir` in `cache`.
+pub fn build_erofs(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError> {
+    build(dir, cache, ImageFormat::Erofs)
+}
+
+/// Builds (or reuses) the image of `dir` in `cache` as `<cache>/<key>.<format>`. The image is
+/// made under a temporary name and renamed into place, so a crash never leaves a half-built
+/// image under a key.
+pub fn build(dir: &Path, cache: &Path, format: ImageFormat) -> Result<RootfsImage, RootfsError> {
+    let (key, bytes) = content_key(dir, format)?;
     let cache_err = |source| RootfsError::Cache {
         path: cache.display().to_string(),
         source,
     };
     fs::create_dir_all(cache).map_err(cache_err)?;
-    let path = cache.join(format!("{key}.ext4"));
+    let path = cache.join(format!("{key}.{}", format.ext()));
     if path.is_file() {
         return Ok(RootfsImage {
             path,
@@ -138,35 +175,47 @@ pub fn build_ext4(dir: &Path, cache: &Path) -> Result<RootfsImage, RootfsError> 
             reused: true,
         });
     }
-    // Content plus a third for metadata, plus 16 MiB, in whole MiB.
-    let mib = (bytes + bytes / 3).div_ceil(1 << 20) + 16;
     let tmp = cache.join(format!(".{key}.{}.tmp", std::process::id()));
-    let out = Command::new("mke2fs")
-        .args([
-            "-F",
-            "-q",
-            "-t",
-            "ext4",
-            "-O",
-            "^has_journal",
-            "-L",
-            "strata-rootfs",
-            "-d",
-        ])
-        .arg(dir)
-        .arg(&tmp)
-        .arg(format!("{mib}M"))
-        .output()
-        .map_err(|source| RootfsError::Mkfs {
-            path: dir.display().to_string(),
-            stderr: source.to_string(),
-        })?;
+    let (tool, package, mut cmd) = match format {
+        ImageFormat::Ext4 => {
+            // Content plus a third for metadata, plus 16 MiB, in whole MiB.
+            let mib = (bytes + bytes / 3).div_ceil(1 << 20) + 16;
+            let mut c = Command::new("mke2fs");
+            c.args([
+                "-F",
+                "-q",
+                "-t",
+                "ext4",
+                "-O",
+                "^has_journal",
+                "-L",
+                "strata-rootfs",
+                "-d",
+            ])
+            .arg(dir)
+            .arg(&tmp)
+            .arg(format!("{mib}M"));
+            ("mke2fs", "e2fsprogs", c)
+        }
+        ImageFormat::Erofs => {
+            // -T0: every timestamp 0, so equal trees give equal images.
+            let mut c = Command::new("mkfs.erofs");
+            c.args(["--quiet", "-T0"]).arg(&tmp).arg(dir);
+            ("mkfs.erofs", "erofs-utils", c)
+        }
+    };
+    let mkfs_err = |stderr: String| RootfsError::Mkfs {
+        tool,
+        package,
+        path: dir.display().to_string(),
+        stderr,
+    };
+    let out = cmd.output().map_err(|e| mkfs_err(e.to_string()))?;
     if !out.status.success() {
         let _ = fs::remove_file(&tmp);
-        return Err(RootfsError::Mkfs {
-            path: dir.display().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(mkfs_err(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     fs::rename(&tmp, &path).map_err(cache_err)?;
     Ok(RootfsImage {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use strata_microvm::devices::virtio::block::DiskConfig;
-use strata_microvm::rootfs::build_ext4;
+use strata_microvm::rootfs::{build_erofs, build_ext4};
 use strata_microvm::{Exit, Machine, MachineConfig};
 
 fn tree(dir: &TempDir) -> std::path::PathBuf {
@@ -71,6 +71,71 @@ fn ext4_image_is_cached_by_content() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(names.iter().all(|n| n.ends_with(".ext4")), "{names:?}");
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+#[test]
+fn erofs_image_is_cached_by_content() {
+    if !which("mkfs.erofs") {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("mkfs.erofs is missing (scripts/install-deps installs erofs-utils)");
+        }
+        eprintln!("SKIPPED: mkfs.erofs is missing (apt-get install erofs-utils)");
+        return;
+    }
+    let dir = TempDir::new("rootfs-erofs");
+    let root = tree(&dir);
+    let cache = dir.path("cache");
+    let a = build_erofs(&root, &cache).unwrap();
+    assert!(!a.reused);
+    assert!(a.path.to_string_lossy().ends_with(".erofs"));
+    let before = std::fs::metadata(&a.path).unwrap().modified().unwrap();
+    // The second start of the same rootfs: a cache hit, nothing rebuilt.
+    let b = build_erofs(&root, &cache).unwrap();
+    assert!(b.reused);
+    assert_eq!(a.path, b.path);
+    assert_eq!(
+        std::fs::metadata(&b.path).unwrap().modified().unwrap(),
+        before
+    );
+    // The same tree as ext4 is another image.
+    let e = build_ext4(&root, &cache).unwrap();
+    assert_ne!(e.key, a.key);
+    // An erofs superblock (magic 0xe0f5e1e2 at 1024), whole sectors, and the tree inside.
+    let img = std::fs::read(&a.path).unwrap();
+    assert_eq!(img[1024..1028], 0xe0f5_e1e2u32.to_le_bytes());
+    assert_eq!(img.len() % 512, 0);
+    let out = dir.path("out");
+    let st = Command::new("fsck.erofs")
+        .arg(format!("--extract={}", out.display()))
+        .arg(&a.path)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/hostname")).unwrap(),
+        "strata\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("bin/sh")).unwrap(),
+        std::path::Path::new("tool")
+    );
+    assert_eq!(std::fs::read(out.join("bin/tool")).unwrap().len(), 100_000);
+    // A changed file is a new image; no temporaries are left.
+    std::fs::write(root.join("etc/hostname"), "other\n").unwrap();
+    let c = build_erofs(&root, &cache).unwrap();
+    assert!(!c.reused);
+    assert_ne!(c.path, a.path);
+    let names: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
 }
 
 #[test]
