@@ -1,6 +1,6 @@
 //! A container's rootfs as a block image for the guest, built from the bundle's rootfs
 //! directory without root privileges or a loop device: erofs with `mkfs.erofs` (Debian's
-//! `erofs-utils`; read-only by design, compact, the default) or ext4 with `mke2fs -d`. Images
+//! `erofs-utils`; read-only by design, compact) or ext4 with `mke2fs -d`. Images
 //! are cached by content, so a second start of the same rootfs reuses the image. The guest
 //! mounts it read-only and makes it writable with an overlay on tmpfs (the agent's
 //! `container::prepare_rootfs`, which tells the two apart by their superblock magic).
