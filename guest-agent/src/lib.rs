@@ -16,6 +16,7 @@ pub mod client;
 pub mod container;
 pub mod containers;
 pub mod pid1;
+pub mod selftest;
 pub mod service;
 pub mod streams;
 pub mod vsock;

@@ -61,6 +61,16 @@ fn guest_mode() -> ! {
             .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_string)
     };
+    if param("strata.selftest").as_deref() == Some("agent") {
+        // The protocol over vsock loopback, inside the guest (QEMU without vhost-vsock).
+        let bundle = param("strata.bundle").and_then(|dev| {
+            strata_guest_agent::container::prepare_rootfs(&dev)
+                .map_err(|e| println!("strata-guest-agent: bundle failed: {e}"))
+                .ok()
+        });
+        strata_guest_agent::selftest::run(bundle.map(std::path::Path::new));
+        pid1::power_off();
+    }
     if param("strata.selftest").as_deref() == Some("1") {
         println!("strata-guest-agent: {}", pid1::selftest());
         // strata.rootfs=/dev/vdX strata.run=cmd,arg,...: run one command in a container on
@@ -84,7 +94,10 @@ fn guest_mode() -> ! {
         }
         pid1::power_off();
     }
-    println!("strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT}");
+    println!(
+        "strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT} at {:.3} s of guest uptime",
+        strata_guest_agent::selftest::uptime()
+    );
     let state = std::path::Path::new("/run/strata/containers");
     if let Err(e) = serve(&format!("vsock://-1:{AGENT_VSOCK_PORT}"), state) {
         eprintln!("strata-guest-agent: {e}");

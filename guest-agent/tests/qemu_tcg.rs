@@ -118,7 +118,7 @@ fn guest_image_boots_under_qemu_tcg() {
     assert!(!console.contains("Kernel panic"), "console:\n{console}");
     if vsock {
         assert!(
-            console.contains("ready on vsock port 1024"),
+            console.contains("serving on vsock port 1024"),
             "console:\n{console}"
         );
     } else {
@@ -456,4 +456,106 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
         );
     }
     assert!(before == after, "the image was written");
+}
+
+/// The agent protocol over real AF_VSOCK inside the guest: QEMU here has no vhost-vsock, so the
+/// agent's self-test (`strata.selftest=agent`) plays the host through the guest kernel's vsock
+/// loopback. A container's stdin, stdout and stderr go over vsock streams (stdin closed for
+/// end-of-file), its cgroup v2 stats come back, and a second container with a 16 MiB limit that
+/// allocates 64 MiB is OOM-killed and noticed.
+#[test]
+fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
+    let Ok(qemu) = which("qemu-system-x86_64") else {
+        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    };
+    let out = Command::new(root().join("scripts/build-guest-kernel"))
+        .arg("--cached")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+    }
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.exists()
+        || ldd
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
+            .unwrap_or(true)
+    {
+        return skip("no static /bin/busybox (apt-get install busybox-static)");
+    }
+    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dir = std::env::temp_dir().join(format!("strata-qemu-vsock-{}", std::process::id()));
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
+    }
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in ["sh", "cat", "echo", "dd"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let spec = r#"{"ociVersion":"1.0.2",
+  "process":{"terminal":false,"user":{"uid":0,"gid":0},
+    "args":["/bin/sh","-c","cat; echo to-stderr >&2; exit 3"],
+    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true},
+  "root":{"path":"rootfs","readonly":false},
+  "hostname":"vsock-guest",
+  "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+    {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}],
+  "linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"}]}}"#;
+    std::fs::write(bundle.join("config.json"), spec).unwrap();
+    let img = strata_microvm::rootfs::build_ext4(&bundle, &dir.join("cache")).unwrap();
+    let initrd = dir.join("initramfs.cpio.gz");
+    let st = Command::new(root().join("scripts/build-initramfs"))
+        .arg(&initrd)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "build-initramfs failed");
+    let out = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,rtc=off,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-drive")
+        .arg(format!(
+            "id=bundle,file={},format=raw,if=none,readonly=on",
+            img.path.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=bundle"])
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=agent strata.bundle=/dev/vda",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    for want in [
+        "agent ready, answered over vsock at",
+        r#"streams stdout="sent over vsock\n" stderr="to-stderr\n" status=3"#,
+        "stats cgroup=v2 memory_usage=",
+        r#"oom notice=Some("oom") status=137"#,
+        "vsock self-test passed",
+    ] {
+        assert!(
+            console.contains(want),
+            "missing {want:?}; console:\n{console}"
+        );
+    }
 }
