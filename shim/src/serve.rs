@@ -83,6 +83,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
         Events::start(publisher, flags.namespace.clone()),
         exit.clone(),
     );
+    service.set_containerd_address(flags.address.clone());
 
     let listen_fd: RawFd = match std::env::var(LISTEN_FD_ENV)
         .ok()

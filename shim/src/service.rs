@@ -171,6 +171,8 @@ struct Inner {
     native: OnceLock<Arc<NativeBackend>>,
     sentry: OnceLock<Arc<SentryBackend>>,
     wasm: OnceLock<Arc<WasmBackend>>,
+    /// containerd's gRPC address (the `-address` flag), for the wasm tier's image layers.
+    containerd_address: OnceLock<String>,
     exit: Arc<ExitSignal>,
 }
 
@@ -198,9 +200,16 @@ impl TaskService {
                 native: OnceLock::new(),
                 sentry: OnceLock::new(),
                 wasm: OnceLock::new(),
+                containerd_address: OnceLock::new(),
                 exit,
             }),
         }
+    }
+
+    /// containerd's gRPC address: a wasm task whose module is not in its rootfs runs its
+    /// image's WebAssembly layer, which the runner reads from containerd's content store.
+    pub fn set_containerd_address(&self, address: String) {
+        let _ = self.inner.containerd_address.set(address);
     }
 
     /// Waits for queued events to reach containerd (before the shim exits).
@@ -244,7 +253,8 @@ impl TaskService {
                     return Ok(b.clone());
                 }
                 // Tasks run in strata-wasm-runner, installed next to the shim.
-                let mut b = WasmBackend::new(wasm_runner_path()?, self.sink());
+                let mut b = WasmBackend::new(wasm_runner_path()?, self.sink())
+                    .with_containerd_address(self.inner.containerd_address.get().cloned());
                 if let Some(dir) = &cfg.wasm.cache_dir {
                     b = b.with_cache_dir((dir.as_os_str() != "off").then(|| dir.clone()));
                 }

@@ -260,3 +260,66 @@ impl ImageBuilder {
         Ok(out.to_path_buf())
     }
 }
+
+/// Writes an OCI image layout tarball at `out` whose one layer is the WebAssembly binary
+/// `wasm` with media type `media_type` (a wasm OCI image: no tar layer, so the config's
+/// `rootfs.diff_ids` is empty; platform `wasip1/wasm`). Import it with `ctr images import
+/// --all-platforms --no-unpack` on containerd 1.6 (see docs/wasm.md).
+pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Path) -> Result<()> {
+    let layer_digest = format!("sha256:{}", sha256_hex(wasm));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "wasm",
+        "os": "wasip1",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    }))?;
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [ { "mediaType": media_type, "digest": layer_digest, "size": wasm.len() } ],
+    }))?;
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+    let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [ {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "platform": { "architecture": "wasm", "os": "wasip1" },
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": tag,
+            },
+        } ],
+    }))?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json", &index)?;
+    for (digest, data) in [
+        (&layer_digest, wasm),
+        (&config_digest, config.as_slice()),
+        (&manifest_digest, manifest.as_slice()),
+    ] {
+        add(
+            &format!("blobs/sha256/{}", &digest["sha256:".len()..]),
+            data,
+        )?;
+    }
+    fs::write(out, tar.into_inner()?).with_context(|| format!("writing {}", out.display()))
+}

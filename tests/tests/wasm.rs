@@ -481,6 +481,185 @@ fn wasm_preview2_component_runs() {
     }
 }
 
+/// A wasi:cli/command component that prints through wasi:cli/stdout (an output-stream's
+/// blocking-write-and-flush), written by hand in the component model's text format.
+fn printing_component(text: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+  (import "wasi:io/error@0.2.0" (instance $error (export "error" (type (sub resource)))))
+  (alias export $error "error" (type $error-ty))
+  (import "wasi:io/streams@0.2.0" (instance $streams
+    (alias outer 1 $error-ty (type $e))
+    (export "error" (type $err (eq $e)))
+    (type $own-err (own $err))
+    (type $stream-error (variant (case "last-operation-failed" $own-err) (case "closed")))
+    (export "stream-error" (type $se (eq $stream-error)))
+    (export "output-stream" (type $os (sub resource)))
+    (type $borrow-os (borrow $os))
+    (export "[method]output-stream.blocking-write-and-flush"
+      (func (param "self" $borrow-os) (param "contents" (list u8)) (result (result (error $se)))))))
+  (alias export $streams "output-stream" (type $output-stream))
+  (import "wasi:cli/stdout@0.2.0" (instance $stdout
+    (alias outer 1 $output-stream (type $os0))
+    (export "output-stream" (type $os (eq $os0)))
+    (type $own-os (own $os))
+    (export "get-stdout" (func (result $own-os)))))
+  (core module $mem (memory (export "memory") 1))
+  (core instance $mem-inst (instantiate $mem))
+  (alias core export $mem-inst "memory" (core memory $memory))
+  (core func $get-stdout (canon lower (func $stdout "get-stdout")))
+  (core func $write (canon lower (func $streams "[method]output-stream.blocking-write-and-flush") (memory $memory)))
+  (core func $drop-os (canon resource.drop $output-stream))
+  (core module $main
+    (import "host" "memory" (memory 1))
+    (import "host" "get-stdout" (func $get-stdout (result i32)))
+    (import "host" "write" (func $write (param i32 i32 i32 i32)))
+    (import "host" "drop" (func $drop (param i32)))
+    (data (i32.const 64) "{text}")
+    (func (export "run") (result i32) (local $out i32)
+      (local.set $out (call $get-stdout))
+      (call $write (local.get $out) (i32.const 64) (i32.const {len}) (i32.const 16))
+      (call $drop (local.get $out))
+      ;; the write's result<_, stream-error>: discriminant 0 is ok, so run returns ok too
+      (i32.load8_u (i32.const 16))))
+  (core instance $main-inst (instantiate $main
+    (with "host" (instance
+      (export "memory" (memory $memory))
+      (export "get-stdout" (func $get-stdout))
+      (export "write" (func $write))
+      (export "drop" (func $drop-os))))))
+  (func $run (result (result)) (canon lift (core func $main-inst "run")))
+  (instance $run-inst (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run-inst)))"#,
+        len = text.len(),
+        text = text.replace('\n', "\\n"),
+    ))
+    .expect("valid component WAT")
+}
+
+#[test]
+fn wasm_preview2_component_prints_to_stdout() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-p2-print");
+    let spec = wasm_spec(
+        &c,
+        &printing_component("hello from a component\n"),
+        &["/app.wasm"],
+    );
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    // Through wasi:cli/stdout onto containerd's stdout FIFO, read back by ctr.
+    assert_eq!(out.stdout, "hello from a component\n");
+    c.remove_and_check();
+}
+
+/// Images whose layer is the WebAssembly binary itself (no tar layer): the module is read
+/// from containerd's content store, by the runner, through containerd's API.
+///
+/// containerd 1.6 before 1.6.25 (Debian's 1.6.20 here) cannot unpack such an image: `ctr
+/// images import` fails with "mismatched image rootfs and manifest layers" unless
+/// `--no-unpack`, and `ctr run` of it fails the same way. The blobs are kept, so the
+/// container is made through the API as `ctr run` would make it, minus the snapshot: its
+/// root is the bundle's empty `rootfs`. Where `ctr run` of the image works (containerd 1.6.25+,
+/// 1.7.7+, 2.x unpack it to an empty snapshot), that is used instead.
+#[test]
+fn wasm_image_layers_run_from_the_content_store() {
+    use strata_tests::{api, image};
+
+    let h = harness!();
+    strata_only!(h);
+    let module_hello = print_and_exit(1, "hello from a wasm layer\n", 0);
+    let cases = [
+        (
+            "application/vnd.wasm.content.layer.v1+wasm",
+            module_hello.clone(),
+            "hello from a wasm layer\n",
+        ),
+        (
+            "application/wasm",
+            module_hello,
+            "hello from a wasm layer\n",
+        ),
+        (
+            "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+            printing_component("hello from a component layer\n"),
+            "hello from a component layer\n",
+        ),
+    ];
+    for (i, (media_type, wasm, want)) in cases.into_iter().enumerate() {
+        let name = format!("localhost/strata-test/wasm-layer-{i}:1");
+        let tar = h.info.state.join(format!("wasm-layer-{i}.tar"));
+        image::write_wasm_image_tar(&name, media_type, &wasm, &tar).unwrap();
+        let import = |flags: &[&str]| {
+            let mut c = h.ctr();
+            c.args(["images", "import", "--all-platforms"])
+                .args(flags)
+                .arg(&tar);
+            cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
+        };
+        let out = import(&[]);
+        if !out.success() {
+            assert_fails_with(&out, "mismatched image rootfs and manifest layers");
+            eprintln!("{media_type}: this containerd cannot unpack a wasm-layer image; importing with --no-unpack");
+            let out = import(&["--no-unpack"]);
+            assert!(out.success(), "{out}");
+        }
+        let _ = std::fs::remove_file(&tar);
+
+        let c = h.container("wasm-layer");
+        let mut cmd = h.ctr();
+        cmd.args([
+            "run",
+            "--rm",
+            "--runtime",
+            &c.runtime,
+            "--annotation",
+            "strata.dev/backend=wasm",
+        ]);
+        cmd.arg("--fifo-dir").arg(h.fifo_dir());
+        cmd.args([&name, &c.id, "app.wasm"]);
+        let out = cmd::run(cmd, None, CTR_TIMEOUT).expect("running ctr");
+        let (code, stdout) = if out.success() {
+            (0, out.stdout)
+        } else {
+            assert_fails_with(&out, "mismatched image rootfs and manifest layers");
+            let mut spec = h.base_spec();
+            spec["root"] = json!({ "path": "rootfs" });
+            spec["process"]["args"] = json!(["app.wasm"]);
+            spec["process"]["terminal"] = json!(false);
+            spec["linux"]["cgroupsPath"] = format!("/{}/{}", h.info.namespace, c.id).into();
+            spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+            let run = api::run_task_of_image(h, &c.id, &name, &c.runtime, &spec)
+                .expect("containerd's API")
+                .unwrap_or_else(|s| panic!("{media_type}: {s:?}\n{}", c.log()));
+            assert_eq!(run.stderr, "", "{media_type}");
+            (run.exit_status as i32, run.stdout)
+        };
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, want),
+            "{media_type}\n{}",
+            c.log()
+        );
+        c.remove_and_check();
+    }
+
+    // An image without a wasm layer, whose args name no file: the error says both.
+    let c = h.container("wasm-no-layer");
+    let out = c.run_with(
+        &["--annotation", "strata.dev/backend=wasm"],
+        &["/nope.wasm"],
+        None,
+    );
+    assert_fails_with(
+        &out,
+        "/nope.wasm does not exist in the container's root filesystem",
+    );
+    assert_fails_with(&out, "has no WebAssembly layer");
+    c.remove_and_check();
+}
+
 #[test]
 fn wasm_elf_entrypoint_runs_native() {
     let h = harness!();

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 
 pub use module::entrypoint_is_elf;
-pub use runner::run_if_runner;
+pub use runner::{run_if_runner, run_if_runner_with, ImageFetcher, ImageLayer, ImageRef};
 
 /// Removes what a task left when its shim died: its runner (killed by its closed control
 /// pipe, or here) and its cgroup. Used by the shim's `delete` action.
@@ -44,6 +44,7 @@ pub struct WasmBackend {
     events: EventSink,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     cache_dir: Option<PathBuf>,
+    containerd: Option<String>,
 }
 
 fn unsupported(op: &'static str) -> Error {
@@ -62,7 +63,16 @@ impl WasmBackend {
             events,
             tasks: Mutex::new(HashMap::new()),
             cache_dir: cache::dir_from_env(),
+            containerd: None,
         }
+    }
+
+    /// The runtime's API address (containerd's gRPC socket): a task whose module is not a
+    /// file of its rootfs then runs the first WebAssembly layer of its image, which the
+    /// runner reads from there ([`runner::run_if_runner_with`]).
+    pub fn with_containerd_address(mut self, address: Option<String>) -> Self {
+        self.containerd = address.filter(|a| !a.is_empty());
+        self
     }
 
     /// Where compiled modules are cached (None: no cache). Without this, the environment's
@@ -96,6 +106,7 @@ impl Backend for WasmBackend {
             &self.runner,
             self.events.clone(),
             self.cache_dir.clone(),
+            self.containerd.as_deref(),
         )?;
         let pid = task.pid;
         let mut tasks = self.tasks.lock().unwrap();

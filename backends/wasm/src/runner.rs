@@ -30,7 +30,6 @@ use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::{self, Compiled};
-use crate::module::WasmKind;
 
 /// Set (to anything) in the environment of the runner process.
 pub const RUNNER_ENV: &str = "STRATA_WASM_RUNNER";
@@ -49,13 +48,48 @@ pub struct Preopen {
     pub readonly: bool,
 }
 
+/// Where the module's bytes come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A file of the container's root filesystem (its host path).
+    File(PathBuf),
+    /// The first WebAssembly layer of the container's image, read by the runner's
+    /// [`ImageFetcher`] (the shim binary's, which knows containerd).
+    Image(ImageRef),
+}
+
+/// The container whose image holds the module, as the runtime that started the shim names
+/// it. Opaque to this crate: only the [`ImageFetcher`] interprets it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The runtime's API address (containerd's gRPC socket).
+    pub address: String,
+    pub namespace: String,
+    pub container: String,
+    /// What `process.args[0]` named (without `#export`), for error messages; may be empty.
+    pub wanted: String,
+}
+
+/// A module read from an image.
+#[derive(Debug, Clone)]
+pub struct ImageLayer {
+    pub bytes: Vec<u8>,
+    /// The image's name.
+    pub image: String,
+    /// Says which layer it was, for error messages (`layer sha256:... of image NAME`).
+    pub describe: String,
+}
+
+/// Reads the module of an [`ImageRef`]; the error says what is missing.
+pub type ImageFetcher = fn(&ImageRef) -> Result<ImageLayer, String>;
+
 /// Everything the runner needs, sent by the shim.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskConfig {
     pub id: String,
-    /// Host path of the `.wasm` file.
-    pub module: PathBuf,
-    pub kind: WasmKind,
+    /// The `.wasm` file or the image layer; module or component is told by its header.
+    pub source: Source,
     /// The export to call instead of `_start` (modules only).
     pub export: Option<String>,
     pub args: Vec<String>,
@@ -187,16 +221,50 @@ fn wasi_builder(cfg: &TaskConfig) -> wasmtime::Result<WasiCtxBuilder> {
     Ok(b)
 }
 
-/// Loads, links and checks the task (step 2). Errors say what is wrong with the module.
+/// Reads the module's bytes: the file, or the image layer through `fetch`. Returns the bytes
+/// and how to name them in messages; fills in args[0] (the image's name) when the spec had
+/// no args.
+pub fn load(
+    cfg: &mut TaskConfig,
+    fetch: Option<ImageFetcher>,
+) -> wasmtime::Result<(Vec<u8>, String)> {
+    match &cfg.source {
+        Source::File(path) => {
+            let wasm = std::fs::read(path)
+                .map_err(|e| wasmtime::format_err!("cannot read {}: {e}", path.display()))?;
+            Ok((wasm, path.display().to_string()))
+        }
+        Source::Image(r) => {
+            let fetch = fetch.ok_or_else(|| {
+                wasmtime::format_err!("this runner cannot read modules from images")
+            })?;
+            let layer = fetch(r).map_err(|e| wasmtime::format_err!("{e}"))?;
+            if cfg.args.is_empty() {
+                cfg.args.push(layer.image.clone());
+            }
+            Ok((layer.bytes, layer.describe))
+        }
+    }
+}
+
+/// Loads, links and checks a task whose module is a file (step 2, as [`prepare_bytes`]).
 pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared, cache::Outcome)> {
-    let wasm = std::fs::read(&cfg.module)
-        .map_err(|e| wasmtime::format_err!("cannot read {}: {e}", cfg.module.display()))?;
-    crate::module::kind_of(&wasm)
-        .map_err(|e| wasmtime::format_err!("{}: {e}", cfg.module.display()))?;
-    let (compiled, outcome) =
-        cache::load_or_compile(engine, cfg.kind, &wasm, cfg.cache_dir.as_deref()).map_err(|e| {
-            wasmtime::format_err!("invalid WebAssembly in {}: {e:#}", cfg.module.display())
-        })?;
+    let mut cfg = cfg.clone();
+    let (wasm, name) = load(&mut cfg, None)?;
+    prepare_bytes(engine, &cfg, &wasm, &name)
+}
+
+/// Compiles (or loads from the cache), links and checks the task (step 2). `name` says what
+/// the bytes are in messages. Errors say what is wrong with the module.
+pub fn prepare_bytes(
+    engine: &Engine,
+    cfg: &TaskConfig,
+    wasm: &[u8],
+    name: &str,
+) -> wasmtime::Result<(Prepared, cache::Outcome)> {
+    let kind = crate::module::kind_of(wasm).map_err(|e| wasmtime::format_err!("{name}: {e}"))?;
+    let (compiled, outcome) = cache::load_or_compile(engine, kind, wasm, cfg.cache_dir.as_deref())
+        .map_err(|e| wasmtime::format_err!("invalid WebAssembly in {name}: {e:#}"))?;
     let limits = Limits::new(cfg.memory_limit);
     let prepared = match compiled {
         Compiled::Module(module) => {
@@ -210,14 +278,11 @@ pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared,
                     if !ok {
                         wasmtime::bail!(
                             "export `{export}` of {} takes parameters or returns more than an i32: Strata calls it with none",
-                            cfg.module.display()
+                            name
                         );
                     }
                 }
-                Some(_) => wasmtime::bail!(
-                    "export `{export}` of {} is not a function",
-                    cfg.module.display()
-                ),
+                Some(_) => wasmtime::bail!("export `{export}` of {name} is not a function"),
                 None => {
                     let funcs: Vec<String> = module
                         .exports()
@@ -227,7 +292,7 @@ pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared,
                         .collect();
                     wasmtime::bail!(
                         "{} has no export `{export}` (exported functions: {}); name one with `{}#NAME`",
-                        cfg.module.display(),
+                        name,
                         if funcs.is_empty() { "none".into() } else { funcs.join(", ") },
                         cfg.args.first().map(String::as_str).unwrap_or("/app.wasm"),
                     );
@@ -238,7 +303,7 @@ pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared,
             let pre = linker.instantiate_pre(&module).map_err(|e| {
                 wasmtime::format_err!(
                     "{} imports what WASI preview 1 does not provide: {e:#}",
-                    cfg.module.display()
+                    name
                 )
             })?;
             let wasi = wasi_builder(cfg)?.build_p1();
@@ -250,7 +315,7 @@ pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared,
             if let Some(e) = &cfg.export {
                 wasmtime::bail!(
                     "`#{e}` names an export, but {} is a component: components run through wasi:cli/run",
-                    cfg.module.display()
+                    name
                 );
             }
             let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
@@ -261,7 +326,7 @@ pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared,
                 .map_err(|e| {
                     wasmtime::format_err!(
                         "{} is not a wasi:cli/command component this host can run: {e:#}",
-                        cfg.module.display()
+                        name
                     )
                 })?;
             let ctx = wasi_builder(cfg)?.build();
@@ -344,18 +409,27 @@ impl Prepared {
 /// Runs the wasm task if this process is a runner; otherwise returns at once. Call it first
 /// thing in the shim binary's `main`.
 pub fn run_if_runner() {
+    run_runner(None)
+}
+
+/// As [`run_if_runner`], with `fetch` reading modules from images ([`Source::Image`]).
+pub fn run_if_runner_with(fetch: ImageFetcher) {
+    run_runner(Some(fetch))
+}
+
+fn run_runner(fetch: Option<ImageFetcher>) {
     if std::env::var_os(RUNNER_ENV).is_none() {
         return;
     }
-    std::process::exit(runner_main());
+    std::process::exit(runner_main(fetch));
 }
 
-fn runner_main() -> i32 {
+fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
     let (mut control, mut status) = crate::sys::runner_pipes();
     let report = |status: &mut std::fs::File, line: &str| {
         let _ = status.write_all(line.as_bytes());
     };
-    let cfg = match read_config(&mut control) {
+    let mut cfg = match read_config(&mut control) {
         Ok(c) => c,
         Err(e) => {
             report(
@@ -365,6 +439,8 @@ fn runner_main() -> i32 {
             return 1;
         }
     };
+    // Phase times go into the "ok" line (the shim logs it at debug): where a start's time goes.
+    let t0 = std::time::Instant::now();
     let engine = match engine() {
         Ok(e) => e,
         Err(e) => {
@@ -372,9 +448,24 @@ fn runner_main() -> i32 {
             return 1;
         }
     };
-    let prepared = match prepare(&engine, &cfg) {
+    let t1 = std::time::Instant::now();
+    let mut t2 = t1;
+    let prepared = match load(&mut cfg, fetch).and_then(|(wasm, name)| {
+        t2 = std::time::Instant::now();
+        prepare_bytes(&engine, &cfg, &wasm, &name)
+    }) {
         Ok((p, outcome)) => {
-            report(&mut status, &format!("ok {outcome:?}\n"));
+            let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+            let t3 = std::time::Instant::now();
+            report(
+                &mut status,
+                &format!(
+                    "ok {outcome:?} engine={:.2}ms read={:.2}ms prepare={:.2}ms\n",
+                    ms(t0, t1),
+                    ms(t1, t2),
+                    ms(t2, t3)
+                ),
+            );
             p
         }
         Err(e) => {
@@ -460,8 +551,7 @@ mod tests {
         std::fs::write(&module, wat::parse_str(wat).unwrap()).unwrap();
         TaskConfig {
             id: "t".into(),
-            module,
-            kind: WasmKind::Module,
+            source: Source::File(module),
             export: None,
             args: vec!["/m.wasm".into()],
             env: vec![],
@@ -572,14 +662,12 @@ mod tests {
         let d = tmpdir("component");
         let e = engine().unwrap();
         for (ok, want) in [(true, 0), (false, 1)] {
-            let mut c = cfg(&d, "(module)");
-            std::fs::write(&c.module, command_component(ok)).unwrap();
-            c.kind = WasmKind::Component;
+            let c = cfg(&d, "(module)");
+            std::fs::write(d.join("m.wasm"), command_component(ok)).unwrap();
             assert_eq!(prepare(&e, &c).unwrap().0.run(), Exit::Code(want));
         }
         let mut c = cfg(&d, "(module)");
-        std::fs::write(&c.module, command_component(true)).unwrap();
-        c.kind = WasmKind::Component;
+        std::fs::write(d.join("m.wasm"), command_component(true)).unwrap();
         c.export = Some("x".into());
         assert!(prepare(&e, &c)
             .err()

@@ -16,8 +16,8 @@ use strata_backend::reaper::Reaper;
 use strata_backend::stdio::ProcessIo;
 use strata_backend::{BackendEvent, BackendKind, CreateOpts, Error, EventSink, Result};
 
-use crate::module::{self, WasmKind};
-use crate::runner::{Preopen, TaskConfig, RUNNER_ENV, START};
+use crate::module;
+use crate::runner::{ImageRef, Preopen, Source, TaskConfig, RUNNER_ENV, START};
 use strata_native::oom::{self, OomWatch};
 use strata_native::Cgroup;
 
@@ -74,34 +74,60 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 /// Builds the runner's configuration from the spec; every error here names what to fix.
-pub fn task_config(opts: &CreateOpts, cache_dir: Option<PathBuf>) -> Result<TaskConfig> {
+///
+/// The module is `process.args[0]` in the rootfs. When that names no file there (or the spec
+/// has no args) and `containerd` (the runtime's API address) is known, it is the first
+/// WebAssembly layer of the container's image instead, which the runner reads.
+pub fn task_config(
+    opts: &CreateOpts,
+    cache_dir: Option<PathBuf>,
+    containerd: Option<&str>,
+) -> Result<TaskConfig> {
     let spec = &opts.spec;
     let process = spec
         .process()
         .as_ref()
         .ok_or_else(|| invalid("the OCI spec has no process"))?;
     let args = process.args().clone().unwrap_or_default();
-    let arg0 = args.first().ok_or_else(|| {
-        invalid("the OCI spec's process has no args: args[0] must name the module, e.g. /app.wasm")
-    })?;
-    let (path, export) = module::split_entrypoint(arg0);
+    let (path, export) = match args.first() {
+        Some(arg0) => module::split_entrypoint(arg0),
+        None => ("", None),
+    };
     let root = module::rootfs_of(&opts.bundle, spec);
     let cwd = process.cwd().to_string_lossy().into_owned();
-    let host = module::resolve_in_root(&root, &cwd, path)
-        .filter(|p| p.is_file())
-        .ok_or_else(|| {
-            invalid(format!(
-                "the module {path} does not exist in the container's root filesystem"
-            ))
-        })?;
-    let mut header = Vec::with_capacity(8);
-    File::open(&host)
-        .and_then(|f| f.take(8).read_to_end(&mut header))
-        .map_err(|e| Error::io(format!("read the module {path}"), e))?;
-    let kind: WasmKind =
-        module::kind_of(&header).map_err(|e| invalid(format!("the module {path}: {e}")))?;
+    let host = (!path.is_empty())
+        .then(|| module::resolve_in_root(&root, &cwd, path))
+        .flatten()
+        .filter(|p| p.is_file());
+    let source =
+        match (host, containerd) {
+            (Some(host), _) => {
+                let mut header = Vec::with_capacity(8);
+                File::open(&host)
+                    .and_then(|f| f.take(8).read_to_end(&mut header))
+                    .map_err(|e| Error::io(format!("read the module {path}"), e))?;
+                module::kind_of(&header).map_err(|e| invalid(format!("the module {path}: {e}")))?;
+                Source::File(host)
+            }
+            (None, Some(address)) => Source::Image(ImageRef {
+                address: address.to_string(),
+                namespace: opts.namespace.clone(),
+                container: opts.id.clone(),
+                wanted: path.to_string(),
+            }),
+            (None, None) if path.is_empty() => return Err(invalid(
+                "the OCI spec's process has no args: args[0] must name the module, e.g. /app.wasm",
+            )),
+            (None, None) => {
+                return Err(invalid(format!(
+                    "the module {path} does not exist in the container's root filesystem"
+                )))
+            }
+        };
     let mut wasm_args = args.clone();
-    wasm_args[0] = path.to_string();
+    if let Some(a0) = wasm_args.first_mut() {
+        *a0 = path.to_string();
+    }
     let env = process
         .env()
         .clone()
@@ -159,8 +185,7 @@ pub fn task_config(opts: &CreateOpts, cache_dir: Option<PathBuf>) -> Result<Task
         .map(|l| l as u64);
     Ok(TaskConfig {
         id: opts.id.clone(),
-        module: host,
-        kind,
+        source,
         export: export.map(str::to_string),
         args: wasm_args,
         env,
@@ -241,6 +266,7 @@ impl Task {
         runner: &Path,
         events: EventSink,
         cache_dir: Option<PathBuf>,
+        containerd: Option<&str>,
     ) -> Result<Arc<Task>> {
         if opts.stdio.terminal {
             return Err(Error::Unsupported {
@@ -248,7 +274,7 @@ impl Task {
                 op: "a terminal (run without -t)",
             });
         }
-        let cfg = task_config(opts, cache_dir)?;
+        let cfg = task_config(opts, cache_dir, containerd)?;
         let json = serde_json::to_vec(&cfg)
             .map_err(|e| Error::Other(format!("task configuration: {e}")))?;
         let io = Arc::new(ProcessIo::pipes(&opts.stdio)?);
