@@ -1,8 +1,11 @@
 //! `strata-demo`: runs the same busybox workload on every Strata tier built so far and on runc,
 //! on a private containerd, and prints side by side what each allowed and how long it took.
 //!
-//! A tier is one row of [`TIERS`]: later tiers are added there. A tier that fails to start is
-//! shown as unavailable, with the runtime's own error.
+//! A tier is one column of [`TIERS`]: later tiers are added there. A tier that fails to start
+//! is shown as unavailable, with the runtime's own error. The wasm tier runs WebAssembly, not
+//! a shell: its workload is [`WASM_WORKLOAD`], a module that makes the same attempts where
+//! WASI has a call for them (print a line, read and write files, open device and kernel
+//! files) and prints the same `key=value` lines; rows WASI has no call for show `n/a`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +19,8 @@ struct Tier {
     label: &'static str,
     runtime: &'static str,
     annotations: &'static [&'static str],
+    /// Runs [`WASM_WORKLOAD`] as `/app.wasm` instead of the shell workload.
+    wasm: bool,
 }
 
 const TIERS: &[Tier] = &[
@@ -23,23 +28,32 @@ const TIERS: &[Tier] = &[
         label: "runc",
         runtime: "io.containerd.runc.v2",
         annotations: &[],
+        wasm: false,
     },
     Tier {
         label: "strata native",
         runtime: "io.containerd.strata.v2",
         annotations: &["strata.dev/backend=native"],
+        wasm: false,
     },
     Tier {
         label: "strata sentry",
         runtime: "io.containerd.strata.v2",
         annotations: &["strata.dev/backend=sentry"],
+        wasm: false,
     },
     Tier {
         label: "strata microvm",
         runtime: "io.containerd.strata.v2",
         annotations: &["strata.dev/backend=microvm"],
+        wasm: false,
     },
-    // The wasm tier runs WebAssembly, not this busybox workload: it gets its own workload.
+    Tier {
+        label: "strata wasm",
+        runtime: "io.containerd.strata.v2",
+        annotations: &["strata.dev/backend=wasm"],
+        wasm: true,
+    },
 ];
 
 /// The workload: each line `key=value`, one per check, in the order of [`CHECKS`].
@@ -49,6 +63,9 @@ const TIERS: &[Tier] = &[
 /// probe with something that would change the host (the clock, a sysctl, a module).
 const WORKLOAD: &str = r#"
 yn() { if "$@" >/dev/null 2>&1; then echo yes; else echo no; fi; }
+echo "hello=yes"
+echo "readfile=$(yn cat /etc/passwd)"
+echo "writetmp=$(yn sh -c 'echo x > /tmp/demo-w')"
 echo "uid=$(id -u)"
 echo "capeff=$(grep CapEff /proc/self/status | cut -f2)"
 echo "kernel=$(uname -r)"
@@ -67,8 +84,60 @@ echo "sysrq=$(yn test -w /proc/sysrq-trigger)"
 echo "chown=$(yn sh -c 'touch /tmp/f && chown 1:1 /tmp/f')"
 "#;
 
+/// The wasm tier's workload (WASI preview 1; preopen 3 is the container's root): the probes
+/// of [`WORKLOAD`] that WASI has a call for, printing the same keys. What WASI has no call
+/// for (users, capabilities, the kernel, hostnames, mounts, namespaces, sockets) it cannot
+/// attempt: those rows are `n/a`.
+const WASM_WORKLOAD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "hello=yes\nreadfile=writetmp=devmem=sysrq=pids=yes\nno\n0 (no /proc)\n?\n")
+  (data (i32.const 2048) "etc/passwdtmp/demo-wdev/memproc/sysrq-triggerproc/self/status")
+  (func $print (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (if (result i32) (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 12))
+      (then (i32.const 0)) (else (i32.load (i32.const 12)))))
+  ;; opens a path under the root; the fd is at 8; true when it opened
+  (func $open (param $ptr i32) (param $len i32) (param $oflags i32) (param $rights i64) (result i32)
+    (i32.eqz (call $path_open (i32.const 3) (i32.const 0) (local.get $ptr) (local.get $len)
+      (local.get $oflags) (local.get $rights) (local.get $rights) (i32.const 0) (i32.const 8))))
+  (func $yn (param $ok i32)
+    (if (local.get $ok)
+      (then (drop (call $print (i32.const 1) (i32.const 1070) (i32.const 4))))
+      (else (drop (call $print (i32.const 1) (i32.const 1074) (i32.const 3))))))
+  (func (export "_start")
+    (drop (call $print (i32.const 1) (i32.const 1024) (i32.const 10)))
+    ;; readfile: open /etc/passwd and read from it
+    (drop (call $print (i32.const 1) (i32.const 1034) (i32.const 9)))
+    (call $yn (if (result i32) (call $open (i32.const 2048) (i32.const 10) (i32.const 0) (i64.const 2))
+      (then
+        (i32.store (i32.const 16) (i32.const 4096))
+        (i32.store (i32.const 20) (i32.const 256))
+        (i32.and (i32.eqz (call $fd_read (i32.load (i32.const 8)) (i32.const 16) (i32.const 1) (i32.const 24)))
+                 (i32.gt_u (i32.load (i32.const 24)) (i32.const 0))))
+      (else (i32.const 0))))
+    ;; writetmp: create /tmp/demo-w and write to it
+    (drop (call $print (i32.const 1) (i32.const 1043) (i32.const 9)))
+    (call $yn (if (result i32) (call $open (i32.const 2058) (i32.const 10) (i32.const 9) (i64.const 64))
+      (then (i32.gt_u (call $print (i32.load (i32.const 8)) (i32.const 1070) (i32.const 4)) (i32.const 0)))
+      (else (i32.const 0))))
+    (drop (call $print (i32.const 1) (i32.const 1052) (i32.const 7)))
+    (call $yn (call $open (i32.const 2068) (i32.const 7) (i32.const 0) (i64.const 2)))
+    (drop (call $print (i32.const 1) (i32.const 1059) (i32.const 6)))
+    (call $yn (call $open (i32.const 2075) (i32.const 18) (i32.const 0) (i64.const 64)))
+    (drop (call $print (i32.const 1) (i32.const 1065) (i32.const 5)))
+    (if (call $open (i32.const 2093) (i32.const 16) (i32.const 0) (i64.const 2))
+      (then (drop (call $print (i32.const 1) (i32.const 1090) (i32.const 2))))
+      (else (drop (call $print (i32.const 1) (i32.const 1077) (i32.const 13)))))))"#;
+
 /// (key, what the row says).
 const CHECKS: &[(&str, &str)] = &[
+    ("hello", "print a line"),
+    ("readfile", "read /etc/passwd"),
+    ("writetmp", "write a file in /tmp"),
     ("uid", "uid"),
     ("caps", "capabilities (CapEff bits)"),
     ("sysadmin", "has CAP_SYS_ADMIN"),
@@ -108,7 +177,21 @@ fn run_tier(h: &Harness, tier: &Tier) -> Outcome {
         for a in tier.annotations {
             flags.extend(["--annotation", a]);
         }
-        let out = c.run_with(&flags, &["sh", "-c", WORKLOAD], None);
+        let out = if tier.wasm {
+            let mut spec = c.spec(&["/app.wasm"]);
+            let root = PathBuf::from(spec["root"]["path"].as_str().unwrap_or_default());
+            let wasm = match wat::parse_str(WASM_WORKLOAD) {
+                Ok(w) => w,
+                Err(e) => return Outcome::Unavailable(format!("the wasm workload: {e}")),
+            };
+            if let Err(e) = std::fs::write(root.join("app.wasm"), wasm) {
+                return Outcome::Unavailable(format!("writing /app.wasm: {e}"));
+            }
+            spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
+            c.run_spec(&spec, &[])
+        } else {
+            c.run_with(&flags, &["sh", "-c", WORKLOAD], None)
+        };
         if !out.success() {
             let why = out
                 .stderr
@@ -157,7 +240,7 @@ fn main() -> Result<()> {
     let h =
         Harness::start(&testenv, DaemonOptions::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
-        "Strata demo: one busybox workload on each tier, private containerd at {}\n",
+        "Strata demo: one workload on each tier, private containerd at {}\n",
         h.info.socket.display()
     );
     let outcomes: Vec<(&Tier, Outcome)> = TIERS.iter().map(|t| (t, run_tier(&h, t))).collect();
@@ -171,11 +254,12 @@ fn main() -> Result<()> {
     println!();
     for (key, label) in CHECKS {
         print!("{label:width$}");
-        for (_, o) in &outcomes {
+        for (t, o) in &outcomes {
             let v = match o {
-                Outcome::Ran { values, .. } => {
-                    values.get(*key).cloned().unwrap_or_else(|| "?".into())
-                }
+                Outcome::Ran { values, .. } => values
+                    .get(*key)
+                    .cloned()
+                    .unwrap_or_else(|| if t.wasm { "n/a" } else { "?" }.into()),
                 Outcome::Unavailable(_) => "-".into(),
             };
             let v: String = v.chars().take(col - 2).collect();
@@ -192,6 +276,12 @@ fn main() -> Result<()> {
         print!("{v:col$}");
     }
     println!("\n");
+    if TIERS.iter().any(|t| t.wasm) {
+        println!(
+            "strata wasm runs a WebAssembly module, not the shell: it made the attempts WASI has a call for;\n\
+             n/a = WASI has no such call (no users, capabilities, kernel, hostname, mounts, namespaces, sockets).\n"
+        );
+    }
     for (t, o) in &outcomes {
         if let Outcome::Unavailable(why) = o {
             println!("{}: {why}", t.label);
