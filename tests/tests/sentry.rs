@@ -113,6 +113,7 @@ static int toctou(void) {
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou();
+    if (argc > 1 && strcmp(argv[1], "ident") == 0) { puts("probe-ident"); return 0; }
     const char *marker = argc > 1 ? argv[1] : "/tmp/strata-host-secret";
     char path[512];
     long rc;
@@ -347,7 +348,9 @@ fn ordinary_work_runs_under_sentry() {
             "echo c a b | tr ' ' '\\n' | sort | head -2 | tr '\\n' ' '; echo; \
              mkdir -p /root/d && echo data > /root/d/f && cat /root/d/f && rm /root/d/f; \
              cat /proc/self/status | grep -c Seccomp_filters; ls /etc >/dev/null && echo ls-ok; \
-             echo pipe | cat /dev/stdin; uname -r",
+             echo pipe | cat /dev/stdin; uname -r; cat /proc/version; \
+             cat /proc/sys/kernel/osrelease; cat /proc/sys/kernel/version; cat /proc/cmdline; \
+             echo x > /proc/version; echo write=$?",
         ],
         None,
     );
@@ -358,6 +361,18 @@ fn ordinary_work_runs_under_sentry() {
         lines[5], "5.15.0-strata",
         "uname must not reveal the host's release: {out}"
     );
+    // Nor the files that tell it: served from the supervisor's memfd.
+    let host = nix::sys::utsname::uname().unwrap();
+    let host_release = host.release().to_str().unwrap();
+    assert!(
+        lines[6].starts_with("Linux version 5.15.0-strata ")
+            && lines[7] == "5.15.0-strata"
+            && lines[8] == "#1 SMP PREEMPT_DYNAMIC Strata sentry"
+            && lines[9].contains("5.15.0-strata")
+            && !out.stdout.contains(host_release),
+        "/proc/version and friends must not reveal the host's release {host_release}: {out}"
+    );
+    assert_eq!(lines[10], "write=1", "{out}");
     c.assert_no_leaks();
 }
 
@@ -674,4 +689,123 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     // The race was really run: both the allowed and the denied path were seen.
     assert!(n("ok") > 0 && n("denied") > 0, "{line}");
     c.remove_and_check();
+}
+
+/// A host process the container may read through `/proc/<pid>/root` (same uid, no
+/// capabilities at all, so the kernel's ptrace check lets a container root in), killed on drop.
+struct CaplessHostProcess(std::process::Child);
+
+impl CaplessHostProcess {
+    fn spawn() -> CaplessHostProcess {
+        let child = std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "sleep",
+                "300",
+            ])
+            .spawn()
+            .expect("setpriv (util-linux) runs sleep without capabilities");
+        CaplessHostProcess(child)
+    }
+}
+
+impl Drop for CaplessHostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Landlock behind the supervisor. A container sharing the host's pid namespace can reach the
+/// host's filesystem through `/proc/<pid>/root` of a host process it may read, with calls the
+/// supervisor never sees (`chdir`, `mkdir`, `symlink`, `unlink`) and with an exec the
+/// supervisor judges by the path it reads back from `/proc/<pid>/cwd`, a path that exists in
+/// the container too, on a policy that wrongly allows everything: native lets every attempt
+/// through (so the path really leads outside), sentry stops them all, and ordinary work still
+/// runs.
+#[test]
+fn landlock_stops_what_a_wrong_policy_lets_through() {
+    let h = harness!();
+    strata_only!(h);
+    let Some(probe) = escape_binary(h, "landlock") else {
+        return;
+    };
+    let host = h.info.state.join("landlock-host");
+    let dir = h.info.state.join("landlock-policy");
+    std::fs::create_dir_all(dir.join("sentry")).unwrap();
+    let cfg = dir.join("strata.toml");
+    std::fs::write(
+        &cfg,
+        "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sentry/sentry.toml"),
+        "default_policy = \"wrong\"\nallowed_policies = [\"wrong\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sentry/wrong.toml"),
+        format!(
+            "[files]\nread_write = [\"/\"]\n[exec]\nallow = [\"/bin\", \"/usr/bin\", \"{}/bin\"]\n",
+            host.display()
+        ),
+    )
+    .unwrap();
+    let helper = CaplessHostProcess::spawn();
+    let p = format!("/proc/{}/root{}", helper.0.id(), host.display());
+    let script = format!(
+        "cd {p} && echo reached; mkdir {p}/made-dir; echo mkdir=$?; \
+         ln -s x {p}/made-link; echo symlink=$?; rm {p}/victim; echo rm=$?; \
+         cd {p}/bin && ./tool ident; echo exec=$?; cd /; \
+         echo c a b | tr ' ' '\\n' | sort | tr '\\n' ' '; echo; \
+         mkdir -p /root/d && echo data > /root/d/f && mv /root/d/f /tmp/f && cat /tmp/f && \
+         rm /tmp/f && ln -s /tmp /root/l && rm /root/l && echo work-ok"
+    );
+    for backend in ["native", "sentry"] {
+        let _ = std::fs::remove_dir_all(&host);
+        std::fs::create_dir_all(host.join("bin")).unwrap();
+        std::fs::copy(&probe, host.join("bin/tool")).unwrap();
+        std::fs::write(host.join("victim"), "v").unwrap();
+        let c = h.container(&format!("landlock-{backend}"));
+        let mut spec = c.spec(&["sh", "-c", &script]);
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "pid");
+        }
+        // The same path in the container holds busybox, which knows no `ident`.
+        let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+        let inside = root.join(host.strip_prefix("/").unwrap()).join("bin");
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::copy(root.join("bin/busybox"), inside.join("tool")).unwrap();
+        spec["annotations"] = serde_json::json!({ "strata.dev/backend": backend });
+        let out = c.run_spec(&spec, &["--runtime-config-path", cfg.to_str().unwrap()]);
+        let escaped = [
+            out.stdout.contains("reached"),
+            host.join("made-dir").exists(),
+            host.join("made-link").symlink_metadata().is_ok(),
+            !host.join("victim").exists(),
+            out.stdout.contains("probe-ident"),
+        ];
+        eprintln!("{backend}: reached, mkdir, symlink, rm, host exec = {escaped:?}");
+        if backend == "native" {
+            assert!(
+                escaped.iter().all(|e| *e),
+                "native must show that the path leads outside: {escaped:?}\n{out}"
+            );
+        } else {
+            assert!(
+                escaped.iter().all(|e| !*e),
+                "Landlock let the workload outside its rootfs: {escaped:?}\n{out}"
+            );
+            assert!(
+                out.stdout.contains("a b c \n") && out.stdout.contains("work-ok"),
+                "ordinary work under Landlock: {out}"
+            );
+        }
+        c.remove_and_check();
+    }
+    drop(helper);
+    let _ = std::fs::remove_dir_all(&host);
 }

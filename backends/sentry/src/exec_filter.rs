@@ -1,13 +1,16 @@
-//! The sentry's filter for exec'd processes (`ctr task exec`, CRI ExecSync).
+//! The sentry's pre-exec hook: confines and filters every container process, the init and
+//! each exec'd one (`ctr task exec`, CRI ExecSync), right before it execs the user's program.
 //!
-//! libcontainer 0.7 gives a process joining a running container (its "tenant") only the
-//! container's namespaces and cgroup: not its seccomp profile. So the sentry installs its
-//! filter itself, from the native tier's pre-exec hook, in the exec'd process right before the
-//! exec, and sends the notification fd to the supervisor over a socket the process inherited
-//! from the shim (the supervisor's Unix socket is not reachable from inside the container's
-//! mount namespace). Both travel in the rewritten spec's annotations, which libcontainer keeps
-//! for tenants; the hook keeps no state, as it runs in a forked child of the multi-threaded
-//! shim. Anything missing fails the exec: never an unfiltered process.
+//! In this order, in the container's mount namespace: Landlock (`confine`, while the process
+//! can still open the rule paths itself, untrapped), no_new_privs, then the seccomp filter,
+//! whose notification fd goes to the supervisor over a socket the process inherited from the
+//! shim (the supervisor's side is not reachable by path from inside the container's mount
+//! namespace). The filter and the socket's fd number travel in the rewritten spec's
+//! annotations, which libcontainer keeps for tenants too (libcontainer 0.7 gives a tenant only
+//! the container's namespaces and cgroup, not its seccomp profile, so the sentry does not
+//! leave its filter to libcontainer at all). The hook keeps no state, as it runs in a forked
+//! child of the multi-threaded shim. Anything missing fails the exec: never an unfiltered
+//! process.
 
 use std::io::IoSlice;
 
@@ -25,9 +28,6 @@ pub struct ExecFilter;
 
 impl PreExec for ExecFilter {
     fn before_exec(&self, spec: &Spec) -> Result<(), String> {
-        if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
-            return Ok(()); // the container's init: libcontainer installed the filter
-        }
         let ann = spec.annotations().clone().unwrap_or_default();
         let fd: i32 = ann
             .get(EXEC_FD_ANNOTATION)
@@ -37,6 +37,7 @@ impl PreExec for ExecFilter {
             .get(EXEC_FILTER_ANNOTATION)
             .and_then(|v| serde_json::from_str(v).ok())
             .ok_or("sentry: no filter for this exec")?;
+        crate::confine::apply(spec)?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("sentry: no_new_privs: {e}"))?;
         let notify = libcontainer::seccomp::initialize_seccomp(&filter)
             .map_err(|e| format!("sentry: install the filter: {e}"))?

@@ -1,5 +1,5 @@
-//! The sentry's seccomp filter, written into the container's OCI spec for libcontainer to
-//! install last before exec (with no_new_privs).
+//! The sentry's seccomp filter, in OCI `linux.seccomp` form, for the sentry's pre-exec hook to
+//! install last before exec (with no_new_privs; see `exec_filter`).
 //!
 //! Three kinds of rule:
 //! - `SCMP_ACT_NOTIFY` for every call the supervisor decides: file opens, exec, sockets,
@@ -127,9 +127,8 @@ fn masked(mask: u64, datum: u64) -> Value {
 }
 
 /// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter
-/// above merged into whatever seccomp profile the spec already has, with `listener` as the
-/// `listenerPath` libcontainer sends the notification fd to.
-pub fn apply(spec: &mut Value, policy: &Policy, listener: &std::path::Path) -> Result<(), String> {
+/// above merged into whatever seccomp profile the spec already has.
+pub fn apply(spec: &mut Value, policy: &Policy) -> Result<(), String> {
     let process = spec
         .get_mut("process")
         .and_then(Value::as_object_mut)
@@ -184,7 +183,7 @@ pub fn apply(spec: &mut Value, policy: &Policy, listener: &std::path::Path) -> R
         "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS,
     }));
     seccomp.insert("syscalls".into(), Value::Array(rules));
-    seccomp.insert("listenerPath".into(), json!(listener));
+    seccomp.remove("listenerPath");
     // libcontainer (as runc) refuses flags it does not know; none are needed.
     seccomp.remove("flags");
     Ok(())
@@ -206,15 +205,9 @@ mod tests {
                 ],
             }},
         });
-        apply(
-            &mut spec,
-            &Policy::builtin_default(),
-            std::path::Path::new("/run/x.sock"),
-        )
-        .unwrap();
+        apply(&mut spec, &Policy::builtin_default()).unwrap();
         assert_eq!(spec["process"]["noNewPrivileges"], json!(true));
         let s = &spec["linux"]["seccomp"];
-        assert_eq!(s["listenerPath"], json!("/run/x.sock"));
         assert_eq!(s["defaultAction"], json!("SCMP_ACT_ERRNO"));
         let rules = s["syscalls"].as_array().unwrap();
         assert_eq!(rules[0]["names"], json!(["read", "write"]));

@@ -11,6 +11,7 @@
 //! when the supervisor is gone the kernel fails every trapped call with ENOSYS.
 
 pub mod audit;
+mod confine;
 mod exec_filter;
 pub mod filter;
 pub mod policy;
@@ -20,7 +21,6 @@ mod sys;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
@@ -29,10 +29,8 @@ use strata_native::NativeBackend;
 pub use policy::{Policy, PolicyError, POLICY_ANNOTATION};
 pub use supervisor::{EMULATED_RELEASE, EMULATED_VERSION};
 
-/// Where sentry containers keep their rewritten spec, supervisor socket and audit log.
+/// Where sentry containers keep their rewritten spec and audit log.
 pub const DEFAULT_STATE_ROOT: &str = "/run/strata/sentry";
-
-static SOCK_SEQ: AtomicU64 = AtomicU64::new(0);
 
 struct Supervised {
     dir: PathBuf,
@@ -102,16 +100,6 @@ impl SentryBackend {
 
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let mut sock = dir.join("seccomp.sock");
-        if sock.as_os_str().len() > 100 {
-            let short = self.root.join("s");
-            std::fs::create_dir_all(&short).map_err(|e| Error::io("create socket directory", e))?;
-            sock = short.join(format!(
-                "{}-{}.sock",
-                std::process::id(),
-                SOCK_SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-        }
         let log = audit::AuditLog::open(
             dir.join(audit::FILE),
             policy.audit_max_bytes,
@@ -125,8 +113,9 @@ impl SentryBackend {
 
         let mut spec = serde_json::to_value(&opts.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
-        filter::apply(&mut spec, &policy, &sock).map_err(Error::InvalidArgument)?;
-        // For exec'd processes (see exec_filter): a socket they inherit, and the filter.
+        filter::apply(&mut spec, &policy).map_err(Error::InvalidArgument)?;
+        // For every container process (see exec_filter): a socket it inherits, the filter,
+        // and what Landlock lets it execute.
         let (exec_ours, exec_theirs) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
             nix::sys::socket::SockType::SeqPacket,
@@ -134,7 +123,14 @@ impl SentryBackend {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Error::io("socketpair for exec'd processes", e.into()))?;
-        let seccomp_json = spec["linux"]["seccomp"].to_string();
+        // The filter is the pre-exec hook's to install (after Landlock), in the init as in
+        // every exec'd process: libcontainer must not install it itself.
+        let seccomp_json = spec
+            .pointer_mut("/linux")
+            .and_then(serde_json::Value::as_object_mut)
+            .and_then(|l| l.remove("seccomp"))
+            .unwrap_or_default()
+            .to_string();
         let ann = spec
             .as_object_mut()
             .and_then(|o| {
@@ -151,6 +147,10 @@ impl SentryBackend {
             exec_filter::EXEC_FILTER_ANNOTATION.into(),
             serde_json::json!(seccomp_json),
         );
+        ann.insert(
+            confine::EXEC_ANNOTATION.into(),
+            serde_json::json!(confine::exec_annotation(policy.exec_prefixes().as_deref())),
+        );
         // The rewritten spec lives in the sentry directory, which becomes the bundle
         // libcontainer reads (also for every exec): the root must not be relative to it.
         if let Some(p) = spec.pointer_mut("/root/path") {
@@ -163,8 +163,8 @@ impl SentryBackend {
         std::fs::write(&config, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
         let ctx = Arc::new(supervisor::Ctx::new(opts.id.clone(), policy, log, uts));
-        let listener = supervisor::Listener::start(&sock, exec_ours, exec_theirs, ctx)
-            .map_err(|e| Error::io(format!("listen on {}", sock.display()), e))?;
+        let listener = supervisor::Listener::start(exec_ours, exec_theirs, ctx)
+            .map_err(|e| Error::io("start the supervisor", e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
         Ok((listener, config))
     }

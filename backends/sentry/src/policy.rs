@@ -14,6 +14,10 @@ pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../configs/sentry/defa
 /// Where the sentry looks for `sentry.toml` and policies when containerd names no Strata
 /// configuration file.
 pub const DEFAULT_POLICY_DIR: &str = "/etc/strata/sentry";
+/// The built-in recording policy's name (no file replaces it): allows everything outside the
+/// always-denied set and audits every decision, for `strata policy generate` (see `record`).
+/// A pod may pick it only where `sentry.toml` allows it, as any other.
+pub const RECORD_POLICY: &str = "record";
 
 /// A policy or sentry configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +235,9 @@ pub struct Policy {
     pub extra: HashMap<String, (i32, ExtraAction)>,
     pub audit_max_bytes: u64,
     pub audit_per_second: u32,
+    /// Recording mode: every decision rests on the always-denied set alone, and each is
+    /// audited (no rate limit) so that a policy can be generated from the log.
+    pub record: bool,
 }
 
 fn components(p: &str) -> Vec<String> {
@@ -334,7 +341,42 @@ impl Policy {
             extra,
             audit_max_bytes: t.audit.max_bytes.unwrap_or(8 << 20).max(4096),
             audit_per_second: t.audit.per_second.unwrap_or(200).max(1),
+            record: false,
         })
+    }
+
+    /// The built-in recording policy: every path read-write, exec from anywhere, any address
+    /// and raw sockets; the always-denied calls and device nodes stay refused.
+    pub fn recording() -> Policy {
+        let text = "[files]\nread_write = [\"/\"]\n[exec]\nallow = [\"/\"]\n\
+                    [network]\nmode = \"cidr\"\nconnect = [\"0.0.0.0/0\", \"[::]/0\"]\n\
+                    bind = [\"0.0.0.0/0\", \"[::]/0\"]\nraw = true\n\
+                    [audit]\nmax_bytes = 67108864\nper_second = 1000000\n";
+        let mut p = Policy::parse(text, RECORD_POLICY, Path::new("<built-in record>"))
+            .expect("the built-in recording policy is valid");
+        p.record = true;
+        p
+    }
+
+    /// The exec allowlist as paths (a rule's components up to its first `*`), for Landlock;
+    /// `None` when recording (exec from anywhere).
+    pub fn exec_prefixes(&self) -> Option<Vec<String>> {
+        if self.record {
+            return None;
+        }
+        Some(
+            self.exec
+                .iter()
+                .map(|r| {
+                    let fixed: Vec<&str> = r
+                        .iter()
+                        .take_while(|c| *c != "*")
+                        .map(String::as_str)
+                        .collect();
+                    format!("/{}", fixed.join("/"))
+                })
+                .collect(),
+        )
     }
 
     /// What the rules grant on `path` (an absolute, normalised container path).
@@ -461,12 +503,16 @@ pub fn select(dir: &Path, annotations: &HashMap<String, String>) -> Result<Polic
         }
         None => cfg.default_policy.clone(),
     };
+    if name == RECORD_POLICY {
+        return Ok(Policy::recording());
+    }
     let file = dir.join(format!("{name}.toml"));
     match std::fs::read_to_string(&file) {
         Ok(text) => Policy::parse(&text, &name, &file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "default" => {
             Ok(Policy::builtin_default())
         }
+
         Err(source) => Err(PolicyError::Read { path: file, source }),
     }
 }

@@ -1,7 +1,7 @@
-//! The supervisor: receives each container's seccomp notification fds on a Unix socket
-//! (libcontainer sends them there during create, and again for every exec), and answers every
-//! trapped call on a thread of that container's own, so that one container's flood of calls
-//! cannot hold up another's.
+//! The supervisor: receives each container's seccomp notification fds on a socket its
+//! processes inherit (the pre-exec hook sends one from the init and one from every exec'd
+//! process), and answers every trapped call on a thread of that container's own, so that one
+//! container's flood of calls cannot hold up another's.
 //!
 //! Rules kept throughout:
 //! - An argument behind a pointer is read once from `/proc/<pid>/mem`, then the notification
@@ -19,12 +19,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -97,37 +95,28 @@ impl Ctx {
     }
 }
 
-/// The socket libcontainer sends notification fds to, and the thread accepting on it.
+/// The socket a container's processes send their notification fds on, and the thread
+/// receiving them.
 pub struct Listener {
     ctx: Arc<Ctx>,
-    path: PathBuf,
     thread: Option<JoinHandle<()>>,
-    /// The end exec'd processes inherit and send their notification fd on; kept open for
-    /// the container's life.
+    /// The end the container's processes inherit and send their notification fd on; kept
+    /// open for the container's life.
     _exec_theirs: OwnedFd,
-    /// Closed (dropped) to wake the accepting thread at once when stopping.
+    /// Closed (dropped) to wake the receiving thread at once when stopping.
     wake: Option<OwnedFd>,
 }
 
 impl Listener {
-    /// Binds `path` and accepts from now on: libcontainer connects during create.
-    pub fn start(
-        path: &Path,
-        exec_ours: OwnedFd,
-        exec_theirs: OwnedFd,
-        ctx: Arc<Ctx>,
-    ) -> io::Result<Listener> {
-        let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path)?;
-        l.set_nonblocking(true)?;
+    /// Receives on `exec_ours` from now on: the init sends its fd when it starts.
+    pub fn start(exec_ours: OwnedFd, exec_theirs: OwnedFd, ctx: Arc<Ctx>) -> io::Result<Listener> {
         let c = ctx.clone();
         let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let thread = std::thread::Builder::new()
             .name(format!("sentry-accept-{}", short(&ctx.id)))
-            .spawn(move || accept_loop(l, exec_ours, wake_r, c))?;
+            .spawn(move || accept_loop(exec_ours, wake_r, c))?;
         Ok(Listener {
             ctx,
-            path: path.to_path_buf(),
             thread: Some(thread),
             _exec_theirs: exec_theirs,
             wake: Some(wake_w),
@@ -145,7 +134,6 @@ impl Listener {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -171,51 +159,33 @@ fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd) {
     }
 }
 
-fn accept_loop(l: UnixListener, exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
+fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
     while !ctx.stop.load(Ordering::SeqCst) {
         let mut fds = [
-            PollFd::new(l.as_fd(), PollFlags::POLLIN),
             PollFd::new(exec_ours.as_fd(), PollFlags::POLLIN),
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
         ];
         if poll(&mut fds, PollTimeout::from(1000u16)).unwrap_or(0) <= 0 {
             continue;
         }
-        if fds[2].revents().is_some_and(|r| !r.is_empty()) {
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             break;
         }
-        let exec_ready = fds[1]
+        if fds[0]
             .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN));
-        if exec_ready {
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             match receive_fd(exec_ours.as_raw_fd()) {
                 Ok(fd) => spawn_supervisor(&ctx, fd),
                 Err(e) => {
-                    tracing::warn!(id = %ctx.id, error = %e, "bad message from an exec'd process")
+                    tracing::warn!(id = %ctx.id, error = %e, "bad message from a container process")
                 }
-            }
-        }
-        match l.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                match receive_fd(stream.as_raw_fd()) {
-                    Ok(fd) => spawn_supervisor(&ctx, fd),
-                    Err(e) => {
-                        tracing::warn!(id = %ctx.id, error = %e, "bad message on the seccomp listener")
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                tracing::warn!(id = %ctx.id, error = %e, "accept on the seccomp listener");
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
 }
 
-/// Reads libcontainer's message: the container state (JSON) with the notification fd
-/// attached (SCM_RIGHTS).
+/// Reads a container process's message with its notification fd attached (SCM_RIGHTS).
 fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
@@ -311,6 +281,8 @@ enum Outcome {
     Continue,
     Value(i64),
     Fd(OwnedFd, bool),
+    /// An emulated file's content (see `emulated_file`), injected as an fd.
+    Emulated(OwnedFd, bool),
     /// Answered by a worker thread.
     Deferred,
     /// The task is gone; nothing to answer.
@@ -388,6 +360,7 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         Outcome::Errno(e, r) if ERROR_REASONS.contains(r) => ("error", Some(*e), *r),
         Outcome::Errno(e, r) => ("deny", Some(*e), *r),
         Outcome::Continue | Outcome::Value(_) | Outcome::Fd(..) => ("allow", None, ""),
+        Outcome::Emulated(..) => ("emulate", None, ""),
         Outcome::Deferred => return,
         Outcome::Gone => ("gone", None, "task gone before the answer"),
     };
@@ -395,7 +368,9 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         Outcome::Errno(e, _) => sys::respond_errno(raw, id, e),
         Outcome::Continue => sys::respond_continue(raw, id),
         Outcome::Value(v) => sys::respond_value(raw, id, v),
-        Outcome::Fd(f, cloexec) => sys::addfd_send(raw, id, &f, cloexec).map(|_| ()),
+        Outcome::Fd(f, cloexec) | Outcome::Emulated(f, cloexec) => {
+            sys::addfd_send(raw, id, &f, cloexec).map(|_| ())
+        }
         Outcome::Deferred | Outcome::Gone => Ok(()),
     };
     if let Err(e) = sent {
@@ -897,7 +872,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     let real = match &resolved {
         Resolved::At { real, .. } | Resolved::OwnFd { real, .. } => real.clone(),
     };
-    if real != normalize(&abs) {
+    if real != normalize(&abs) || call.ctx.policy.record {
         call.arg("resolved", real.clone());
     }
     let own_fd_object = matches!(&resolved, Resolved::OwnFd { real, .. } if !real.starts_with('/'));
@@ -911,6 +886,12 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         if !ok {
             return Outcome::Errno(libc::EACCES, "path rule");
         }
+    }
+    if let Some(text) = emulated_file(&real, flags) {
+        return match memfd_with(&real, &text) {
+            Ok(f) => Outcome::Emulated(f, flags & libc::O_CLOEXEC != 0),
+            Err(e) => Outcome::Errno(e as i32, "open failed"),
+        };
     }
     // The supervisor is outside the container's device cgroup: judge device nodes before
     // opening them (and again after, on what was opened).
@@ -1122,7 +1103,7 @@ fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
             Err(e) => return Outcome::Errno(e, "resolution failed"),
         }
     };
-    if real != normalize(&path) {
+    if real != normalize(&path) || call.ctx.policy.record {
         call.arg("resolved", real.clone());
     }
     if !call.ctx.policy.exec_allowed(&real) {
@@ -1323,6 +1304,54 @@ fn listen_call(call: &mut Call<'_>) -> Outcome {
         }
         None => Outcome::Errno(libc::EACCES, "unknown socket address"),
     }
+}
+
+/// Files that would reveal the host's kernel (release, build, boot command line), answered
+/// like `uname`: a plain read-only open gets a sealed memfd with the emulated content. Other
+/// opens of them go to the kernel as usual (which refuses writes).
+fn emulated_file(real: &str, flags: i32) -> Option<String> {
+    let plain_read = flags & libc::O_ACCMODE == libc::O_RDONLY
+        && flags & (libc::O_PATH | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECTORY) == 0;
+    if !plain_read {
+        return None;
+    }
+    match real {
+        "/proc/version" => Some(format!(
+            "Linux version {EMULATED_RELEASE} (strata@sentry) (gcc) {EMULATED_VERSION}\n"
+        )),
+        "/proc/sys/kernel/osrelease" => Some(format!("{EMULATED_RELEASE}\n")),
+        "/proc/sys/kernel/version" => Some(format!("{EMULATED_VERSION}\n")),
+        "/proc/cmdline" => Some(format!("BOOT_IMAGE=/boot/vmlinuz-{EMULATED_RELEASE} ro\n")),
+        _ => None,
+    }
+}
+
+/// A read-only descriptor of a sealed memfd holding `text`.
+fn memfd_with(name: &str, text: &str) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let cname =
+        CString::new(format!("strata{}", name.replace('/', "-"))).map_err(|_| Errno::EINVAL)?;
+    let fd = memfd_create(
+        &cname,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    nix::unistd::write(&fd, text.as_bytes())?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE,
+        ),
+    )?;
+    // Reopened read-only (and at offset 0), as an open of the real file would be.
+    open_path(
+        &format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        0,
+    )
 }
 
 fn uname_call(call: &mut Call<'_>) -> Outcome {
