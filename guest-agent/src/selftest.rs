@@ -119,14 +119,19 @@ fn containers(agent: &Agent, bundle: &Path) -> Res<()> {
     )
     .map_err(e("start"))?;
     // While it waits for stdin: its cgroup's figures.
-    let s = agent.stats("streams").map_err(|err| {
-        let source = std::error::Error::source(&err).map(|s| s.to_string());
-        format!("{err}: {}", source.unwrap_or_default())
-    })?;
-    println!(
-        "strata-guest-agent: stats cgroup=v{} memory_usage={} pids={}",
-        s.cgroup_version, s.memory_usage, s.pids_current
-    );
+    match agent.stats("streams") {
+        Ok(s) => println!(
+            "strata-guest-agent: stats cgroup=v{} memory_usage={} pids={}",
+            s.cgroup_version, s.memory_usage, s.pids_current
+        ),
+        Err(err) => {
+            let source = std::error::Error::source(&err).map(|s| s.to_string());
+            println!(
+                "strata-guest-agent: stats failed: {err}: {}",
+                source.unwrap_or_default()
+            );
+        }
+    }
     stdin
         .write_all(b"sent over vsock\n")
         .and_then(|_| stdin.close_write())
