@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::agent::{
-    OomEventRequest, PingRequest, PingResponse, ShutdownRequest, StatsRequest, StatsResponse,
-    VersionRequest,
+    MountBundleRequest, MountBundleResponse, OomEventRequest, PingRequest, PingResponse,
+    ShutdownRequest, StatsRequest, StatsResponse, VersionRequest,
 };
 use crate::proto::agent_ttrpc::AgentClient;
 use crate::PROTOCOL_VERSION;
@@ -260,6 +260,28 @@ impl Agent {
             }
         };
         Ok(StdioStream(fd.into()))
+    }
+
+    /// `MountBundle`: mounts the bundle image on the guest's disk `device` (`/dev/vdX`) as
+    /// `name`; the reply names the bundle directory for `CreateContainer`.
+    pub fn mount_bundle(
+        &self,
+        device: &str,
+        name: &str,
+    ) -> Result<MountBundleResponse, ClientError> {
+        self.client
+            .mount_bundle(
+                Self::ctx(self.timeout),
+                &MountBundleRequest {
+                    device: device.to_string(),
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|source| ClientError::Call {
+                call: "MountBundle",
+                source,
+            })
     }
 
     /// `Stats`: the container's cgroup figures inside the guest.

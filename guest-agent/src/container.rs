@@ -99,17 +99,35 @@ pub fn detect_fs(device: &str) -> Result<&'static str, ContainerError> {
 /// Mounts `device` (erofs or ext4) read-only and an overlay on tmpfs over it; returns the
 /// writable root. Writes land in the tmpfs upper layer, never on the image.
 pub fn prepare_rootfs(device: &str) -> Result<&'static str, ContainerError> {
-    for d in [LOWER, RW, ROOTFS] {
+    mount_overlay(device, Path::new(LOWER), Path::new(RW), Path::new(ROOTFS))?;
+    Ok(ROOTFS)
+}
+
+/// Mounts `device` (erofs or ext4, by its magic) read-only on `lower`, a tmpfs on `rw`, and an
+/// overlay of the two on `merged` (each directory created if missing); returns the file system
+/// type of the image.
+pub fn mount_overlay(
+    device: &str,
+    lower: &Path,
+    rw: &Path,
+    merged: &Path,
+) -> Result<&'static str, ContainerError> {
+    let (l, r, m) = (
+        lower.display().to_string(),
+        rw.display().to_string(),
+        merged.display().to_string(),
+    );
+    for d in [&l, &r, &m] {
         mkdir(d)?;
     }
     let fstype = detect_fs(device)?;
-    do_mount(device, LOWER, fstype, MsFlags::MS_RDONLY, None)?;
-    do_mount("tmpfs", RW, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
-    mkdir(&format!("{RW}/upper"))?;
-    mkdir(&format!("{RW}/work"))?;
-    let opts = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
-    do_mount("overlay", ROOTFS, "overlay", MsFlags::empty(), Some(&opts))?;
-    Ok(ROOTFS)
+    do_mount(device, &l, fstype, MsFlags::MS_RDONLY, None)?;
+    do_mount("tmpfs", &r, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+    mkdir(&format!("{r}/upper"))?;
+    mkdir(&format!("{r}/work"))?;
+    let opts = format!("lowerdir={l},upperdir={r}/upper,workdir={r}/work");
+    do_mount("overlay", &m, "overlay", MsFlags::empty(), Some(&opts))?;
+    Ok(fstype)
 }
 
 /// Runs `argv` in `root` through a re-executed agent; returns its exit code (128 + signal if

@@ -4,7 +4,7 @@
 //! by `strata-backend`'s reaper. Streamed stdio is [`crate::streams`].
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -43,6 +43,9 @@ pub struct Containers {
     ooms: Arc<Ooms>,
     transport: StreamTransport,
     streams: Mutex<HashMap<Key, ProcessStreams>>,
+    /// Each container's cgroup v2 directory, where `/sys/fs/cgroup` is cgroup2 (the guest):
+    /// `Stats` reads it directly ([`crate::cgroup_stats`]).
+    cgroups: Mutex<HashMap<String, PathBuf>>,
 }
 
 fn stdio(s: Option<&Stdio>) -> StdioPaths {
@@ -110,6 +113,7 @@ impl Containers {
             ooms,
             transport,
             streams: Mutex::new(HashMap::new()),
+            cgroups: Mutex::new(HashMap::new()),
         }
     }
 
@@ -134,6 +138,16 @@ impl Containers {
             namespace: NAMESPACE.to_string(),
             config_path: None,
         })?;
+        // The init is in its cgroup by now: remember where, for Stats.
+        let dir = crate::cgroup_stats::unified()
+            .then(|| crate::cgroup_stats::dir_of(pid, Path::new(crate::cgroup_stats::CGROUP2_ROOT)))
+            .flatten();
+        let mut cgroups = self.cgroups.lock().unwrap_or_else(|p| p.into_inner());
+        match dir {
+            Some(d) => cgroups.insert(id.to_string(), d),
+            None => cgroups.remove(id),
+        };
+        drop(cgroups);
         Ok((pid, self.keep_streams(id, "", streams)))
     }
 
@@ -188,9 +202,20 @@ impl Containers {
         Ok(self.keep_streams(id, exec, streams))
     }
 
-    /// The container's cgroup figures.
+    /// The container's cgroup figures: read from its cgroup v2 directory where the agent
+    /// found one (the guest, whose kernel has no hugetlbfs for libcgroups' v2 statistics), else
+    /// through the native backend (libcgroups: v1 or hybrid hosts).
     pub fn stats(&self, id: &str) -> Result<Stats, Error> {
-        self.backend.stats(id)
+        let dir = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        match dir {
+            Some(d) => crate::cgroup_stats::read_v2(&d),
+            None => self.backend.stats(id),
+        }
     }
 
     /// The next OOM notice (a container id); `None` if `deadline` passed first.
@@ -271,6 +296,12 @@ impl Containers {
     pub fn delete(&self, id: &str, exec: &str) -> Result<(), Error> {
         self.backend.delete(id, exec_id(exec))?;
         self.forget(id, exec);
+        if exec.is_empty() {
+            self.cgroups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if exec.is_empty() {
             // The container goes: so do its execs' streams.

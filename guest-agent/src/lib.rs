@@ -12,6 +12,8 @@
 //! `unsafe` is denied except in [`vsock`] (wrapping the descriptor `accept4` returns).
 #![deny(unsafe_code)]
 
+pub mod bundle;
+pub mod cgroup_stats;
 pub mod client;
 pub mod container;
 pub mod containers;
@@ -43,5 +45,5 @@ pub mod proto {
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-/// 2: stdio streams, `Stats`, `OomEvent`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 2: stdio streams, `Stats`, `OomEvent`. 3: `MountBundle`.
+pub const PROTOCOL_VERSION: u32 = 3;

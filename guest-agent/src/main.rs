@@ -62,13 +62,9 @@ fn guest_mode() -> ! {
             .map(str::to_string)
     };
     if param("strata.selftest").as_deref() == Some("agent") {
-        // The protocol over vsock loopback, inside the guest (QEMU without vhost-vsock).
-        let bundle = param("strata.bundle").and_then(|dev| {
-            strata_guest_agent::container::prepare_rootfs(&dev)
-                .map_err(|e| println!("strata-guest-agent: bundle failed: {e}"))
-                .ok()
-        });
-        strata_guest_agent::selftest::run(bundle.map(std::path::Path::new));
+        // The protocol over vsock loopback, inside the guest (QEMU without vhost-vsock); the
+        // bundle disk is mounted through the protocol's MountBundle.
+        strata_guest_agent::selftest::run(param("strata.bundle").as_deref());
         pid1::power_off();
     }
     if param("strata.selftest").as_deref() == Some("1") {

@@ -28,9 +28,9 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
 }
 
-/// Runs the self-test, printing `strata-guest-agent: ...` lines; `bundle` is a prepared
-/// bundle directory (config.json, rootfs/).
-pub fn run(bundle: Option<&Path>) {
+/// Runs the self-test, printing `strata-guest-agent: ...` lines; `bundle_disk` is the disk
+/// (`/dev/vdX`) holding a bundle image (config.json, rootfs/).
+pub fn run(bundle_disk: Option<&str>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = serve_with(
@@ -60,8 +60,8 @@ pub fn run(bundle: Option<&Path>) {
         "strata-guest-agent: agent ready, answered over vsock at {:.3} s of guest uptime",
         uptime()
     );
-    if let Some(b) = bundle {
-        match containers(&agent, b) {
+    if let Some(dev) = bundle_disk {
+        match containers(&agent, dev) {
             Ok(()) => println!("strata-guest-agent: vsock self-test passed"),
             Err(e) => println!("strata-guest-agent: vsock self-test failed: {e}"),
         }
@@ -71,8 +71,17 @@ pub fn run(bundle: Option<&Path>) {
 
 type Res<T> = Result<T, String>;
 
-fn containers(agent: &Agent, bundle: &Path) -> Res<()> {
+fn containers(agent: &Agent, dev: &str) -> Res<()> {
     let c = agent.raw();
+    // The bundle disk, mounted the way the host asks for it.
+    let mounted = agent
+        .mount_bundle(dev, "selftest")
+        .map_err(|err| format!("mount bundle: {}", chain(&err)))?;
+    println!(
+        "strata-guest-agent: bundle {dev} ({}) mounted at {}",
+        mounted.fs_type, mounted.bundle
+    );
+    let bundle = Path::new(&mounted.bundle);
     let e = |what: &str| {
         let what = what.to_string();
         move |err: ttrpc::Error| format!("{what}: {err}")
@@ -119,18 +128,20 @@ fn containers(agent: &Agent, bundle: &Path) -> Res<()> {
     )
     .map_err(e("start"))?;
     // While it waits for stdin: its cgroup's figures.
-    match agent.stats("streams") {
-        Ok(s) => println!(
-            "strata-guest-agent: stats cgroup=v{} memory_usage={} pids={}",
-            s.cgroup_version, s.memory_usage, s.pids_current
-        ),
-        Err(err) => {
-            let source = std::error::Error::source(&err).map(|s| s.to_string());
-            println!(
-                "strata-guest-agent: stats failed: {err}: {}",
-                source.unwrap_or_default()
-            );
-        }
+    let s = agent
+        .stats("streams")
+        .map_err(|err| format!("stats: {}", chain(&err)))?;
+    println!(
+        "strata-guest-agent: stats cgroup=v{} memory_usage={} memory_limit={} cpu_usage_ns={} pids={}",
+        s.cgroup_version, s.memory_usage, s.memory_limit, s.cpu_usage_total_ns, s.pids_current
+    );
+    if s.cgroup_version != 2
+        || s.memory_usage == 0
+        || s.memory_limit != u64::MAX
+        || s.cpu_usage_total_ns == 0
+        || s.pids_current == 0
+    {
+        return Err(format!("implausible stats: {s:?}"));
     }
     stdin
         .write_all(b"sent over vsock\n")
@@ -206,5 +217,27 @@ fn containers(agent: &Agent, bundle: &Path) -> Res<()> {
         .oom_event(Duration::from_secs(30))
         .map_err(|err| err.to_string())?;
     println!("strata-guest-agent: oom notice={notice:?} status={status}");
+    let s = agent
+        .stats("oom")
+        .map_err(|err| format!("stats oom: {}", chain(&err)))?;
+    println!(
+        "strata-guest-agent: oom stats memory_limit={} oom_kills={} failcnt={}",
+        s.memory_limit, s.memory_oom_kills, s.memory_failcnt
+    );
+    if s.memory_limit != 16 << 20 || s.memory_oom_kills == 0 {
+        return Err(format!("the OOM container's stats: {s:?}"));
+    }
     Ok(())
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

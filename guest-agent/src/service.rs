@@ -9,9 +9,10 @@ use ttrpc::TtrpcContext;
 use crate::containers::{to_ttrpc, Containers};
 use crate::proto::agent::{
     CreateContainerRequest, CreateContainerResponse, DeleteRequest, DeleteResponse, ExecRequest,
-    ExecResponse, KillRequest, KillResponse, OomEventRequest, OomEventResponse, PingRequest,
-    PingResponse, ShutdownRequest, ShutdownResponse, StartRequest, StartResponse, StatsRequest,
-    StatsResponse, VersionRequest, VersionResponse, WaitRequest, WaitResponse,
+    ExecResponse, KillRequest, KillResponse, MountBundleRequest, MountBundleResponse,
+    OomEventRequest, OomEventResponse, PingRequest, PingResponse, ShutdownRequest,
+    ShutdownResponse, StartRequest, StartResponse, StatsRequest, StatsResponse, VersionRequest,
+    VersionResponse, WaitRequest, WaitResponse,
 };
 use crate::proto::agent_ttrpc::{create_agent, Agent};
 use crate::streams::StreamTransport;
@@ -34,6 +35,8 @@ struct AgentService {
     started: Instant,
     shutdown: Mutex<Option<Sender<()>>>,
     containers: Containers,
+    /// Where `MountBundle` mounts: `bundles/` beside the state root.
+    bundles: std::path::PathBuf,
 }
 
 fn deadline(ctx: &TtrpcContext) -> Option<Instant> {
@@ -75,6 +78,20 @@ impl Agent for AgentService {
             let _ = tx.send(());
         }
         Ok(ShutdownResponse::default())
+    }
+
+    fn mount_bundle(
+        &self,
+        _ctx: &TtrpcContext,
+        req: MountBundleRequest,
+    ) -> ttrpc::Result<MountBundleResponse> {
+        let (bundle, fs_type) =
+            crate::bundle::mount(&req.device, &req.name, &self.bundles).map_err(to_ttrpc)?;
+        Ok(MountBundleResponse {
+            bundle: bundle.display().to_string(),
+            fs_type: fs_type.to_string(),
+            ..Default::default()
+        })
     }
 
     fn create_container(
@@ -193,7 +210,8 @@ impl Agent for AgentService {
 
 /// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`) until a `Shutdown`
 /// request, then returns. Container state is kept under `state_root`; stdio streams listen on
-/// the same transport (`/path_<port>` for a Unix socket; vsock ports from the host's CID only).
+/// the same transport (`/path_<port>` for a Unix socket; vsock ports from the host's CID only);
+/// `MountBundle` mounts under `bundles/` beside `state_root`.
 pub fn serve(addr: &str, state_root: &std::path::Path) -> Result<(), ServeError> {
     let transport = match addr.strip_prefix("unix://") {
         Some(path) => StreamTransport::Unix(path.into()),
@@ -216,6 +234,10 @@ pub fn serve_with(
         started: Instant::now(),
         shutdown: Mutex::new(Some(tx)),
         containers: Containers::with_transport(state_root, transport),
+        bundles: state_root
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .join("bundles"),
     }));
     let mut server = ttrpc::Server::new()
         .bind(addr)

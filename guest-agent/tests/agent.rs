@@ -1,5 +1,6 @@
 //! The agent protocol end to end with the agent run as a host process on a Unix socket (same
-//! code as on vsock): version exchange, a refused version, Ping, Shutdown ending the process.
+//! code as on vsock): version exchange, a refused version, Ping, MountBundle's refusals,
+//! Shutdown ending the process.
 //! And the host side against a malicious agent: garbage replies are errors within the deadline.
 
 use std::io::{Read, Write};
@@ -60,6 +61,26 @@ fn agent_over_unix_socket() {
     // Two clients at once.
     let second = Agent::connect(&format!("unix://{}", sock.display()), timeout).unwrap();
     assert_eq!(second.ping().unwrap().pid, child.id());
+
+    // MountBundle: arguments checked first; then a host-process agent refuses to mount
+    // anything (this host's own /dev/vda must stay untouched). Mounting is tested in the guest
+    // (qemu_tcg::streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg).
+    let code = |device: &str, name: &str| match agent.mount_bundle(device, name) {
+        Err(ClientError::Call {
+            source: ttrpc::Error::RpcStatus(s),
+            ..
+        }) => s.code(),
+        other => panic!(
+            "MountBundle({device:?}, {name:?}): {:?}",
+            other.map(|r| r.bundle)
+        ),
+    };
+    assert_eq!(code("/dev/sda", "b"), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(code("/dev/vda1", "b"), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(code("/dev/vda", "../b"), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(code("/dev/vda", ""), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(code("/dev/vda", "b"), ttrpc::Code::FAILED_PRECONDITION);
+    assert!(!dir.join("bundles").exists(), "nothing created");
     agent.shutdown().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");

@@ -25,6 +25,7 @@ const SERVICE: &str = "strata.agent.v1.Agent";
 const METHODS: &[&str] = &[
     "Version",
     "Ping",
+    "MountBundle",
     "CreateContainer",
     "Start",
     "Exec",

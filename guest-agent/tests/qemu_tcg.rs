@@ -460,9 +460,10 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
 
 /// The agent protocol over real AF_VSOCK inside the guest: QEMU here has no vhost-vsock, so the
 /// agent's self-test (`strata.selftest=agent`) plays the host through the guest kernel's vsock
-/// loopback. A container's stdin, stdout and stderr go over vsock streams (stdin closed for
-/// end-of-file), and a second container with a 16 MiB limit that
-/// allocates 64 MiB is OOM-killed and noticed.
+/// loopback. The bundle disk is mounted through `MountBundle`; a container's stdin, stdout and
+/// stderr go over vsock streams (stdin closed for end-of-file), its `Stats` are cgroup v2
+/// figures the agent checks, and a second container with a 16 MiB limit that allocates 64 MiB
+/// is OOM-killed, noticed, and its stats show the limit and the kill.
 #[test]
 fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
     let Ok(qemu) = which("qemu-system-x86_64") else {
@@ -545,13 +546,22 @@ fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
         .output()
         .unwrap();
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    for l in console
+        .lines()
+        .filter(|l| l.contains("strata-guest-agent:"))
+    {
+        eprintln!("{l}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     for want in [
         "agent ready, answered over vsock at",
+        "bundle /dev/vda (ext4) mounted at /run/strata/bundles/selftest/bundle",
         r#"streams stdout="sent over vsock\n" stderr="to-stderr\n" status=3"#,
-        // Not yet: "stats cgroup=v2 memory_usage=" (libcgroups' v2 stats also read the
-        // hugetlb sizes from /sys/kernel/mm/hugepages, which this guest kernel lacks).
+        // The agent checks the figures itself (v2, usage, no limit, CPU time, pids) and fails
+        // the self-test otherwise; the line shows they came back.
+        "stats cgroup=v2 memory_usage=",
         r#"oom notice=Some("oom") status=137"#,
+        "oom stats memory_limit=16777216 oom_kills=1",
         "vsock self-test passed",
     ] {
         assert!(
