@@ -809,3 +809,121 @@ fn landlock_stops_what_a_wrong_policy_lets_through() {
     drop(helper);
     let _ = std::fs::remove_dir_all(&host);
 }
+
+/// `ctr run -d --config SPEC`, with `flags`; waits until the task has stopped.
+fn run_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, flags: &[&str]) {
+    let path = h.info.state.join(format!("{}.json", c.id));
+    std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
+    let mut cmdl = h.ctr();
+    cmdl.args(["run", "-d", "--runtime", &c.runtime, "--fifo-dir"])
+        .arg(h.fifo_dir());
+    cmdl.args(flags).arg("--config").arg(&path).arg(&c.id);
+    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(out.success(), "{out}");
+    assert!(
+        c.wait_status("STOPPED", Duration::from_secs(30)),
+        "{} did not finish: {:?}",
+        c.id,
+        c.status()
+    );
+}
+
+/// Recording mode: a run under the built-in `record` policy, `strata policy generate` on its
+/// audit log, then the same workload enforced under the generated policy (it runs), and a
+/// different one (a file and a program the recording never used: refused and audited).
+#[test]
+fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
+    let h = harness!();
+    strata_only!(h);
+    let Some(probe) = escape_binary(h, "record") else {
+        return;
+    };
+    let dir = h.info.state.join("record-policy");
+    std::fs::create_dir_all(dir.join("sentry")).unwrap();
+    let cfg = dir.join("strata.toml");
+    std::fs::write(
+        &cfg,
+        "default_backend = \"sentry\"\nallowed_backends = [\"sentry\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sentry/sentry.toml"),
+        "allowed_policies = [\"default\", \"record\", \"recorded\"]\n",
+    )
+    .unwrap();
+    let cfg_flags = ["--runtime-config-path", cfg.to_str().unwrap()];
+    let work = "cat /etc/passwd >/dev/null && echo hi > /tmp/out && cat /tmp/out >/dev/stderr && \
+                uname -r >/dev/null && wc -l < /etc/group >/dev/null && echo work-ok";
+    let spec_for = |c: &Container<'_>, script: &str, policy: &str| {
+        let mut spec = spec_with_probe(c, &probe, &["sh", "-c", script], "sentry");
+        let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+        std::fs::write(root.join("etc/unrecorded"), "not in the recording\n").unwrap();
+        spec["annotations"]["strata.dev/sentry-policy"] = policy.into();
+        spec
+    };
+
+    let c = h.container("record");
+    run_spec_detached(h, &c, &spec_for(&c, work, "record"), &cfg_flags);
+    // The supervisor may still hold the last records in its batch for a moment.
+    let logged = |id: &str, needle: &str| {
+        cmd::poll(Duration::from_secs(10), || {
+            audit_records(h, id)
+                .iter()
+                .any(|r| r.to_string().contains(needle))
+                .then_some(())
+        })
+        .is_some()
+    };
+    assert!(logged(&c.id, "/tmp/out"), "{:?}", audit_records(h, &c.id));
+    let generated = dir.join("sentry/recorded.toml");
+    let mut gen = std::process::Command::new(h.shim_dir.join("strata"));
+    gen.args(["policy", "generate", "-n", &h.info.namespace, &c.id, "-o"])
+        .arg(&generated);
+    let out = cmd::run(gen, None, CTR_TIMEOUT).unwrap();
+    assert!(out.success(), "{out}");
+    c.remove_and_check();
+    let policy = std::fs::read_to_string(&generated).unwrap();
+    eprintln!("{policy}");
+    assert!(
+        policy.contains("\"/etc/passwd\"")
+            && policy.contains("\"/tmp/out\"")
+            && policy.contains("\"/bin/busybox\"")
+            && policy.contains("mode = \"none\"")
+            && !policy.contains("\"/etc\"")
+            && !policy.contains("unrecorded"),
+        "{policy}"
+    );
+
+    // The same workload, enforced.
+    let c = h.container("recorded-same");
+    let out = c.run_spec(&spec_for(&c, work, "recorded"), &cfg_flags);
+    assert!(out.success() && out.stdout.contains("work-ok"), "{out}");
+    c.remove_and_check();
+
+    // Another workload: a file and a program the recording never touched.
+    let c = h.container("recorded-other");
+    let other = "cat /etc/unrecorded; echo read=$?; /usr/local/bin/escape ident; echo exec=$?";
+    run_spec_detached(h, &c, &spec_for(&c, other, "recorded"), &cfg_flags);
+    assert!(
+        logged(&c.id, "/usr/local/bin/escape"),
+        "{:?}",
+        audit_records(h, &c.id)
+    );
+    let recs = audit_records(h, &c.id);
+    let denied = |sc: &str, path: &str| {
+        recs.iter().any(|r| {
+            r["syscall"] == sc
+                && r["decision"] == "deny"
+                && (r["args"]["path"] == path || r["args"]["resolved"] == path)
+        })
+    };
+    assert!(denied("openat", "/etc/unrecorded"), "{recs:?}");
+    assert!(denied("execve", "/usr/local/bin/escape"), "{recs:?}");
+    assert!(
+        recs.iter()
+            .any(|r| r["decision"] == "start" && r["args"]["policy"] == "recorded"),
+        "{recs:?}"
+    );
+    c.remove_and_check();
+}

@@ -30,7 +30,8 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
     /// `allow`, `deny` (by policy), `error` (failed as the kernel would have failed it),
-    /// `emulate`, or `suppressed` for a count of records dropped.
+    /// `emulate`, `suppressed` for a count of records dropped, or `start` (syscall `-`) for
+    /// the container's policy and the host's Landlock ABI, written first.
     pub decision: String,
     /// errno returned to the workload, if denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +148,7 @@ pub fn summarise(path: &Path) -> std::io::Result<String> {
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut denied: BTreeMap<String, u64> = BTreeMap::new();
     let mut suppressed = 0u64;
+    let mut started = Vec::new();
     let mut total = 0u64;
     let mut bad = 0u64;
     let mut old = path.as_os_str().to_owned();
@@ -167,6 +169,15 @@ pub fn summarise(path: &Path) -> std::io::Result<String> {
                 suppressed += r.count.unwrap_or(0);
                 continue;
             }
+            if r.decision == "start" {
+                let arg = |k: &str| r.args.get(k).cloned().unwrap_or_else(|| "?".into());
+                started.push(format!(
+                    "policy {}, Landlock ABI {}",
+                    arg("policy"),
+                    arg("landlock_abi")
+                ));
+                continue;
+            }
             total += 1;
             if r.decision == "deny" {
                 let what = r
@@ -183,7 +194,11 @@ pub fn summarise(path: &Path) -> std::io::Result<String> {
             *counts.entry((r.syscall, r.decision)).or_default() += 1;
         }
     }
-    let mut out = format!("audit log {}\n{total} records", path.display());
+    let mut out = format!("audit log {}\n", path.display());
+    if let Some(s) = started.last() {
+        out.push_str(&format!("{s}\n"));
+    }
+    out.push_str(&format!("{total} records"));
     if suppressed > 0 {
         out.push_str(&format!(", {suppressed} more dropped by the rate limit"));
     }

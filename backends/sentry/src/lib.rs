@@ -15,6 +15,7 @@ mod confine;
 mod exec_filter;
 pub mod filter;
 pub mod policy;
+pub mod record;
 mod supervisor;
 mod sys;
 
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 use strata_native::NativeBackend;
 
-pub use policy::{Policy, PolicyError, POLICY_ANNOTATION};
+pub use policy::{Policy, PolicyError, POLICY_ANNOTATION, RECORD_POLICY};
 pub use supervisor::{EMULATED_RELEASE, EMULATED_VERSION};
 
 /// Where sentry containers keep their rewritten spec and audit log.
@@ -106,6 +107,19 @@ impl SentryBackend {
             policy.audit_per_second,
         )
         .map_err(|e| Error::io("open the audit log", e))?;
+        log.record(audit::Record {
+            syscall: "-".into(),
+            decision: "start".into(),
+            args: [
+                ("policy".to_string(), policy.name.clone()),
+                (
+                    "landlock_abi".to_string(),
+                    sys::landlock_abi().map_or("none".into(), |v| v.to_string()),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        });
         let uts = supervisor::Uts {
             nodename: opts.spec.hostname().clone().unwrap_or_default(),
             domainname: opts.spec.domainname().clone().unwrap_or_default(),

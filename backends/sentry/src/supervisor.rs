@@ -875,8 +875,18 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     if real != normalize(&abs) || call.ctx.policy.record {
         call.arg("resolved", real.clone());
     }
-    let own_fd_object = matches!(&resolved, Resolved::OwnFd { real, .. } if !real.starts_with('/'));
-    if !own_fd_object {
+    // Reopening a descriptor the task holds (`/dev/stdout`, `/proc/self/fd/N`) gives it nothing
+    // new as long as it asks for no more access than the descriptor has: judged by that, on
+    // the very file description (a duplicate taken now, which the open then goes through), not
+    // by path rules (its path may be outside the container, as containerd's FIFOs are).
+    let mut held = None;
+    if let Resolved::OwnFd { host, .. } = &resolved {
+        call.arg("own_fd", "true");
+        match own_fd_for(&t, host, flags, write) {
+            Ok(d) => held = Some(d),
+            Err(e) => return Outcome::Errno(e, "reopen for more than the descriptor allows"),
+        }
+    } else {
         let access = call.ctx.policy.file_access(&real);
         let ok = match access {
             Access::Deny => false,
@@ -925,7 +935,10 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
             };
             openat(dir, name, oflags | nofollow, mode)
         }
-        Resolved::OwnFd { host, .. } => open_path(host, oflags, mode),
+        Resolved::OwnFd { host, .. } => match &held {
+            Some(d) => open_path(&format!("/proc/self/fd/{}", d.as_raw_fd()), oflags, mode),
+            None => open_path(host, oflags, mode),
+        },
     };
     let file = match opened {
         Ok(f) => f,
@@ -949,6 +962,30 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         return Outcome::Gone;
     }
     Outcome::Fd(file, cloexec)
+}
+
+/// A duplicate of the task's descriptor that `host` (`/proc/<tgid>[/task/<tid>]/fd/<n>`)
+/// names, if it allows what `flags` ask for.
+fn own_fd_for(t: &Task, host: &str, flags: i32, write: bool) -> Result<OwnedFd, i32> {
+    let n: i32 = host
+        .rsplit_once("/fd/")
+        .and_then(|(_, n)| n.parse().ok())
+        .ok_or(libc::EBADF)?;
+    let pidfd = sys::pidfd_open(t.tgid).map_err(|_| libc::ESRCH)?;
+    let dup = sys::pidfd_getfd(&pidfd, n).map_err(|_| libc::EBADF)?;
+    let held =
+        nix::fcntl::fcntl(dup.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(|e| e as i32)?;
+    if flags & libc::O_PATH != 0 {
+        return Ok(dup);
+    }
+    let acc = held & libc::O_ACCMODE;
+    let readable = held & libc::O_PATH == 0 && (acc == libc::O_RDONLY || acc == libc::O_RDWR);
+    let writable = held & libc::O_PATH == 0 && (acc == libc::O_WRONLY || acc == libc::O_RDWR);
+    let want_read = flags & libc::O_ACCMODE != libc::O_WRONLY;
+    if (want_read && !readable) || (write && !writable) {
+        return Err(libc::EACCES);
+    }
+    Ok(dup)
 }
 
 /// Refuses device nodes outside the default set; restores blocking mode.

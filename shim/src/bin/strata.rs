@@ -30,6 +30,29 @@ enum Command {
     Vm(VmCommand),
     /// Summarise a sentry container's audit log (its trapped and refused system calls).
     Audit(AuditArgs),
+    /// Sentry policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Write the smallest policy that lets a recorded run through again, from the audit log of
+    /// a sentry container run with `strata.dev/sentry-policy=record` (generate before the
+    /// container is deleted: its log goes with it).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The container id, or the path of an audit log (`audit.jsonl`).
+    source: String,
+    /// containerd namespace (default: whichever has a container of that id).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Write the policy here instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -95,6 +118,7 @@ fn main() -> ExitCode {
         Command::Check(args) => run_check(&args),
         Command::Vm(VmCommand::Run(args)) => run_vm(args),
         Command::Audit(args) => run_audit(&args),
+        Command::Policy(PolicyCommand::Generate(args)) => run_policy_generate(&args),
     };
     match result {
         Ok(code) => code,
@@ -150,5 +174,46 @@ fn run_audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
     let summary = strata_sentry::audit::summarise(&path)
         .with_context(|| format!("reading {}", path.display()))?;
     print!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_policy_generate(a: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    let root = std::path::Path::new(strata_sentry::DEFAULT_STATE_ROOT);
+    let as_file = std::path::PathBuf::from(&a.source);
+    let path = if as_file.is_file() {
+        as_file
+    } else {
+        strata_sentry::find_audit_log(root, a.namespace.as_deref(), &a.source).with_context(
+            || {
+                format!(
+                    "{:?} is neither an audit log nor a sentry container under {} (was it deleted?)",
+                    a.source,
+                    root.display()
+                )
+            },
+        )?
+    };
+    let records = strata_sentry::record::read_log(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let g = strata_sentry::record::generate(records, &path.display().to_string());
+    if !g.recorded {
+        eprintln!(
+            "strata: warning: {} is not from a run under the {:?} policy: calls its policy refused are missing",
+            path.display(),
+            strata_sentry::RECORD_POLICY
+        );
+    }
+    if g.dropped > 0 {
+        eprintln!(
+            "strata: warning: the log's rate limit dropped {} records: the policy may be incomplete",
+            g.dropped
+        );
+    }
+    match &a.output {
+        Some(out) => {
+            std::fs::write(out, &g.toml).with_context(|| format!("writing {}", out.display()))?
+        }
+        None => print!("{}", g.toml),
+    }
     Ok(ExitCode::SUCCESS)
 }
