@@ -1,0 +1,376 @@
+//! `strata-bench-sentry`: the sentry tier against gVisor (`runsc`, through
+//! containerd-shim-runc-v2 with `--runc-binary`) and against Strata's native tier, on one
+//! private containerd with one image.
+//!
+//! 1. Start latency: `ctr run --rm IMAGE ID /bin/true`, the three runtimes interleaved (the
+//!    order rotating), N runs each: medians and ratios (target: sentry at most 0.5x runsc).
+//! 2. Workloads, timed inside the container by busybox `time -p` (so container start is not
+//!    counted), the same N interleaved runs:
+//!    - untrapped: a shell arithmetic loop and a `dd` from /dev/zero to /dev/null (no trapped
+//!      call but the two execs and two opens); target at most 1.05x native;
+//!    - open-heavy: `find` and `stat` over a tree of a few thousand files and `tar` of it
+//!      (every file opened), the tree bind-mounted read-only at /data; target at most 2x
+//!      native and faster than runsc.
+//!
+//! runsc is run as `runsc --network=none --platform=PLATFORM` through a wrapper script (the
+//! runc shim passes no flags of its own to its binary); `--runsc-platform` picks the platform
+//! (default `ptrace`: this machine's /dev/kvm is PVM, on which runsc's KVM platform hangs). If
+//! runsc cannot run a container, the figures say why and keep native and sentry.
+//!
+//! `strata-bench-sentry [--runs N] [--files N] [--runsc-platform P] [--write FILE]`: prints
+//! the figures; with `--write` also puts them into FILE (docs/benchmarks.md) between its
+//! sentry result markers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use strata_tests::{DaemonOptions, Harness};
+
+const STRATA: &str = "io.containerd.strata.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+const BEGIN: &str = "<!-- bench-sentry:begin -->";
+const END: &str = "<!-- bench-sentry:end -->";
+const RUNSC: &str = "/usr/bin/runsc";
+
+/// No trapped call but the execs of `sh` and `dd` and dd's two opens.
+const UNTRAPPED: &str = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
+     dd if=/dev/zero of=/dev/null bs=4k count=100000 2>/dev/null";
+/// Directory walks (an open per directory), a stat of every file, a tar of the tree (an
+/// open per file and per directory), three times.
+const OPEN_HEAVY: &str = "for round in 1 2 3; do find /data | wc -l >/dev/null; \
+     find /data -type f | xargs stat -c %s >/dev/null; \
+     tar cf - /data | wc -c >/dev/null; done";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tier {
+    Native,
+    Sentry,
+    Runsc,
+}
+
+impl Tier {
+    fn label(self) -> &'static str {
+        match self {
+            Tier::Native => "strata native",
+            Tier::Sentry => "strata sentry",
+            Tier::Runsc => "gVisor runsc",
+        }
+    }
+}
+
+struct Bench<'a> {
+    h: &'a Harness,
+    runsc_wrapper: PathBuf,
+    tree: PathBuf,
+}
+
+impl Bench<'_> {
+    /// `ctr run --rm` on `tier` with `args`; the run's output.
+    fn run(&self, tier: Tier, name: &str, args: &[&str]) -> Result<strata_tests::cmd::Output> {
+        let mut c = self.h.container(name);
+        let wrapper = self.runsc_wrapper.to_string_lossy().into_owned();
+        let mount = format!(
+            "type=bind,src={},dst=/data,options=rbind:ro",
+            self.tree.display()
+        );
+        let mut flags: Vec<&str> = vec!["--mount", &mount];
+        match tier {
+            Tier::Native => flags.extend(["--annotation", "strata.dev/backend=native"]),
+            Tier::Sentry => flags.extend(["--annotation", "strata.dev/backend=sentry"]),
+            Tier::Runsc => {
+                c.runtime = RUNC.to_string();
+                flags.extend(["--runc-binary", &wrapper]);
+            }
+        }
+        if tier != Tier::Runsc {
+            c.runtime = STRATA.to_string();
+        }
+        let out = c.run_with(&flags, args, None);
+        if !out.success() {
+            bail!("{}: {out}", tier.label());
+        }
+        Ok(out)
+    }
+
+    fn start(&self, tier: Tier) -> Result<Duration> {
+        Ok(self.run(tier, "start", &["/bin/true"])?.elapsed)
+    }
+
+    /// The workload's own time, from busybox `time -p` inside the container.
+    fn workload(&self, tier: Tier, script: &str) -> Result<Duration> {
+        let out = self.run(tier, "work", &["time", "-p", "sh", "-c", script])?;
+        let real = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("real "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("{}: no `real` line from time -p: {out}", tier.label()))?;
+        Ok(Duration::from_secs_f64(real))
+    }
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `files` small files under `root`, a hundred per directory.
+fn make_tree(root: &Path, files: usize) -> Result<()> {
+    let per_dir = 100;
+    for i in 0..files.div_ceil(per_dir) {
+        let d = root.join(format!("d{i:03}"));
+        std::fs::create_dir_all(&d)?;
+        for j in 0..per_dir.min(files - i * per_dir) {
+            std::fs::write(
+                d.join(format!("f{j:03}")),
+                format!("file {i} {j}\n").repeat(8),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Interleaved runs of `f` over `tiers`, the order rotating each round.
+fn interleaved(
+    tiers: &[Tier],
+    runs: usize,
+    mut f: impl FnMut(Tier) -> Result<Duration>,
+) -> Result<Vec<Vec<Duration>>> {
+    let mut out = vec![Vec::new(); tiers.len()];
+    for t in tiers {
+        f(*t)?; // warm-up: page cache, first shim start
+    }
+    for i in 0..runs {
+        for k in 0..tiers.len() {
+            let j = (i + k) % tiers.len();
+            out[j].push(f(tiers[j])?);
+        }
+    }
+    Ok(out)
+}
+
+struct Args {
+    runs: usize,
+    files: usize,
+    platform: String,
+    write: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        runs: 10,
+        files: 3000,
+        platform: "ptrace".into(),
+        write: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => a.runs = value()?.parse()?,
+            "--files" => a.files = value()?.parse()?,
+            "--runsc-platform" => a.platform = value()?,
+            "--write" => a.write = Some(value()?.into()),
+            _ => bail!(
+                "usage: strata-bench-sentry [--runs N] [--files N] [--runsc-platform P] [--write FILE]"
+            ),
+        }
+    }
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the binary's directory")?;
+    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("shim from {}", h.shim_dir.display());
+    let result = measure(&h, &a);
+    h.stop();
+    let results = result?;
+    println!("{results}");
+    if let Some(path) = a.write {
+        write_results(&path, &results)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn measure(h: &Harness, a: &Args) -> Result<String> {
+    let tree = h.info.state.join("bench-tree");
+    make_tree(&tree, a.files)?;
+    let wrapper = h.info.state.join("runsc-bench");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# runsc as containerd-shim-runc-v2's --runc-binary, with the flags the shim cannot pass\nexec {RUNSC} --network=none --platform={} \"$@\"\n",
+            a.platform
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let b = Bench {
+        h,
+        runsc_wrapper: wrapper,
+        tree,
+    };
+
+    // runsc, if it can run here at all.
+    let runsc_error = if !Path::new(RUNSC).exists() {
+        Some(format!("{RUNSC} is not installed (apt-get install runsc)"))
+    } else {
+        match b.run(Tier::Runsc, "probe", &["/bin/true"]) {
+            Ok(_) => None,
+            Err(e) => Some(
+                format!("{e:#}")
+                    .lines()
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            ),
+        }
+    };
+    if let Some(e) = &runsc_error {
+        eprintln!("runsc cannot run here: {e}");
+    }
+    let tiers: Vec<Tier> = if runsc_error.is_none() {
+        vec![Tier::Native, Tier::Sentry, Tier::Runsc]
+    } else {
+        vec![Tier::Native, Tier::Sentry]
+    };
+
+    eprintln!("start latency, {} runs", a.runs);
+    let start = interleaved(&tiers, a.runs, |t| b.start(t))?;
+    eprintln!("untrapped workload, {} runs", a.runs);
+    let untrapped = interleaved(&tiers, a.runs, |t| b.workload(t, UNTRAPPED))?;
+    eprintln!("open-heavy workload, {} runs", a.runs);
+    let open_heavy = interleaved(&tiers, a.runs, |t| b.workload(t, OPEN_HEAVY))?;
+
+    let med =
+        |v: &Vec<Vec<Duration>>, t: Tier| tiers.iter().position(|x| *x == t).map(|i| median(&v[i]));
+    let cell = |v: &Vec<Vec<Duration>>, t: Tier| med(v, t).map(ms).unwrap_or_else(|| "-".into());
+    let vs = |v: &Vec<Vec<Duration>>, a: Tier, b: Tier| match (med(v, a), med(v, b)) {
+        (Some(x), Some(y)) => ratio(x, y),
+        _ => "-".into(),
+    };
+    let spread = |v: &Vec<Vec<Duration>>, t: Tier| {
+        tiers
+            .iter()
+            .position(|x| *x == t)
+            .map(|i| {
+                let mut s = v[i].clone();
+                s.sort();
+                format!("{} / {}", ms(s[0]), ms(s[s.len() - 1]))
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    let (n, s, r) = (Tier::Native, Tier::Sentry, Tier::Runsc);
+    let runsc_note = match &runsc_error {
+        None => format!(
+            "runsc {} (`--network=none --platform={}`, through containerd-shim-runc-v2 `--runc-binary`)",
+            first_line(RUNSC, &["--version"]),
+            a.platform
+        ),
+        Some(e) => format!("**runsc could not run a container here**, so its columns are empty: {e}"),
+    };
+    let mut t = format!(
+        "Measured {date} on {cpus} CPUs, kernel {kernel}; {containerd}; {runsc_note}; shim \
+         built with the `{profile}` profile; median of {runs} interleaved runs each; \
+         workloads timed inside the container (busybox `time -p`, 10 ms resolution); tree of \
+         {files} files.\n\n\
+         | | strata native | strata sentry | gVisor runsc | sentry / native | sentry / runsc | target |\n\
+         |---|---|---|---|---|---|---|\n",
+        date = first_line("date", &["-u"]),
+        cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel = first_line("uname", &["-r"]),
+        containerd = first_line("containerd", &["--version"]),
+        profile = h
+            .shim_dir
+            .file_name()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        runs = a.runs,
+        files = a.files,
+    );
+    for (label, v, target) in [
+        (
+            "`ctr run --rm` of /bin/true",
+            &start,
+            "sentry at most 0.5x runsc",
+        ),
+        (
+            "untrapped: shell loop (300 000) + `dd` 100 000 x 4 KiB",
+            &untrapped,
+            "sentry at most 1.05x native",
+        ),
+        (
+            "open-heavy: `find`, `stat` of every file, `tar` of the tree, 3 rounds",
+            &open_heavy,
+            "sentry at most 2x native, faster than runsc",
+        ),
+    ] {
+        t.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {target} |\n",
+            cell(v, n),
+            cell(v, s),
+            cell(v, r),
+            vs(v, s, n),
+            vs(v, s, r),
+        ));
+        t.push_str(&format!(
+            "| fastest / slowest | {} | {} | {} | | | |\n",
+            spread(v, n),
+            spread(v, s),
+            spread(v, r),
+        ));
+    }
+    Ok(t)
+}
+
+fn write_results(path: &Path, results: &str) -> Result<()> {
+    let doc =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+    };
+    let new = format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]);
+    std::fs::write(path, new)?;
+    Ok(())
+}
