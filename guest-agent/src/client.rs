@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::agent::{
-    MountBundleRequest, MountBundleResponse, OomEventRequest, PingRequest, PingResponse,
-    ShutdownRequest, StatsRequest, StatsResponse, VersionRequest,
+    CreateContainerRequest, CreateContainerResponse, DeleteRequest, MountBundleRequest,
+    MountBundleResponse, OomEventRequest, PingRequest, PingResponse, ShutdownRequest, StartRequest,
+    StatsRequest, StatsResponse, Stdio, VersionRequest, WaitRequest,
 };
 use crate::proto::agent_ttrpc::AgentClient;
 use crate::PROTOCOL_VERSION;
@@ -280,6 +281,76 @@ impl Agent {
             )
             .map_err(|source| ClientError::Call {
                 call: "MountBundle",
+                source,
+            })
+    }
+
+    /// `CreateContainer`: the container from the bundle directory `bundle` in the guest (e.g.
+    /// [`Agent::mount_bundle`]'s), not started; the reply has its PID and stream ports.
+    pub fn create_container(
+        &self,
+        id: &str,
+        bundle: &str,
+        stdio: Stdio,
+    ) -> Result<CreateContainerResponse, ClientError> {
+        let req = CreateContainerRequest {
+            id: id.to_string(),
+            bundle: bundle.to_string(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        self.client
+            .create_container(Self::ctx(self.timeout), &req)
+            .map_err(|source| ClientError::Call {
+                call: "CreateContainer",
+                source,
+            })
+    }
+
+    /// `Start`: the container's init (`exec_id` empty) or an exec'd process; its PID.
+    pub fn start(&self, id: &str, exec_id: &str) -> Result<u32, ClientError> {
+        let req = StartRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .start(Self::ctx(self.timeout), &req)
+            .map(|r| r.pid)
+            .map_err(|source| ClientError::Call {
+                call: "Start",
+                source,
+            })
+    }
+
+    /// `Wait`, at most `wait`: the exit status (128 + signal if killed).
+    pub fn wait(&self, id: &str, exec_id: &str, wait: Duration) -> Result<u32, ClientError> {
+        let req = WaitRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .wait(Self::ctx(wait), &req)
+            .map(|r| r.exit_status)
+            .map_err(|source| ClientError::Call {
+                call: "Wait",
+                source,
+            })
+    }
+
+    /// `Delete`: the container (`exec_id` empty) or an exec'd process.
+    pub fn delete(&self, id: &str, exec_id: &str) -> Result<(), ClientError> {
+        let req = DeleteRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .delete(Self::ctx(self.timeout), &req)
+            .map(|_| ())
+            .map_err(|source| ClientError::Call {
+                call: "Delete",
                 source,
             })
     }

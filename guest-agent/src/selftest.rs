@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::client::Agent;
-use crate::proto::agent::{CreateContainerRequest, StartRequest, Stdio, WaitRequest};
+use crate::client::{Agent, ClientError};
+use crate::proto::agent::Stdio;
 use crate::service::serve_with;
 use crate::streams::StreamTransport;
 use crate::{vsock, AGENT_VSOCK_PORT};
@@ -24,9 +24,8 @@ pub fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
-}
+/// Each call's deadline (TCG is slow).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs the self-test, printing `strata-guest-agent: ...` lines; `bundle_disk` is the disk
 /// (`/dev/vdX`) holding a bundle image (config.json, rootfs/).
@@ -47,7 +46,7 @@ pub fn run(bundle_disk: Option<&str>) {
     let addr = format!("vsock://{}:{AGENT_VSOCK_PORT}", vsock::CID_LOCAL);
     let t0 = Instant::now();
     let agent = loop {
-        match Agent::connect(&addr, Duration::from_secs(30)) {
+        match Agent::connect(&addr, CALL_TIMEOUT) {
             Ok(a) => break a,
             Err(e) if t0.elapsed() > Duration::from_secs(30) => {
                 println!("strata-guest-agent: no answer over vsock: {e}");
@@ -72,7 +71,6 @@ pub fn run(bundle_disk: Option<&str>) {
 type Res<T> = Result<T, String>;
 
 fn containers(agent: &Agent, dev: &str) -> Res<()> {
-    let c = agent.raw();
     // The bundle disk, mounted the way the host asks for it.
     let mounted = agent
         .mount_bundle(dev, "selftest")
@@ -82,10 +80,7 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
         mounted.fs_type, mounted.bundle
     );
     let bundle = Path::new(&mounted.bundle);
-    let e = |what: &str| {
-        let what = what.to_string();
-        move |err: ttrpc::Error| format!("{what}: {err}")
-    };
+    let e = |what: &'static str| move |err: ClientError| format!("{what}: {}", chain(&err));
     let streamed = Stdio {
         stream_stdin: true,
         stream_stdout: true,
@@ -93,16 +88,8 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
         ..Default::default()
     };
     // The bundle's own process, with stdio over vsock; the host's part is played here.
-    let ports = c
-        .create_container(
-            ctx(),
-            &CreateContainerRequest {
-                id: "streams".into(),
-                bundle: bundle.display().to_string(),
-                stdio: Some(streamed).into(),
-                ..Default::default()
-            },
-        )
+    let ports = agent
+        .create_container("streams", &mounted.bundle, streamed)
         .map_err(e("create"))?
         .stdio_ports
         .unwrap_or_default();
@@ -119,14 +106,7 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
         let _ = stderr.read_to_end(&mut v);
         v
     });
-    c.start(
-        ctx(),
-        &StartRequest {
-            id: "streams".into(),
-            ..Default::default()
-        },
-    )
-    .map_err(e("start"))?;
+    agent.start("streams", "").map_err(e("start"))?;
     // While it waits for stdin: its cgroup's figures.
     let s = agent
         .stats("streams")
@@ -152,16 +132,7 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
         .read_to_end(&mut out)
         .map_err(|err| format!("stdout: {err}"))?;
     let err_out = err_reader.join().unwrap_or_default();
-    let status = c
-        .wait(
-            ctx(),
-            &WaitRequest {
-                id: "streams".into(),
-                ..Default::default()
-            },
-        )
-        .map_err(e("wait"))?
-        .exit_status;
+    let status = agent.wait("streams", "", CALL_TIMEOUT).map_err(e("wait"))?;
     println!(
         "strata-guest-agent: streams stdout={:?} stderr={:?} status={status}",
         String::from_utf8_lossy(&out),
@@ -186,33 +157,11 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
     std::fs::create_dir_all(oom_bundle)
         .and_then(|_| std::fs::write(oom_bundle.join("config.json"), spec.to_string()))
         .map_err(|err| format!("writing the OOM bundle: {err}"))?;
-    c.create_container(
-        ctx(),
-        &CreateContainerRequest {
-            id: "oom".into(),
-            bundle: oom_bundle.display().to_string(),
-            ..Default::default()
-        },
-    )
-    .map_err(e("create oom"))?;
-    c.start(
-        ctx(),
-        &StartRequest {
-            id: "oom".into(),
-            ..Default::default()
-        },
-    )
-    .map_err(e("start oom"))?;
-    let status = c
-        .wait(
-            ctx(),
-            &WaitRequest {
-                id: "oom".into(),
-                ..Default::default()
-            },
-        )
-        .map_err(e("wait oom"))?
-        .exit_status;
+    agent
+        .create_container("oom", &oom_bundle.display().to_string(), Stdio::default())
+        .map_err(e("create oom"))?;
+    agent.start("oom", "").map_err(e("start oom"))?;
+    let status = agent.wait("oom", "", CALL_TIMEOUT).map_err(e("wait oom"))?;
     let notice = agent
         .oom_event(Duration::from_secs(30))
         .map_err(|err| err.to_string())?;

@@ -1,7 +1,10 @@
 //! The full machine: Strata's VMM boots the guest kernel (scripts/build-guest-kernel) with the
-//! agent's initramfs (scripts/build-initramfs); the host reaches the agent through the hybrid
-//! vsock socket (`CONNECT 1024`), exchanges the protocol version over ttrpc, pings it, and shuts
-//! the VM down through it, which must end as a clean reset.
+//! agent's initramfs (scripts/build-initramfs) and a busybox bundle as an erofs (or ext4) image
+//! on a read-only virtio-blk disk (`strata_microvm::rootfs`); the host reaches the agent through
+//! the hybrid vsock socket (`CONNECT 1024`), exchanges the protocol version over ttrpc, pings it,
+//! mounts the bundle disk (`MountBundle`), creates and starts a busybox container with its stdout
+//! and stderr streamed over vsock, checks its output, exit status and stats, deletes it, and shuts
+//! the VM down through the agent, which must end as a clean reset.
 //!
 //! This needs hardware KVM (kvm_intel or kvm_amd): on PVM an unmodified Linux stops with an
 //! emulation failure, so the test is skipped there, saying so. `STRATA_FORCE_LINUX_GUEST=1`
@@ -16,11 +19,47 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use strata_guest_agent::client::Agent;
+use strata_guest_agent::proto::agent::Stdio as AgentStdio;
+use strata_microvm::devices::virtio::block::DiskConfig;
 use strata_microvm::devices::virtio::vsock::VsockConfig;
 use strata_microvm::{Exit, Machine, MachineConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A static busybox, or None.
+fn static_busybox() -> Option<&'static Path> {
+    let b = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(b).output().ok()?;
+    (b.exists() && !String::from_utf8_lossy(&ldd.stdout).contains("=>")).then_some(b)
+}
+
+/// A busybox OCI bundle (config.json, rootfs/) under `dir`, running `script` with `sh -c`.
+fn busybox_bundle(dir: &Path, busybox: &Path, script: &str) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "dev", "tmp"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
+    }
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "hostname", "cat"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let spec = format!(
+        r#"{{"ociVersion":"1.0.2",
+  "process":{{"terminal":false,"user":{{"uid":0,"gid":0}},
+    "args":["/bin/sh","-c",{script:?}],
+    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true}},
+  "root":{{"path":"rootfs","readonly":false}},
+  "hostname":"kvm-guest",
+  "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+    {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
+  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}}]}}}}"#
+    );
+    std::fs::write(bundle.join("config.json"), spec).unwrap();
+    bundle
 }
 
 fn hardware_kvm() -> bool {
@@ -55,7 +94,22 @@ fn linux_guest_with_agent_over_vsock() {
         return;
     }
     let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let Some(busybox) = static_busybox() else {
+        eprintln!("SKIPPED: no static /bin/busybox (apt-get install busybox-static)");
+        return;
+    };
     let dir = TempDir::new("linux");
+    let bundle = busybox_bundle(
+        &dir.0,
+        busybox,
+        "echo hello from busybox in a microVM; hostname; echo pid=$$; echo to-stderr >&2",
+    );
+    // The image as the tier builds it: erofs where mkfs.erofs is installed, else ext4.
+    let cache = dir.path("images");
+    let image = match strata_microvm::rootfs::build_erofs(&bundle, &cache) {
+        Ok(i) => i,
+        Err(_) => strata_microvm::rootfs::build_ext4(&bundle, &cache).unwrap(),
+    };
     let initrd = dir.path("initramfs.cpio.gz");
     let st = Command::new(root().join("scripts/build-initramfs"))
         .arg(&initrd)
@@ -74,6 +128,10 @@ fn linux_guest_with_agent_over_vsock() {
         guest_cid: 3,
         uds_path: uds.clone(),
     });
+    cfg.disks = vec![DiskConfig {
+        path: image.path.clone(),
+        read_only: true,
+    }];
     let t0 = Instant::now();
     let mut m = Machine::start(cfg).unwrap();
     let console = m.console();
@@ -95,6 +153,48 @@ fn linux_guest_with_agent_over_vsock() {
     let p = agent.ping().unwrap();
     assert_eq!(p.pid, 1);
     assert_eq!(p.mounts, ["proc", "sysfs", "devtmpfs", "tmpfs", "cgroup2"]);
+
+    // The busybox container from the bundle disk, stdout and stderr over vsock streams.
+    let mounted = agent.mount_bundle("/dev/vda", "busybox").unwrap();
+    assert!(mounted.fs_type == "erofs" || mounted.fs_type == "ext4");
+    let created = agent
+        .create_container(
+            "busybox",
+            &mounted.bundle,
+            AgentStdio {
+                stream_stdout: true,
+                stream_stderr: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let ports = created.stdio_ports.unwrap_or_default();
+    assert_eq!(ports.stdin, 0, "stdin not streamed");
+    let mut stdout = agent.open_stream(ports.stdout).unwrap();
+    let mut stderr = agent.open_stream(ports.stderr).unwrap();
+    for s in [&stdout, &stderr] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    agent.start("busybox", "").unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    use std::io::Read;
+    stdout.read_to_string(&mut out).unwrap();
+    stderr.read_to_string(&mut err).unwrap();
+    let status = agent.wait("busybox", "", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        out,
+        "hello from busybox in a microVM\nkvm-guest\npid=1\n",
+        "console:\n{}",
+        console.contents()
+    );
+    assert_eq!(err, "to-stderr\n");
+    assert_eq!(status, 0);
+    let stats = agent.stats("busybox").unwrap();
+    assert_eq!(stats.cgroup_version, 2);
+    assert!(stats.cpu_usage_total_ns > 0, "{stats:?}");
+    agent.delete("busybox", "").unwrap();
+    let container_done = t0.elapsed();
+
     agent.shutdown().unwrap();
     let exit = m.wait(Some(Duration::from_secs(30)));
     assert_eq!(
@@ -104,6 +204,7 @@ fn linux_guest_with_agent_over_vsock() {
         console.contents()
     );
     eprintln!("VMM start to agent answering on vsock: {ready:?}");
+    eprintln!("VMM start to busybox container output read and deleted: {container_done:?}");
 }
 
 /// On PVM, the real guest kernel runs through Strata's boot path until its first kernel-mode
