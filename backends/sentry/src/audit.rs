@@ -5,6 +5,10 @@
 //! (`per_second`, bursts of ten seconds' worth) whose overflow is counted and written as one
 //! `suppressed` record, and a size cap after which the file is rotated once (`audit.jsonl.1`),
 //! so that the two never hold more than twice the cap.
+//!
+//! Records are written in batches, not one write per call: a batch leaves when it holds
+//! [`BATCH_BYTES`], when its first record is [`BATCH_AGE`] old, when the supervisor goes idle
+//! ([`AuditLog::flush`]), and when the log is dropped. A reader sees whole lines only.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -17,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// The log's file name in the container's sentry directory.
 pub const FILE: &str = "audit.jsonl";
+/// The largest batch of records kept before writing.
+pub const BATCH_BYTES: usize = 16 * 1024;
+/// The longest a record waits in a batch while calls keep coming.
+pub const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One record.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -47,6 +55,9 @@ pub struct Record {
 struct State {
     file: Option<File>,
     written: u64,
+    /// Whole lines not written yet, and when the first of them came.
+    batch: Vec<u8>,
+    since: Option<Instant>,
     tokens: f64,
     last: Instant,
     suppressed: u64,
@@ -72,6 +83,8 @@ impl AuditLog {
             st: Mutex::new(State {
                 file: Some(file),
                 written,
+                batch: Vec::new(),
+                since: None,
                 tokens: per_second * 10.0,
                 last: Instant::now(),
                 suppressed: 0,
@@ -109,18 +122,45 @@ impl AuditLog {
                 ..Default::default()
             };
             st.suppressed = 0;
-            self.write(&mut st, &s);
+            Self::add(&mut st, &s);
         }
         r.ts = ts;
-        self.write(&mut st, &r);
+        Self::add(&mut st, &r);
+        let batch = (self.max_bytes as usize / 4).clamp(1, BATCH_BYTES);
+        if st.batch.len() >= batch || st.since.is_some_and(|t| now - t >= BATCH_AGE) {
+            self.write(&mut st);
+        }
     }
 
-    fn write(&self, st: &mut State, r: &Record) {
-        let Ok(mut line) = serde_json::to_vec(r) else {
+    /// Whether records wait in a batch.
+    pub fn pending(&self) -> bool {
+        let st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        !st.batch.is_empty()
+    }
+
+    /// Writes the records waiting in the batch.
+    pub fn flush(&self) {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(&mut st);
+    }
+
+    fn add(st: &mut State, r: &Record) {
+        let len = st.batch.len();
+        if serde_json::to_writer(&mut st.batch, r).is_ok() {
+            st.batch.push(b'\n');
+            st.since.get_or_insert_with(Instant::now);
+        } else {
+            st.batch.truncate(len);
+        }
+    }
+
+    fn write(&self, st: &mut State) {
+        if st.batch.is_empty() {
             return;
-        };
-        line.push(b'\n');
-        if st.written + line.len() as u64 > self.max_bytes {
+        }
+        let lines = std::mem::take(&mut st.batch);
+        st.since = None;
+        if st.written + lines.len() as u64 > self.max_bytes {
             st.file = None;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
@@ -134,11 +174,20 @@ impl AuditLog {
             st.written = 0;
         }
         if let Some(f) = st.file.as_mut() {
-            // One write per record: a reader never sees half a line.
-            if f.write_all(&line).is_ok() {
-                st.written += line.len() as u64;
+            // One write per batch of whole lines: a reader never sees half a line.
+            if f.write_all(&lines).is_ok() {
+                st.written += lines.len() as u64;
             }
         }
+        // Keep the allocation for the next batch.
+        st.batch = lines;
+        st.batch.clear();
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -242,6 +291,7 @@ mod tests {
         for i in 0..100_000 {
             log.record(rec("openat", "deny", &format!("/secret/{i}")));
         }
+        log.flush();
         // Burst of 10 s at 100/s: about 1000 written, the rest counted.
         let size = std::fs::metadata(&path).unwrap().len();
         let old = std::fs::metadata(dir.join("audit.jsonl.1"))
@@ -250,6 +300,7 @@ mod tests {
         assert!(size <= 64 * 1024 && old <= 64 * 1024, "{size} {old}");
         std::thread::sleep(std::time::Duration::from_millis(50));
         log.record(rec("execve", "allow", "/bin/sh"));
+        log.flush();
         let s = summarise(&path).unwrap();
         assert!(s.contains("dropped by the rate limit"), "{s}");
         assert!(s.contains("execve               allow"), "{s}");

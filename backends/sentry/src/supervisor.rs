@@ -4,8 +4,9 @@
 //! container's flood of calls cannot hold up another's.
 //!
 //! Rules kept throughout:
-//! - An argument behind a pointer is read once from `/proc/<pid>/mem`, then the notification
-//!   id is checked to be still valid (the pid might have been reused by another task).
+//! - An argument behind a pointer is read once (`process_vm_readv`), then the notification
+//!   id is checked to be still valid (the pid might have been reused by another task); what
+//!   else is read through the pid (`/proc/<pid>/status`, root, cwd) is read before that check.
 //! - A decision that rests on such an argument never ends in CONTINUE, with one exception,
 //!   exec, which the kernel must do itself (see `exec` below and docs/sentry.md).
 //!   Opens are done here, resolved inside the container's root with the workload's own
@@ -62,6 +63,11 @@ pub struct Ctx {
     workers: AtomicUsize,
     names: HashMap<i32, String>,
     own_userns: Option<PathBuf>,
+    /// Whether the container's tasks live in a user namespace other than the shim's, found
+    /// on the first trapped call. It cannot change: every task under a container's filters
+    /// got the filter after joining the container's namespaces, and the filter refuses
+    /// `unshare`, `setns` and `clone` with namespace flags (and `clone3`).
+    foreign_userns: std::sync::OnceLock<bool>,
 }
 
 impl Ctx {
@@ -84,6 +90,7 @@ impl Ctx {
             workers: AtomicUsize::new(0),
             names,
             own_userns: std::fs::read_link("/proc/self/ns/user").ok(),
+            foreign_userns: std::sync::OnceLock::new(),
         }
     }
 
@@ -218,14 +225,24 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
         tracing::error!(id = %ctx.id, error = %e, "unshare(CLONE_FS) in the supervisor; closing the filter (fail closed)");
         return;
     }
+    // Best effort: older kernels lack it, and the answers are the same without it.
+    let _ = sys::set_sync_wakeup(fd.as_raw_fd());
     tracing::debug!(id = %ctx.id, "supervising");
     loop {
         if ctx.stop.load(Ordering::SeqCst) {
             break;
         }
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(500u16)) {
-            Ok(0) | Err(Errno::EINTR) => continue,
+        // Audit records wait in a batch while calls keep coming; written once idle.
+        let pending = ctx.audit.pending();
+        match poll(&mut fds, PollTimeout::from(if pending { 50u16 } else { 500 })) {
+            Ok(0) => {
+                if pending {
+                    ctx.audit.flush();
+                }
+                continue;
+            }
+            Err(Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(id = %ctx.id, error = %e, "poll on the seccomp fd");
@@ -251,6 +268,7 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
         };
         handle(&ctx, &fd, n);
     }
+    ctx.audit.flush();
     tracing::debug!(id = %ctx.id, "supervisor done");
 }
 
@@ -460,15 +478,62 @@ fn nums(s: Option<&str>) -> Vec<u32> {
         .collect()
 }
 
+/// Status files of the tasks a supervisor thread has seen lately, kept open: reading one
+/// again from offset 0 makes procfs generate it afresh, and a descriptor stays bound to its
+/// task (once the task is gone it reads ESRCH, never another task's status, whatever reuses
+/// the pid), so only the first call of a task pays for the open.
+const STATUS_CACHE: usize = 32;
+
+thread_local! {
+    static STATUS: std::cell::RefCell<HashMap<u32, File>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// `/proc/<pid>/status`, read with one `pread` into a buffer that has room for it.
+fn read_status(pid: u32) -> Result<String, i32> {
+    let read = |f: &File| -> io::Result<String> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = f.read_at(&mut buf, 0)?;
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if n < buf.len() {
+                // procfs hands the whole file to one read that has room for it.
+                buf.truncate(n);
+                return String::from_utf8(buf).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+    };
+    STATUS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(f) = cache.get(&pid) {
+            if let Ok(s) = read(f) {
+                return Ok(s);
+            }
+            cache.remove(&pid); // the task is gone: the pid may name another one now
+        }
+        let f = File::open(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
+        let s = read(&f).map_err(|_| libc::ESRCH)?;
+        if cache.len() >= STATUS_CACHE {
+            cache.clear();
+        }
+        cache.insert(pid, f);
+        Ok(s)
+    })
+}
+
 fn task(ctx: &Ctx, pid: u32) -> Result<Task, i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
+    let status = read_status(pid)?;
     let uid = nums(field(&status, "Uid"));
     let gid = nums(field(&status, "Gid"));
     let last = |k: &str| nums(field(&status, k)).last().copied().unwrap_or(0);
     let mut cap_eff = u64::from_str_radix(field(&status, "CapEff").unwrap_or("0"), 16).unwrap_or(0);
     // Capabilities of another user namespace mean nothing on the host: use none.
-    let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
-    if userns != ctx.own_userns {
+    let foreign = *ctx.foreign_userns.get_or_init(|| {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != ctx.own_userns
+    });
+    if foreign {
         cap_eff = 0;
     }
     Ok(Task {
@@ -489,18 +554,36 @@ fn task(ctx: &Ctx, pid: u32) -> Result<Task, i32> {
     })
 }
 
+/// Reads up to `buf.len()` bytes of the task's memory at `addr` with one
+/// `process_vm_readv` (no descriptor to open: the same access check as `/proc/<pid>/mem`,
+/// a third of the system calls). Stops at the first unmapped page.
+fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Result<usize, i32> {
+    let local = [io::IoSliceMut::new(buf)];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len: local[0].len(),
+    }];
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let mut local = local;
+    match nix::sys::uio::process_vm_readv(pid, &mut local, &remote) {
+        Ok(n) => Ok(n),
+        Err(Errno::ESRCH) => Err(libc::ESRCH),
+        Err(_) => Err(libc::EFAULT),
+    }
+}
+
 /// Reads a NUL-terminated string (a path) from the task's memory.
 fn read_cstr(pid: u32, addr: u64) -> Result<String, i32> {
     if addr == 0 {
         return Err(libc::EFAULT);
     }
-    let mem = File::open(format!("/proc/{pid}/mem")).map_err(|_| libc::ESRCH)?;
     let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
     let mut off = addr;
     while out.len() < libc::PATH_MAX as usize {
+        // Never past the page: the next one may be unmapped while this one ends the string.
         let room = 4096 - (off % 4096) as usize;
-        let mut chunk = vec![0u8; room];
-        let got = mem.read_at(&mut chunk, off).map_err(|_| libc::EFAULT)?;
+        let got = read_mem(pid, off, &mut chunk[..room])?;
         if got == 0 {
             return Err(libc::EFAULT);
         }
@@ -515,10 +598,14 @@ fn read_cstr(pid: u32, addr: u64) -> Result<String, i32> {
 }
 
 fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
-    let mem = File::open(format!("/proc/{pid}/mem")).map_err(|_| libc::ESRCH)?;
     let mut buf = vec![0u8; len];
-    mem.read_exact_at(&mut buf, addr)
-        .map_err(|_| libc::EFAULT)?;
+    let mut done = 0;
+    while done < len {
+        match read_mem(pid, addr + done as u64, &mut buf[done..])? {
+            0 => return Err(libc::EFAULT),
+            n => done += n,
+        }
+    }
     Ok(buf)
 }
 
@@ -605,6 +692,10 @@ enum Resolved {
         dir: OwnedFd,
         name: String,
         real: String,
+        /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` as resolution saw it (None: no such
+        /// file, or `name` is `.`). Only for decisions taken before opening: what is
+        /// opened is checked again on its descriptor.
+        stat: Option<libc::stat>,
     },
     /// A `/proc/<own pid>/fd/N` magic link: reopen the task's own descriptor.
     OwnFd { host: String, real: String },
@@ -641,10 +732,12 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
         } else {
             normalize(&format!("{dreal}/{name}"))
         };
+        let mut stat = None;
         if name != "." {
             if let Ok(st) =
                 nix::sys::stat::fstatat(Some(dfd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             {
+                stat = Some(st);
                 if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK && follow
                 {
                     if is_procfs(&dfd) {
@@ -691,6 +784,7 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
             dir: dfd,
             name: name.to_string(),
             real,
+            stat,
         });
     }
     Err(libc::ELOOP)
@@ -708,26 +802,18 @@ fn root_of(pid: u32) -> Result<OwnedFd, i32> {
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const SOCK_PACKET: i32 = 10;
 
+/// Opens a host path (absolute: `/proc/...`) as [`openat`] does.
 fn open_path(path: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
-    let cwd = open_cwd()?;
-    openat(&cwd, path, flags, mode)
-}
-
-fn open_cwd() -> Result<OwnedFd, Errno> {
-    let c = CString::new("/").map_err(|_| Errno::EINVAL)?;
-    sys::openat2(
-        libc::AT_FDCWD,
-        &c,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-        0,
-    )
-    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    openat_raw(libc::AT_FDCWD, path, flags, mode)
 }
 
 /// open(2) ignores flags it does not know and the mode without O_CREAT; openat2(2) refuses
 /// both, so pass only what open(2) would act on.
 fn openat(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    openat_raw(dir.as_raw_fd(), name, flags, mode)
+}
+
+fn openat_raw(dir: RawFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
     let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let known = libc::O_ACCMODE
         | libc::O_CREAT
@@ -753,7 +839,7 @@ fn openat(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd,
     } else {
         0
     };
-    sys::openat2(dir.as_raw_fd(), &c, flags, mode, 0)
+    sys::openat2(dir, &c, flags, mode, 0)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
@@ -837,29 +923,31 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
 fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _r: u64) -> Outcome {
     let pid = call.n.pid;
     call.arg("flags", flags_text(flags));
+    // Everything read through the pid (credentials, root, path, working directory) is read
+    // before the one validity check, so that all of it is known to be the trapped task's.
+    let t = match task(call.ctx, pid) {
+        Ok(t) => t,
+        Err(_) => return Outcome::Gone,
+    };
+    let root = match root_of(pid) {
+        Ok(r) => r,
+        Err(_) => return Outcome::Gone,
+    };
     let path = match read_cstr(pid, ptr) {
         Ok(p) => p,
         Err(e) => return Outcome::Errno(e, "unreadable path"),
     };
     call.arg("path", path.clone());
-    if !call.valid() {
-        return Outcome::Gone;
-    }
-    let t = match task(call.ctx, pid) {
-        Ok(t) => t,
-        Err(_) => return Outcome::Gone,
-    };
     let abs = match absolute(&t, dirfd, &path) {
         Ok(p) => p,
         Err(e) => return Outcome::Errno(e, "cannot place a relative path"),
     };
+    if !call.valid() {
+        return Outcome::Gone;
+    }
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY
         || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
         || flags & libc::O_TMPFILE == libc::O_TMPFILE;
-    let root = match root_of(pid) {
-        Ok(r) => r,
-        Err(_) => return Outcome::Gone,
-    };
     let _creds = match sys::AsWorkload::enter(&t.creds) {
         Ok(g) => g,
         Err(_) => return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials"),
@@ -905,19 +993,13 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     }
     // The supervisor is outside the container's device cgroup: judge device nodes before
     // opening them (and again after, on what was opened).
-    if let Resolved::At { dir, name, .. } = &resolved {
-        if let Ok(st) = nix::sys::stat::fstatat(
-            Some(dir.as_raw_fd()),
-            name.as_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-            if (fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK)
-                && !device_allowed(st.st_rdev)
-                && flags & libc::O_PATH == 0
-            {
-                return Outcome::Errno(libc::EPERM, "device not allowed");
-            }
+    if let Resolved::At { stat: Some(st), .. } = &resolved {
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if (fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK)
+            && !device_allowed(st.st_rdev)
+            && flags & libc::O_PATH == 0
+        {
+            return Outcome::Errno(libc::EPERM, "device not allowed");
         }
     }
     let cloexec = flags & libc::O_CLOEXEC != 0;
@@ -958,9 +1040,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     if let Err(e) = check_opened(&file, flags, nonblock) {
         return Outcome::Errno(e, "device not allowed");
     }
-    if !call.valid() {
-        return Outcome::Gone;
-    }
+    // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     Outcome::Fd(file, cloexec)
 }
 
@@ -998,9 +1078,9 @@ fn check_opened(file: &OwnedFd, flags: i32, nonblock: bool) -> Result<(), i32> {
         }
     }
     if !nonblock && flags & libc::O_PATH == 0 {
-        let fl = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| e as i32)?;
-        let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+        // F_SETFL acts on O_APPEND, O_ASYNC, O_DIRECT, O_NOATIME and O_NONBLOCK only; the
+        // file was opened with the workload's own, so they are its status flags (no F_GETFL).
+        let fl = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
             .map_err(|e| e as i32)?;
     }
@@ -1118,7 +1198,9 @@ fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
         };
         let follow = flags & libc::AT_SYMLINK_NOFOLLOW == 0;
         match resolve(&t, &root, &abs, follow) {
-            Ok(Resolved::At { dir, name, real }) => {
+            Ok(Resolved::At {
+                dir, name, real, ..
+            }) => {
                 match nix::sys::stat::fstatat(
                     Some(dir.as_raw_fd()),
                     name.as_str(),

@@ -57,7 +57,9 @@ const NOTIF_RECV: u64 = ioc(IOC_READ | IOC_WRITE, 0, std::mem::size_of::<Notif>(
 const NOTIF_SEND: u64 = ioc(IOC_READ | IOC_WRITE, 1, std::mem::size_of::<NotifResp>());
 const NOTIF_ID_VALID: u64 = ioc(IOC_WRITE, 2, std::mem::size_of::<u64>());
 const NOTIF_ADDFD: u64 = ioc(IOC_WRITE, 3, std::mem::size_of::<NotifAddfd>());
+const NOTIF_SET_FLAGS: u64 = ioc(IOC_WRITE, 4, std::mem::size_of::<u64>());
 const USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+const USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
 const ADDFD_FLAG_SEND: u32 = 2;
 
 fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
@@ -75,6 +77,17 @@ pub fn recv(fd: RawFd) -> io::Result<Notif> {
     // kernel requires and has the kernel's layout and size (encoded in the request number).
     check(unsafe { libc::ioctl(fd, NOTIF_RECV as _, &mut n as *mut Notif) } as libc::c_long)?;
     Ok(n)
+}
+
+/// SECCOMP_IOCTL_NOTIF_SET_FLAGS with SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): the
+/// trapped task and the supervisor hand the CPU to each other (a synchronous wake-up on the
+/// current CPU) instead of waking each other across CPUs, which dominates the round trip of
+/// a trapped call. Older kernels answer EINVAL; the supervisor works without it.
+pub fn set_sync_wakeup(fd: RawFd) -> io::Result<()> {
+    // SAFETY: NOTIF_SET_FLAGS takes the flags by value (a u64 argument), no pointer.
+    check(unsafe { libc::ioctl(fd, NOTIF_SET_FLAGS as _, USER_NOTIF_FD_SYNC_WAKE_UP) }
+        as libc::c_long)?;
+    Ok(())
 }
 
 /// SECCOMP_IOCTL_NOTIF_ID_VALID: whether the trapped task still waits for this answer.
@@ -254,20 +267,6 @@ fn capget() -> io::Result<[CapData; 2]> {
     Ok(d)
 }
 
-fn capset_effective(eff: u64) -> io::Result<()> {
-    let mut d = capget()?;
-    d[0].effective = (eff as u32) & d[0].permitted;
-    d[1].effective = ((eff >> 32) as u32) & d[1].permitted;
-    let mut h = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
-    // SAFETY: version 3 capset reads two `cap_user_data` structs; the raw syscall affects
-    // only the calling thread.
-    check(unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) })?;
-    Ok(())
-}
-
 fn set_groups(groups: &[u32]) -> io::Result<()> {
     // SAFETY: the raw syscall (not glibc's, which would change every thread) reads
     // `groups.len()` gids from a live slice.
@@ -295,34 +294,103 @@ pub struct Creds {
     pub umask: u32,
 }
 
-/// While alive, the calling thread acts with a workload's credentials.
-pub struct AsWorkload {
+/// A supervisor thread's own capability sets, read once (only the effective set is ever
+/// changed, and always back to the permitted set), and the supplementary groups and umask
+/// the thread has now, so that taking on a workload's credentials costs no reads and no
+/// call that would change nothing.
+struct ThreadCreds {
+    caps: [CapData; 2],
     groups: Vec<u32>,
+    umask: Option<u32>,
+}
+
+thread_local! {
+    static THREAD: std::cell::RefCell<Option<ThreadCreds>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_thread<T>(f: impl FnOnce(&mut ThreadCreds) -> io::Result<T>) -> io::Result<T> {
+    THREAD.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_none() {
+            *t = Some(ThreadCreds {
+                caps: capget()?,
+                groups: nix::unistd::getgroups()
+                    .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                    .map_err(io::Error::from)?,
+                umask: None,
+            });
+        }
+        f(t.as_mut().expect("set above"))
+    })
+}
+
+fn capset_effective(caps: &[CapData; 2], eff: u64) -> io::Result<()> {
+    let mut d = *caps;
+    d[0].effective = (eff as u32) & d[0].permitted;
+    d[1].effective = ((eff >> 32) as u32) & d[1].permitted;
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: version 3 capset reads two `cap_user_data` structs; the raw syscall affects
+    // only the calling thread.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) })?;
+    Ok(())
+}
+
+/// While alive, the calling thread acts with a workload's credentials.
+///
+/// Leaving restores the effective capabilities, fsuid 0 and fsgid 0; the supplementary
+/// groups and the umask stay the workload's until another workload's differ: the supervisor's
+/// own work (procfs, its state directory) runs as root with every capability, for which
+/// neither makes a difference.
+pub struct AsWorkload {
+    caps: [CapData; 2],
+    fsuid: u32,
+    fsgid: u32,
 }
 
 impl AsWorkload {
-    /// Takes on `c`: groups, fsgid, fsuid, then effective capabilities.
+    /// Takes on `c`: groups, fsgid, fsuid, umask (each only if it differs from what the
+    /// thread has), then effective capabilities.
     pub fn enter(c: &Creds) -> io::Result<AsWorkload> {
-        let groups = nix::unistd::getgroups()
-            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-            .unwrap_or_default();
-        set_groups(&c.groups)?;
-        set_fsgid(c.fsgid);
-        set_fsuid(c.fsuid);
-        set_umask(c.umask);
-        let guard = AsWorkload { groups };
-        capset_effective(c.cap_eff)?;
+        let caps = with_thread(|t| {
+            if c.groups != t.groups {
+                set_groups(&c.groups)?;
+                t.groups.clone_from(&c.groups);
+            }
+            if t.umask != Some(c.umask) {
+                set_umask(c.umask);
+                t.umask = Some(c.umask);
+            }
+            Ok(t.caps)
+        })?;
+        if c.fsgid != 0 {
+            set_fsgid(c.fsgid);
+        }
+        if c.fsuid != 0 {
+            set_fsuid(c.fsuid);
+        }
+        let guard = AsWorkload {
+            caps,
+            fsuid: c.fsuid,
+            fsgid: c.fsgid,
+        };
+        capset_effective(&guard.caps, c.cap_eff)?;
         Ok(guard)
     }
 }
 
 impl Drop for AsWorkload {
     fn drop(&mut self) {
-        // Effective capabilities back first: setfsuid/setfsgid/setgroups need them.
-        let _ = capset_effective(u64::MAX);
-        set_fsuid(0);
-        set_fsgid(0);
-        let _ = set_groups(&self.groups);
+        // Effective capabilities back first: setfsuid/setfsgid need them.
+        let _ = capset_effective(&self.caps, u64::MAX);
+        if self.fsuid != 0 {
+            set_fsuid(0);
+        }
+        if self.fsgid != 0 {
+            set_fsgid(0);
+        }
     }
 }
 
