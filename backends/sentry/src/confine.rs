@@ -166,4 +166,22 @@ mod tests {
             .iter()
             .any(|(p, a)| p == "/" && a.contains(AccessFs::Execute)));
     }
+
+    #[test]
+    fn a_file_mount_takes_directory_rights_without_error() {
+        // CRI bind-mounts files (/etc/hosts, /etc/resolv.conf): the directory rights they
+        // get from the mount rule are narrowed, not refused. Nothing is restricted here.
+        let file = std::env::temp_dir().join(format!("strata-confine-{}", std::process::id()));
+        std::fs::write(&file, "x").unwrap();
+        let ruleset = Ruleset::default()
+            .handle_access(handled())
+            .and_then(|r| r.create())
+            .unwrap();
+        let added = ruleset.add_rule(PathBeneath::new(
+            PathFd::new(&file).unwrap(),
+            read() | write(),
+        ));
+        std::fs::remove_file(&file).unwrap();
+        assert!(added.is_ok(), "{:?}", added.err());
+    }
 }
