@@ -235,7 +235,10 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         // Audit records wait in a batch while calls keep coming; written once idle.
         let pending = ctx.audit.pending();
-        match poll(&mut fds, PollTimeout::from(if pending { 50u16 } else { 500 })) {
+        match poll(
+            &mut fds,
+            PollTimeout::from(if pending { 50u16 } else { 500 }),
+        ) {
             Ok(0) => {
                 if pending {
                     ctx.audit.flush();
@@ -500,7 +503,8 @@ fn read_status(pid: u32) -> Result<String, i32> {
             if n < buf.len() {
                 // procfs hands the whole file to one read that has room for it.
                 buf.truncate(n);
-                return String::from_utf8(buf).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+                return String::from_utf8(buf)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
             }
             buf.resize(buf.len() * 2, 0);
         }
@@ -530,9 +534,9 @@ fn task(ctx: &Ctx, pid: u32) -> Result<Task, i32> {
     let last = |k: &str| nums(field(&status, k)).last().copied().unwrap_or(0);
     let mut cap_eff = u64::from_str_radix(field(&status, "CapEff").unwrap_or("0"), 16).unwrap_or(0);
     // Capabilities of another user namespace mean nothing on the host: use none.
-    let foreign = *ctx.foreign_userns.get_or_init(|| {
-        std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != ctx.own_userns
-    });
+    let foreign = *ctx
+        .foreign_userns
+        .get_or_init(|| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != ctx.own_userns);
     if foreign {
         cap_eff = 0;
     }
