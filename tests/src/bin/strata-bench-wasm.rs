@@ -7,6 +7,10 @@
 //!    precompiled by `wasmtime compile`) on the same module, if `wasmtime` is on PATH or in
 //!    ~/.cargo/bin: the shim's cost above the engine is the ratio warm / CLI.
 //! 3. Memory of a running wasm task: RSS and PSS of its shim process plus its runner process.
+//! 4. The shim's share without containerd: the hello module run the way the shim runs it
+//!    (`backends/wasm/examples/start_time.rs`, built with the shim's profile: `WasmBackend`
+//!    with the shim's `strata-wasm-runner`), create to exit, interleaved with the bare CLI
+//!    (`wasmtime run --allow-precompiled`) spawn to exit.
 //!
 //! `strata-bench-wasm [--runs N] [--write FILE]`: prints the figures; with `--write` also puts
 //! them into FILE (docs/benchmarks.md) between its wasm result markers.
@@ -54,6 +58,10 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn msf(ms: f64) -> String {
+    format!("{ms:.1} ms")
 }
 
 fn hex(data: &[u8]) -> String {
@@ -116,6 +124,52 @@ fn smaps(pid: u32) -> (u64, u64) {
             .unwrap_or(0u64)
     };
     (field("Rss:"), field("Pss:"))
+}
+
+/// Medians (ms) of the shim's share, from `start_time` (backends/wasm/examples).
+#[derive(serde::Deserialize)]
+struct Share {
+    /// create: spawn to the runner's "ready" (module loaded from the cache, linked).
+    create: f64,
+    /// start to the exit being reaped and reported.
+    start_to_exit: f64,
+    /// create to exit: what the bare CLI's spawn to exit compares with.
+    total: f64,
+    /// delete after the exit (cgroup removal), not part of the CLI's figure.
+    delete: f64,
+    cli: Option<f64>,
+}
+
+/// Runs the `start_time` example (built by scripts/bench-wasm with the shim's profile) on
+/// `hello`, interleaved with the CLI when there is one.
+fn shim_share(
+    tool: &Path,
+    runner: &Path,
+    cli: Option<&Path>,
+    hello: &[u8],
+    runs: usize,
+) -> Result<Share> {
+    let module =
+        std::env::temp_dir().join(format!("strata-bench-hello-{}.wasm", std::process::id()));
+    std::fs::write(&module, hello)?;
+    let mut cmd = Command::new(tool);
+    cmd.arg(runner).arg(&module).arg(runs.to_string());
+    if let Some(cli) = cli {
+        cmd.arg(cli);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", tool.display()))?;
+    let _ = std::fs::remove_file(&module);
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn main() -> Result<()> {
@@ -220,6 +274,18 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_file(&path);
     h.stop();
 
+    // The shim's share without containerd, with the shim's own build of the wasm tier.
+    let shim_dir = std::env::var_os("STRATA_SHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.to_path_buf());
+    let share = shim_share(
+        &shim_dir.join("examples/start_time"),
+        &shim_dir.join("strata-wasm-runner"),
+        wasmtime_cli().as_deref(),
+        &hello,
+        runs,
+    )?;
+
     let mib = |kib: u64| kib as f64 / 1024.0;
     let cli_rows = match &cli {
         Some((v, t)) => format!(
@@ -230,6 +296,21 @@ fn main() -> Result<()> {
         ),
         None => "| bare engine: wasmtime CLI | not installed (`cargo install wasmtime-cli`) | | warm at most 1.5x the CLI |\n".into(),
     };
+    let share_rows = format!(
+        "| shim's share without containerd: `WasmBackend` create → exit of the same module, warm (create {c} + start to exit {r}; delete after it {d}) | {t} | {ratio} | at most 1.5x the CLI |\n",
+        c = msf(share.create),
+        r = msf(share.start_to_exit),
+        d = msf(share.delete),
+        t = msf(share.total),
+        ratio = match share.cli {
+            Some(cli) => format!(
+                "/ CLI, interleaved ({}): {:.2}x",
+                msf(cli),
+                share.total / cli
+            ),
+            None => "CLI not installed".into(),
+        },
+    );
     let results = format!(
         "Measured {date}, {runs} interleaved runs each.\n\n\
          | | median | ratio | target |\n\
@@ -238,6 +319,7 @@ fn main() -> Result<()> {
          | `ctr run --rm` hello, wasm tier, warm (cached compiled module) | {warm} | warm / native: {wr:.2}x | |\n\
          | `ctr run --rm` busybox `echo hello`, native tier | {native} | | |\n\
          {cli_rows}\
+         {share_rows}\
          | running wasm task: shim + runner RSS | {rss:.1} MiB (shim {srss:.1} + runner {rrss:.1}) | | at most 15 MiB per task |\n\
          | running wasm task: shim + runner PSS | {pss:.1} MiB (shim {spss:.1} + runner {rpss:.1}) | | |\n",
         date = String::from_utf8_lossy(&Command::new("date").arg("-u").output()?.stdout).trim(),
