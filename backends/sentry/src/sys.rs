@@ -85,10 +85,8 @@ pub fn recv(fd: RawFd) -> io::Result<Notif> {
 /// a trapped call. Older kernels answer EINVAL; the supervisor works without it.
 pub fn set_sync_wakeup(fd: RawFd) -> io::Result<()> {
     // SAFETY: NOTIF_SET_FLAGS takes the flags by value (a u64 argument), no pointer.
-    check(
-        unsafe { libc::ioctl(fd, NOTIF_SET_FLAGS as _, USER_NOTIF_FD_SYNC_WAKE_UP) }
-            as libc::c_long,
-    )?;
+    let rc = unsafe { libc::ioctl(fd, NOTIF_SET_FLAGS as _, USER_NOTIF_FD_SYNC_WAKE_UP) };
+    check(rc as libc::c_long)?;
     Ok(())
 }
 
