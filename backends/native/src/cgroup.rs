@@ -47,11 +47,19 @@ impl Cgroup {
         pid: u32,
         resources: Option<&oci_spec::runtime::LinuxResources>,
     ) -> Result<()> {
+        // One manager for both steps: opening one discovers every hierarchy's mount anew
+        // (procfs reads per controller), the larger part of a wasm task's start.
         let m = self.manager()?;
         m.add_task(nix::unistd::Pid::from_raw(pid as i32))
             .map_err(|e| cg_err("move the task into its cgroup", e))?;
         if let Some(resources) = resources {
-            self.update(resources)?;
+            m.apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| cg_err("update cgroup resources", e))?;
         }
         Ok(())
     }

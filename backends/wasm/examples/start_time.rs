@@ -53,7 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ociVersion": "1.0.2",
         "root": { "path": "rootfs" },
         "process": { "args": ["/app.wasm"], "cwd": "/", "env": [], "user": { "uid": 0, "gid": 0 } },
-        "linux": {},
+        // As containerd's default spec: a device rule, so the cgroup's resources are applied.
+        "linux": { "resources": { "devices": [ { "allow": false, "access": "rwm" } ] } },
     }))?;
     let out = tmp.join("stdout");
     let (tx, rx) = mpsc::channel::<u32>();
