@@ -67,6 +67,7 @@ fn setup_logging(debug: bool) {
 
 /// Runs the daemon.
 pub fn serve(flags: &Flags) -> Result<()> {
+    crate::heap::single_arena();
     setup_logging(flags.debug);
     // Become the reaper before anything forks. containerd-shim's mount_rootfs forks and
     // waits through the crate's own monitor: feed it the statuses nobody else claimed.

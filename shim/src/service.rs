@@ -567,6 +567,7 @@ impl Task for TaskService {
                 },
             );
         }
+        crate::heap::trim();
         Ok(StartResponse {
             pid,
             ..Default::default()
