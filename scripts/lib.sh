@@ -1,6 +1,9 @@
 # Shared by the scripts: where things are. Source it, do not run it.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/strata/target}
+# Incremental state only pays for edit-compile loops; in the scripts' one-shot builds it grew
+# the shared cache by gigabytes.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH=$HOME/.cargo/bin:$PATH
 jobs=${JOBS:-$(nproc)}
 
@@ -8,4 +11,15 @@ jobs=${JOBS:-$(nproc)}
 sweep() {
     local bin=$CARGO_TARGET_DIR/debug/strata-testenv
     [ -x "$bin" ] && "$bin" sweep || true
+}
+
+# Builds the shim, strata and strata-wasm-runner in cargo profile $1 and prints their
+# directory: for `release`, as they are installed (scripts/build-shim: static, laid out).
+build_shim_dir() {
+    if [ "$1" = release ]; then
+        "$here/scripts/build-shim"
+    else
+        cargo build --profile "$1" -p strata-shim --bins -j "$jobs" >&2
+        echo "$CARGO_TARGET_DIR/$([ "$1" = dev ] && echo debug || echo "$1")"
+    fi
 }
