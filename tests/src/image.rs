@@ -197,64 +197,13 @@ impl ImageBuilder {
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
             "history": [ { "created_by": "strata-tests ImageBuilder" } ],
         }))?;
-        let config_digest = format!("sha256:{}", sha256_hex(&config));
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": [ {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": layer_digest,
-                "size": layer.len(),
-            } ],
-        }))?;
-        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-        let tag = self
-            .name
-            .rsplit_once(':')
-            .map(|(_, t)| t)
-            .unwrap_or("latest");
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [ {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest.len(),
-                "platform": { "architecture": oci_arch(), "os": "linux" },
-                "annotations": {
-                    "io.containerd.image.name": self.name,
-                    "org.opencontainers.image.ref.name": tag,
-                },
-            } ],
-        }))?;
-
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, data: &[u8]| -> Result<()> {
-            let mut h = tar::Header::new_ustar();
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_size(data.len() as u64);
-            tar.append_data(&mut h, path, data)?;
-            Ok(())
-        };
-        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        add("index.json", &index)?;
-        for (digest, data) in [
-            (&layer_digest, &layer),
-            (&config_digest, &config),
-            (&manifest_digest, &manifest),
-        ] {
-            add(
-                &format!("blobs/sha256/{}", &digest["sha256:".len()..]),
-                data,
-            )?;
-        }
-        let bytes = tar.into_inner()?;
+        let bytes = oci_layout_tar(
+            &self.name,
+            (oci_arch(), "linux"),
+            &config,
+            "application/vnd.oci.image.layer.v1.tar",
+            &layer,
+        )?;
         let mut f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         f.write_all(&bytes)?;
         Ok(out.to_path_buf())
@@ -266,14 +215,28 @@ impl ImageBuilder {
 /// `rootfs.diff_ids` is empty; platform `wasip1/wasm`). Import it with `ctr images import
 /// --all-platforms --no-unpack` on containerd 1.6 (see docs/wasm.md).
 pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Path) -> Result<()> {
-    let layer_digest = format!("sha256:{}", sha256_hex(wasm));
     let config = serde_json::to_vec(&json!({
         "architecture": "wasm",
         "os": "wasip1",
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": [] },
     }))?;
-    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let bytes = oci_layout_tar(name, ("wasm", "wasip1"), &config, media_type, wasm)?;
+    fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+}
+
+/// An OCI image layout tarball of image `name` (tagged with its tag, else `latest`) for
+/// `platform` (architecture, os): `config` and the one layer `layer` of media type
+/// `layer_type`.
+fn oci_layout_tar(
+    name: &str,
+    platform: (&str, &str),
+    config: &[u8],
+    layer_type: &str,
+    layer: &[u8],
+) -> Result<Vec<u8>> {
+    let layer_digest = format!("sha256:{}", sha256_hex(layer));
+    let config_digest = format!("sha256:{}", sha256_hex(config));
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -282,7 +245,7 @@ pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Pat
             "digest": config_digest,
             "size": config.len(),
         },
-        "layers": [ { "mediaType": media_type, "digest": layer_digest, "size": wasm.len() } ],
+        "layers": [ { "mediaType": layer_type, "digest": layer_digest, "size": layer.len() } ],
     }))?;
     let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
     let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
@@ -293,7 +256,7 @@ pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Pat
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest,
             "size": manifest.len(),
-            "platform": { "architecture": "wasm", "os": "wasip1" },
+            "platform": { "architecture": platform.0, "os": platform.1 },
             "annotations": {
                 "io.containerd.image.name": name,
                 "org.opencontainers.image.ref.name": tag,
@@ -312,8 +275,8 @@ pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Pat
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index)?;
     for (digest, data) in [
-        (&layer_digest, wasm),
-        (&config_digest, config.as_slice()),
+        (&layer_digest, layer),
+        (&config_digest, config),
         (&manifest_digest, manifest.as_slice()),
     ] {
         add(
@@ -321,5 +284,5 @@ pub fn write_wasm_image_tar(name: &str, media_type: &str, wasm: &[u8], out: &Pat
             data,
         )?;
     }
-    fs::write(out, tar.into_inner()?).with_context(|| format!("writing {}", out.display()))
+    Ok(tar.into_inner()?)
 }

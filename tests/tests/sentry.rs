@@ -272,6 +272,8 @@ const ATTEMPTS: &[&str] = &[
 ];
 
 const SENTRY: &str = "strata.dev/backend=sentry";
+/// A Strata configuration with sentry the only backend.
+const SENTRY_ONLY: &str = "default_backend = \"sentry\"\nallowed_backends = [\"sentry\"]\n";
 
 /// The escape program, built once per test binary. `None`: no C compiler (skipped; on CI a
 /// failure).
@@ -304,6 +306,31 @@ fn escape_binary(h: &Harness, test: &str) -> Option<PathBuf> {
     }
 }
 
+/// The shared harness and the escape program; returns from the test (skipped) when the suite
+/// does not run against Strata or the program cannot be built.
+macro_rules! harness_with_probe {
+    ($test:expr) => {{
+        let h = harness!();
+        strata_only!(h);
+        let Some(probe) = escape_binary(h, $test) else {
+            return;
+        };
+        (h, probe)
+    }};
+}
+
+/// A spec on the container's own rootfs copy, on `backend`.
+fn spec_on(c: &Container<'_>, args: &[&str], backend: &str) -> serde_json::Value {
+    let mut spec = c.spec(args);
+    spec["annotations"] = serde_json::json!({ "strata.dev/backend": backend });
+    spec
+}
+
+/// The container's own rootfs copy a spec names.
+fn rootfs(spec: &serde_json::Value) -> PathBuf {
+    PathBuf::from(spec["root"]["path"].as_str().unwrap())
+}
+
 /// A spec on the container's own rootfs copy with the escape program at /usr/local/bin/escape.
 fn spec_with_probe(
     c: &Container<'_>,
@@ -311,13 +338,42 @@ fn spec_with_probe(
     args: &[&str],
     backend: &str,
 ) -> serde_json::Value {
-    let mut spec = c.spec(args);
-    let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+    let spec = spec_on(c, args, backend);
+    let root = rootfs(&spec);
     std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
     std::fs::create_dir_all(root.join("mnt")).unwrap();
     std::fs::copy(probe, root.join("usr/local/bin/escape")).unwrap();
-    spec["annotations"] = serde_json::json!({ "strata.dev/backend": backend });
     spec
+}
+
+/// The value of `key=N` in a line of the escape program's results.
+fn count(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing: {line}"))
+}
+
+/// A Strata configuration file `strata.toml` with `strata` in a directory `name` of the
+/// harness's state, and beside it in `sentry/` each `(file, text)` of `sentry`; the file's path.
+fn runtime_config(h: &Harness, name: &str, strata: &str, sentry: &[(&str, &str)]) -> PathBuf {
+    let dir = h.info.state.join(name);
+    std::fs::create_dir_all(dir.join("sentry")).unwrap();
+    for (file, text) in sentry {
+        std::fs::write(dir.join("sentry").join(file), text).unwrap();
+    }
+    let cfg = dir.join("strata.toml");
+    std::fs::write(&cfg, strata).unwrap();
+    cfg
+}
+
+/// `strata ARGS` (the CLI installed beside the shim), which must succeed.
+fn strata_cli(h: &Harness, args: &[&str]) -> strata_tests::Output {
+    let mut cmdl = std::process::Command::new(h.shim_dir.join("strata"));
+    cmdl.args(args);
+    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
+    assert!(out.success(), "{out}");
+    out
 }
 
 fn parse(out: &str) -> BTreeMap<String, String> {
@@ -336,11 +392,7 @@ fn host_marker(h: &Harness) -> PathBuf {
 
 #[test]
 fn escape_suite_fails_under_sentry_and_is_compared_with_native() {
-    let h = harness!();
-    strata_only!(h);
-    let Some(probe) = escape_binary(h, "escape_suite") else {
-        return;
-    };
+    let (h, probe) = harness_with_probe!("escape_suite");
     let marker = host_marker(h);
     let marker = marker.to_str().unwrap();
     let mut results = BTreeMap::new();
@@ -497,6 +549,22 @@ fn loopback_server_and_client_under_the_default_policy() {
     c.assert_no_leaks();
 }
 
+/// The audit records of `id` once `done` holds of them, or as they are after 10 s: the
+/// supervisor may still hold the last records in its batch for a moment.
+fn audit_records_when(
+    h: &Harness,
+    id: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    let mut recs = audit_records(h, id);
+    while !done(&recs) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        recs = audit_records(h, id);
+    }
+    recs
+}
+
 fn audit_records(h: &Harness, id: &str) -> Vec<serde_json::Value> {
     let p = PathBuf::from("/run/strata/sentry")
         .join(&h.info.namespace)
@@ -534,16 +602,10 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     };
     // On a loaded machine the init's own exec may be decided after the exec'd process ran:
     // wait (bounded) for the records before judging them.
-    let mut recs = audit_records(h, &c.id);
-    for _ in 0..100 {
-        if has_in(&recs, "execve", "allow", Some("/bin/sleep"))
-            && has_in(&recs, "openat", "allow", Some("/etc/passwd"))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        recs = audit_records(h, &c.id);
-    }
+    let recs = audit_records_when(h, &c.id, |recs| {
+        has_in(recs, "execve", "allow", Some("/bin/sleep"))
+            && has_in(recs, "openat", "allow", Some("/etc/passwd"))
+    });
     let has = |sc: &str, decision: &str, path: Option<&str>| has_in(&recs, sc, decision, path);
     assert!(has("execve", "allow", Some("/bin/sleep")), "{recs:?}");
     // The exec'd process runs under the filter too (busybox sh runs applets as /proc/self/exe).
@@ -552,11 +614,7 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     assert!(has("openat", "deny", Some("/dev/mem")), "{recs:?}");
     assert!(has("mount", "deny", None), "{recs:?}");
     assert!(has("openat", "allow", Some("/etc/passwd")), "{recs:?}");
-    let strata = h.shim_dir.join("strata");
-    let mut cmdl = std::process::Command::new(&strata);
-    cmdl.args(["audit", "-n", &h.info.namespace, &c.id]);
-    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
-    assert!(out.success(), "{out}");
+    let out = strata_cli(h, &["audit", "-n", &h.info.namespace, &c.id]);
     assert!(
         out.stdout.contains("openat /dev/mem") && out.stdout.contains("mount"),
         "{out}"
@@ -575,29 +633,22 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
 fn a_pod_picks_a_policy_only_within_the_configuration() {
     let h = harness!();
     strata_only!(h);
-    let dir = h.info.state.join("sentry-policy-test");
-    std::fs::create_dir_all(dir.join("sentry")).unwrap();
-    let cfg = dir.join("strata.toml");
-    std::fs::write(
-        &cfg,
-        "default_backend = \"sentry\"\nallowed_backends = [\"sentry\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/sentry.toml"),
-        "default_policy = \"default\"\nallowed_policies = [\"default\", \"noetc\", \"broken\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/noetc.toml"),
-        "[files]\nread = [\"/\"]\ndeny = [\"/etc\"]\nread_write = [\"/dev/null\"]\n[exec]\nallow = [\"/bin\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/broken.toml"),
-        "[files]\nread = [\"relative\"]\n",
-    )
-    .unwrap();
+    let cfg = runtime_config(
+        h,
+        "sentry-policy-test",
+        SENTRY_ONLY,
+        &[
+            (
+                "sentry.toml",
+                "default_policy = \"default\"\nallowed_policies = [\"default\", \"noetc\", \"broken\"]\n",
+            ),
+            (
+                "noetc.toml",
+                "[files]\nread = [\"/\"]\ndeny = [\"/etc\"]\nread_write = [\"/dev/null\"]\n[exec]\nallow = [\"/bin\"]\n",
+            ),
+            ("broken.toml", "[files]\nread = [\"relative\"]\n"),
+        ],
+    );
     let cfg_flag = cfg.to_str().unwrap();
     let run = |name: &str, policy: Option<&str>| {
         let c = h.container(name);
@@ -655,28 +706,20 @@ fn supervisor_death_fails_closed() {
 /// One try: true when the workload saw its trapped calls fail after the shim died.
 fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
     let c = h.container(&format!("sentry-failclosed{attempt}"));
-    let mut spec = c.spec(&[
-        "sh",
-        "-c",
-        "exec 3>>/tmp/log; i=0; while [ $i -lt 300000 ]; do \
-         if read x </etc/hostname 2>/dev/null; then echo ok >&3; else echo fail >&3; fi; \
-         i=$((i+1)); done",
-    ]);
-    std::fs::write(
-        PathBuf::from(spec["root"]["path"].as_str().unwrap()).join("etc/hostname"),
-        "h\n",
-    )
-    .unwrap();
-    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "sentry" });
-    let log = PathBuf::from(spec["root"]["path"].as_str().unwrap()).join("tmp/log");
-    let path = h.info.state.join(format!("{}.json", c.id));
-    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let mut cmdl = h.ctr();
-    cmdl.args(["run", "-d", "--runtime", &c.runtime, "--fifo-dir"])
-        .arg(h.fifo_dir());
-    cmdl.arg("--config").arg(&path).arg(&c.id);
-    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
-    assert!(out.success(), "{out}");
+    let spec = spec_on(
+        &c,
+        &[
+            "sh",
+            "-c",
+            "exec 3>>/tmp/log; i=0; while [ $i -lt 300000 ]; do \
+             if read x </etc/hostname 2>/dev/null; then echo ok >&3; else echo fail >&3; fi; \
+             i=$((i+1)); done",
+        ],
+        "sentry",
+    );
+    std::fs::write(rootfs(&spec).join("etc/hostname"), "h\n").unwrap();
+    let log = rootfs(&spec).join("tmp/log");
+    start_spec_detached(h, &c, &spec, &[]);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         cmd::poll(Duration::from_secs(20), || read()
@@ -701,7 +744,6 @@ fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
         read().contains("fail").then_some(())
     });
     let text = read();
-    let _ = std::fs::remove_file(&path);
     c.remove();
     eprintln!(
         "fail-closed try {attempt}: workload saw a failure: {}",
@@ -721,11 +763,7 @@ fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
 
 #[test]
 fn toctou_rewriting_the_path_never_opens_a_denied_file() {
-    let h = harness!();
-    strata_only!(h);
-    let Some(probe) = escape_binary(h, "toctou") else {
-        return;
-    };
+    let (h, probe) = harness_with_probe!("toctou");
     let c = h.container("sentry-toctou");
     let spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "toctou"], "sentry");
     let out = c.run_spec(&spec, &[]);
@@ -735,12 +773,7 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         .lines()
         .find(|l| l.starts_with("toctou "))
         .unwrap_or_else(|| panic!("{out}"));
-    let n = |k: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{k} missing: {line}"))
-    };
+    let n = |k: &str| count(line, k);
     eprintln!("{line}");
     assert_eq!(n("violations"), 0, "a denied file was opened: {out}");
     // The race was really run: both the allowed and the denied path were seen.
@@ -784,33 +817,26 @@ impl Drop for CaplessHostProcess {
 /// runs.
 #[test]
 fn landlock_stops_what_a_wrong_policy_lets_through() {
-    let h = harness!();
-    strata_only!(h);
-    let Some(probe) = escape_binary(h, "landlock") else {
-        return;
-    };
+    let (h, probe) = harness_with_probe!("landlock");
     let host = h.info.state.join("landlock-host");
-    let dir = h.info.state.join("landlock-policy");
-    std::fs::create_dir_all(dir.join("sentry")).unwrap();
-    let cfg = dir.join("strata.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = runtime_config(
+        h,
+        "landlock-policy",
         "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/sentry.toml"),
-        "default_policy = \"wrong\"\nallowed_policies = [\"wrong\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/wrong.toml"),
-        format!(
-            "[files]\nread_write = [\"/\"]\n[exec]\nallow = [\"/bin\", \"/usr/bin\", \"{}/bin\"]\n",
-            host.display()
-        ),
-    )
-    .unwrap();
+        &[
+            (
+                "sentry.toml",
+                "default_policy = \"wrong\"\nallowed_policies = [\"wrong\"]\n",
+            ),
+            (
+                "wrong.toml",
+                &format!(
+                    "[files]\nread_write = [\"/\"]\n[exec]\nallow = [\"/bin\", \"/usr/bin\", \"{}/bin\"]\n",
+                    host.display()
+                ),
+            ),
+        ],
+    );
     let helper = CaplessHostProcess::spawn();
     let p = format!("/proc/{}/root{}", helper.0.id(), host.display());
     let script = format!(
@@ -827,16 +853,15 @@ fn landlock_stops_what_a_wrong_policy_lets_through() {
         std::fs::copy(&probe, host.join("bin/tool")).unwrap();
         std::fs::write(host.join("victim"), "v").unwrap();
         let c = h.container(&format!("landlock-{backend}"));
-        let mut spec = c.spec(&["sh", "-c", &script]);
+        let mut spec = spec_on(&c, &["sh", "-c", &script], backend);
         if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "pid");
         }
         // The same path in the container holds busybox, which knows no `ident`.
-        let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
+        let root = rootfs(&spec);
         let inside = root.join(host.strip_prefix("/").unwrap()).join("bin");
         std::fs::create_dir_all(&inside).unwrap();
         std::fs::copy(root.join("bin/busybox"), inside.join("tool")).unwrap();
-        spec["annotations"] = serde_json::json!({ "strata.dev/backend": backend });
         let out = c.run_spec(&spec, &["--runtime-config-path", cfg.to_str().unwrap()]);
         let escaped = [
             out.stdout.contains("reached"),
@@ -867,8 +892,8 @@ fn landlock_stops_what_a_wrong_policy_lets_through() {
     let _ = std::fs::remove_dir_all(&host);
 }
 
-/// `ctr run -d --config SPEC`, with `flags`; waits until the task has stopped.
-fn run_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, flags: &[&str]) {
+/// `ctr run -d --config SPEC`, with `flags`.
+fn start_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, flags: &[&str]) {
     let path = h.info.state.join(format!("{}.json", c.id));
     std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
     let mut cmdl = h.ctr();
@@ -878,6 +903,11 @@ fn run_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, f
     let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
     let _ = std::fs::remove_file(&path);
     assert!(out.success(), "{out}");
+}
+
+/// `ctr run -d --config SPEC`, with `flags`; waits until the task has stopped.
+fn run_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, flags: &[&str]) {
+    start_spec_detached(h, c, spec, flags);
     assert!(
         c.wait_status("STOPPED", Duration::from_secs(30)),
         "{} did not finish: {:?}",
@@ -891,54 +921,50 @@ fn run_spec_detached(h: &Harness, c: &Container<'_>, spec: &serde_json::Value, f
 /// different one (a file and a program the recording never used: refused and audited).
 #[test]
 fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
-    let h = harness!();
-    strata_only!(h);
-    let Some(probe) = escape_binary(h, "record") else {
-        return;
-    };
-    let dir = h.info.state.join("record-policy");
-    std::fs::create_dir_all(dir.join("sentry")).unwrap();
-    let cfg = dir.join("strata.toml");
-    std::fs::write(
-        &cfg,
-        "default_backend = \"sentry\"\nallowed_backends = [\"sentry\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sentry/sentry.toml"),
-        "allowed_policies = [\"default\", \"record\", \"recorded\"]\n",
-    )
-    .unwrap();
+    let (h, probe) = harness_with_probe!("record");
+    let cfg = runtime_config(
+        h,
+        "record-policy",
+        SENTRY_ONLY,
+        &[(
+            "sentry.toml",
+            "allowed_policies = [\"default\", \"record\", \"recorded\"]\n",
+        )],
+    );
     let cfg_flags = ["--runtime-config-path", cfg.to_str().unwrap()];
     let work = "cat /etc/passwd >/dev/null && echo hi > /tmp/out && cat /tmp/out >/dev/stderr && \
                 uname -r >/dev/null && wc -l < /etc/group >/dev/null && echo work-ok";
     let spec_for = |c: &Container<'_>, script: &str, policy: &str| {
         let mut spec = spec_with_probe(c, &probe, &["sh", "-c", script], "sentry");
-        let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
-        std::fs::write(root.join("etc/unrecorded"), "not in the recording\n").unwrap();
+        std::fs::write(
+            rootfs(&spec).join("etc/unrecorded"),
+            "not in the recording\n",
+        )
+        .unwrap();
         spec["annotations"]["strata.dev/sentry-policy"] = policy.into();
         spec
     };
 
     let c = h.container("record");
     run_spec_detached(h, &c, &spec_for(&c, work, "record"), &cfg_flags);
-    // The supervisor may still hold the last records in its batch for a moment.
-    let logged = |id: &str, needle: &str| {
-        cmd::poll(Duration::from_secs(10), || {
-            audit_records(h, id)
-                .iter()
-                .any(|r| r.to_string().contains(needle))
-                .then_some(())
-        })
-        .is_some()
+    let mentions = |recs: &[serde_json::Value], needle: &str| {
+        recs.iter().any(|r| r.to_string().contains(needle))
     };
-    assert!(logged(&c.id, "/tmp/out"), "{:?}", audit_records(h, &c.id));
-    let generated = dir.join("sentry/recorded.toml");
-    let mut gen = std::process::Command::new(h.shim_dir.join("strata"));
-    gen.args(["policy", "generate", "-n", &h.info.namespace, &c.id, "-o"])
-        .arg(&generated);
-    let out = cmd::run(gen, None, CTR_TIMEOUT).unwrap();
-    assert!(out.success(), "{out}");
+    let recs = audit_records_when(h, &c.id, |recs| mentions(recs, "/tmp/out"));
+    assert!(mentions(&recs, "/tmp/out"), "{recs:?}");
+    let generated = cfg.with_file_name("sentry").join("recorded.toml");
+    strata_cli(
+        h,
+        &[
+            "policy",
+            "generate",
+            "-n",
+            &h.info.namespace,
+            &c.id,
+            "-o",
+            generated.to_str().unwrap(),
+        ],
+    );
     c.remove_and_check();
     let policy = std::fs::read_to_string(&generated).unwrap();
     eprintln!("{policy}");
@@ -962,11 +988,8 @@ fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
     let c = h.container("recorded-other");
     let other = "cat /etc/unrecorded; echo read=$?; /usr/local/bin/escape ident; echo exec=$?";
     run_spec_detached(h, &c, &spec_for(&c, other, "recorded"), &cfg_flags);
-    assert!(
-        logged(&c.id, "/usr/local/bin/escape"),
-        "{:?}",
-        audit_records(h, &c.id)
-    );
+    let recs = audit_records_when(h, &c.id, |recs| mentions(recs, "/usr/local/bin/escape"));
+    assert!(mentions(&recs, "/usr/local/bin/escape"), "{recs:?}");
     let recs = audit_records(h, &c.id);
     let denied = |sc: &str, path: &str| {
         recs.iter().any(|r| {
@@ -992,11 +1015,7 @@ fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
 /// than exec refusals in the audit log) are the kernel's, i.e. Landlock's.
 #[test]
 fn landlock_closes_the_exec_toctou_window() {
-    let h = harness!();
-    strata_only!(h);
-    let Some(probe) = escape_binary(h, "exec_toctou") else {
-        return;
-    };
+    let (h, probe) = harness_with_probe!("exec_toctou");
     let c = h.container("sentry-exectoctou");
     let spec = spec_with_probe(
         &c,
@@ -1008,12 +1027,7 @@ fn landlock_closes_the_exec_toctou_window() {
     run_spec_detached(h, &c, &spec, &[]);
     let line = std::fs::read_to_string(root.join("tmp/exectoctou.out"))
         .unwrap_or_else(|e| panic!("no result from the probe ({e}): {}", c.log()));
-    let n = |k: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{k} missing: {line}"))
-    };
+    let n = |k: &str| count(&line, k);
     // The supervisor refuses what it reads as /tmp/evil; count its refusals (the log is
     // written in batches: wait for the last exec records).
     let refused_by_supervisor = || {

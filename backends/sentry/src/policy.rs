@@ -258,6 +258,23 @@ fn check_path(key: &str, p: &str) -> Result<Vec<String>, String> {
     Ok(c)
 }
 
+/// Lexical normalisation of an absolute path (`.`, `..` and empty components folded; never
+/// above `/`): only for matching already-resolved paths against rules (the supervisor's, and
+/// those of a policy generated from a recording) and for spotting `/proc/self`.
+pub(crate) fn normalize(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
 fn matches_prefix(rule: &[String], path: &[&str]) -> bool {
     rule.len() <= path.len() && rule.iter().zip(path).all(|(r, p)| r == "*" || r == p)
 }
@@ -520,6 +537,13 @@ pub fn select(dir: &Path, annotations: &HashMap<String, String>) -> Result<Polic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("/a/./b/../c//"), "/a/c");
+        assert_eq!(normalize("/../.."), "/");
+        assert_eq!(normalize(""), "/");
+    }
 
     fn p(text: &str) -> Result<Policy, PolicyError> {
         Policy::parse(text, "t", Path::new("/x/t.toml"))

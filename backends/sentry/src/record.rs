@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::audit::Record;
-use crate::policy::Access;
+use crate::policy::{normalize, Access};
 
 /// A generated policy and what the reader should know about it.
 #[derive(Debug, Clone)]
@@ -65,20 +65,6 @@ fn writes(flags: &str) -> bool {
 fn reached(r: &Record) -> Option<String> {
     let p = r.args.get("resolved").or_else(|| r.args.get("path"))?;
     p.starts_with('/').then(|| normalize(p))
-}
-
-fn normalize(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    format!("/{}", out.join("/"))
 }
 
 fn covered(rules: &BTreeMap<String, Access>, path: &str, access: Access) -> bool {

@@ -33,7 +33,7 @@ use nix::sys::stat::SFlag;
 
 use crate::audit::{AuditLog, Record};
 use crate::filter;
-use crate::policy::{Access, ExtraAction, Policy};
+use crate::policy::{normalize, Access, ExtraAction, Policy};
 use crate::sys::{self, Creds, Notif};
 
 /// Calls a container may have in flight on worker threads (blocking connects, FIFO opens).
@@ -615,22 +615,6 @@ fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
 
 // ----- paths -----------------------------------------------------------------------------
 
-/// Lexical normalisation (only used for policy matching of already-resolved paths, and to
-/// spot `/proc/self`).
-fn normalize(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    format!("/{}", out.join("/"))
-}
-
 fn readlink(p: &str) -> Result<String, i32> {
     std::fs::read_link(p)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
@@ -794,6 +778,11 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
     Err(libc::ELOOP)
 }
 
+/// The task's credentials and a descriptor of its root, in that order.
+fn task_and_root(ctx: &Ctx, pid: u32) -> Result<(Task, OwnedFd), i32> {
+    Ok((task(ctx, pid)?, root_of(pid)?))
+}
+
 fn root_of(pid: u32) -> Result<OwnedFd, i32> {
     open_path(
         &format!("/proc/{pid}/root"),
@@ -929,13 +918,8 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     call.arg("flags", flags_text(flags));
     // Everything read through the pid (credentials, root, path, working directory) is read
     // before the one validity check, so that all of it is known to be the trapped task's.
-    let t = match task(call.ctx, pid) {
-        Ok(t) => t,
-        Err(_) => return Outcome::Gone,
-    };
-    let root = match root_of(pid) {
-        Ok(r) => r,
-        Err(_) => return Outcome::Gone,
+    let Ok((t, root)) = task_and_root(call.ctx, pid) else {
+        return Outcome::Gone;
     };
     let path = match read_cstr(pid, ptr) {
         Ok(p) => p,
@@ -1176,13 +1160,8 @@ fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
     if !call.valid() {
         return Outcome::Gone;
     }
-    let t = match task(call.ctx, pid) {
-        Ok(t) => t,
-        Err(_) => return Outcome::Gone,
-    };
-    let root = match root_of(pid) {
-        Ok(r) => r,
-        Err(_) => return Outcome::Gone,
+    let Ok((t, root)) = task_and_root(call.ctx, pid) else {
+        return Outcome::Gone;
     };
     let real = if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
         match readlink(&format!("/proc/{pid}/fd/{dirfd}")) {
@@ -1513,13 +1492,6 @@ fn uname_call(call: &mut Call<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalisation() {
-        assert_eq!(normalize("/a/./b/../c//"), "/a/c");
-        assert_eq!(normalize("/../.."), "/");
-        assert_eq!(normalize(""), "/");
-    }
 
     #[test]
     fn self_is_rewritten() {

@@ -22,11 +22,11 @@
 //! sentry result markers.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use strata_tests::{DaemonOptions, Harness};
+use strata_tests::bench::{first_line, interleaved, median, ms, shim_profile, write_results};
+use strata_tests::Harness;
 
 const STRATA: &str = "io.containerd.strata.v2";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -111,38 +111,8 @@ impl Bench<'_> {
     }
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
-}
-
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let text = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&text)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
 }
 
 /// `files` small files under `root`, a hundred per directory.
@@ -159,25 +129,6 @@ fn make_tree(root: &Path, files: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Interleaved runs of `f` over `tiers`, the order rotating each round.
-fn interleaved(
-    tiers: &[Tier],
-    runs: usize,
-    mut f: impl FnMut(Tier) -> Result<Duration>,
-) -> Result<Vec<Vec<Duration>>> {
-    let mut out = vec![Vec::new(); tiers.len()];
-    for t in tiers {
-        f(*t)?; // warm-up: page cache, first shim start
-    }
-    for i in 0..runs {
-        for k in 0..tiers.len() {
-            let j = (i + k) % tiers.len();
-            out[j].push(f(tiers[j])?);
-        }
-    }
-    Ok(out)
 }
 
 struct Args {
@@ -215,17 +166,13 @@ fn args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let a = args()?;
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("the binary's directory")?;
-    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("shim from {}", h.shim_dir.display());
+    let h = strata_tests::bench::start_harness()?;
     let result = measure(&h, &a);
     h.stop();
     let results = result?;
     println!("{results}");
     if let Some(path) = a.write {
-        write_results(&path, &results)?;
+        write_results(&path, BEGIN, END, &results)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -283,8 +230,12 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     eprintln!("open-heavy workload, {} runs", a.runs);
     let open_heavy = interleaved(&tiers, a.runs, |t| b.workload(t, OPEN_HEAVY))?;
 
-    let med =
-        |v: &Vec<Vec<Duration>>, t: Tier| tiers.iter().position(|x| *x == t).map(|i| median(&v[i]));
+    let med = |v: &Vec<Vec<Duration>>, t: Tier| {
+        tiers
+            .iter()
+            .position(|x| *x == t)
+            .map(|i| median(&mut v[i].clone()))
+    };
     let cell = |v: &Vec<Vec<Duration>>, t: Tier| med(v, t).map(ms).unwrap_or_else(|| "-".into());
     let vs = |v: &Vec<Vec<Duration>>, a: Tier, b: Tier| match (med(v, a), med(v, b)) {
         (Some(x), Some(y)) => ratio(x, y),
@@ -321,11 +272,7 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
         cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel = first_line("uname", &["-r"]),
         containerd = first_line("containerd", &["--version"]),
-        profile = h
-            .shim_dir
-            .file_name()
-            .map(|d| d.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        profile = shim_profile(h),
         runs = a.runs,
         files = a.files,
     );
@@ -362,15 +309,4 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
         ));
     }
     Ok(t)
-}
-
-fn write_results(path: &Path, results: &str) -> Result<()> {
-    let doc =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
-        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
-    };
-    let new = format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]);
-    std::fs::write(path, new)?;
-    Ok(())
 }

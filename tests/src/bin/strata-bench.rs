@@ -9,12 +9,13 @@
 //! `strata-bench [--runs N] [--containers M] [--write FILE]`: prints the figures; with
 //! `--write` also puts them into FILE (docs/benchmarks.md) between its result markers.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use strata_tests::bench::{first_line, interleaved, median, ms, shim_profile, write_results};
 use strata_tests::daemon::pids_with_cmdline;
-use strata_tests::{DaemonOptions, Harness};
+use strata_tests::Harness;
 
 const STRATA: &str = "io.containerd.strata.v2";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -44,15 +45,6 @@ fn args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn time_true(h: &Harness, runtime: &str) -> Result<Duration> {
@@ -105,43 +97,15 @@ fn shim_rss(h: &Harness, runtime: &str, shim: &str, n: usize) -> Result<(usize, 
     Ok((shims.len(), total))
 }
 
-fn version(cmd: &str, arg: &str) -> String {
-    std::process::Command::new(cmd)
-        .arg(arg)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn main() -> Result<()> {
     let a = args()?;
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("the binary's directory")?;
-    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    eprintln!("shim from {}", h.shim_dir.display());
+    let h = strata_tests::bench::start_harness()?;
 
-    // Warm up both (page cache, first shim start).
-    time_true(&h, STRATA)?;
-    time_true(&h, RUNC)?;
-    let (mut s, mut r) = (Vec::new(), Vec::new());
-    for i in 0..a.runs {
-        // Interleaved, alternating which goes first.
-        if i % 2 == 0 {
-            s.push(time_true(&h, STRATA)?);
-            r.push(time_true(&h, RUNC)?);
-        } else {
-            r.push(time_true(&h, RUNC)?);
-            s.push(time_true(&h, STRATA)?);
-        }
-    }
+    // Interleaved, alternating which goes first, after a warm-up of both.
+    let [mut s, mut r]: [Vec<Duration>; 2] =
+        interleaved(&[STRATA, RUNC], a.runs, |rt| time_true(&h, rt))?
+            .try_into()
+            .expect("one list per runtime");
     let (sm, rm) = (median(&mut s), median(&mut r));
     let ratio = sm.as_secs_f64() / rm.as_secs_f64();
 
@@ -150,11 +114,7 @@ fn main() -> Result<()> {
     let per = |total: u64| total as f64 / 1024.0 / a.containers as f64;
     h.stop();
 
-    let profile = h
-        .shim_dir
-        .file_name()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let profile = shim_profile(&h);
     let results = format!(
         "Measured {date} on {cpus} CPUs, kernel {kernel}; {containerd}; {runc}; shim built with \
          the `{profile}` profile.\n\n\
@@ -163,11 +123,11 @@ fn main() -> Result<()> {
          | `ctr run --rm` of /bin/true, median of {runs} interleaved runs | {sm} | {rm} | {ratio:.2}x | at most 1.0x (aim 0.8x) |\n\
          | fastest / slowest run | {smin} / {smax} | {rmin} / {rmax} | | |\n\
          | shim RSS per running container ({n} sleeping containers) | {sper:.1} MiB ({sn} shim processes) | {rper:.1} MiB ({rn} shim processes) | {rssratio:.2}x | at most 5 MiB |\n",
-        date = version("date", "-u"),
+        date = first_line("date", &["-u"]),
         cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        kernel = version("uname", "-r"),
-        containerd = version("containerd", "--version"),
-        runc = version("runc", "--version"),
+        kernel = first_line("uname", &["-r"]),
+        containerd = first_line("containerd", &["--version"]),
+        runc = first_line("runc", &["--version"]),
         runs = a.runs,
         sm = ms(sm),
         rm = ms(rm),
@@ -182,19 +142,8 @@ fn main() -> Result<()> {
     );
     println!("{results}");
     if let Some(path) = a.write {
-        write_results(&path, &results)?;
+        write_results(&path, BEGIN, END, &results)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
-}
-
-fn write_results(path: &Path, results: &str) -> Result<()> {
-    let doc =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
-        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
-    };
-    let new = format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]);
-    std::fs::write(path, new)?;
     Ok(())
 }
