@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use nix::mount::{umount2, MntFlags};
 use strata_backend::Error;
 
+use crate::chain;
 use crate::container::mount_overlay;
 
 /// Serialises mounts, so that two requests for one name cannot both pass the existence check.
@@ -90,18 +91,6 @@ pub fn mount(device: &str, name: &str, under: &Path) -> Result<(PathBuf, &'stati
         )));
     }
     Ok((merged, fstype))
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -47,3 +47,15 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
 /// 2: stdio streams, `Stats`, `OomEvent`. 3: `MountBundle`.
 pub const PROTOCOL_VERSION: u32 = 3;
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -14,7 +14,7 @@ use crate::client::{Agent, ClientError};
 use crate::proto::agent::Stdio;
 use crate::service::serve_with;
 use crate::streams::StreamTransport;
-use crate::{vsock, AGENT_VSOCK_PORT};
+use crate::{chain, vsock, AGENT_VSOCK_PORT};
 
 /// Seconds since the guest booted.
 pub fn uptime() -> f64 {
@@ -177,16 +177,4 @@ fn containers(agent: &Agent, dev: &str) -> Res<()> {
         return Err(format!("the OOM container's stats: {s:?}"));
     }
     Ok(())
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

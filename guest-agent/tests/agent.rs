@@ -3,40 +3,23 @@
 //! Shutdown ending the process.
 //! And the host side against a malicious agent: garbage replies are errors within the deadline.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{scratch, HostAgent};
 use proptest::prelude::*;
 use strata_guest_agent::client::{Agent, ClientError};
 use strata_guest_agent::proto::agent::VersionRequest;
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("strata-agent-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn agent_over_unix_socket() {
     let dir = scratch("unix");
-    let sock = dir.join("agent.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-guest-agent"))
-        .arg("--listen-unix")
-        .arg(&sock)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "agent socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut host = HostAgent::start(&dir);
+    let sock = host.sock.clone();
     let timeout = Duration::from_secs(10);
 
     // A host speaking another version is told so.
@@ -56,11 +39,11 @@ fn agent_over_unix_socket() {
 
     let agent = Agent::connect_unix(&sock, timeout).unwrap();
     let p = agent.ping().unwrap();
-    assert_eq!(p.pid, child.id());
+    assert_eq!(p.pid, host.child.id());
     assert!(p.uptime_ms < 60_000);
     // Two clients at once.
     let second = Agent::connect(&format!("unix://{}", sock.display()), timeout).unwrap();
-    assert_eq!(second.ping().unwrap().pid, child.id());
+    assert_eq!(second.ping().unwrap().pid, host.child.id());
 
     // MountBundle: arguments checked first; then a host-process agent refuses to mount
     // anything (this host's own /dev/vda must stay untouched). Mounting is tested in the guest
@@ -82,7 +65,7 @@ fn agent_over_unix_socket() {
     assert_eq!(code("/dev/vda", "b"), ttrpc::Code::FAILED_PRECONDITION);
     assert!(!dir.join("bundles").exists(), "nothing created");
     agent.shutdown().unwrap();
-    let status = child.wait().unwrap();
+    let status = host.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!sock.exists(), "socket removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
@@ -144,18 +127,9 @@ fn hybrid_vsock_client_path() {
     use std::os::unix::net::UnixStream;
 
     let dir = scratch("hybrid");
-    let agent_sock = dir.join("agent.sock");
+    let mut host = HostAgent::start(&dir);
+    let agent_sock = host.sock.clone();
     let vsock = dir.join("v.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-guest-agent"))
-        .arg("--listen-unix")
-        .arg(&agent_sock)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !agent_sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let l = UnixListener::bind(&vsock).unwrap();
     let relay_to = agent_sock.clone();
     let relay = std::thread::spawn(move || {
@@ -179,9 +153,9 @@ fn hybrid_vsock_client_path() {
         }
     });
     let agent = Agent::connect_hybrid_vsock(&vsock, 1024, Duration::from_secs(10)).unwrap();
-    assert_eq!(agent.ping().unwrap().pid, child.id());
+    assert_eq!(agent.ping().unwrap().pid, host.child.id());
     agent.shutdown().unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(host.child.wait().unwrap().success());
     drop(agent);
     match Agent::connect_hybrid_vsock(&vsock, 1024, Duration::from_secs(10)) {
         Err(ClientError::VsockRefused { port: 1024, reply }) => assert_eq!(reply, "NO SUCH PORT"),

@@ -8,10 +8,14 @@
 //! minutes: run scripts/build-guest-kernel first). With STRATA_REQUIRE_GUEST_IMAGE=1 a missing
 //! prerequisite is a failure.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::bundle;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,49 +31,159 @@ fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
-#[test]
-fn guest_image_boots_under_qemu_tcg() {
-    let Ok(qemu) = which("qemu-system-x86_64") else {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    };
-    let out = Command::new(root().join("scripts/build-guest-kernel"))
-        .arg("--cached")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+/// True if /bin/busybox is static; else a skip.
+fn static_busybox() -> bool {
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.exists()
+        || ldd
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
+            .unwrap_or(true)
+    {
+        skip("no static /bin/busybox (apt-get install busybox-static)");
+        return false;
     }
-    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = std::env::temp_dir().join(format!("strata-qemu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let initrd = dir.join("initramfs.cpio.gz");
-    let st = Command::new(root().join("scripts/build-initramfs"))
-        .arg(&initrd)
-        .stdout(Stdio::null())
+    true
+}
+
+/// QEMU, the cached guest kernel, and the agent's initramfs built in a scratch directory (removed
+/// on drop).
+struct Guest {
+    qemu: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    dir: PathBuf,
+}
+
+impl Guest {
+    /// None, after a skip, when QEMU or the cached kernel is missing.
+    fn new(tag: &str) -> Option<Guest> {
+        let Ok(qemu) = which("qemu-system-x86_64") else {
+            skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+            return None;
+        };
+        let out = Command::new(root().join("scripts/build-guest-kernel"))
+            .arg("--cached")
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+            return None;
+        }
+        let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let dir = std::env::temp_dir().join(format!("strata-qemu-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let initrd = dir.join("initramfs.cpio.gz");
+        let st = Command::new(root().join("scripts/build-initramfs"))
+            .arg(&initrd)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "build-initramfs failed");
+        Some(Guest {
+            qemu,
+            kernel,
+            initrd,
+            dir,
+        })
+    }
+
+    /// A microVM under TCG with 256 MiB, the console on stdout, the kernel and the initramfs.
+    fn qemu(&self) -> Command {
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args([
+            "-M",
+            "microvm,rtc=off,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&self.initrd)
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the VM to its end with `image` as a read-only virtio-blk disk (/dev/vda) and
+    /// `append` as the kernel command line; the console.
+    fn run_with_disk(&self, image: &Path, append: &str) -> String {
+        let out = self
+            .qemu()
+            .arg("-drive")
+            .arg(format!(
+                "id=disk,file={},format=raw,if=none,readonly=on",
+                image.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=disk"])
+            .args(["-append", append])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `dir/rootfs` with the static busybox as /bin/busybox and /bin/sh.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    rootfs
+}
+
+/// A 16 MiB ext4 image of `tree` at `img`.
+fn mke2fs(tree: &Path, img: &Path) {
+    let st = Command::new("mke2fs")
+        .args(["-F", "-q", "-t", "ext4", "-d"])
+        .arg(tree)
+        .arg(img)
+        .arg("16M")
         .status()
         .unwrap();
-    assert!(st.success(), "build-initramfs failed");
+    assert!(st.success());
+}
 
+fn assert_console_has(console: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(
+            console.contains(want),
+            "missing {want:?}; console:\n{console}"
+        );
+    }
+}
+
+#[test]
+fn guest_image_boots_under_qemu_tcg() {
+    let Some(g) = Guest::new("boot") else {
+        return;
+    };
     let vsock = Path::new("/dev/vhost-vsock").exists();
     let cid = 3 + (std::process::id() % 10_000);
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "microvm,rtc=off,acpi=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-    ])
-    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-    .args(["-serial", "stdio"])
-    .arg("-kernel")
-    .arg(&kernel)
-    .arg("-initrd")
-    .arg(&initrd)
-    .arg("-append");
+    let mut cmd = g.qemu();
+    cmd.arg("-append");
     if vsock {
         cmd.arg("console=ttyS0 reboot=k panic=-1 quiet");
         cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
@@ -78,7 +192,6 @@ fn guest_image_boots_under_qemu_tcg() {
         cmd.arg("console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1");
     }
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -106,7 +219,6 @@ fn guest_image_boots_under_qemu_tcg() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let console = reader.join().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         status.is_some(),
         "QEMU did not exit within 180 s; console:\n{console}"
@@ -152,94 +264,33 @@ fn talk_over_vsock(cid: u32) {
     agent.shutdown().unwrap();
 }
 
-fn which(name: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
-}
-
 /// The agent's first container: a busybox rootfs as an ext4 image on a virtio-blk device; the
 /// agent mounts it read-only with an overlay, and runs a shell in new namespaces chrooted there.
 #[test]
 fn container_runs_on_a_virtio_blk_rootfs_under_qemu_tcg() {
-    let Ok(qemu) = which("qemu-system-x86_64") else {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !static_busybox() {
+        return;
+    }
+    let Some(g) = Guest::new("ct") else {
+        return;
     };
-    let out = Command::new(root().join("scripts/build-guest-kernel"))
-        .arg("--cached")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
-    }
-    let busybox = Path::new("/bin/busybox");
-    let ldd = Command::new("ldd").arg(busybox).output();
-    if !busybox.exists()
-        || ldd
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
-            .unwrap_or(true)
-    {
-        return skip("no static /bin/busybox (apt-get install busybox-static)");
-    }
-    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = std::env::temp_dir().join(format!("strata-qemu-ct-{}", std::process::id()));
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
-    let img = dir.join("rootfs.ext4");
-    let st = Command::new("mke2fs")
-        .args(["-F", "-q", "-t", "ext4", "-d"])
-        .arg(&rootfs)
-        .arg(&img)
-        .arg("16M")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let initrd = dir.join("initramfs.cpio.gz");
-    let st = Command::new(root().join("scripts/build-initramfs"))
-        .arg(&initrd)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "build-initramfs failed");
-
-    let out = Command::new(qemu)
-        .args(["-M", "microvm,rtc=off,acpi=off", "-accel", "tcg", "-cpu", "max", "-m", "256"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-drive")
-        .arg(format!("id=rootfs,file={},format=raw,if=none,readonly=on", img.display()))
-        .args(["-device", "virtio-blk-device,drive=rootfs"])
-        .arg("-append")
-        .arg(
-            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.rootfs=/dev/vda \
-             strata.run=/bin/sh,-c,echo${IFS}hello${IFS}from${IFS}the${IFS}container;hostname;echo${IFS}pid=$$;touch${IFS}/written",
-        )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    let _ = std::fs::remove_dir_all(&dir);
-    for want in [
-        "hello from the container",
-        "strata-container",
-        "pid=1",
-        "container exited with status 0",
-    ] {
-        assert!(
-            console.contains(want),
-            "missing {want:?}; console:\n{console}"
-        );
-    }
+    let rootfs = busybox_rootfs(&g.dir);
+    let img = g.dir.join("rootfs.ext4");
+    mke2fs(&rootfs, &img);
+    let console = g.run_with_disk(
+        &img,
+        "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.rootfs=/dev/vda \
+         strata.run=/bin/sh,-c,echo${IFS}hello${IFS}from${IFS}the${IFS}container;hostname;echo${IFS}pid=$$;touch${IFS}/written",
+    );
+    assert_console_has(
+        &console,
+        &[
+            "hello from the container",
+            "strata-container",
+            "pid=1",
+            "container exited with status 0",
+        ],
+    );
 }
 
 /// An OCI container inside the guest: a bundle (config.json + busybox rootfs) on a virtio-blk
@@ -247,106 +298,36 @@ fn container_runs_on_a_virtio_blk_rootfs_under_qemu_tcg() {
 /// code (libcontainer) and reports its exit status.
 #[test]
 fn oci_container_runs_inside_the_guest_under_qemu_tcg() {
-    let Ok(qemu) = which("qemu-system-x86_64") else {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !static_busybox() {
+        return;
+    }
+    let Some(g) = Guest::new("oci") else {
+        return;
     };
-    let out = Command::new(root().join("scripts/build-guest-kernel"))
-        .arg("--cached")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
-    }
-    let busybox = Path::new("/bin/busybox");
-    let ldd = Command::new("ldd").arg(busybox).output();
-    if !busybox.exists()
-        || ldd
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
-            .unwrap_or(true)
-    {
-        return skip("no static /bin/busybox (apt-get install busybox-static)");
-    }
-    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = std::env::temp_dir().join(format!("strata-qemu-oci-{}", std::process::id()));
-    let bundle = dir.join("bundle");
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "dev", "tmp"] {
-        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
-    }
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "hostname"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    let spec = r#"{"ociVersion":"1.0.2",
-  "process":{"terminal":false,"user":{"uid":0,"gid":0},
-    "args":["/bin/sh","-c","echo hello from an OCI container; hostname; echo pid=$$"],
-    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true},
-  "root":{"path":"rootfs","readonly":false},
-  "hostname":"oci-guest",
-  "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
-    {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}],
-  "linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"}]}}"#;
-    std::fs::write(bundle.join("config.json"), spec).unwrap();
-    let img = dir.join("bundle.ext4");
-    let st = Command::new("mke2fs")
-        .args(["-F", "-q", "-t", "ext4", "-d"])
-        .arg(&bundle)
-        .arg(&img)
-        .arg("16M")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let initrd = dir.join("initramfs.cpio.gz");
-    let st = Command::new(root().join("scripts/build-initramfs"))
-        .arg(&initrd)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "build-initramfs failed");
-    let out = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,rtc=off,acpi=off",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-drive")
-        .arg(format!(
-            "id=bundle,file={},format=raw,if=none,readonly=on",
-            img.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=bundle"])
-        .args([
-            "-append",
-            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.bundle=/dev/vda",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    let _ = std::fs::remove_dir_all(&dir);
-    for want in [
-        "hello from an OCI container",
+    let b = bundle(
+        &g.dir,
         "oci-guest",
-        "pid=1",
-        "OCI container exited with status 0",
-    ] {
-        assert!(
-            console.contains(want),
-            "missing {want:?}; console:\n{console}"
-        );
-    }
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello from an OCI container; hostname; echo pid=$$",
+        ],
+    );
+    let img = g.dir.join("bundle.ext4");
+    mke2fs(&b, &img);
+    let console = g.run_with_disk(
+        &img,
+        "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.bundle=/dev/vda",
+    );
+    assert_console_has(
+        &console,
+        &[
+            "hello from an OCI container",
+            "oci-guest",
+            "pid=1",
+            "OCI container exited with status 0",
+        ],
+    );
 }
 
 /// A rootfs image as the tier builds it: erofs from the rootfs directory, through the
@@ -355,37 +336,19 @@ fn oci_container_runs_inside_the_guest_under_qemu_tcg() {
 /// reads both back, and the image itself stays as it was.
 #[test]
 fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
-    let Ok(qemu) = which("qemu-system-x86_64") else {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    };
     if which("mkfs.erofs").is_err() {
         return skip("mkfs.erofs is not installed (scripts/install-deps installs erofs-utils)");
     }
-    let out = Command::new(root().join("scripts/build-guest-kernel"))
-        .arg("--cached")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
+    if !static_busybox() {
+        return;
     }
-    let busybox = Path::new("/bin/busybox");
-    let ldd = Command::new("ldd").arg(busybox).output();
-    if !busybox.exists()
-        || ldd
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
-            .unwrap_or(true)
-    {
-        return skip("no static /bin/busybox (apt-get install busybox-static)");
-    }
-    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = std::env::temp_dir().join(format!("strata-qemu-erofs-{}", std::process::id()));
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let Some(g) = Guest::new("erofs") else {
+        return;
+    };
+    let rootfs = busybox_rootfs(&g.dir);
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
     std::fs::write(rootfs.join("etc/hostname"), "from-the-image\n").unwrap();
-    let cache = dir.join("cache");
+    let cache = g.dir.join("cache");
     let img = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
     assert!(!img.reused);
     let again = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
@@ -395,13 +358,6 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
     );
     let before = std::fs::read(&img.path).unwrap();
 
-    let initrd = dir.join("initramfs.cpio.gz");
-    let st = Command::new(root().join("scripts/build-initramfs"))
-        .arg(&initrd)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "build-initramfs failed");
     let script = [
         "/bin/busybox cat /etc/hostname",
         "echo changed-in-the-overlay>/etc/hostname",
@@ -410,51 +366,23 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
     ]
     .join(";")
     .replace(' ', "${IFS}");
-    let out = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,rtc=off,acpi=off",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-drive")
-        .arg(format!(
-            "id=rootfs,file={},format=raw,if=none,readonly=on",
-            img.path.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=rootfs"])
-        .arg("-append")
-        .arg(format!(
+    let console = g.run_with_disk(
+        &img.path,
+        &format!(
             "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=1 strata.rootfs=/dev/vda \
              strata.run=/bin/sh,-c,{script}"
-        ))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+        ),
+    );
     let after = std::fs::read(&img.path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    for want in [
-        "rootfs /dev/vda is erofs, overlay on tmpfs",
-        "from-the-image",
-        "changed-in-the-overlay\r\ncreated-in-the-overlay",
-        "container exited with status 0",
-    ] {
-        assert!(
-            console.contains(want),
-            "missing {want:?}; console:\n{console}"
-        );
-    }
+    assert_console_has(
+        &console,
+        &[
+            "rootfs /dev/vda is erofs, overlay on tmpfs",
+            "from-the-image",
+            "changed-in-the-overlay\r\ncreated-in-the-overlay",
+            "container exited with status 0",
+        ],
+    );
     assert!(before == after, "the image was written");
 }
 
@@ -466,107 +394,40 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
 /// is OOM-killed, noticed, and its stats show the limit and the kill.
 #[test]
 fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
-    let Ok(qemu) = which("qemu-system-x86_64") else {
-        return skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !static_busybox() {
+        return;
+    }
+    let Some(g) = Guest::new("vsock") else {
+        return;
     };
-    let out = Command::new(root().join("scripts/build-guest-kernel"))
-        .arg("--cached")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return skip("the guest kernel is not built yet (scripts/build-guest-kernel)");
-    }
-    let busybox = Path::new("/bin/busybox");
-    let ldd = Command::new("ldd").arg(busybox).output();
-    if !busybox.exists()
-        || ldd
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("=>"))
-            .unwrap_or(true)
-    {
-        return skip("no static /bin/busybox (apt-get install busybox-static)");
-    }
-    let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dir = std::env::temp_dir().join(format!("strata-qemu-vsock-{}", std::process::id()));
-    let bundle = dir.join("bundle");
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "dev", "tmp"] {
-        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
-    }
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    for applet in ["sh", "cat", "echo", "dd"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    let spec = r#"{"ociVersion":"1.0.2",
-  "process":{"terminal":false,"user":{"uid":0,"gid":0},
-    "args":["/bin/sh","-c","cat; echo to-stderr >&2; exit 3"],
-    "env":["PATH=/bin"],"cwd":"/","noNewPrivileges":true},
-  "root":{"path":"rootfs","readonly":false},
-  "hostname":"vsock-guest",
-  "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
-    {"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}],
-  "linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"}]}}"#;
-    std::fs::write(bundle.join("config.json"), spec).unwrap();
-    let img = strata_microvm::rootfs::build_ext4(&bundle, &dir.join("cache")).unwrap();
-    let initrd = dir.join("initramfs.cpio.gz");
-    let st = Command::new(root().join("scripts/build-initramfs"))
-        .arg(&initrd)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "build-initramfs failed");
-    let out = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm,rtc=off,acpi=off",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-drive")
-        .arg(format!(
-            "id=bundle,file={},format=raw,if=none,readonly=on",
-            img.path.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=bundle"])
-        .args([
-            "-append",
-            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=agent strata.bundle=/dev/vda",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let b = bundle(
+        &g.dir,
+        "vsock-guest",
+        &["/bin/sh", "-c", "cat; echo to-stderr >&2; exit 3"],
+    );
+    let img = strata_microvm::rootfs::build_ext4(&b, &g.dir.join("cache")).unwrap();
+    let console = g.run_with_disk(
+        &img.path,
+        "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=agent strata.bundle=/dev/vda",
+    );
     for l in console
         .lines()
         .filter(|l| l.contains("strata-guest-agent:"))
     {
         eprintln!("{l}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    for want in [
-        "agent ready, answered over vsock at",
-        "bundle /dev/vda (ext4) mounted at /run/strata/bundles/selftest/bundle",
-        r#"streams stdout="sent over vsock\n" stderr="to-stderr\n" status=3"#,
-        // The agent checks the figures itself (v2, usage, no limit, CPU time, pids) and fails
-        // the self-test otherwise; the line shows they came back.
-        "stats cgroup=v2 memory_usage=",
-        r#"oom notice=Some("oom") status=137"#,
-        "oom stats memory_limit=16777216 oom_kills=1",
-        "vsock self-test passed",
-    ] {
-        assert!(
-            console.contains(want),
-            "missing {want:?}; console:\n{console}"
-        );
-    }
+    assert_console_has(
+        &console,
+        &[
+            "agent ready, answered over vsock at",
+            "bundle /dev/vda (ext4) mounted at /run/strata/bundles/selftest/bundle",
+            r#"streams stdout="sent over vsock\n" stderr="to-stderr\n" status=3"#,
+            // The agent checks the figures itself (v2, usage, no limit, CPU time, pids) and fails
+            // the self-test otherwise; the line shows they came back.
+            "stats cgroup=v2 memory_usage=",
+            r#"oom notice=Some("oom") status=137"#,
+            "oom stats memory_limit=16777216 oom_kills=1",
+            "vsock self-test passed",
+        ],
+    );
 }

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use strata_guest_agent::client::{Agent, StdioStream};
-use strata_guest_agent::proto::agent::{
-    CreateContainerRequest, DeleteRequest, ExecRequest, KillRequest, StartRequest, Stdio,
-    StdioPorts, WaitRequest,
-};
+use strata_guest_agent::proto::agent::{CreateContainerRequest, Stdio, StdioPorts};
 
 fn streamed(stdin: bool) -> Stdio {
     Stdio {
@@ -32,67 +29,6 @@ fn drain(mut s: StdioStream) -> JoinHandle<Vec<u8>> {
         s.read_to_end(&mut v).unwrap();
         v
     })
-}
-
-struct Calls<'a>(&'a Agent);
-
-impl Calls<'_> {
-    fn create(&self, id: &str, bundle: &std::path::Path, io: Stdio) -> StdioPorts {
-        self.0
-            .raw()
-            .create_container(
-                ctx(),
-                &CreateContainerRequest {
-                    id: id.into(),
-                    bundle: bundle.display().to_string(),
-                    stdio: Some(io).into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .stdio_ports
-            .unwrap_or_default()
-    }
-    fn start(&self, id: &str, exec: &str) -> u32 {
-        self.0
-            .raw()
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.into(),
-                    exec_id: exec.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .pid
-    }
-    fn wait(&self, id: &str, exec: &str) -> u32 {
-        self.0
-            .raw()
-            .wait(
-                ctx(),
-                &WaitRequest {
-                    id: id.into(),
-                    exec_id: exec.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .exit_status
-    }
-    fn delete(&self, id: &str) {
-        self.0
-            .raw()
-            .delete(
-                ctx(),
-                &DeleteRequest {
-                    id: id.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-    }
 }
 
 #[test]
@@ -136,28 +72,12 @@ fn stdio_streams_both_ways_with_stdin_eof() {
     let none = c.create("c2", &b2, Stdio::default());
     assert_eq!(none, StdioPorts::default(), "nothing streamed, no ports");
     c.start("c2", "");
-    let process = serde_json::json!({
-        "terminal": false,
-        "user": {"uid": 0, "gid": 0},
-        "args": ["/bin/sh", "-c", "tr a-z A-Z; echo exec-stderr >&2"],
-        "env": ["PATH=/bin"],
-        "cwd": "/"
-    });
-    let ports = agent
-        .raw()
-        .exec(
-            ctx(),
-            &ExecRequest {
-                id: "c2".into(),
-                exec_id: "e1".into(),
-                process_json: process.to_string(),
-                stdio: Some(streamed(true)).into(),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .stdio_ports
-        .unwrap_or_default();
+    let ports = c.exec(
+        "c2",
+        "e1",
+        "tr a-z A-Z; echo exec-stderr >&2",
+        streamed(true),
+    );
     let mut stdin = agent.open_stream(ports.stdin).unwrap();
     let stdout = drain(agent.open_stream(ports.stdout).unwrap());
     let stderr = drain(agent.open_stream(ports.stderr).unwrap());
@@ -209,17 +129,7 @@ fn stdio_streams_both_ways_with_stdin_eof() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    agent
-        .raw()
-        .kill(
-            ctx(),
-            &KillRequest {
-                id: "c2".into(),
-                signal: 9,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    c.kill("c2", 9);
     assert_eq!(c.wait("c2", ""), 137);
     c.delete("c1");
     c.delete("c2");

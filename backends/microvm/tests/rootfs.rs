@@ -4,12 +4,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use strata_microvm::devices::virtio::block::DiskConfig;
-use strata_microvm::rootfs::{build_erofs, build_ext4};
+use strata_microvm::rootfs::{build_erofs, build_ext4, RootfsError, RootfsImage};
 use strata_microvm::{Exit, Machine, MachineConfig};
 
 fn tree(dir: &TempDir) -> std::path::PathBuf {
@@ -22,22 +23,35 @@ fn tree(dir: &TempDir) -> std::path::PathBuf {
     root
 }
 
+fn file_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+type Build = fn(&Path, &Path) -> Result<RootfsImage, RootfsError>;
+
+/// `root` built twice into `cache`: a new image, then a cache hit that leaves it untouched. The
+/// image.
+fn built_then_reused(build: Build, root: &Path, cache: &Path) -> RootfsImage {
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let a = build(root, cache).unwrap();
+    assert!(!a.reused);
+    let before = modified(&a.path);
+    let b = build(root, cache).unwrap();
+    assert!(b.reused);
+    assert_eq!(a.path, b.path);
+    assert_eq!(modified(&b.path), before, "not rebuilt");
+    a
+}
+
 #[test]
 fn ext4_image_is_cached_by_content() {
     let dir = TempDir::new("rootfs");
     let root = tree(&dir);
     let cache = dir.path("cache");
-    let a = build_ext4(&root, &cache).unwrap();
-    assert!(!a.reused);
-    let before = std::fs::metadata(&a.path).unwrap().modified().unwrap();
-    let b = build_ext4(&root, &cache).unwrap();
-    assert!(b.reused);
-    assert_eq!(a.path, b.path);
-    assert_eq!(
-        std::fs::metadata(&b.path).unwrap().modified().unwrap(),
-        before,
-        "not rebuilt"
-    );
+    let a = built_then_reused(build_ext4, &root, &cache);
 
     let out = Command::new("debugfs")
         .args(["-R", "cat /etc/hostname"])
@@ -66,10 +80,7 @@ fn ext4_image_is_cached_by_content() {
     assert!(!c.reused);
     assert_ne!(c.path, a.path);
     // No temporary files are left in the cache.
-    let names: Vec<_> = std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names = file_names(&cache);
     assert!(names.iter().all(|n| n.ends_with(".ext4")), "{names:?}");
 }
 
@@ -91,18 +102,9 @@ fn erofs_image_is_cached_by_content() {
     let dir = TempDir::new("rootfs-erofs");
     let root = tree(&dir);
     let cache = dir.path("cache");
-    let a = build_erofs(&root, &cache).unwrap();
-    assert!(!a.reused);
-    assert!(a.path.to_string_lossy().ends_with(".erofs"));
-    let before = std::fs::metadata(&a.path).unwrap().modified().unwrap();
     // The second start of the same rootfs: a cache hit, nothing rebuilt.
-    let b = build_erofs(&root, &cache).unwrap();
-    assert!(b.reused);
-    assert_eq!(a.path, b.path);
-    assert_eq!(
-        std::fs::metadata(&b.path).unwrap().modified().unwrap(),
-        before
-    );
+    let a = built_then_reused(build_erofs, &root, &cache);
+    assert!(a.path.to_string_lossy().ends_with(".erofs"));
     // The same tree as ext4 is another image.
     let e = build_ext4(&root, &cache).unwrap();
     assert_ne!(e.key, a.key);
@@ -123,7 +125,7 @@ fn erofs_image_is_cached_by_content() {
     );
     assert_eq!(
         std::fs::read_link(out.join("bin/sh")).unwrap(),
-        std::path::Path::new("tool")
+        Path::new("tool")
     );
     assert_eq!(std::fs::read(out.join("bin/tool")).unwrap().len(), 100_000);
     // A changed file is a new image; no temporaries are left.
@@ -131,10 +133,7 @@ fn erofs_image_is_cached_by_content() {
     let c = build_erofs(&root, &cache).unwrap();
     assert!(!c.reused);
     assert_ne!(c.path, a.path);
-    let names: Vec<_> = std::fs::read_dir(&cache)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names = file_names(&cache);
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
 }
 

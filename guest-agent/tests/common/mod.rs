@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use strata_guest_agent::client::Agent;
+use strata_guest_agent::proto::agent::{ExecRequest, KillRequest, Stdio, StdioPorts};
+
 /// Skips (or fails under CI=true) with `why`; returns true to make the caller return.
 pub fn skip(why: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -120,4 +123,64 @@ pub fn scratch(tag: &str) -> PathBuf {
 
 pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+/// The container calls through the client, unwrapped (30 s deadlines).
+pub struct Calls<'a>(pub &'a Agent);
+
+impl Calls<'_> {
+    pub fn create(&self, id: &str, bundle: &Path, io: Stdio) -> StdioPorts {
+        self.0
+            .create_container(id, &bundle.display().to_string(), io)
+            .unwrap()
+            .stdio_ports
+            .unwrap_or_default()
+    }
+    pub fn start(&self, id: &str, exec: &str) -> u32 {
+        self.0.start(id, exec).unwrap()
+    }
+    pub fn wait(&self, id: &str, exec: &str) -> u32 {
+        self.0.wait(id, exec, Duration::from_secs(30)).unwrap()
+    }
+    /// `sh -c script` exec'd in the container `id` as `exec`, not started; its stream ports.
+    pub fn exec(&self, id: &str, exec: &str, script: &str, io: Stdio) -> StdioPorts {
+        let process = serde_json::json!({
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/sh", "-c", script],
+            "env": ["PATH=/bin"],
+            "cwd": "/"
+        });
+        self.0
+            .raw()
+            .exec(
+                ctx(),
+                &ExecRequest {
+                    id: id.into(),
+                    exec_id: exec.into(),
+                    process_json: process.to_string(),
+                    stdio: Some(io).into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .stdio_ports
+            .unwrap_or_default()
+    }
+    pub fn kill(&self, id: &str, signal: u32) {
+        self.0
+            .raw()
+            .kill(
+                ctx(),
+                &KillRequest {
+                    id: id.into(),
+                    signal,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    pub fn delete(&self, id: &str) {
+        self.0.delete(id, "").unwrap()
+    }
 }
