@@ -72,12 +72,18 @@ pub fn first_line(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// The name of the profile the shim was built with (its directory's name).
+/// The name of the profile the shim was built with (its directory's name; `installed` is
+/// scripts/build-shim's: release, linked statically, functions laid out).
 pub fn shim_profile(h: &Harness) -> String {
-    h.shim_dir
+    match h
+        .shim_dir
         .file_name()
         .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    {
+        Some(d) if d == "installed" => "release (static, laid out: scripts/build-shim)".into(),
+        Some(d) => d,
+        None => String::new(),
+    }
 }
 
 /// Puts `results` into the document at `path`, replacing what stands between `begin` and `end`.
