@@ -280,8 +280,12 @@ fn main() -> Result<()> {
     let shim_dir = std::env::var_os("STRATA_SHIM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.to_path_buf());
+    // scripts/bench-wasm names it: the installed shim's directory holds no examples.
+    let start_time = std::env::var_os("STRATA_WASM_START_TIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shim_dir.join("examples/start_time"));
     let share = shim_share(
-        &shim_dir.join("examples/start_time"),
+        &start_time,
         &shim_dir.join("strata-wasm-runner"),
         wasmtime_cli().as_deref(),
         &hello,
