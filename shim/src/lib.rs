@@ -9,7 +9,6 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod events;
-mod heap;
 pub mod metrics;
 pub mod rootfs;
 pub mod serve;

@@ -67,7 +67,6 @@ fn setup_logging(debug: bool) {
 
 /// Runs the daemon.
 pub fn serve(flags: &Flags) -> Result<()> {
-    crate::heap::single_arena();
     setup_logging(flags.debug);
     // Become the reaper before anything forks. containerd-shim's mount_rootfs forks and
     // waits through the crate's own monitor: feed it the statuses nobody else claimed.
@@ -102,7 +101,13 @@ pub fn serve(flags: &Flags) -> Result<()> {
         }
     };
     std::env::remove_var(LISTEN_FD_ENV);
+    // Two idle workers per connection instead of ttrpc's three: a shim mostly sleeps, and each
+    // worker thread keeps a stack and a malloc arena. ttrpc starts another worker whenever
+    // fewer than one is idle, so blocking calls (Wait) cannot starve the others.
     let mut server = Server::new()
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(3)
         .add_listener(listen_fd)
         .context("serve on the listening socket")?
         .register_service(task_methods(service.clone()));

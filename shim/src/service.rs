@@ -567,7 +567,6 @@ impl Task for TaskService {
                 },
             );
         }
-        crate::heap::trim();
         Ok(StartResponse {
             pid,
             ..Default::default()
