@@ -122,7 +122,7 @@ fn main() -> Result<()> {
          |---|---|---|---|---|\n\
          | `ctr run --rm` of /bin/true, median of {runs} interleaved runs | {sm} | {rm} | {ratio:.2}x | at most 1.0x (aim 0.8x) |\n\
          | fastest / slowest run | {smin} / {smax} | {rmin} / {rmax} | | |\n\
-         | shim RSS per running container ({n} sleeping containers) | {sper:.1} MiB ({sn} shim processes) | {rper:.1} MiB ({rn} shim processes) | {rssratio:.2}x | at most 5 MiB |\n",
+         | shim RSS per running container ({n} sleeping containers) | {sper:.2} MiB = {skib} KiB ({sn} shim processes) | {rper:.2} MiB = {rkib} KiB ({rn} shim processes) | {rssratio:.2}x | at most 5 MiB |\n",
         date = first_line("date", &["-u"]),
         cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel = first_line("uname", &["-r"]),
@@ -138,6 +138,8 @@ fn main() -> Result<()> {
         n = a.containers,
         sper = per(stotal),
         rper = per(rtotal),
+        skib = stotal / a.containers as u64,
+        rkib = rtotal / a.containers as u64,
         rssratio = per(stotal) / per(rtotal).max(f64::MIN_POSITIVE),
     );
     println!("{results}");
