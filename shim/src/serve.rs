@@ -66,7 +66,50 @@ fn setup_logging(debug: bool) {
 }
 
 /// Runs the daemon.
+/// For scripts/order-shim-text only: makes each page of the shim's code its own mapping, so
+/// the kernel's fault-around (which stays within one mapping) maps only the pages this process
+/// runs from then on, and /proc/PID/pagemap then tells exactly which those are. Neighbouring pages get
+/// different protections (writable or not; nothing writes them), which keeps them apart.
+#[allow(unsafe_code)]
+fn split_text_per_page() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let page = 4096usize;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[1].starts_with("r-x") || std::path::Path::new(f[5]) != exe {
+            continue;
+        }
+        let Some((lo, hi)) = f[0].split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            continue;
+        };
+        for (i, addr) in (lo..hi).step_by(page).enumerate() {
+            let mut prot = libc::PROT_READ | libc::PROT_EXEC;
+            if i % 2 == 1 {
+                prot |= libc::PROT_WRITE;
+            }
+            // SAFETY: the range is this process's own code mapping, page-aligned; the
+            // protections keep it readable and executable.
+            unsafe { libc::mprotect(addr as *mut libc::c_void, page, prot) };
+        }
+        // Forget what start-up mapped 64 KiB at a time; what runs from here maps page by page.
+        // SAFETY: unmodified private file pages: each comes back from the file when touched.
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+    }
+}
+
 pub fn serve(flags: &Flags) -> Result<()> {
+    if std::env::var_os("STRATA_PROFILE_TEXT").is_some() {
+        split_text_per_page();
+    }
     setup_logging(flags.debug);
     // Become the reaper before anything forks. containerd-shim's mount_rootfs forks and
     // waits through the crate's own monitor: feed it the statuses nobody else claimed.
