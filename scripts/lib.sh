@@ -13,6 +13,11 @@ sweep() {
     [ -x "$bin" ] && "$bin" sweep || true
 }
 
+# The directory cargo puts profile $1's output in.
+profile_dir() {
+    echo "$CARGO_TARGET_DIR/$([ "$1" = dev ] && echo debug || echo "$1")"
+}
+
 # Builds the shim, strata and strata-wasm-runner in cargo profile $1 and prints their
 # directory: for `release`, as they are installed (scripts/build-shim: static, laid out).
 build_shim_dir() {
@@ -20,6 +25,6 @@ build_shim_dir() {
         "$here/scripts/build-shim"
     else
         cargo build --profile "$1" -p strata-shim --bins -j "$jobs" >&2
-        echo "$CARGO_TARGET_DIR/$([ "$1" = dev ] && echo debug || echo "$1")"
+        profile_dir "$1"
     fi
 }

@@ -13,7 +13,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=STRATA_TEXT_ORDER");
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
     let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
-    // scripts/order-shim-text profiles a build laid out as the compiler left it.
+    // STRATA_TEXT_ORDER=off: the compiler's own layout (to profile from scratch).
     let wanted = std::env::var("STRATA_TEXT_ORDER").as_deref() != Ok("off");
     if !(release && linux && wanted && order.exists()) {
         return;

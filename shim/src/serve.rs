@@ -65,11 +65,11 @@ fn setup_logging(debug: bool) {
     let _ = builder.with_writer(move || file).try_init();
 }
 
-/// Runs the daemon.
 /// For scripts/order-shim-text only: makes each page of the shim's code its own mapping, so
 /// the kernel's fault-around (which stays within one mapping) maps only the pages this process
-/// runs from then on, and /proc/PID/pagemap then tells exactly which those are. Neighbouring pages get
-/// different protections (writable or not; nothing writes them), which keeps them apart.
+/// runs from then on, and /proc/PID/pagemap then tells exactly which those are. Neighbouring
+/// pages get different protections (writable or not; nothing writes them), which keeps them
+/// apart.
 #[allow(unsafe_code)]
 fn split_text_per_page() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
@@ -106,6 +106,7 @@ fn split_text_per_page() {
     }
 }
 
+/// Runs the daemon.
 pub fn serve(flags: &Flags) -> Result<()> {
     if std::env::var_os("STRATA_PROFILE_TEXT").is_some() {
         split_text_per_page();
