@@ -17,6 +17,7 @@ use strata_backend::{BackendEvent, CreateOpts, Error, EventSink, ExecOpts, Resul
 
 use crate::cgroup::Cgroup;
 use crate::executor::NativeExecutor;
+use crate::fork;
 use crate::oom::{self, OomWatch};
 
 /// How long to wait for the container's init to hand over its terminal.
@@ -141,27 +142,28 @@ impl Container {
             .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
             .with_executor(executor.clone());
         let builder = with_stdio(builder, &io);
-        let built = {
-            let _guard = Reaper::global().fork_guard();
+        let built = fork::in_child(&format!("create container {}", opts.id), || {
             builder
                 .as_init(&opts.bundle)
                 .with_systemd(false)
                 .with_detach(true)
                 .build()
-        };
-        let lc = match built {
-            Ok(lc) => lc,
+                .map(|lc| lc.pid().map(|p| p.as_raw() as u32).unwrap_or(0))
+                .map_err(|e| error_chain(&e))
+        })
+        .and_then(|pid| {
+            let lc = LcContainer::load(root.join(&opts.id))
+                .map_err(|e| lc_err("load the created container's state", e))?;
+            Ok((pid, lc))
+        });
+        let (pid, lc) = match built {
+            Ok(built) => built,
             Err(e) => {
                 // libcontainer removes what it made; make sure of it.
                 let _ = cleanup_orphan(root, &opts.id);
-                return Err(Error::InvalidArgument(format!(
-                    "create container {}: {}",
-                    opts.id,
-                    error_chain(&e)
-                )));
+                return Err(e);
             }
         };
-        let pid = lc.pid().map(|p| p.as_raw() as u32).unwrap_or(0);
         if pid != 0 && creates_network_namespace(&opts.spec) {
             if let Err(e) = crate::netns::loopback_up(pid) {
                 let _ = cleanup_orphan(root, &opts.id);
@@ -301,29 +303,23 @@ impl Container {
             .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
             .with_executor(self.executor.clone());
         let builder = with_stdio(builder, &exec.proc.io);
-        let built = {
-            let _guard = Reaper::global().fork_guard();
+        let pid = fork::in_child(&format!("exec {exec_id} in container {}", self.id), || {
             builder
                 .as_tenant()
                 .with_process(Some(&exec.process_file))
                 .with_detach(true)
                 .build()
-        };
-        let pid = built.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "exec {exec_id} in container {}: {}",
-                self.id,
-                error_chain(&e)
-            ))
+                .map(|pid| pid.as_raw() as u32)
+                .map_err(|e| error_chain(&e))
         })?;
-        exec.proc.pid.store(pid.as_raw() as u32, Ordering::SeqCst);
+        exec.proc.pid.store(pid, Ordering::SeqCst);
         if let Some(console) = console {
             console
                 .receive(CONSOLE_TIMEOUT)
                 .and_then(|m| exec.proc.io.attach_console(m, &exec.proc.stdio))?;
         }
         watch_exit(&exec.proc, &self.events, &self.id, Some(exec_id));
-        Ok(pid.as_raw() as u32)
+        Ok(pid)
     }
 
     pub fn delete_exec(&self, exec_id: &str) -> Result<()> {

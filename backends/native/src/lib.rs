@@ -10,6 +10,7 @@
 mod cgroup;
 mod container;
 mod executor;
+mod fork;
 mod netns;
 pub mod oom;
 
