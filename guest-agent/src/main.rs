@@ -5,6 +5,10 @@ use strata_guest_agent::service::serve;
 use strata_guest_agent::{pid1, AGENT_VSOCK_PORT};
 
 fn main() {
+    // First, while this process has one thread: it may be the native tier's creating helper.
+    if strata_native::creator::is_asked() {
+        strata_native::creator::run(&[]);
+    }
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--container-init") {
         let (Some(root), rest) = (args.get(2), args.get(3..).unwrap_or_default()) else {

@@ -19,6 +19,13 @@ pub mod wasm_image;
 pub const RUNTIME_TYPE: &str = "io.containerd.strata.v2";
 
 /// Entry point of `containerd-shim-strata-v2`.
+/// For the native tier's creating helper (started by the shim from its own binary, in the
+/// shim's directory): logs to containerd's log FIFO as the shim does, so that libcontainer's
+/// warnings land where the shim's do.
+pub fn log_to_containerd() {
+    serve::setup_logging(false);
+}
+
 pub fn shim_main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -32,7 +32,7 @@ pub fn task_methods(service: TaskService) -> Methods {
     methods
 }
 
-fn setup_logging(debug: bool) {
+pub(crate) fn setup_logging(debug: bool) {
     // containerd reads the shim's log from the FIFO named `log` in the bundle.
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -324,21 +324,33 @@ fn pids_lists_every_process() {
     let c = h.container("pids");
     c.start(&[], &["sh", "-c", "sleep 1000 & sleep 1001 & wait"]);
     let init = c.pid().expect("ctr task ls gives the pid");
+    // Three pids, and the two children past their exec (a forked shell shows the parent's
+    // command line until it execs `sleep`).
+    let cmdlines = |pids: &[u32]| -> Vec<String> {
+        let mut cmds: Vec<String> = pids
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ")
+            })
+            .collect();
+        cmds.sort();
+        cmds
+    };
     let pids = strata_tests::cmd::poll(SECS(10), || {
         let p = c.pids().ok()?;
-        (p.len() == 3).then_some(p)
+        (p.len() == 3
+            && cmdlines(&p)
+                .iter()
+                .filter(|c| c.starts_with("sleep"))
+                .count()
+                == 2)
+            .then_some(p)
     })
     .unwrap_or_else(|| panic!("expected 3 pids, got {:?}\n{}", c.pids(), c.log()));
     assert!(pids.contains(&init), "init {init} missing from {pids:?}");
-    let mut cmds: Vec<String> = pids
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect();
-    cmds.sort();
+    let cmds = cmdlines(&pids);
     assert_eq!(
         cmds,
         [

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use strata_backend::reaper::Reaper;
@@ -16,8 +14,8 @@ use strata_backend::stdio::{ConsoleSocket, ProcessIo};
 use strata_backend::{BackendEvent, CreateOpts, Error, EventSink, ExecOpts, Result, StdioPaths};
 
 use crate::cgroup::Cgroup;
+use crate::creator::{self, Kind, Request};
 use crate::executor::NativeExecutor;
-use crate::fork;
 use crate::oom::{self, OomWatch};
 
 /// How long to wait for the container's init to hand over its terminal.
@@ -61,6 +59,8 @@ pub struct Container {
     events: EventSink,
     oom: Mutex<Option<OomWatch>>,
     executor: NativeExecutor,
+    /// What the creating helper hands to exec'd processes as well (see `creator`).
+    keep_fds: Vec<i32>,
 }
 
 fn lc_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -73,20 +73,6 @@ fn console_path(root: &Path) -> PathBuf {
         std::process::id(),
         CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed)
     ))
-}
-
-/// Hands a process's standard streams to a libcontainer builder.
-fn with_stdio(mut b: ContainerBuilder, io: &ProcessIo) -> ContainerBuilder {
-    if let Some(fd) = io.take_fd(0) {
-        b = b.with_stdin(fd);
-    }
-    if let Some(fd) = io.take_fd(1) {
-        b = b.with_stdout(fd);
-    }
-    if let Some(fd) = io.take_fd(2) {
-        b = b.with_stderr(fd);
-    }
-    b
 }
 
 /// Reports the exit of `proc` once the reaper sees it.
@@ -136,22 +122,22 @@ impl Container {
         } else {
             ProcessIo::pipes(&opts.stdio)?
         };
-        let builder = ContainerBuilder::new(opts.id.clone(), SyscallType::default())
-            .with_root_path(root)
-            .map_err(|e| lc_err("container state root", e))?
-            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
-            .with_executor(executor.clone());
-        let builder = with_stdio(builder, &io);
-        let built = fork::in_child(&format!("create container {}", opts.id), || {
-            builder
-                .as_init(&opts.bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map(|lc| lc.pid().map(|p| p.as_raw() as u32).unwrap_or(0))
-                .map_err(|e| error_chain(&e))
-        })
-        .and_then(|pid| {
+        let req = Request::new(
+            &opts.id,
+            root,
+            console.as_ref().map(|c| c.path().to_path_buf()),
+            &executor,
+            Kind::Init {
+                bundle: opts.bundle.clone(),
+            },
+        );
+        let keep = executor
+            .pre_exec
+            .as_ref()
+            .map(|h| h.inherited_fds(&opts.spec))
+            .unwrap_or_default();
+        let what = format!("create container {}", opts.id);
+        let built = creator::create(&what, &req, &io, &keep).and_then(|pid| {
             let lc = LcContainer::load(root.join(&opts.id))
                 .map_err(|e| lc_err("load the created container's state", e))?;
             Ok((pid, lc))
@@ -195,6 +181,7 @@ impl Container {
             events: events.clone(),
             oom: Mutex::new(None),
             executor: exec_executor,
+            keep_fds: keep,
         });
         if let Some(console) = console {
             let attached = console
@@ -297,21 +284,21 @@ impl Container {
         } else {
             None
         };
-        let builder = ContainerBuilder::new(self.id.clone(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map_err(|e| lc_err("container state root", e))?
-            .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
-            .with_executor(self.executor.clone());
-        let builder = with_stdio(builder, &exec.proc.io);
-        let pid = fork::in_child(&format!("exec {exec_id} in container {}", self.id), || {
-            builder
-                .as_tenant()
-                .with_process(Some(&exec.process_file))
-                .with_detach(true)
-                .build()
-                .map(|pid| pid.as_raw() as u32)
-                .map_err(|e| error_chain(&e))
-        })?;
+        let req = Request::new(
+            &self.id,
+            &self.root,
+            console.as_ref().map(|c| c.path().to_path_buf()),
+            &self.executor,
+            Kind::Tenant {
+                process_file: exec.process_file.clone(),
+            },
+        );
+        let pid = creator::create(
+            &format!("exec {exec_id} in container {}", self.id),
+            &req,
+            &exec.proc.io,
+            &self.keep_fds,
+        )?;
         exec.proc.pid.store(pid, Ordering::SeqCst);
         if let Some(console) = console {
             console

@@ -12,7 +12,21 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 /// Something another tier runs in the container's process (init or exec) right before the
 /// exec of the user's program, after libcontainer's own set-up (the sentry installs its
 /// filter in exec'd processes here). An error fails the process instead of exec'ing.
+///
+/// The hook runs in a helper process that the shim starts from its own binary (see
+/// `creator`), which finds it by [`PreExec::name`] among those its `main` passes to
+/// [`crate::creator::run`]; so a hook keeps no state of its own: what it needs
+/// travels in the spec or in inherited descriptors.
 pub trait PreExec: Send + Sync {
+    /// A name unique among the hooks of one binary.
+    fn name(&self) -> &'static str;
+    /// Descriptors of the calling process that the container's processes must inherit at
+    /// the same numbers, as the hook finds them in the container's spec (the creating helper
+    /// is handed exactly these; every other descriptor the shim holds is close-on-exec).
+    fn inherited_fds(&self, _spec: &Spec) -> Vec<i32> {
+        Vec::new()
+    }
+
     fn before_exec(&self, spec: &Spec) -> Result<(), String>;
 }
 

@@ -9,8 +9,8 @@
 
 mod cgroup;
 mod container;
+pub mod creator;
 mod executor;
-mod fork;
 mod netns;
 pub mod oom;
 

@@ -8,9 +8,10 @@
 //! namespace). The filter and the socket's fd number travel in the rewritten spec's
 //! annotations, which libcontainer keeps for tenants too (libcontainer 0.7 gives a tenant only
 //! the container's namespaces and cgroup, not its seccomp profile, so the sentry does not
-//! leave its filter to libcontainer at all). The hook keeps no state, as it runs in a forked
-//! child of the multi-threaded shim. Anything missing fails the exec: never an unfiltered
-//! process.
+//! leave its filter to libcontainer at all). The hook keeps no state: it runs in the native
+//! tier's creating helper (a fresh process started from the shim's binary, which finds the
+//! hook by name and inherits the socket because `inherited_fds` names it). Anything missing
+//! fails the exec: never an unfiltered process.
 
 use std::io::IoSlice;
 
@@ -26,13 +27,27 @@ pub const EXEC_FILTER_ANNOTATION: &str = "strata.dev/sentry-exec-filter";
 /// The hook.
 pub struct ExecFilter;
 
+/// The supervisor socket's descriptor number, from the spec.
+fn exec_fd(spec: &Spec) -> Option<i32> {
+    spec.annotations()
+        .as_ref()?
+        .get(EXEC_FD_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
 impl PreExec for ExecFilter {
+    fn name(&self) -> &'static str {
+        "sentry"
+    }
+
+    fn inherited_fds(&self, spec: &Spec) -> Vec<i32> {
+        exec_fd(spec).into_iter().collect()
+    }
+
     fn before_exec(&self, spec: &Spec) -> Result<(), String> {
         let ann = spec.annotations().clone().unwrap_or_default();
-        let fd: i32 = ann
-            .get(EXEC_FD_ANNOTATION)
-            .and_then(|v| v.parse().ok())
-            .ok_or("sentry: no supervisor socket for this exec")?;
+        let fd = exec_fd(spec).ok_or("sentry: no supervisor socket for this exec")?;
         let filter: LinuxSeccomp = ann
             .get(EXEC_FILTER_ANNOTATION)
             .and_then(|v| serde_json::from_str(v).ok())

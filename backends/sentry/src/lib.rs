@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 use strata_native::NativeBackend;
 
+pub use exec_filter::ExecFilter;
 pub use policy::{Policy, PolicyError, POLICY_ANNOTATION, RECORD_POLICY};
 pub use supervisor::{EMULATED_RELEASE, EMULATED_VERSION};
 
