@@ -93,6 +93,12 @@ pub const DENIED: &[&str] = &[
     "vm86old",
 ];
 
+/// The call that changes a task's root directory (`pivot_root`, `setns`, `unshare` and
+/// namespace clones, which could too, are refused). The supervisor keeps the root of the
+/// tasks under a filter open between calls, so it must see each `chroot` that can succeed:
+/// trapped (then let through) wherever the spec's own profile would have let it run.
+pub const ROOT_CHANGING: &str = "chroot";
+
 /// The calls the sentry filters by their arguments (namespace flags), neither trapped nor
 /// refused outright.
 pub const ARG_FILTERED: &[&str] = &["clone", "clone3"];
@@ -126,9 +132,54 @@ fn masked(mask: u64, datum: u64) -> Value {
     json!({ "index": 0, "value": datum, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ" })
 }
 
+/// What the supervisor may rely on in the filter [`apply`] made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Applied {
+    /// No task under the filter changes its root directory unseen: every `chroot` that could
+    /// succeed reaches the supervisor (trapped, or decided by the policy's `[syscalls]`), or
+    /// the spec's own profile refuses it outright.
+    pub root_watched: bool,
+}
+
+/// Actions under which a call never runs.
+const REFUSING: &[&str] = &[
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_TRAP",
+];
+/// Actions under which a call runs as without a filter.
+const RUNNING: &[&str] = &["SCMP_ACT_ALLOW", "SCMP_ACT_LOG"];
+
+/// What the spec's own profile does with `name` whatever its arguments: the action of its
+/// one unconditional rule naming it, or the default action without one; `None` when its
+/// rules make that depend on the arguments (or disagree).
+fn own_action(rules: &[Value], default: Option<&str>, name: &str) -> Option<String> {
+    let naming: Vec<&Value> = rules
+        .iter()
+        .filter(|r| {
+            r.get("names")
+                .and_then(Value::as_array)
+                .is_some_and(|n| n.iter().any(|n| n.as_str() == Some(name)))
+        })
+        .collect();
+    match naming.as_slice() {
+        [] => default.map(str::to_string),
+        [r] if r
+            .get("args")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty()) =>
+        {
+            r.get("action").and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
 /// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter
 /// above merged into whatever seccomp profile the spec already has.
-pub fn apply(spec: &mut Value, policy: &Policy) -> Result<(), String> {
+pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
     let process = spec
         .get_mut("process")
         .and_then(Value::as_object_mut)
@@ -165,6 +216,28 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<(), String> {
     }
     let mut notify: Vec<&str> = TRAPPED.to_vec();
     notify.extend(DENIED);
+    // chroot: decided by the policy if it lists it (its rules were dropped above); else
+    // trapped where the spec would let it run, left to the spec where it refuses it.
+    let root_watched = if policy.extra.contains_key(ROOT_CHANGING) {
+        true
+    } else {
+        let default = seccomp.get("defaultAction").and_then(Value::as_str);
+        match own_action(&rules, default, ROOT_CHANGING) {
+            Some(a) if RUNNING.contains(&a.as_str()) => {
+                rules.retain_mut(|rule| {
+                    let Some(Value::Array(names)) = rule.get_mut("names") else {
+                        return true;
+                    };
+                    names.retain(|n| n.as_str() != Some(ROOT_CHANGING));
+                    !names.is_empty()
+                });
+                notify.push(ROOT_CHANGING);
+                true
+            }
+            Some(a) => REFUSING.contains(&a.as_str()),
+            None => false,
+        }
+    };
     let mut extra: Vec<&String> = policy.extra.keys().collect();
     extra.sort();
     notify.extend(extra.iter().map(|s| s.as_str()));
@@ -186,7 +259,7 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<(), String> {
     seccomp.remove("listenerPath");
     // libcontainer (as runc) refuses flags it does not know; none are needed.
     seccomp.remove("flags");
-    Ok(())
+    Ok(Applied { root_watched })
 }
 
 #[cfg(test)]
@@ -224,6 +297,51 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn chroot_is_trapped_where_the_spec_lets_it_run() {
+        let policy = Policy::builtin_default();
+        let notified = |spec: &Value| {
+            spec["linux"]["seccomp"]["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["action"] == "SCMP_ACT_NOTIFY")
+                .any(|r| r["names"].as_array().unwrap().contains(&json!("chroot")))
+        };
+        // No profile: allowed by default, so trapped.
+        let mut spec = json!({ "process": { "args": ["sh"] } });
+        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(notified(&spec));
+        // Allowed by name (as Docker's profile does): trapped instead.
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                { "names": ["chroot", "read"], "action": "SCMP_ACT_ALLOW" },
+            ]}},
+        });
+        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(notified(&spec));
+        let rules = spec["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        assert_eq!(rules[0]["names"], json!(["read"]));
+        // Refused by the spec's default: left to it.
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [] }},
+        });
+        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(!notified(&spec));
+        // Allowed only for some arguments: left to the spec, and roots are not kept.
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                { "names": ["chroot"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{ "index": 1, "value": 0, "op": "SCMP_CMP_EQ" }] },
+            ]}},
+        });
+        assert!(!apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(!notified(&spec));
     }
 
     #[test]

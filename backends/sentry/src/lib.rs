@@ -128,7 +128,7 @@ impl SentryBackend {
 
         let mut spec = serde_json::to_value(&opts.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
-        filter::apply(&mut spec, &policy).map_err(Error::InvalidArgument)?;
+        let applied = filter::apply(&mut spec, &policy).map_err(Error::InvalidArgument)?;
         // For every container process (see exec_filter): a socket it inherits, the filter,
         // and what Landlock lets it execute.
         let (exec_ours, exec_theirs) = nix::sys::socket::socketpair(
@@ -177,7 +177,13 @@ impl SentryBackend {
         let config = dir.join("config.json");
         std::fs::write(&config, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
-        let ctx = Arc::new(supervisor::Ctx::new(opts.id.clone(), policy, log, uts));
+        let ctx = Arc::new(supervisor::Ctx::new(
+            opts.id.clone(),
+            policy,
+            log,
+            uts,
+            applied,
+        ));
         let listener = supervisor::Listener::start(exec_ours, exec_theirs, ctx)
             .map_err(|e| Error::io("start the supervisor", e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");

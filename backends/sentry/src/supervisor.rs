@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,6 +42,8 @@ const MAX_WORKERS: usize = 32;
 /// Symlinks followed in one path, as the kernel's limit.
 const MAX_LINKS: usize = 40;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
 
 /// What `uname` tells the workload.
 #[derive(Debug, Clone)]
@@ -68,12 +71,22 @@ pub struct Ctx {
     /// got the filter after joining the container's namespaces, and the filter refuses
     /// `unshare`, `setns` and `clone` with namespace flags (and `clone3`).
     foreign_userns: std::sync::OnceLock<bool>,
+    /// Whether the tasks' root directory may be kept open between calls: every `chroot` that
+    /// could succeed reaches a supervisor thread (see `filter::Applied`), and none has yet
+    /// (nor a call of another ABI, whose numbers this supervisor does not decode).
+    keep_root: AtomicBool,
 }
 
 impl Ctx {
-    pub fn new(id: String, policy: Policy, audit: AuditLog, uts: Uts) -> Ctx {
+    pub fn new(
+        id: String,
+        policy: Policy,
+        audit: AuditLog,
+        uts: Uts,
+        applied: filter::Applied,
+    ) -> Ctx {
         let mut names = HashMap::new();
-        for n in filter::managed() {
+        for n in filter::managed().chain([filter::ROOT_CHANGING]) {
             if let Ok(nr) = libseccomp::ScmpSyscall::from_name(n) {
                 names.insert(i32::from(nr), n.to_string());
             }
@@ -91,6 +104,7 @@ impl Ctx {
             names,
             own_userns: std::fs::read_link("/proc/self/ns/user").ok(),
             foreign_userns: std::sync::OnceLock::new(),
+            keep_root: AtomicBool::new(applied.root_watched),
         }
     }
 
@@ -325,6 +339,16 @@ impl Call<'_> {
     fn valid(&self) -> bool {
         sys::id_valid(self.fd.as_raw_fd(), self.n.id)
     }
+
+    /// The answer when the task could not be read: none if it is gone, else a refusal
+    /// (never leave a task waiting).
+    fn unreadable(&self) -> Outcome {
+        if self.valid() {
+            Outcome::Errno(libc::EACCES, "cannot read the task")
+        } else {
+            Outcome::Gone
+        }
+    }
 }
 
 fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
@@ -336,6 +360,10 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
     };
     let nr = n.data.nr as libc::c_long;
     let a = n.data.args;
+    if n.data.arch != AUDIT_ARCH_X86_64 || nr & X32_SYSCALL_BIT != 0 {
+        // Numbers of another ABI are not decoded here: one might be a chroot.
+        ctx.keep_root.store(false, Ordering::SeqCst);
+    }
     let outcome = match nr {
         libc::SYS_open => open_call(&mut call, libc::AT_FDCWD, a[0], a[1] as i32, a[2] as u32, 0),
         libc::SYS_creat => open_call(
@@ -365,13 +393,41 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
             call.arg("flags", format!("{:#x}", a[0]));
             Outcome::Errno(libc::EPERM, "clone flags refused")
         }
-        _ => match ctx.policy.extra.values().find(|(x, _)| *x == n.data.nr) {
-            Some((_, ExtraAction::Audit)) => Outcome::Continue,
-            Some((_, ExtraAction::Deny)) => Outcome::Errno(libc::EPERM, "denied by policy"),
+        libc::SYS_chroot if !matches!(extra(ctx, n.data.nr), Some(ExtraAction::Deny)) => {
+            // Let through (the decision rests on no argument: the spec's profile, or the
+            // policy, allows every chroot); from now on the tasks' roots may differ, so each
+            // call opens its task's root afresh.
+            ctx.keep_root.store(false, Ordering::SeqCst);
+            Outcome::Continue
+        }
+        _ => match extra(ctx, n.data.nr) {
+            Some(ExtraAction::Audit) => Outcome::Continue,
+            Some(ExtraAction::Deny) => Outcome::Errno(libc::EPERM, "denied by policy"),
             None => Outcome::Errno(libc::EPERM, "refused by the sentry"),
         },
     };
     finish(call, outcome);
+}
+
+thread_local! {
+    /// What an answer leaves to undo once it is sent (the workload's credentials, the
+    /// directory an open went through): the task waits for the answer, not for this.
+    static AFTER_ANSWER: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `x` (and its drop) until the answer of the call being handled is sent.
+fn after_answer(x: impl std::any::Any) {
+    AFTER_ANSWER.with(|a| a.borrow_mut().push(Box::new(x)));
+}
+
+/// The policy's own decision on call `nr` (`[syscalls]`), if it lists it.
+fn extra(ctx: &Ctx, nr: i32) -> Option<ExtraAction> {
+    ctx.policy
+        .extra
+        .values()
+        .find(|(x, _)| *x == nr)
+        .map(|(_, a)| *a)
 }
 
 fn finish(call: Call<'_>, outcome: Outcome) {
@@ -394,6 +450,9 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         }
         Outcome::Deferred | Outcome::Gone => Ok(()),
     };
+    // Now that the task runs again: restore the supervisor's credentials, close what the
+    // open left (see `after_answer`).
+    AFTER_ANSWER.with(|a| a.borrow_mut().clear());
     if let Err(e) = sent {
         if e.raw_os_error() != Some(libc::ENOENT) {
             tracing::debug!(id = %call.ctx.id, error = %e, "answering a trapped call");
@@ -481,80 +540,162 @@ fn nums(s: Option<&str>) -> Vec<u32> {
         .collect()
 }
 
-/// Status files of the tasks a supervisor thread has seen lately, kept open: reading one
-/// again from offset 0 makes procfs generate it afresh, and a descriptor stays bound to its
-/// task (once the task is gone it reads ESRCH, never another task's status, whatever reuses
-/// the pid), so only the first call of a task pays for the open.
-const STATUS_CACHE: usize = 32;
+/// Tasks a supervisor thread keeps track of at most (beyond, it forgets them all).
+const KNOWN_TASKS: usize = 64;
+
+/// A thread the supervisor thread has seen, for as long as it lives: a pidfd of it
+/// (PIDFD_THREAD), which PIDFD_GET_INFO answers for that very thread and no other (ESRCH once
+/// it is gone, whatever reuses its number), its status file (also bound to it: procfs
+/// generates it afresh at each read from offset 0, and once the thread is gone it reads
+/// ESRCH), and what stays the same for as long as its number names it: its process and its
+/// numbers in its own pid namespace. (Even an exec from another thread of its process, which
+/// hands that thread the leader's number, keeps them: the numbers belong to the number's
+/// kernel pid, and the process stays the same.)
+struct Known {
+    /// None before Linux 6.13 (PIDFD_GET_INFO): then the status file alone tells.
+    pidfd: Option<OwnedFd>,
+    status: File,
+    tgid: u32,
+    ns_tgid: u32,
+    ns_tid: u32,
+}
 
 thread_local! {
-    static STATUS: std::cell::RefCell<HashMap<u32, File>> = std::cell::RefCell::new(HashMap::new());
+    static KNOWN: std::cell::RefCell<HashMap<u32, Known>> = std::cell::RefCell::new(HashMap::new());
 }
 
-/// `/proc/<pid>/status`, read with one `pread` into a buffer that has room for it.
-fn read_status(pid: u32) -> Result<String, i32> {
-    let read = |f: &File| -> io::Result<String> {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = f.read_at(&mut buf, 0)?;
-            if n == 0 {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if n < buf.len() {
-                // procfs hands the whole file to one read that has room for it.
-                buf.truncate(n);
-                return String::from_utf8(buf)
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
-            }
-            buf.resize(buf.len() * 2, 0);
+/// A status file, read with one `pread` into a buffer that has room for it.
+fn read_status(f: &File) -> Result<String, i32> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = f.read_at(&mut buf, 0).map_err(|_| libc::ESRCH)?;
+        if n == 0 {
+            return Err(libc::ESRCH);
         }
-    };
-    STATUS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(f) = cache.get(&pid) {
-            if let Ok(s) = read(f) {
-                return Ok(s);
-            }
-            cache.remove(&pid); // the task is gone: the pid may name another one now
+        if n < buf.len() {
+            // procfs hands the whole file to one read that has room for it.
+            buf.truncate(n);
+            return String::from_utf8(buf).map_err(|_| libc::ESRCH);
         }
-        let f = File::open(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
-        let s = read(&f).map_err(|_| libc::ESRCH)?;
-        if cache.len() >= STATUS_CACHE {
-            cache.clear();
-        }
-        cache.insert(pid, f);
-        Ok(s)
-    })
-}
-
-fn task(ctx: &Ctx, pid: u32) -> Result<Task, i32> {
-    let status = read_status(pid)?;
-    let uid = nums(field(&status, "Uid"));
-    let gid = nums(field(&status, "Gid"));
-    let last = |k: &str| nums(field(&status, k)).last().copied().unwrap_or(0);
-    let mut cap_eff = u64::from_str_radix(field(&status, "CapEff").unwrap_or("0"), 16).unwrap_or(0);
-    // Capabilities of another user namespace mean nothing on the host: use none.
-    let foreign = *ctx
-        .foreign_userns
-        .get_or_init(|| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != ctx.own_userns);
-    if foreign {
-        cap_eff = 0;
+        buf.resize(buf.len() * 2, 0);
     }
-    Ok(Task {
-        pid,
-        tgid: last("Tgid"),
-        ns_tgid: last("NStgid"),
-        ns_tid: last("NSpid"),
-        ppid: last("PPid"),
-        threads: last("Threads"),
-        creds: Creds {
-            fsuid: uid.get(3).copied().ok_or(libc::ESRCH)?,
-            fsgid: gid.get(3).copied().ok_or(libc::ESRCH)?,
-            groups: nums(field(&status, "Groups")),
-            cap_eff,
-            umask: u32::from_str_radix(field(&status, "Umask").unwrap_or("022"), 8)
-                .unwrap_or(0o022),
-        },
+}
+
+/// Effective capabilities that make a task's supplementary groups irrelevant to an open that
+/// creates and truncates nothing: CAP_DAC_OVERRIDE (every permission check on files and
+/// directories but execute), CAP_FOWNER and CAP_FSETID.
+const GROUPS_IRRELEVANT: u64 = (1 << 1) | (1 << 3) | (1 << 4);
+
+/// How much of a task's state a call needs.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// Its credentials for a call that creates and truncates nothing (opens, sockets): fsuid
+    /// and fsgid (PIDFD_GET_INFO) and effective capabilities (capget), none of them through
+    /// procfs. Its supplementary groups only when those capabilities leave them relevant;
+    /// otherwise the open is done with none, which can only ever allow less than the task's
+    /// own groups would.
+    Creds,
+    /// Everything its status file says (groups, umask, threads, parent): creating opens, exec.
+    All,
+}
+
+/// What the supervisor needs to know of the calling thread `pid`, read through the
+/// thread's own pidfd and status file, opened (and checked alive after) on its first call.
+/// The caller still checks the notification afterwards, which ties `pid` to the trapped task.
+fn task(ctx: &Ctx, pid: u32, need: Need) -> Result<Task, i32> {
+    KNOWN.with(|known| {
+        let mut known = known.borrow_mut();
+        // Still the thread seen before? Its pidfd answers, or (before PIDFD_GET_INFO) its
+        // status file still reads.
+        let (mut info, mut status) = (None, None);
+        if let Some(k) = known.get(&pid) {
+            match &k.pidfd {
+                Some(p) => {
+                    info = sys::pidfd_info(p)
+                        .ok()
+                        .filter(|i| i.pid == pid && i.tgid == k.tgid)
+                }
+                None => status = read_status(&k.status).ok(),
+            }
+            if info.is_none() && status.is_none() {
+                known.remove(&pid); // gone: the number may name another thread now
+            }
+        }
+        if !known.contains_key(&pid) {
+            let file = File::open(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
+            let pidfd = sys::pidfd_open_thread(pid).ok();
+            let text = read_status(&file)?;
+            let last = |k: &str| nums(field(&text, k)).last().copied().unwrap_or(0);
+            let mut k = Known {
+                pidfd: None,
+                status: file,
+                tgid: last("Tgid"),
+                ns_tgid: last("NStgid"),
+                ns_tid: last("NSpid"),
+            };
+            if let Some(p) = pidfd {
+                match sys::pidfd_info(&p) {
+                    // Alive after the read, so the status read was this thread's.
+                    Ok(i) if i.pid == pid && i.tgid == k.tgid => {
+                        info = Some(i);
+                        k.pidfd = Some(p);
+                    }
+                    Ok(_) => return Err(libc::ESRCH),
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(libc::ESRCH),
+                    Err(_) => {} // a kernel without PIDFD_GET_INFO: the status file alone
+                }
+            }
+            status = Some(text);
+            if known.len() >= KNOWN_TASKS {
+                known.clear();
+            }
+            known.insert(pid, k);
+        }
+        let k = &known[&pid];
+        // Capabilities of another user namespace mean nothing on the host: use none.
+        let foreign = *ctx.foreign_userns.get_or_init(|| {
+            std::fs::read_link(format!("/proc/{pid}/ns/user")).ok() != ctx.own_userns
+        });
+        let mut t = Task {
+            pid,
+            tgid: k.tgid,
+            ns_tgid: k.ns_tgid,
+            ns_tid: k.ns_tid,
+            ppid: 0,
+            threads: 0,
+            creds: Creds::default(),
+        };
+        if let Some(i) = info {
+            t.ppid = i.ppid;
+            t.creds.fsuid = i.fsuid;
+            t.creds.fsgid = i.fsgid;
+            if !foreign {
+                t.creds.cap_eff = sys::effective_caps(pid).map_err(|_| libc::ESRCH)?;
+            }
+            if need == Need::Creds && t.creds.cap_eff & GROUPS_IRRELEVANT == GROUPS_IRRELEVANT {
+                return Ok(t);
+            }
+        }
+        let status = match status {
+            Some(s) => s,
+            None => read_status(&k.status)?,
+        };
+        let uid = nums(field(&status, "Uid"));
+        let gid = nums(field(&status, "Gid"));
+        let last = |k: &str| nums(field(&status, k)).last().copied().unwrap_or(0);
+        t.threads = last("Threads");
+        t.ppid = last("PPid");
+        t.creds.fsuid = uid.get(3).copied().ok_or(libc::ESRCH)?;
+        t.creds.fsgid = gid.get(3).copied().ok_or(libc::ESRCH)?;
+        t.creds.groups = nums(field(&status, "Groups"));
+        t.creds.cap_eff = if foreign {
+            0
+        } else {
+            u64::from_str_radix(field(&status, "CapEff").unwrap_or("0"), 16).unwrap_or(0)
+        };
+        t.creds.umask =
+            Some(u32::from_str_radix(field(&status, "Umask").unwrap_or("022"), 8).unwrap_or(0o022));
+        Ok(t)
     })
 }
 
@@ -705,16 +846,7 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
         } else {
             (if dir.is_empty() { "/" } else { dir }, name)
         };
-        let cdir = CString::new(dir).map_err(|_| libc::EINVAL)?;
-        let dfd = sys::openat2(
-            root.as_raw_fd(),
-            &cdir,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
-        )
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        let dreal = fd_path(&dfd)?;
+        let (dfd, dreal) = open_dir(root, dir)?;
         let real = if name == "." {
             dreal.clone()
         } else {
@@ -778,18 +910,74 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
     Err(libc::ELOOP)
 }
 
-/// The task's credentials and a descriptor of its root, in that order.
-fn task_and_root(ctx: &Ctx, pid: u32) -> Result<(Task, OwnedFd), i32> {
-    Ok((task(ctx, pid)?, root_of(pid)?))
+/// Opens directory `dir` (absolute, in the container) inside the container's root: a
+/// descriptor of it and the container path it has. Without a symlink on the way (the common
+/// case, tried first: RESOLVE_NO_SYMLINKS) that path is `dir` itself, normalised (`..` taken
+/// lexically is what the kernel did, every component being a real directory); otherwise the
+/// kernel follows the symlinks (RESOLVE_IN_ROOT keeps them inside the root) and the path is
+/// read back from the descriptor.
+fn open_dir(root: &OwnedFd, dir: &str) -> Result<(OwnedFd, String), i32> {
+    let cdir = CString::new(dir).map_err(|_| libc::EINVAL)?;
+    let open = |resolve| {
+        sys::openat2(
+            root.as_raw_fd(),
+            &cdir,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+            sys::RESOLVE_IN_ROOT | resolve,
+        )
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    };
+    match open(sys::RESOLVE_NO_SYMLINKS) {
+        Ok(fd) => Ok((fd, normalize(dir))),
+        Err(libc::ELOOP) => {
+            let fd = open(sys::RESOLVE_NO_MAGICLINKS)?;
+            let real = fd_path(&fd)?;
+            Ok((fd, real))
+        }
+        Err(e) => Err(e),
+    }
 }
 
-fn root_of(pid: u32) -> Result<OwnedFd, i32> {
+thread_local! {
+    /// The root directory of the tasks under this thread's filter, kept while
+    /// `Ctx::keep_root` holds: every task under one filter descends from the one that installed
+    /// it, in the container's root, and none can change its root unseen.
+    static ROOT: std::cell::RefCell<Option<Rc<OwnedFd>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The task's credentials and a descriptor of its root, in that order.
+fn task_and_root(ctx: &Ctx, pid: u32, need: Need) -> Result<(Task, Rc<OwnedFd>), i32> {
+    Ok((task(ctx, pid, need)?, root_of(ctx, pid)?))
+}
+
+/// The task's root: the one kept, or `/proc/<pid>/root` opened (kept only by [`keep_root`]
+/// once the call is known to be the task's).
+fn root_of(ctx: &Ctx, pid: u32) -> Result<Rc<OwnedFd>, i32> {
+    if ctx.keep_root.load(Ordering::SeqCst) {
+        if let Some(r) = ROOT.with(|r| r.borrow().clone()) {
+            return Ok(r);
+        }
+    } else {
+        ROOT.with(|r| r.borrow_mut().take());
+    }
     open_path(
         &format!("/proc/{pid}/root"),
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         0,
     )
+    .map(Rc::new)
     .map_err(|_| libc::ESRCH)
+}
+
+/// Keeps `root`, opened through the pid of a call since found valid (so the trapped task's
+/// own), if roots may be kept.
+fn keep_root(ctx: &Ctx, root: &Rc<OwnedFd>) {
+    if ctx.keep_root.load(Ordering::SeqCst) {
+        ROOT.with(|r| {
+            r.borrow_mut().get_or_insert_with(|| root.clone());
+        });
+    }
 }
 
 const CAP_NET_BIND_SERVICE: u32 = 10;
@@ -916,10 +1104,13 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
 fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _r: u64) -> Outcome {
     let pid = call.n.pid;
     call.arg("flags", flags_text(flags));
+    let creates =
+        flags & (libc::O_CREAT | libc::O_TRUNC) != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+    let need = if creates { Need::All } else { Need::Creds };
     // Everything read through the pid (credentials, root, path, working directory) is read
     // before the one validity check, so that all of it is known to be the trapped task's.
-    let Ok((t, root)) = task_and_root(call.ctx, pid) else {
-        return Outcome::Gone;
+    let Ok((t, root)) = task_and_root(call.ctx, pid, need) else {
+        return call.unreadable();
     };
     let path = match read_cstr(pid, ptr) {
         Ok(p) => p,
@@ -933,10 +1124,9 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     if !call.valid() {
         return Outcome::Gone;
     }
-    let write = flags & libc::O_ACCMODE != libc::O_RDONLY
-        || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
-        || flags & libc::O_TMPFILE == libc::O_TMPFILE;
-    let _creds = match sys::AsWorkload::enter(&t.creds) {
+    keep_root(call.ctx, &root);
+    let write = flags & libc::O_ACCMODE != libc::O_RDONLY || creates;
+    let creds = match sys::AsWorkload::enter(&t.creds) {
         Ok(g) => g,
         Err(_) => return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials"),
     };
@@ -1029,6 +1219,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         return Outcome::Errno(e, "device not allowed");
     }
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
+    after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec)
 }
 
@@ -1160,8 +1351,8 @@ fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
     if !call.valid() {
         return Outcome::Gone;
     }
-    let Ok((t, root)) = task_and_root(call.ctx, pid) else {
-        return Outcome::Gone;
+    let Ok((t, root)) = task_and_root(call.ctx, pid, Need::All) else {
+        return call.unreadable();
     };
     let real = if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
         match readlink(&format!("/proc/{pid}/fd/{dirfd}")) {
@@ -1303,9 +1494,9 @@ fn parse_sockaddr(b: &[u8]) -> Result<Option<SocketAddr>, i32> {
 fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
     let a = call.n.data.args;
     let pid = call.n.pid;
-    let t = match task(call.ctx, pid) {
+    let t = match task(call.ctx, pid, Need::Creds) {
         Ok(t) => t,
-        Err(_) => return Outcome::Gone,
+        Err(_) => return call.unreadable(),
     };
     let (sock, fam) = match task_socket(&t, a[0] as i32) {
         Ok(s) => s,
@@ -1372,9 +1563,9 @@ fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
 }
 
 fn listen_call(call: &mut Call<'_>) -> Outcome {
-    let t = match task(call.ctx, call.n.pid) {
+    let t = match task(call.ctx, call.n.pid, Need::Creds) {
         Ok(t) => t,
-        Err(_) => return Outcome::Gone,
+        Err(_) => return call.unreadable(),
     };
     let (sock, fam) = match task_socket(&t, call.n.data.args[0] as i32) {
         Ok(s) => s,

@@ -173,6 +173,7 @@ struct OpenHow {
 }
 
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// openat2(2).
@@ -208,6 +209,68 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) })?;
     // SAFETY: a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_open(2) with PIDFD_THREAD (Linux 6.9): a pidfd of one thread, `tid`, that stays
+/// bound to that thread (its struct pid), whatever later reuses the number. (Close-on-exec,
+/// as every pidfd.)
+pub fn pidfd_open_thread(tid: u32) -> io::Result<OwnedFd> {
+    const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+    // SAFETY: plain integer arguments.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, PIDFD_THREAD) })?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `struct pidfd_info` as first published (PIDFD_INFO_SIZE_VER0, Linux 6.13).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PidfdInfo {
+    pub mask: u64,
+    pub cgroupid: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub ruid: u32,
+    pub rgid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub suid: u32,
+    pub sgid: u32,
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub exit_code: i32,
+}
+
+const PIDFD_GET_INFO: u64 =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xff << 8) | 11;
+const PIDFD_INFO_PID: u64 = 1;
+const PIDFD_INFO_CREDS: u64 = 2;
+
+/// PIDFD_GET_INFO (Linux 6.13): the ids (in the supervisor's pid namespace) and credentials
+/// (in its user namespace) of the task behind `pidfd`. Fails (ESRCH) once that task is gone:
+/// never another task's, whatever reuses its number.
+pub fn pidfd_info(pidfd: &OwnedFd) -> io::Result<PidfdInfo> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_PID | PIDFD_INFO_CREDS,
+        ..Default::default()
+    };
+    // SAFETY: PIDFD_GET_INFO reads the request mask from and writes one `struct pidfd_info`
+    // of the size encoded in the request number into `info`, a live local of that layout.
+    check(unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    } as libc::c_long)?;
+    if info.mask & (PIDFD_INFO_PID | PIDFD_INFO_CREDS) != PIDFD_INFO_PID | PIDFD_INFO_CREDS
+        || info.pid == 0
+    {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(info)
 }
 
 /// pidfd_getfd(2): a duplicate of descriptor `target` of the process behind `pidfd`.
@@ -257,14 +320,25 @@ struct CapData {
 const CAP_V3: u32 = 0x2008_0522;
 
 fn capget() -> io::Result<[CapData; 2]> {
+    capget_of(0)
+}
+
+fn capget_of(pid: i32) -> io::Result<[CapData; 2]> {
     let mut h = CapHeader {
         version: CAP_V3,
-        pid: 0,
+        pid,
     };
     let mut d = [CapData::default(); 2];
     // SAFETY: version 3 capget writes two `cap_user_data` structs into `d`.
     check(unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) })?;
     Ok(d)
+}
+
+/// The effective capabilities of thread `tid` (capget(2) on another task: no access check,
+/// no procfs).
+pub fn effective_caps(tid: u32) -> io::Result<u64> {
+    let d = capget_of(tid as i32)?;
+    Ok(u64::from(d[0].effective) | (u64::from(d[1].effective) << 32))
 }
 
 fn set_groups(groups: &[u32]) -> io::Result<()> {
@@ -291,7 +365,8 @@ pub struct Creds {
     pub fsgid: u32,
     pub groups: Vec<u32>,
     pub cap_eff: u64,
-    pub umask: u32,
+    /// The umask, for calls that create files (`None`: not read, the call creates nothing).
+    pub umask: Option<u32>,
 }
 
 /// A supervisor thread's own capability sets, read once (only the effective set is ever
@@ -359,9 +434,9 @@ impl AsWorkload {
                 set_groups(&c.groups)?;
                 t.groups.clone_from(&c.groups);
             }
-            if t.umask != Some(c.umask) {
-                set_umask(c.umask);
-                t.umask = Some(c.umask);
+            if let Some(mask) = c.umask.filter(|m| t.umask != Some(*m)) {
+                set_umask(mask);
+                t.umask = Some(mask);
             }
             Ok(t.caps)
         })?;
