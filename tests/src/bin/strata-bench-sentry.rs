@@ -7,7 +7,11 @@
 //! 2. Workloads, timed inside the container by busybox `time -p` (so container start is not
 //!    counted), the same N interleaved runs:
 //!    - untrapped: a shell arithmetic loop and a `dd` from /dev/zero to /dev/null (no trapped
-//!      call but the two execs and two opens); target at most 1.05x native;
+//!      call but the two execs and two opens); target at most 1.05x native. Its difference
+//!      is small against the noise of a shared machine, so it gets twice the rounds (gVisor
+//!      only in the first half), and each round's sentry run is also compared with the native
+//!      run of the same round: the median of those paired ratios and its interquartile range
+//!      are printed below the table;
 //!    - open-heavy: `find` and `stat` over a tree of a few thousand files and `tar` of it
 //!      (every file opened), the tree bind-mounted read-only at /data; target at most 2x
 //!      native and faster than runsc.
@@ -34,9 +38,10 @@ const BEGIN: &str = "<!-- bench-sentry:begin -->";
 const END: &str = "<!-- bench-sentry:end -->";
 const RUNSC: &str = "/usr/bin/runsc";
 
-/// No trapped call but the execs of `sh` and `dd` and dd's two opens.
-const UNTRAPPED: &str = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
-     dd if=/dev/zero of=/dev/null bs=4k count=100000 2>/dev/null";
+/// No trapped call but the execs of `sh` and `dd` and dd's two opens (about a second
+/// natively: long enough for `time -p`'s 10 ms steps not to matter).
+const UNTRAPPED: &str = "i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done; \
+     dd if=/dev/zero of=/dev/null bs=4k count=300000 2>/dev/null";
 /// Directory walks (an open per directory), a stat of every file, a tar of the tree (an
 /// open per file and per directory), three times.
 const OPEN_HEAVY: &str = "for round in 1 2 3; do find /data | wc -l >/dev/null; \
@@ -223,10 +228,21 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
         vec![Tier::Native, Tier::Sentry]
     };
 
+    let n_s = [Tier::Native, Tier::Sentry];
     eprintln!("start latency, {} runs", a.runs);
     let start = interleaved(&tiers, a.runs, |t| b.start(t))?;
-    eprintln!("untrapped workload, {} runs", a.runs);
-    let untrapped = interleaved(&tiers, a.runs, |t| b.workload(t, UNTRAPPED))?;
+    eprintln!(
+        "untrapped workload, {} runs (native and sentry {})",
+        a.runs,
+        2 * a.runs
+    );
+    let mut untrapped = interleaved(&tiers, a.runs, |t| b.workload(t, UNTRAPPED))?;
+    for (i, more) in interleaved(&n_s, a.runs, |t| b.workload(t, UNTRAPPED))?
+        .into_iter()
+        .enumerate()
+    {
+        untrapped[i].extend(more);
+    }
     eprintln!("open-heavy workload, {} runs", a.runs);
     let open_heavy = interleaved(&tiers, a.runs, |t| b.workload(t, OPEN_HEAVY))?;
 
@@ -263,7 +279,8 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     };
     let mut t = format!(
         "Measured {date} on {cpus} CPUs, kernel {kernel}; {containerd}; {runsc_note}; shim \
-         built with the `{profile}` profile; median of {runs} interleaved runs each; \
+         built with the `{profile}` profile; median of {runs} interleaved runs each \
+         (untrapped: {runs2} for native and sentry); \
          workloads timed inside the container (busybox `time -p`, 10 ms resolution); tree of \
          {files} files.\n\n\
          | | strata native | strata sentry | gVisor runsc | sentry / native | sentry / runsc | target |\n\
@@ -274,16 +291,17 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
         containerd = first_line("containerd", &["--version"]),
         profile = shim_profile(h),
         runs = a.runs,
+        runs2 = 2 * a.runs,
         files = a.files,
     );
-    for (label, v, target) in [
+    let rows = [
         (
             "`ctr run --rm` of /bin/true",
             &start,
             "sentry at most 0.5x runsc",
         ),
         (
-            "untrapped: shell loop (300 000) + `dd` 100 000 x 4 KiB",
+            "untrapped: shell loop (600 000) + `dd` 300 000 x 4 KiB",
             &untrapped,
             "sentry at most 1.05x native",
         ),
@@ -292,7 +310,8 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             &open_heavy,
             "sentry at most 2x native, faster than runsc",
         ),
-    ] {
+    ];
+    for (label, v, target) in rows {
         t.push_str(&format!(
             "| {label} | {} | {} | {} | {} | {} | {target} |\n",
             cell(v, n),
@@ -308,5 +327,32 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             spread(v, r),
         ));
     }
+    // Native (index 0) and sentry (index 1) ran next to each other in every round.
+    t.push_str("\nEach round's sentry run against the native run of the same round (median of the rounds' ratios, interquartile range):");
+    for (label, v) in [
+        ("start", &start),
+        ("untrapped", &untrapped),
+        ("open-heavy", &open_heavy),
+    ] {
+        let (m, lo, hi) = paired(&v[0], &v[1]);
+        t.push_str(&format!(
+            " {label} {m:.2}x ({lo:.2}-{hi:.2}x, {} rounds);",
+            v[0].len().min(v[1].len())
+        ));
+    }
+    t.pop();
+    t.push_str(".\n");
     Ok(t)
+}
+
+/// The ratios `b[i] / a[i]` of runs made in the same round: median, first and third quartile.
+fn paired(a: &[Duration], b: &[Duration]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| y.as_secs_f64() / x.as_secs_f64().max(1e-9))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    let q = |f: f64| r[((r.len() - 1) as f64 * f).round() as usize];
+    (q(0.5), q(0.25), q(0.75))
 }
