@@ -321,12 +321,16 @@ fn seccomp_profile_is_applied() {
 #[test]
 fn loopback_is_up_in_a_new_network_namespace() {
     // runc brings `lo` up in a network namespace it creates; workloads rely on 127.0.0.1.
+    // The client reads a file, not `echo hi |`: busybox nc exits at the server's end of
+    // stream (the server's stdin is /dev/null, so it shuts its side at once), and a piped
+    // `echo` may not have written yet by then, which sent nothing one run in five.
     let h = harness!();
     let c = h.container("loopback");
     let script = "cat /sys/class/net/lo/flags; \
         ping -c1 -W2 127.0.0.1 >/dev/null 2>&1 && echo ping-ok || echo ping-failed; \
         timeout 10 nc -l -p 7777 > /tmp/got & \
-        i=0; while [ $i -lt 50 ]; do echo hi | nc 127.0.0.1 7777 2>/dev/null && break; \
+        echo hi > /tmp/msg; \
+        i=0; while [ $i -lt 50 ]; do nc 127.0.0.1 7777 < /tmp/msg 2>/dev/null && break; \
         i=$((i+1)); sleep 0.1; done; wait; cat /tmp/got";
     let out = c.run(&["sh", "-c", script]);
     let lines: Vec<&str> = out.stdout.lines().collect();
