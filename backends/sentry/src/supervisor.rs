@@ -6,7 +6,7 @@
 //! Rules kept throughout:
 //! - An argument behind a pointer is read once (`process_vm_readv`), then the notification
 //!   id is checked to be still valid (the pid might have been reused by another task); what
-//!   else is read through the pid (`/proc/<pid>/status`, root, cwd) is read before that check.
+//!   else is read through the pid (credentials, root, cwd) is read before that check.
 //! - A decision that rests on such an argument never ends in CONTINUE, with one exception,
 //!   exec, which the kernel must do itself (see `exec` below and docs/sentry.md).
 //!   Opens are done here, resolved inside the container's root with the workload's own
@@ -407,6 +407,8 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
         },
     };
     finish(call, outcome);
+    // Whatever the answer, nothing of this call outlives it.
+    AFTER_ANSWER.with(|a| a.borrow_mut().clear());
 }
 
 thread_local! {

@@ -1,6 +1,7 @@
 //! The raw kernel interfaces the supervisor needs and no crate wraps: the seccomp
 //! user-notification ioctls (seccomp_unotify(2)), `openat2`, `pidfd_open`/`pidfd_getfd`,
-//! `kcmp`, and per-thread credentials (fsuid, fsgid, groups, effective capabilities).
+//! `PIDFD_GET_INFO`, `kcmp`, another thread's capabilities (`capget`), and per-thread
+//! credentials (fsuid, fsgid, groups, effective capabilities).
 //!
 //! Every `unsafe` block of the crate is here.
 #![allow(unsafe_code)]
