@@ -167,8 +167,31 @@ static int exec_toctou(void) {
     return 0;
 }
 
+/* chroot: the same path read before and after chroot("/srv/r") (the supervisor keeps the
+   container's root open between calls, and must give it up once a chroot goes through). */
+static void read_marker(char *out, size_t n) {
+    int fd = open("/srv/marker", O_RDONLY);
+    long got = fd < 0 ? -1 : read(fd, out, n - 1);
+    if (got < 0) snprintf(out, n, "error-%s", strerrorname_np(errno) ? strerrorname_np(errno) : "?");
+    else { out[got] = 0; out[strcspn(out, "\n")] = 0; }
+    if (fd >= 0) close(fd);
+}
+
+static int chroot_open(void) {
+    char before[64], after[64];
+    read_marker(before, sizeof before);
+    if (chroot("/srv/r") != 0 || chdir("/") != 0) {
+        printf("chroot failed %s\n", strerrorname_np(errno) ? strerrorname_np(errno) : "?");
+        return 1;
+    }
+    read_marker(after, sizeof after);
+    printf("chroot before=%s after=%s\n", before, after);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou();
+    if (argc > 1 && strcmp(argv[1], "chroot") == 0) return chroot_open();
     if (argc > 1 && strcmp(argv[1], "exectoctou") == 0) return exec_toctou();
     if (argc > 1 && strcmp(argv[1], "ident") == 0) { puts("probe-ident"); return 0; }
     const char *marker = argc > 1 ? argv[1] : "/tmp/strata-host-secret";
@@ -778,6 +801,28 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     assert_eq!(n("violations"), 0, "a denied file was opened: {out}");
     // The race was really run: both the allowed and the denied path were seen.
     assert!(n("ok") > 0 && n("denied") > 0, "{line}");
+    c.remove_and_check();
+}
+
+#[test]
+fn opens_after_a_chroot_resolve_in_the_new_root() {
+    // The supervisor keeps the container's root open between calls; a chroot that goes through
+    // must make it open each task's root afresh.
+    let (h, probe) = harness_with_probe!("chroot");
+    let c = h.container("sentry-chroot");
+    let spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "chroot"], "sentry");
+    let root = rootfs(&spec);
+    std::fs::create_dir_all(root.join("srv/r/srv")).unwrap();
+    std::fs::write(root.join("srv/marker"), "outer\n").unwrap();
+    std::fs::write(root.join("srv/r/srv/marker"), "inner\n").unwrap();
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "chroot before=outer after=inner"),
+        "{out}"
+    );
     c.remove_and_check();
 }
 
