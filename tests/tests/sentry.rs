@@ -482,13 +482,19 @@ fn ordinary_work_runs_under_sentry() {
              cat /proc/self/status | grep -c Seccomp_filters; ls /etc >/dev/null && echo ls-ok; \
              echo pipe | cat /dev/stdin; uname -r; cat /proc/version; \
              cat /proc/sys/kernel/osrelease; cat /proc/sys/kernel/version; cat /proc/cmdline; \
-             echo x > /proc/version; echo write=$?",
+             echo x > /proc/version; echo write=$?; uname -n; cat /proc/sys/kernel/hostname",
         ],
         None,
     );
     assert!(out.success(), "{out}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[..5], ["a b ", "data", "1", "ls-ok", "pipe"], "{out}");
+    // The emulated uname tells the container's real host name (the spec sets none here, so
+    // its UTS namespace started as a copy of the host's).
+    assert!(
+        lines.len() == 13 && !lines[11].is_empty() && lines[11] == lines[12],
+        "uname -n must be the container's host name: {out}"
+    );
     assert_eq!(
         lines[5], "5.15.0-strata",
         "uname must not reveal the host's release: {out}"

@@ -121,9 +121,22 @@ impl SentryBackend {
             .into(),
             ..Default::default()
         });
+        // What the container's UTS namespace holds: the spec's names, or, where it sets none
+        // (runc sets only non-empty ones), the copy of the host's that a new namespace starts
+        // with. The workload cannot change them (no CAP_SYS_ADMIN under the sentry).
+        let host = nix::sys::utsname::uname().ok();
+        let name = |set: &Option<String>, host_value: Option<&std::ffi::OsStr>| {
+            set.clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| host_value.map(|v| v.to_string_lossy().into_owned()))
+                .unwrap_or_default()
+        };
         let uts = supervisor::Uts {
-            nodename: opts.spec.hostname().clone().unwrap_or_default(),
-            domainname: opts.spec.domainname().clone().unwrap_or_default(),
+            nodename: name(opts.spec.hostname(), host.as_ref().map(|u| u.nodename())),
+            domainname: name(
+                opts.spec.domainname(),
+                host.as_ref().map(|u| u.domainname()),
+            ),
         };
 
         let mut spec = serde_json::to_value(&opts.spec)
