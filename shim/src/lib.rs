@@ -18,7 +18,6 @@ pub mod wasm_image;
 /// containerd's runtime type for this shim.
 pub const RUNTIME_TYPE: &str = "io.containerd.strata.v2";
 
-/// Entry point of `containerd-shim-strata-v2`.
 /// For the native tier's creating helper (started by the shim from its own binary, in the
 /// shim's directory): logs to containerd's log FIFO as the shim does, so that libcontainer's
 /// warnings land where the shim's do.
@@ -26,6 +25,7 @@ pub fn log_to_containerd() {
     serve::setup_logging(false);
 }
 
+/// Entry point of `containerd-shim-strata-v2`.
 pub fn shim_main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| anyhow::anyhow!("{e}"))?;
