@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod reaper;
+pub mod spawn;
 pub mod stdio;
 pub mod types;
 

@@ -25,9 +25,8 @@
 //! supervisor socket) are handed over at their numbers, and nothing else of the shim's.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -98,12 +97,8 @@ pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) ->
         .map_err(|e| Error::Other(format!("{what}: encode the request: {e}")))?;
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| Error::io(format!("{what}: socketpair"), e))?;
-    // Above 9, so it cannot be one of the numbers the child's dup2 targets.
-    let theirs = high_fd(theirs.into()).map_err(|e| Error::io(format!("{what}: socket"), e))?;
-    let theirs_raw = theirs.as_raw_fd();
     // The socket's number in the helper: the first above the stdio that no kept one has.
     let request_fd = (3..).find(|n| !keep.contains(n)).unwrap_or(3);
-    let keep: Vec<i32> = keep.to_vec();
     let mut cmd = Command::new(&exe);
     cmd.arg(CREATOR_ARG).arg(request_fd.to_string());
     for (i, fd) in [0, 1, 2].into_iter().map(|n| (n, io.take_fd(n))) {
@@ -115,24 +110,16 @@ pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) ->
             _ => cmd.stderr(s),
         };
     }
+    let mut pass = vec![(theirs.as_fd(), request_fd)];
     #[allow(unsafe_code)]
-    // SAFETY: runs in the forked child before exec and calls only dup2 and fcntl, which are
-    // async-signal-safe, on its own copy of the descriptor table; `keep` was allocated
-    // before the fork and is only read. `theirs` (above 9, so never a kept number, which
-    // are the shim's own sockets and low) stays open in this process until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(theirs_raw, request_fd) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for &fd in &keep {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    // SAFETY: the kept descriptors are the hook's (the sentry's supervisor socket), open for
+    // the container's whole life, which outlasts this call.
+    pass.extend(
+        keep.iter()
+            .map(|&fd| (unsafe { BorrowedFd::borrow_raw(fd) }, fd)),
+    );
+    let held = strata_backend::spawn::pass_fds(&mut cmd, &pass)
+        .map_err(|e| Error::io(format!("{what}: descriptors for the creating helper"), e))?;
     // The reaper must not take the helper's status: held until we have waited for it.
     let _guard = Reaper::global().fork_guard();
     let mut child = cmd.spawn().map_err(|e| {
@@ -141,8 +128,8 @@ pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) ->
             e,
         )
     })?;
-    drop(theirs);
-    drop(cmd);
+    drop((held, pass));
+    drop((theirs, cmd));
     let mut ours = ours;
     let sent = ours
         .write_all(&json)
@@ -152,13 +139,6 @@ pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) ->
     // what is there now, which is all the helper wrote, never waiting for more.
     let answer = read_now(ours);
     parse(what, &answer, sent, status)
-}
-
-fn high_fd(fd: OwnedFd) -> std::io::Result<OwnedFd> {
-    let raw = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
-    #[allow(unsafe_code)]
-    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 fn read_now(s: UnixStream) -> String {
