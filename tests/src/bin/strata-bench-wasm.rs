@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use strata_tests::bench::{median, ms, start_harness, write_results};
 use strata_tests::daemon::pids_with_cmdline;
-use strata_tests::{DaemonOptions, Harness};
+use strata_tests::Harness;
 
 const STRATA: &str = "io.containerd.strata.v2";
 const BEGIN: &str = "<!-- bench-wasm:begin -->";
@@ -50,15 +51,6 @@ const SLEEPER: &str = r#"(module
     (i64.store (i32.const 32) (i64.const 0))
     (i32.store16 (i32.const 40) (i32.const 0))
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn msf(ms: f64) -> String {
     format!("{ms:.1} ms")
@@ -187,8 +179,7 @@ fn main() -> Result<()> {
     let digest = hex(&hello);
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("the binary's directory")?;
-    let h = Harness::start(&dir.join("strata-testenv"), DaemonOptions::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let h = start_harness()?;
 
     run_native(&h)?;
     run_wasm(&h, &hello)?;
@@ -343,14 +334,7 @@ fn main() -> Result<()> {
     );
     println!("{results}");
     if let Some(path) = write {
-        let doc = std::fs::read_to_string(&path)?;
-        let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
-            bail!("{} lacks the {BEGIN} / {END} markers", path.display());
-        };
-        std::fs::write(
-            &path,
-            format!("{}{BEGIN}\n{results}{}", &doc[..b], &doc[e..]),
-        )?;
+        write_results(&path, BEGIN, END, &results)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
