@@ -51,10 +51,10 @@ pub(crate) fn setup_logging(debug: bool) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false);
-    // No Mutex around the writer: libcontainer forks from this multi-threaded process and
-    // its children log too; a lock another thread held at the fork would never be released
-    // in the child. Each event is formatted first, then written with one write(2) on a
-    // shared file, which is atomic on the FIFO for lines under PIPE_BUF.
+    // No Mutex around the writer, which would not order anything anyway: the native tier's
+    // creating helpers, other processes, log to the same FIFO. Each event is formatted
+    // first, then written with one write(2), which is atomic on the FIFO for lines under
+    // PIPE_BUF.
     let file: &'static std::fs::File = match file {
         Ok(f) => Box::leak(Box::new(f)),
         Err(_) => match std::fs::OpenOptions::new().write(true).open("/dev/null") {

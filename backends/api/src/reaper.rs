@@ -2,7 +2,7 @@
 //!
 //! The shim is a child subreaper, so every container process (and every orphan they leave)
 //! is reaped here and its status handed to whoever subscribed to that pid. Code that forks a
-//! child and waits for it itself (youki's libcontainer waits for its intermediate process)
+//! child and waits for it itself (the native tier waits for its creating helper)
 //! holds a [`ForkGuard`] meanwhile: the reaper does not call `waitpid(-1)` while a guard lives,
 //! so it cannot steal that child's status.
 
