@@ -1121,3 +1121,72 @@ fn landlock_closes_the_exec_toctou_window() {
     }
     c.remove_and_check();
 }
+
+/// The supervisor threads work in the container's own CPU cgroups (cgroup v1 `cpu` and
+/// `cpuacct`, which place single threads): the container's CPU share pays for its trapped
+/// calls, and hand-overs between workload and supervisor stay within one scheduling group.
+/// Removing the container moves them out first: its cgroups go, nothing is left.
+#[test]
+fn supervisor_threads_work_in_the_containers_cpu_cgroup() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("sentry-cpucg");
+    let spec = spec_on(
+        &c,
+        &["sh", "-c", "while true; do read x </etc/passwd; done"],
+        "sentry",
+    );
+    start_spec_detached(h, &c, &spec, &[]);
+    let pid = c.pid().expect("the task's pid");
+    let cpu_line = |path: String| -> Option<String> {
+        std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrl, group) = (f.next()?, f.next()?, f.next()?);
+            ctrl.split(',')
+                .any(|x| x == "cpu")
+                .then(|| group.to_string())
+        })
+    };
+    let Some(container_group) = cpu_line(format!("/proc/{pid}/cgroup")) else {
+        c.remove_and_check();
+        assert!(!on_ci(), "no cgroup v1 cpu hierarchy on CI");
+        skip(
+            "supervisor_threads_work_in_the_containers_cpu_cgroup",
+            "cgroup v2 only: a single thread cannot change groups there",
+        );
+        return;
+    };
+    let shim = daemon::pids_with_cmdline("containerd-shim-strata-v2")
+        .into_iter()
+        .find(|(_, cmdline)| cmdline.contains(&c.id))
+        .map(|(p, _)| p)
+        .expect("the container's shim");
+    let name = format!("sentry-{}", &c.id[..8.min(c.id.len())]);
+    let supervisor_groups = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{shim}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == name)
+            })
+            .filter_map(|t| cpu_line(t.path().join("cgroup").display().to_string()))
+            .collect()
+    };
+    let joined = cmd::poll(Duration::from_secs(10), || {
+        let g = supervisor_groups();
+        (!g.is_empty() && g.iter().all(|x| *x == container_group)).then_some(g)
+    });
+    let shim_group = cpu_line(format!("/proc/{shim}/cgroup"));
+    let seen = supervisor_groups();
+    c.remove_and_check();
+    assert!(
+        joined.is_some(),
+        "supervisor threads {name} in cpu groups {seen:?}, the container's is {container_group}"
+    );
+    assert_ne!(
+        shim_group.as_deref(),
+        Some(container_group.as_str()),
+        "the shim itself stays out"
+    );
+}

@@ -12,6 +12,7 @@
 
 pub mod audit;
 mod confine;
+mod cpu_cgroup;
 mod exec_filter;
 pub mod filter;
 pub mod policy;
@@ -261,6 +262,12 @@ impl Backend for SentryBackend {
     }
 
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        if exec_id.is_none() {
+            // The supervisor threads leave the container's CPU cgroups before they are removed.
+            if let Some(s) = self.supervised.lock().unwrap().get(id) {
+                s.listener.ctx().release_cpu_cgroups();
+            }
+        }
         self.native.delete(id, exec_id)?;
         if exec_id.is_none() {
             if let Some(mut s) = self.supervised.lock().unwrap().remove(id) {

@@ -33,6 +33,7 @@ use nix::sys::socket::{self, SockaddrLike, SockaddrStorage};
 use nix::sys::stat::SFlag;
 
 use crate::audit::{AuditLog, Record};
+use crate::cpu_cgroup::CpuCgroups;
 use crate::filter;
 use crate::policy::{normalize, Access, ExtraAction, Policy};
 use crate::sys::{self, Creds, Notif};
@@ -75,6 +76,9 @@ pub struct Ctx {
     /// could succeed reaches a supervisor thread (see `filter::Applied`), and none has yet
     /// (nor a call of another ABI, whose numbers this supervisor does not decode).
     keep_root: AtomicBool,
+    /// The container's CPU cgroups, which its supervisor threads join (found on the first
+    /// trapped call; None inside: nothing to join).
+    cpu_cgroups: std::sync::OnceLock<Option<CpuCgroups>>,
 }
 
 impl Ctx {
@@ -105,6 +109,33 @@ impl Ctx {
             own_userns: std::fs::read_link("/proc/self/ns/user").ok(),
             foreign_userns: std::sync::OnceLock::new(),
             keep_root: AtomicBool::new(applied.root_watched),
+            cpu_cgroups: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Moves the supervisor threads out of the container's CPU cgroups for good, before
+    /// those are removed (see [`CpuCgroups::release`]).
+    pub fn release_cpu_cgroups(&self) {
+        if let Some(Some(g)) = self.cpu_cgroups.get() {
+            g.release();
+        }
+    }
+
+    /// The calling supervisor thread joins the CPU cgroups of the container, which the
+    /// trapped task `pid` (of notification `id` on `fd`) is in.
+    fn join_cpu_cgroups(&self, fd: RawFd, id: u64, pid: u32) {
+        if self.cpu_cgroups.get().is_none() {
+            let groups = CpuCgroups::of(pid);
+            // Read through the pid: only the trapped task's own if it still waits.
+            if !sys::id_valid(fd, id) {
+                return;
+            }
+            let _ = self.cpu_cgroups.set(groups);
+        }
+        if let Some(Some(g)) = self.cpu_cgroups.get() {
+            if !g.join() {
+                tracing::debug!(id = %self.id, "supervisor thread not in the container's CPU cgroups");
+            }
         }
     }
 
@@ -151,6 +182,7 @@ impl Listener {
     /// Stops accepting and tells the supervisor threads to end.
     pub fn stop(&mut self) {
         self.ctx.stop.store(true, Ordering::SeqCst);
+        self.ctx.release_cpu_cgroups();
         self.wake.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -242,6 +274,7 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
     // Best effort: older kernels lack it, and the answers are the same without it.
     let _ = sys::set_sync_wakeup(fd.as_raw_fd());
     tracing::debug!(id = %ctx.id, "supervising");
+    let mut joined = false;
     loop {
         if ctx.stop.load(Ordering::SeqCst) {
             break;
@@ -283,6 +316,10 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
                 break;
             }
         };
+        if !joined {
+            ctx.join_cpu_cgroups(fd.as_raw_fd(), n.id, n.pid);
+            joined = ctx.cpu_cgroups.get().is_some();
+        }
         handle(&ctx, &fd, n);
     }
     ctx.audit.flush();
@@ -448,6 +485,7 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         Outcome::Continue => sys::respond_continue(raw, id),
         Outcome::Value(v) => sys::respond_value(raw, id, v),
         Outcome::Fd(f, cloexec) | Outcome::Emulated(f, cloexec) => {
+            let _pinned = sys::Pinned::to_this_cpu(call.n.pid);
             sys::addfd_send(raw, id, &f, cloexec).map(|_| ())
         }
         Outcome::Deferred | Outcome::Gone => Ok(()),
@@ -496,6 +534,11 @@ fn defer(call: Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcom
         .spawn({
             let ctx = ctx.clone();
             move || {
+                // Started from a supervisor thread, in the container's CPU cgroups: a call
+                // that blocks may outlast the container, whose groups must then be empty.
+                if let Some(Some(g)) = ctx.cpu_cgroups.get() {
+                    g.leave();
+                }
                 let _ = sys::unshare_fs();
                 let outcome = f();
                 let c = Call {

@@ -158,6 +158,123 @@ pub fn addfd_send(fd: RawFd, id: u64, src: &OwnedFd, cloexec: bool) -> io::Resul
     Ok(rc as i32)
 }
 
+/// A trapped thread held on the supervisor's CPU while it takes a descriptor (see
+/// [`Pinned::to_this_cpu`]).
+pub struct Pinned {
+    tid: u32,
+    cpu: usize,
+}
+
+impl Pinned {
+    /// Restricts thread `tid`, which waits in a trapped call, to the CPU the calling thread
+    /// runs on, if nothing restricts it now (its CPUs are all the online ones). For
+    /// SECCOMP_IOCTL_NOTIF_ADDFD: the kernel wakes the task for the descriptor with a plain
+    /// wake-up (the synchronous one of [`set_sync_wakeup`] covers only the other answers), so
+    /// the scheduler places it on an idle CPU, and the supervisor, which waits for the task
+    /// to take the descriptor, is woken there in turn: two wake-ups of a halted CPU, about
+    /// 30 µs on a virtual machine whose idle CPUs halt at once. Held on this CPU, the task
+    /// runs when the supervisor waits (docs/sentry.md, "Cost of a trapped open").
+    ///
+    /// A thread that something restricts (its own affinity, a cpuset) is left alone. Dropping
+    /// the guard lets the thread run on every CPU again, unless its CPUs were changed
+    /// meanwhile (by another thread of the workload), which then stand.
+    pub fn to_this_cpu(tid: u32) -> Option<Pinned> {
+        let all = online_cpus()?;
+        let now = get_affinity(tid)?;
+        if !cpu_sets_equal(&now, all) {
+            return None;
+        }
+        // SAFETY: no arguments; answers from the vDSO or the rseq area.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
+        let mut one = empty_cpu_set();
+        // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut one) };
+        set_affinity(tid, &one).then_some(Pinned { tid, cpu })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let Some(now) = get_affinity(self.tid) else {
+            return; // gone
+        };
+        let mut one = empty_cpu_set();
+        // SAFETY: as in `to_this_cpu`.
+        unsafe { libc::CPU_SET(self.cpu, &mut one) };
+        if cpu_sets_equal(&now, &one) {
+            // Every CPU: the kernel keeps what the thread's cpuset allows, which is what an
+            // unrestricted thread has.
+            static EVERY: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+            let every = EVERY.get_or_init(|| {
+                let mut every = empty_cpu_set();
+                for cpu in 0..libc::CPU_SETSIZE as usize {
+                    // SAFETY: below CPU_SETSIZE.
+                    unsafe { libc::CPU_SET(cpu, &mut every) };
+                }
+                every
+            });
+            set_affinity(self.tid, every);
+        }
+    }
+}
+
+fn empty_cpu_set() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    unsafe { std::mem::zeroed() }
+}
+
+fn cpu_sets_equal(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
+    // SAFETY: both are plain bit arrays of the same size.
+    unsafe { libc::CPU_EQUAL(a, b) }
+}
+
+fn get_affinity(tid: u32) -> Option<libc::cpu_set_t> {
+    let mut set = empty_cpu_set();
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into `set`.
+    let rc = unsafe {
+        libc::sched_getaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &mut set)
+    };
+    (rc == 0).then_some(set)
+}
+
+fn set_affinity(tid: u32, set: &libc::cpu_set_t) -> bool {
+    // SAFETY: the kernel reads size_of::<cpu_set_t>() bytes from `set`.
+    unsafe { libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of_val(set), set) == 0 }
+}
+
+/// The online CPUs (`/sys/devices/system/cpu/online`, read once), as a set.
+fn online_cpus() -> Option<&'static libc::cpu_set_t> {
+    static ONLINE: std::sync::OnceLock<Option<libc::cpu_set_t>> = std::sync::OnceLock::new();
+    ONLINE
+        .get_or_init(|| {
+            let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+            parse_cpu_list(text.trim())
+        })
+        .as_ref()
+}
+
+/// A kernel CPU list ("0-3,6,8-9") as a set.
+fn parse_cpu_list(list: &str) -> Option<libc::cpu_set_t> {
+    let mut set = empty_cpu_set();
+    for part in list.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let n = part.parse::<usize>().ok()?;
+                (n, n)
+            }
+        };
+        if lo > hi || hi >= libc::CPU_SETSIZE as usize {
+            return None;
+        }
+        for cpu in lo..=hi {
+            // SAFETY: below CPU_SETSIZE, checked above.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    Some(set)
+}
+
 /// Takes ownership of a descriptor just received with SCM_RIGHTS.
 pub fn own_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: the kernel installed `fd` in this process for this message only; nothing else
@@ -485,4 +602,73 @@ pub fn landlock_abi() -> Option<u32> {
         )
     };
     u32::try_from(v).ok().filter(|v| *v > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(set: &libc::cpu_set_t, cpu: usize) -> bool {
+        // SAFETY: a plain bit array; CPU_ISSET checks the bound.
+        unsafe { libc::CPU_ISSET(cpu, set) }
+    }
+
+    fn count(set: &libc::cpu_set_t) -> i32 {
+        // SAFETY: a plain bit array.
+        unsafe { libc::CPU_COUNT(set) }
+    }
+
+    fn only(cpu: usize) -> libc::cpu_set_t {
+        let mut set = empty_cpu_set();
+        // SAFETY: a plain bit array; CPU_SET checks the bound.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        set
+    }
+
+    #[test]
+    fn cpu_lists() {
+        let set = parse_cpu_list("0-2,5").unwrap();
+        assert!(has(&set, 0) && has(&set, 1) && has(&set, 2) && has(&set, 5));
+        assert!(!has(&set, 3) && !has(&set, 4) && !has(&set, 6));
+        assert!(parse_cpu_list("3-1").is_none());
+        assert!(parse_cpu_list("x").is_none());
+        assert!(parse_cpu_list("0-99999").is_none());
+    }
+
+    /// A waiting process is held on this CPU while pinned and runs everywhere again after;
+    /// one whose CPUs are restricted is left alone.
+    #[test]
+    fn pinning_a_waiting_task() {
+        let all = *online_cpus().expect("online CPUs");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        {
+            let pinned = Pinned::to_this_cpu(pid).expect("an unrestricted task is pinned");
+            let now = get_affinity(pid).unwrap();
+            assert_eq!(count(&now), 1);
+            assert!(has(&now, pinned.cpu));
+        }
+        assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &all));
+        if count(&all) > 1 {
+            // Restricted by itself (here: by us) to one CPU: left as it is.
+            let one = only(0);
+            assert!(set_affinity(pid, &one));
+            assert!(Pinned::to_this_cpu(pid).is_none());
+            assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &one));
+            // Changed while pinned: the change stands.
+            assert!(set_affinity(pid, &all));
+            let pinned = Pinned::to_this_cpu(pid).unwrap();
+            let other = only(if pinned.cpu == 0 { 1 } else { 0 });
+            assert!(set_affinity(pid, &other));
+            drop(pinned);
+            assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &other));
+        } else {
+            eprintln!("one CPU online: the restricted cases need two");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }
