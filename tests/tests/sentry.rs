@@ -28,7 +28,9 @@ const ESCAPE_C: &str = r#"#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <grp.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -189,7 +191,42 @@ static int chroot_open(void) {
     return 0;
 }
 
+/* Opens as the credentials of one task change under one supervisor thread (which stays at a
+ * root workload's capabilities between opens): root, then not dumpable, then uid 1000, then
+ * a file of its own. /tmp/creds-root is root's, mode 0600; run in /tmp. */
+static long open_read(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    char buf[64];
+    long n = read(fd, buf, sizeof buf);
+    close(fd);
+    return n < 0 ? -1 : 0;
+}
+
+static int creds_open(void) {
+    report("root_reads_root_file", open_read("/tmp/creds-root"));
+    report("root_reads_relative", open_read("creds-root"));
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    report("nondumpable_reads_root_file", open_read("/tmp/creds-root"));
+    report("nondumpable_reads_relative", open_read("creds-root"));
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+    if (setgroups(0, NULL) != 0 || setresgid(1000, 1000, 1000) != 0 || setresuid(1000, 1000, 1000) != 0) {
+        report("setresuid", -1);
+        return 1;
+    }
+    report("user_reads_root_file", open_read("/tmp/creds-root"));
+    report("user_reads_passwd", open_read("/etc/passwd"));
+    int fd = open("/tmp/creds-user", O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    report("user_creates_file", fd);
+    if (fd >= 0) { write(fd, "mine\n", 5); close(fd); }
+    report("user_reads_own_file", open_read("/tmp/creds-user"));
+    struct stat st;
+    if (stat("/tmp/creds-user", &st) == 0) printf("owner=%u\n", st.st_uid);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "creds") == 0) return creds_open();
     if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou();
     if (argc > 1 && strcmp(argv[1], "chroot") == 0) return chroot_open();
     if (argc > 1 && strcmp(argv[1], "exectoctou") == 0) return exec_toctou();
@@ -1189,4 +1226,45 @@ fn supervisor_threads_work_in_the_containers_cpu_cgroup() {
         Some(container_group.as_str()),
         "the shim itself stays out"
     );
+}
+
+/// A supervisor thread stays at a root workload's capabilities between opens (`AsWorkload`
+/// parking, docs/sentry.md): opens keep the calling task's own credentials as they change
+/// under one thread. Root reads root's 0600 file; so does root that is no longer dumpable (the
+/// supervisor's reads of it need its own capabilities again); after `setresuid(1000)` the
+/// same file is refused, `/etc/passwd` reads, and a file created belongs to 1000.
+#[test]
+fn opens_keep_each_tasks_credentials_as_they_change() {
+    let (h, probe) = harness_with_probe!("opens_keep_each_tasks_credentials_as_they_change");
+    let c = h.container("sentry-creds");
+    let mut spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "creds"], "sentry");
+    spec["process"]["cwd"] = serde_json::json!("/tmp");
+    let root = rootfs(&spec);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let secret = root.join("tmp/creds-root");
+    std::fs::write(&secret, "secret\n").unwrap();
+    std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let out = c.run_spec(&spec, &[]);
+    let r = parse(&out.stdout);
+    let expect = [
+        ("root_reads_root_file", "allowed"),
+        ("root_reads_relative", "allowed"),
+        ("nondumpable_reads_root_file", "allowed"),
+        ("nondumpable_reads_relative", "allowed"),
+        ("user_reads_root_file", "denied EACCES"),
+        ("user_reads_passwd", "allowed"),
+        ("user_creates_file", "allowed"),
+        ("user_reads_own_file", "allowed"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(r.get(k).map(String::as_str), Some(v), "{k}: {out}");
+    }
+    assert!(out.stdout.contains("owner=1000"), "{out}");
+    c.assert_no_leaks();
 }

@@ -287,6 +287,8 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
             PollTimeout::from(if pending { 50u16 } else { 500 }),
         ) {
             Ok(0) => {
+                // Idle: the thread's own capabilities back (see sys::AsWorkload).
+                let _ = sys::unpark();
                 if pending {
                     ctx.audit.flush();
                 }
@@ -400,6 +402,13 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
     if n.data.arch != AUDIT_ARCH_X86_64 || nr & X32_SYSCALL_BIT != 0 {
         // Numbers of another ABI are not decoded here: one might be a chroot.
         ctx.keep_root.store(false, Ordering::SeqCst);
+    }
+    if !matches!(
+        nr,
+        libc::SYS_open | libc::SYS_openat | libc::SYS_openat2 | libc::SYS_creat
+    ) {
+        // Everything but an open runs with the supervisor's own capabilities.
+        let _ = sys::unpark();
     }
     let outcome = match nr {
         libc::SYS_open => open_call(&mut call, libc::AT_FDCWD, a[0], a[1] as i32, a[2] as u32, 0),
@@ -516,6 +525,8 @@ fn finish(call: Call<'_>, outcome: Outcome) {
 
 /// Runs `f` on a worker thread (for calls that may block), answering from there.
 fn defer(call: Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    // A new thread starts with this one's credentials, and takes them for its own.
+    let _ = sys::unpark();
     let ctx = call.ctx.clone();
     if ctx.workers.fetch_add(1, Ordering::SeqCst) >= MAX_WORKERS {
         ctx.workers.fetch_sub(1, Ordering::SeqCst);
@@ -1147,31 +1158,25 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
 }
 
 fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _r: u64) -> Outcome {
-    let pid = call.n.pid;
     call.arg("flags", flags_text(flags));
     let creates =
         flags & (libc::O_CREAT | libc::O_TRUNC) != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let need = if creates { Need::All } else { Need::Creds };
-    // Everything read through the pid (credentials, root, path, working directory) is read
-    // before the one validity check, so that all of it is known to be the trapped task's.
-    let Ok((t, root)) = task_and_root(call.ctx, pid, need) else {
-        return call.unreadable();
+    // A thread parked at the last workload's capabilities (sys::AsWorkload) may be refused
+    // a read (a task that is not dumpable): then again with its own.
+    let (t, root, abs) = match read_open_call(call, need, dirfd, ptr) {
+        Err(_) if sys::is_parked() && sys::unpark().is_ok() => {
+            match read_open_call(call, need, dirfd, ptr) {
+                Ok(x) => x,
+                Err(o) => return o,
+            }
+        }
+        Ok(x) => x,
+        Err(o) => return o,
     };
-    let path = match read_cstr(pid, ptr) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Errno(e, "unreadable path"),
-    };
-    call.arg("path", path.clone());
-    let abs = match absolute(&t, dirfd, &path) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Errno(e, "cannot place a relative path"),
-    };
-    if !call.valid() {
-        return Outcome::Gone;
-    }
     keep_root(call.ctx, &root);
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY || creates;
-    let creds = match sys::AsWorkload::enter(&t.creds) {
+    let creds = match sys::AsWorkload::enter_parking(&t.creds) {
         Ok(g) => g,
         Err(_) => return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials"),
     };
@@ -1266,6 +1271,35 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec)
+}
+
+/// What an open needs to know of the trapped task: its credentials, its root, and the
+/// absolute path it asks for. Everything read through the pid (credentials, root, path,
+/// working directory) is read before the one validity check, so that all of it is known to
+/// be the trapped task's.
+fn read_open_call(
+    call: &mut Call<'_>,
+    need: Need,
+    dirfd: i32,
+    ptr: u64,
+) -> Result<(Task, Rc<OwnedFd>, String), Outcome> {
+    let pid = call.n.pid;
+    let Ok((t, root)) = task_and_root(call.ctx, pid, need) else {
+        return Err(call.unreadable());
+    };
+    let path = match read_cstr(pid, ptr) {
+        Ok(p) => p,
+        Err(e) => return Err(Outcome::Errno(e, "unreadable path")),
+    };
+    call.arg("path", path.clone());
+    let abs = match absolute(&t, dirfd, &path) {
+        Ok(p) => p,
+        Err(e) => return Err(Outcome::Errno(e, "cannot place a relative path")),
+    };
+    if !call.valid() {
+        return Err(Outcome::Gone);
+    }
+    Ok((t, root, abs))
 }
 
 /// A duplicate of the task's descriptor that `host` (`/proc/<tgid>[/task/<tid>]/fd/<n>`)
