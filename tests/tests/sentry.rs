@@ -1268,3 +1268,76 @@ fn opens_keep_each_tasks_credentials_as_they_change() {
     assert!(out.stdout.contains("owner=1000"), "{out}");
     c.assert_no_leaks();
 }
+
+/// A container flooding trapped calls (four loops of opens, half of them refused by a path
+/// rule and audited) neither starves another container's supervisor (the other container's
+/// 500 opens finish while the flood goes on) nor grows its audit log beyond the rate limit
+/// (default: a burst of 2000 records, then 200 a second; the rest only counted, in
+/// `suppressed` records).
+#[test]
+fn a_flood_of_trapped_calls_neither_starves_another_container_nor_grows_its_log() {
+    let h = harness!();
+    strata_only!(h);
+    let flood = h.container("sentry-flood");
+    let spec = spec_on(
+        &flood,
+        &[
+            "sh",
+            "-c",
+            "for j in 1 2 3 4; do \
+             (while true; do read x </proc/kcore 2>/dev/null; read y </etc/passwd; done) & \
+             done; wait",
+        ],
+        "sentry",
+    );
+    start_spec_detached(h, &flood, &spec, &[]);
+    // The flood is on once the rate limit has started dropping records.
+    let recs = audit_records_when(h, &flood.id, |r| {
+        r.iter().any(|x| x["decision"] == "suppressed")
+    });
+    assert!(
+        recs.iter().any(|x| x["decision"] == "suppressed"),
+        "the flood never reached the rate limit: {} records",
+        recs.len()
+    );
+    let other = h.container("sentry-flooded");
+    let out = other.run_with(
+        &["--annotation", SENTRY],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 500 ]; do read x </etc/passwd; i=$((i+1)); done; echo done $i",
+        ],
+        None,
+    );
+    let flooding = flood.status();
+    assert!(out.success() && out.stdout.contains("done 500"), "{out}");
+    assert_eq!(
+        flooding.as_deref(),
+        Some("RUNNING"),
+        "the flood ended before the other container's opens"
+    );
+    let _ = h.ctr_run(&["task", "kill", "-a", "-s", "SIGKILL", &flood.id]);
+    assert!(flood.wait_status("STOPPED", Duration::from_secs(20)));
+    let recs = audit_records(h, &flood.id);
+    flood.remove_and_check();
+    other.assert_no_leaks();
+    let ts: Vec<f64> = recs.iter().filter_map(|r| r["ts"].as_f64()).collect();
+    let secs =
+        ts.iter().cloned().fold(f64::MIN, f64::max) - ts.iter().cloned().fold(f64::MAX, f64::min);
+    let kept = recs
+        .iter()
+        .filter(|r| r["decision"] != "suppressed")
+        .count() as f64;
+    let dropped: u64 = recs
+        .iter()
+        .filter(|r| r["decision"] == "suppressed")
+        .filter_map(|r| r["count"].as_u64())
+        .sum();
+    eprintln!("flood: {kept} records kept, {dropped} dropped, over {secs:.1} s");
+    assert!(
+        kept <= 2000.0 + 200.0 * (secs + 1.0),
+        "{kept} records in {secs:.1} s: the rate limit (2000 burst, 200/s) did not hold"
+    );
+    assert!(dropped > 0, "nothing was dropped");
+}
