@@ -273,6 +273,8 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
     }
     // Best effort: older kernels lack it, and the answers are the same without it.
     let _ = sys::set_sync_wakeup(fd.as_raw_fd());
+    // Best effort too: only the order in which the task and its supervisor run changes.
+    let _ = sys::batch_policy();
     tracing::debug!(id = %ctx.id, "supervising");
     let mut joined = false;
     loop {

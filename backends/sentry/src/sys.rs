@@ -407,6 +407,19 @@ pub fn same_vm(a: u32, b: u32) -> io::Result<bool> {
     Ok(rc == 0)
 }
 
+/// Puts the calling thread in SCHED_BATCH: the same share of the CPU as SCHED_OTHER, but a
+/// wake-up never preempts the running task. A supervisor thread is woken twice per trapped
+/// open by the task it serves (the task has taken the descriptor; then its next trapped
+/// call): with this, the task goes on to its next call first and the supervisor finishes
+/// the previous answer when the task waits again, one context switch fewer per open (about
+/// 1.3 us here, docs/sentry.md).
+pub fn batch_policy() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; the kernel reads one sched_param.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } as libc::c_long)?;
+    Ok(())
+}
+
 /// unshare(CLONE_FS) for the calling thread: its own umask, so that a supervisor thread can
 /// take each workload's umask for the files it creates.
 pub fn unshare_fs() -> io::Result<()> {
