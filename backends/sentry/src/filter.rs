@@ -3,7 +3,8 @@
 //!
 //! Three kinds of rule:
 //! - `SCMP_ACT_NOTIFY` for every call the supervisor decides: file opens, exec, sockets,
-//!   `uname`, `personality`, and the calls the sentry refuses (so that each refusal is
+//!   `uname`, `personality`, `sched_getaffinity` (let through, see [`TRAPPED`]), and the
+//!   calls the sentry refuses (so that each refusal is
 //!   audited: the supervisor answers them EPERM; with the supervisor gone the kernel answers
 //!   ENOSYS, so they fail either way).
 //! - `SCMP_ACT_NOTIFY` with argument filters for `clone` with namespace flags, and for
@@ -30,6 +31,10 @@ pub const TRAPPED: &[&str] = &[
     "listen",
     "uname",
     "personality",
+    // Let through, but only once the supervisor has finished its previous answer: it holds a
+    // task on its own CPU while handing over a descriptor and lets go after the task has run
+    // on (sys::Pinned, SCHED_BATCH); a task must never see itself held.
+    "sched_getaffinity",
 ];
 
 /// Calls the sentry always refuses (Docker's default profile refuses them too, or more).

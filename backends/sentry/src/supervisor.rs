@@ -356,7 +356,9 @@ enum Outcome {
     Errno(i32, &'static str),
     Continue,
     Value(i64),
-    Fd(OwnedFd, bool),
+    /// An opened file, whether close-on-exec, and whether the task may be held on the
+    /// supervisor's CPU while it takes it (not for procfs files, which tell a task its CPUs).
+    Fd(OwnedFd, bool, bool),
     /// An emulated file's content (see `emulated_file`), injected as an fd.
     Emulated(OwnedFd, bool),
     /// Answered by a worker thread.
@@ -407,7 +409,11 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
     }
     if !matches!(
         nr,
-        libc::SYS_open | libc::SYS_openat | libc::SYS_openat2 | libc::SYS_creat
+        libc::SYS_open
+            | libc::SYS_openat
+            | libc::SYS_openat2
+            | libc::SYS_creat
+            | libc::SYS_sched_getaffinity
     ) {
         // Everything but an open runs with the supervisor's own capabilities.
         let _ = sys::unpark();
@@ -430,6 +436,9 @@ fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
         libc::SYS_connect | libc::SYS_bind => addr_call(&mut call, nr == libc::SYS_bind),
         libc::SYS_listen => listen_call(&mut call),
         libc::SYS_uname => uname_call(&mut call),
+        // Nothing to decide: trapped so that it runs after this thread has let go of a task
+        // it held on its CPU for the previous answer (filter::TRAPPED).
+        libc::SYS_sched_getaffinity => Outcome::Continue,
         libc::SYS_personality => {
             call.arg("persona", format!("{:#x}", a[0] as u32));
             match a[0] as u32 {
@@ -495,10 +504,11 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         Outcome::Errno(e, _) => sys::respond_errno(raw, id, e),
         Outcome::Continue => sys::respond_continue(raw, id),
         Outcome::Value(v) => sys::respond_value(raw, id, v),
-        Outcome::Fd(f, cloexec) | Outcome::Emulated(f, cloexec) => {
-            let _pinned = sys::Pinned::to_this_cpu(call.n.pid);
+        Outcome::Fd(f, cloexec, hold) => {
+            let _pinned = hold.then(|| sys::Pinned::to_this_cpu(call.n.pid));
             sys::addfd_send(raw, id, &f, cloexec).map(|_| ())
         }
+        Outcome::Emulated(f, cloexec) => sys::addfd_send(raw, id, &f, cloexec).map(|_| ()),
         Outcome::Deferred | Outcome::Gone => Ok(()),
     };
     // Now that the task runs again: restore the supervisor's credentials, close what the
@@ -1267,12 +1277,13 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         }
         Err(e) => return Outcome::Errno(e as i32, "open failed"),
     };
-    if let Err(e) = check_opened(&file, flags, nonblock) {
-        return Outcome::Errno(e, "device not allowed");
-    }
+    let hold = match check_opened(&file, flags, nonblock) {
+        Ok(dev) => dev.is_none_or(|d| !on_procfs(d, &file)),
+        Err(e) => return Outcome::Errno(e, "device not allowed"),
+    };
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
-    Outcome::Fd(file, cloexec)
+    Outcome::Fd(file, cloexec, hold)
 }
 
 /// What an open needs to know of the trapped task: its credentials, its root, and the
@@ -1328,14 +1339,17 @@ fn own_fd_for(t: &Task, host: &str, flags: i32, write: bool) -> Result<OwnedFd, 
     Ok(dup)
 }
 
-/// Refuses device nodes outside the default set; restores blocking mode.
-fn check_opened(file: &OwnedFd, flags: i32, nonblock: bool) -> Result<(), i32> {
+/// Refuses device nodes outside the default set; restores blocking mode. The device number
+/// of the file's filesystem, when it was looked at (not for `O_PATH`).
+fn check_opened(file: &OwnedFd, flags: i32, nonblock: bool) -> Result<Option<u64>, i32> {
+    let mut dev = None;
     if flags & libc::O_PATH == 0 {
         let st = nix::sys::stat::fstat(file.as_raw_fd()).map_err(|e| e as i32)?;
         let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         if (fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK) && !device_allowed(st.st_rdev) {
             return Err(libc::EPERM);
         }
+        dev = Some(st.st_dev);
     }
     if !nonblock && flags & libc::O_PATH == 0 {
         // F_SETFL acts on O_APPEND, O_ASYNC, O_DIRECT, O_NOATIME and O_NONBLOCK only; the
@@ -1344,7 +1358,15 @@ fn check_opened(file: &OwnedFd, flags: i32, nonblock: bool) -> Result<(), i32> {
         nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
             .map_err(|e| e as i32)?;
     }
-    Ok(())
+    Ok(dev)
+}
+
+/// Whether filesystem `dev`, which `file` is on, is a procfs (asked once per filesystem).
+fn on_procfs(dev: u64, file: &OwnedFd) -> bool {
+    thread_local! {
+        static PROCFS: std::cell::RefCell<HashMap<u64, bool>> = std::cell::RefCell::new(HashMap::new());
+    }
+    PROCFS.with(|m| *m.borrow_mut().entry(dev).or_insert_with(|| is_procfs(file)))
 }
 
 fn fifo_wait(
@@ -1374,7 +1396,8 @@ fn fifo_wait(
         };
         match r {
             Ok(f) => match check_opened(&f, oflags.bits(), true) {
-                Ok(()) => Outcome::Fd(f, cloexec),
+                // A worker's answer: not held (see `sys::Pinned`).
+                Ok(_) => Outcome::Fd(f, cloexec, false),
                 Err(e) => Outcome::Errno(e, "device not allowed"),
             },
             Err(e) => Outcome::Errno(e as i32, "open failed"),
