@@ -64,7 +64,11 @@ mod tests {
         cmd.arg("-c")
             .arg(format!("echo five >&5; echo same >&{same}"));
         let held = pass_fds(&mut cmd, &[(w1.as_fd(), 5), (w2.as_fd(), same)]).unwrap();
+        // The reaper test in this binary reaps every child (waitpid(-1)): held off, as in
+        // the shim, until this one is waited for.
+        let guard = crate::reaper::Reaper::global().fork_guard();
         let status = cmd.status().unwrap();
+        drop(guard);
         drop((held, w1, w2, cmd));
         assert!(status.success());
         let read = |r: OwnedFd| {
