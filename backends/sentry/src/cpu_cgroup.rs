@@ -88,11 +88,6 @@ impl CpuCgroups {
             }
         }
     }
-
-    #[cfg(test)]
-    fn dirs(&self) -> &[(PathBuf, PathBuf)] {
-        &self.dirs
-    }
 }
 
 fn gettid() -> u32 {
@@ -281,7 +276,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
         let groups = CpuCgroups::of(child.id()).expect("different cpu groups");
-        assert!(groups.dirs().iter().any(|(t, _)| t == &dir));
+        assert!(groups.dirs.iter().any(|(t, _)| t == &dir));
         let tasks = || std::fs::read_to_string(dir.join("tasks")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let g = std::sync::Arc::new(groups);

@@ -186,10 +186,7 @@ impl Pinned {
         }
         // SAFETY: no arguments; answers from the vDSO or the rseq area.
         let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
-        let mut one = empty_cpu_set();
-        // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut one) };
-        set_affinity(tid, &one).then_some(Pinned { tid, cpu })
+        set_affinity(tid, &only_cpu(cpu)).then_some(Pinned { tid, cpu })
     }
 }
 
@@ -198,10 +195,7 @@ impl Drop for Pinned {
         let Some(now) = get_affinity(self.tid) else {
             return; // gone
         };
-        let mut one = empty_cpu_set();
-        // SAFETY: as in `to_this_cpu`.
-        unsafe { libc::CPU_SET(self.cpu, &mut one) };
-        if cpu_sets_equal(&now, &one) {
+        if cpu_sets_equal(&now, &only_cpu(self.cpu)) {
             // Every CPU: the kernel keeps what the thread's cpuset allows, which is what an
             // unrestricted thread has.
             static EVERY: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
@@ -221,6 +215,14 @@ impl Drop for Pinned {
 fn empty_cpu_set() -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
     unsafe { std::mem::zeroed() }
+}
+
+/// The set of CPU `cpu` alone.
+fn only_cpu(cpu: usize) -> libc::cpu_set_t {
+    let mut set = empty_cpu_set();
+    // SAFETY: a plain bit array; CPU_SET ignores a number at or above CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set
 }
 
 fn cpu_sets_equal(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
@@ -513,6 +515,16 @@ struct ThreadCreds {
     parked: Option<u64>,
 }
 
+impl ThreadCreds {
+    /// Sets the thread's umask to `mask` (a creating call's) unless it has it already.
+    fn take_umask(&mut self, mask: Option<u32>) {
+        if let Some(mask) = mask.filter(|m| self.umask != Some(*m)) {
+            set_umask(mask);
+            self.umask = Some(mask);
+        }
+    }
+}
+
 thread_local! {
     static THREAD: std::cell::RefCell<Option<ThreadCreds>> = const { std::cell::RefCell::new(None) };
 }
@@ -607,24 +619,20 @@ impl AsWorkload {
 
     fn take(c: &Creds, parking: bool) -> io::Result<AsWorkload> {
         let park = parking && c.fsuid == 0 && c.fsgid == 0;
-        let parked = with_thread(|t| Ok(t.parked))?;
-        if park && parked == Some(c.cap_eff) && with_thread(|t| Ok(t.groups == c.groups))? {
-            if let Some(mask) = c.umask {
-                with_thread(|t| {
-                    if t.umask != Some(mask) {
-                        set_umask(mask);
-                        t.umask = Some(mask);
-                    }
-                    Ok(())
-                })?;
+        // Parked at these very capabilities, with these groups: only the umask may differ.
+        let settled = with_thread(|t| {
+            if !(park && t.parked == Some(c.cap_eff) && t.groups == c.groups) {
+                return Ok(None);
             }
-            return with_thread(|t| {
-                Ok(AsWorkload {
-                    caps: t.caps,
-                    fsuid: 0,
-                    fsgid: 0,
-                    parked: true,
-                })
+            t.take_umask(c.umask);
+            Ok(Some(t.caps))
+        })?;
+        if let Some(caps) = settled {
+            return Ok(AsWorkload {
+                caps,
+                fsuid: 0,
+                fsgid: 0,
+                parked: true,
             });
         }
         // Groups, fsuid and fsgid are changed with the thread's own capabilities.
@@ -634,10 +642,7 @@ impl AsWorkload {
                 set_groups(&c.groups)?;
                 t.groups.clone_from(&c.groups);
             }
-            if let Some(mask) = c.umask.filter(|m| t.umask != Some(*m)) {
-                set_umask(mask);
-                t.umask = Some(mask);
-            }
+            t.take_umask(c.umask);
             Ok(t.caps)
         })?;
         if c.fsgid != 0 {
@@ -710,13 +715,6 @@ mod tests {
         unsafe { libc::CPU_COUNT(set) }
     }
 
-    fn only(cpu: usize) -> libc::cpu_set_t {
-        let mut set = empty_cpu_set();
-        // SAFETY: a plain bit array; CPU_SET checks the bound.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        set
-    }
-
     #[test]
     fn cpu_lists() {
         let set = parse_cpu_list("0-2,5").unwrap();
@@ -746,14 +744,14 @@ mod tests {
         assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &all));
         if count(&all) > 1 {
             // Restricted by itself (here: by us) to one CPU: left as it is.
-            let one = only(0);
+            let one = only_cpu(0);
             assert!(set_affinity(pid, &one));
             assert!(Pinned::to_this_cpu(pid).is_none());
             assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &one));
             // Changed while pinned: the change stands.
             assert!(set_affinity(pid, &all));
             let pinned = Pinned::to_this_cpu(pid).unwrap();
-            let other = only(if pinned.cpu == 0 { 1 } else { 0 });
+            let other = only_cpu(if pinned.cpu == 0 { 1 } else { 0 });
             assert!(set_affinity(pid, &other));
             drop(pinned);
             assert!(cpu_sets_equal(&get_affinity(pid).unwrap(), &other));
