@@ -553,6 +553,31 @@ impl Container<'_> {
         let _ = self.h.ctr_run(&["containers", "rm", id]);
     }
 
+    /// The pid of this container's shim: the one process of the runtime's shim binary whose
+    /// command line names this container's id and this harness's containerd. Panics unless
+    /// there is exactly one.
+    pub fn shim_pid(&self) -> u32 {
+        let shim = self.h.runtime.shim_binary();
+        let socket = self.h.info.socket.to_string_lossy();
+        let shims: Vec<(u32, String)> =
+            crate::daemon::pids_with_cmdline(&format!("-id {} ", self.id))
+                .into_iter()
+                .filter(|(_, cmd)| {
+                    cmd.split_whitespace()
+                        .next()
+                        .is_some_and(|a0| a0.ends_with(shim))
+                })
+                .filter(|(_, cmd)| cmd.contains(&*socket))
+                .collect();
+        assert_eq!(
+            shims.len(),
+            1,
+            "expected one {shim} for {}: {shims:?}",
+            self.id
+        );
+        shims[0].0
+    }
+
     /// Fails the test if anything of this container is left. See [`Harness::assert_no_leaks`].
     pub fn assert_no_leaks(&self) {
         self.h.assert_no_leaks(&[&self.id]);

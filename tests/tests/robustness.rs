@@ -5,7 +5,6 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use strata_tests::cmd::poll;
-use strata_tests::daemon::pids_with_cmdline;
 use strata_tests::harness;
 
 #[test]
@@ -19,23 +18,7 @@ fn shim_killed_mid_run_is_cleaned_up() {
     });
     let workload = workload.unwrap_or_else(|| panic!("expected 2 processes: {:?}", c.pids()));
 
-    let shim = h.runtime.shim_binary();
-    let shims: Vec<(u32, String)> = pids_with_cmdline(&format!("-id {} ", c.id))
-        .into_iter()
-        .filter(|(_, cmd)| {
-            cmd.split_whitespace()
-                .next()
-                .is_some_and(|a0| a0.ends_with(shim))
-        })
-        .filter(|(_, cmd)| cmd.contains(&*h.info.socket.to_string_lossy()))
-        .collect();
-    assert_eq!(
-        shims.len(),
-        1,
-        "expected one {shim} for {}: {shims:?}",
-        c.id
-    );
-    kill(Pid::from_raw(shims[0].0 as i32), Signal::SIGKILL).unwrap();
+    kill(Pid::from_raw(c.shim_pid() as i32), Signal::SIGKILL).unwrap();
 
     // containerd notices, runs `shim delete`, and forgets the task.
     let gone = poll(Duration::from_secs(30), || {

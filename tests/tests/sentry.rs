@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use strata_tests::harness::{Container, CTR_TIMEOUT};
-use strata_tests::{cmd, daemon, harness, on_ci, skip, strata_only, Harness};
+use strata_tests::{cmd, harness, on_ci, skip, strata_only, Harness};
 
 const ESCAPE_C: &str = r#"#define _GNU_SOURCE
 #include <errno.h>
@@ -827,14 +827,8 @@ fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
         "the loop never opened a file: {}",
         read()
     );
-    let shims: Vec<u32> = daemon::pids_with_cmdline("containerd-shim-strata-v2")
-        .into_iter()
-        .filter(|(_, cmdline)| cmdline.contains(&c.id))
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim for {}: {shims:?}", c.id);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0] as i32),
+        nix::unistd::Pid::from_raw(c.shim_pid() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -1226,11 +1220,7 @@ fn supervisor_threads_work_in_the_containers_cpu_cgroup() {
         );
         return;
     };
-    let shim = daemon::pids_with_cmdline("containerd-shim-strata-v2")
-        .into_iter()
-        .find(|(_, cmdline)| cmdline.contains(&c.id))
-        .map(|(p, _)| p)
-        .expect("the container's shim");
+    let shim = c.shim_pid();
     let name = format!("sentry-{}", &c.id[..8.min(c.id.len())]);
     let supervisor_groups = || -> Vec<String> {
         std::fs::read_dir(format!("/proc/{shim}/task"))
