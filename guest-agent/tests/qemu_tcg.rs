@@ -5,8 +5,8 @@
 //! self-test (`strata.selftest=1`) reports PID 1 and its mounts and powers off.
 //!
 //! Skipped, saying why, when QEMU or the cached kernel is missing (the kernel build takes
-//! minutes: run scripts/build-guest-kernel first). With STRATA_REQUIRE_GUEST_IMAGE=1 a missing
-//! prerequisite is a failure.
+//! minutes: run scripts/build-guest-kernel first). On CI a missing prerequisite is a failure
+//! (`strata_backend::testing`).
 
 mod common;
 
@@ -25,10 +25,7 @@ fn root() -> PathBuf {
 }
 
 fn skip(why: &str) {
-    if std::env::var("STRATA_REQUIRE_GUEST_IMAGE").as_deref() == Ok("1") {
-        panic!("guest image test cannot run: {why}");
-    }
-    eprintln!("SKIPPED: {why}");
+    strata_backend::testing::skip("guest image (qemu_tcg)", why);
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {

@@ -82,17 +82,85 @@ impl fmt::Display for HarnessError {
     }
 }
 
-/// True on CI (`CI=true`), where a missing prerequisite fails instead of skipping.
-pub fn on_ci() -> bool {
-    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+pub use strata_backend::testing::{not_applicable, on_ci, skip};
+
+/// The Strata tier the suite runs on, from `STRATA_TEST_TIER` (`native`, the default, `sentry`,
+/// `microvm` or `wasm`): every container the harness starts carries the annotation
+/// `strata.dev/backend=<tier>`, and the CRI tests use the handler `strata-<tier>`. Ignored when
+/// the suite runs against runc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Native,
+    Sentry,
+    Microvm,
+    Wasm,
 }
 
-/// Reports a skipped test: prints why, or panics on CI.
-pub fn skip(test: &str, reason: &str) {
-    if on_ci() {
-        panic!("{test}: cannot run on CI: {reason}");
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Native, Tier::Sentry, Tier::Microvm, Tier::Wasm];
+
+    pub fn from_env() -> Result<Tier> {
+        match std::env::var("STRATA_TEST_TIER").as_deref() {
+            Err(_) | Ok("") => Ok(Tier::Native),
+            Ok(s) => Tier::ALL
+                .into_iter()
+                .find(|t| t.name() == s)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "STRATA_TEST_TIER={s}: expected native, sentry, microvm or wasm"
+                    )
+                }),
+        }
     }
-    eprintln!("SKIP {test}: {reason}");
+
+    /// The value of `strata.dev/backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Native => "native",
+            Tier::Sentry => "sentry",
+            Tier::Microvm => "microvm",
+            Tier::Wasm => "wasm",
+        }
+    }
+
+    /// `strata.dev/backend=<tier>`, as `ctr run --annotation` takes it.
+    pub fn annotation(self) -> String {
+        format!("strata.dev/backend={}", self.name())
+    }
+
+    /// The CRI runtime handler (and RuntimeClass) that pins this tier.
+    pub fn cri_handler(self) -> &'static str {
+        match self {
+            Tier::Native => "strata-native",
+            Tier::Sentry => "strata-sentry",
+            Tier::Microvm => "strata-microvm",
+            Tier::Wasm => "strata-wasm",
+        }
+    }
+
+    /// Why the shared suite cannot run on this tier at all yet, if it cannot.
+    pub fn unavailable(self) -> Option<&'static str> {
+        match self {
+            Tier::Microvm => Some(
+                "the microvm tier runs no pod yet (issue 12): every shared-suite test is skipped on it",
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the suite runs against, for labels: `runc`, or `strata-<tier>`.
+pub fn target_label(runtime: Runtime, tier: Tier) -> String {
+    match runtime {
+        Runtime::Runc => "runc".into(),
+        Runtime::Strata => format!("strata-{tier}"),
+    }
 }
 
 fn which(prog: &str) -> Option<PathBuf> {
@@ -144,11 +212,27 @@ pub fn shim_dir(testenv: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Why `test` (a path such as `lifecycle::tty_run`) does not apply to the tier the suite runs
+/// on, if it does not: the tier runs no container yet, or the test is in the tier's table of
+/// tests that cannot apply ([`crate::tiers::not_applicable_on`]). Always `None` against runc.
+pub fn tier_gate(test: &str) -> Option<String> {
+    let (Ok(Runtime::Strata), Ok(tier)) = (Runtime::from_env(), Tier::from_env()) else {
+        return None;
+    };
+    if let Some(why) = tier.unavailable() {
+        return Some(why.to_string());
+    }
+    let name = test.rsplit("::").next().unwrap_or(test);
+    crate::tiers::not_applicable_on(tier, name).map(|why| format!("not on {tier}: {why}"))
+}
+
 /// A private containerd run by a `strata-testenv supervise` process, which tears it down when
 /// this handle is dropped or this process ends, however it ends.
 pub struct Harness {
     pub info: DaemonInfo,
     pub runtime: Runtime,
+    /// The Strata tier its containers run on (meaningless for runc).
+    pub tier: Tier,
     pub shim_dir: PathBuf,
     supervisor: Mutex<Option<(Child, ChildStdin)>>,
     next_id: AtomicU32,
@@ -161,6 +245,7 @@ impl Harness {
     /// Starts a private containerd through the supervisor binary `testenv`.
     pub fn start(testenv: &Path, opts: DaemonOptions) -> Result<Harness, HarnessError> {
         let runtime = Runtime::from_env().map_err(|e| HarnessError::Failed(e.to_string()))?;
+        let tier = Tier::from_env().map_err(|e| HarnessError::Failed(e.to_string()))?;
         let shim_dir = shim_dir(testenv);
         check_prerequisites(runtime, &shim_dir)?;
         let mut opts = opts;
@@ -196,6 +281,7 @@ impl Harness {
         Ok(Harness {
             info,
             runtime,
+            tier,
             shim_dir,
             supervisor: Mutex::new(Some((child, stdin))),
             next_id: AtomicU32::new(1),
@@ -206,6 +292,10 @@ impl Harness {
     /// The one containerd of this test binary, started on first use. `None` means the test
     /// should return: it has been reported as skipped (on CI this panics instead).
     pub fn shared(testenv: &str, test: &str) -> Option<&'static Harness> {
+        if let Some(reason) = tier_gate(test) {
+            not_applicable(test, &reason);
+            return None;
+        }
         match SHARED.get_or_init(|| Harness::start(Path::new(testenv), DaemonOptions::default())) {
             Ok(h) => Some(h),
             Err(HarnessError::Missing(reason)) => {
@@ -227,6 +317,20 @@ impl Harness {
     /// `ctr` on this daemon's socket and namespace.
     pub fn ctr(&self) -> Command {
         self.info.ctr()
+    }
+
+    /// The `ctr run` flags that put a container on the suite's tier: the backend annotation
+    /// for Strata, nothing for runc.
+    pub fn tier_flags(&self) -> Vec<String> {
+        match self.runtime {
+            Runtime::Strata => vec!["--annotation".into(), self.tier.annotation()],
+            Runtime::Runc => Vec::new(),
+        }
+    }
+
+    /// `strata-<tier>` or `runc`: what the suite runs against.
+    pub fn target(&self) -> String {
+        target_label(self.runtime, self.tier)
     }
 
     /// Where `ctr` keeps the FIFOs of the stdio it attaches (`--fifo-dir`). They are the
@@ -359,9 +463,12 @@ macro_rules! strata_only {
         fn __here() {}
         let test = std::any::type_name_of_val(&__here).trim_end_matches("::__here");
         if $h.runtime != $crate::Runtime::Strata {
-            eprintln!(
-                "SKIP {test}: tests a Strata feature; the suite runs against {}",
-                $h.runtime
+            $crate::not_applicable(
+                test,
+                &format!(
+                    "tests a Strata feature; the suite runs against {}",
+                    $h.runtime
+                ),
             );
             return;
         }
@@ -384,6 +491,7 @@ impl Container<'_> {
         c.arg(if detach { "-d" } else { "--rm" });
         c.arg("--fifo-dir").arg(self.h.fifo_dir());
         c.arg("--runtime").arg(&self.runtime);
+        c.args(self.h.tier_flags());
         c.args(flags);
         c.arg(&self.h.info.image).arg(&self.id).args(args);
         c
@@ -424,6 +532,9 @@ impl Container<'_> {
         spec["process"]["terminal"] = serde_json::json!(false);
         // `ctr oci spec` knows no container id: its cgroupsPath is the namespace's own cgroup.
         spec["linux"]["cgroupsPath"] = format!("/{}/{}", self.h.info.namespace, self.id).into();
+        if self.h.runtime == Runtime::Strata {
+            spec["annotations"]["strata.dev/backend"] = self.h.tier.name().into();
+        }
         spec
     }
 

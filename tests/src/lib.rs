@@ -23,7 +23,10 @@ pub mod harness;
 pub mod image;
 pub mod leaks;
 pub mod pty;
+pub mod tiers;
 
 pub use cmd::Output;
 pub use daemon::{DaemonInfo, DaemonOptions};
-pub use harness::{on_ci, skip, Container, Harness, HarnessError, Runtime};
+pub use harness::{
+    not_applicable, on_ci, skip, tier_gate, Container, Harness, HarnessError, Runtime, Tier,
+};

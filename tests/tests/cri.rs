@@ -1,6 +1,6 @@
 //! CRI smoke test: a Kubernetes-style pod through containerd's CRI plugin, as the kubelet would
-//! run it, on the handler `strata-native` (or `runc` with `STRATA_TEST_RUNTIME=runc`, the
-//! baseline that proves the test itself right).
+//! run it, on the handler `strata-<tier>` (`STRATA_TEST_TIER`, native by default), or `runc`
+//! with `STRATA_TEST_RUNTIME=runc`, the baseline that proves the test itself right.
 //!
 //! RunPodSandbox with the handler, two busybox containers in the pod, one shim process for the
 //! whole pod, ExecSync, stop, remove, and nothing left behind: processes, mounts, cgroups, the
@@ -16,9 +16,13 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use strata_tests::cmd::poll;
 use strata_tests::cri::{self, CriEnv};
-use strata_tests::{leaks, skip, HarnessError};
+use strata_tests::{leaks, not_applicable, skip, tier_gate, HarnessError};
 
 fn env(test: &str) -> Option<CriEnv> {
+    if let Some(why) = tier_gate(test) {
+        not_applicable(test, &why);
+        return None;
+    }
     match CriEnv::start(Path::new(env!("CARGO_BIN_EXE_strata-testenv"))) {
         Ok(e) => Some(e),
         Err(HarnessError::Missing(why)) => {

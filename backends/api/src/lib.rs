@@ -12,6 +12,7 @@ pub mod error;
 pub mod reaper;
 pub mod spawn;
 pub mod stdio;
+pub mod testing;
 pub mod types;
 
 pub use error::{Error, Result};

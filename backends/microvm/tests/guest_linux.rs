@@ -8,8 +8,8 @@
 //!
 //! This needs hardware KVM (kvm_intel or kvm_amd): on PVM an unmodified Linux stops with an
 //! emulation failure, so the test is skipped there, saying so. `STRATA_FORCE_LINUX_GUEST=1`
-//! runs it anyway (to see how it fails); `STRATA_REQUIRE_GUEST_IMAGE=1` makes a missing kernel a
-//! failure instead of a skip.
+//! runs it anyway (to see how it fails). A missing kernel is a skip, and on CI a failure
+//! (`strata_backend::testing`).
 
 mod common;
 
@@ -78,7 +78,10 @@ fn linux_guest_with_agent_over_vsock() {
         } else {
             "not hardware-backed (no kvm_intel/kvm_amd)"
         };
-        eprintln!("SKIPPED: /dev/kvm is {what}; an unmodified Linux guest cannot run on it (the guest image is tested under QEMU TCG instead)");
+        strata_backend::testing::not_applicable(
+            "linux_guest_with_agent_over_vsock",
+            &format!("/dev/kvm is {what}; an unmodified Linux guest cannot run on it (the guest image is tested under QEMU TCG instead)"),
+        );
         return;
     }
     let out = Command::new(root().join("scripts/build-guest-kernel"))
@@ -86,16 +89,18 @@ fn linux_guest_with_agent_over_vsock() {
         .output()
         .unwrap();
     if !out.status.success() {
-        let why = "the guest kernel is not built yet (scripts/build-guest-kernel)";
-        if std::env::var("STRATA_REQUIRE_GUEST_IMAGE").as_deref() == Ok("1") {
-            panic!("{why}");
-        }
-        eprintln!("SKIPPED: {why}");
+        strata_backend::testing::skip(
+            "guest_linux",
+            "the guest kernel is not built yet (scripts/build-guest-kernel)",
+        );
         return;
     }
     let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     let Some(busybox) = static_busybox() else {
-        eprintln!("SKIPPED: no static /bin/busybox (apt-get install busybox-static)");
+        strata_backend::testing::skip(
+            "linux_guest_with_agent_over_vsock",
+            "no static /bin/busybox (apt-get install busybox-static)",
+        );
         return;
     };
     let dir = TempDir::new("linux");
@@ -218,8 +223,9 @@ fn linux_on_pvm_boots_until_its_first_int3() {
         return;
     }
     if !Path::new("/sys/module/kvm_pvm").exists() {
-        eprintln!(
-            "SKIPPED: /dev/kvm is not PVM; linux_guest_with_agent_over_vsock covers this host"
+        strata_backend::testing::not_applicable(
+            "linux_on_pvm_boots_until_its_first_int3",
+            "/dev/kvm is not PVM; linux_guest_with_agent_over_vsock covers this host",
         );
         return;
     }
@@ -228,11 +234,10 @@ fn linux_on_pvm_boots_until_its_first_int3() {
         .output()
         .unwrap();
     if !out.status.success() {
-        let why = "the guest kernel is not built yet (scripts/build-guest-kernel)";
-        if std::env::var("STRATA_REQUIRE_GUEST_IMAGE").as_deref() == Ok("1") {
-            panic!("{why}");
-        }
-        eprintln!("SKIPPED: {why}");
+        strata_backend::testing::skip(
+            "guest_linux",
+            "the guest kernel is not built yet (scripts/build-guest-kernel)",
+        );
         return;
     }
     let kernel = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
