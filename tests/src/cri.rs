@@ -223,6 +223,7 @@ impl CriEnv {
         let missing = |s: String| HarnessError::Missing(s);
         let failed = |e: anyhow::Error| HarnessError::Failed(format!("{e:#}"));
         let runtime = Runtime::from_env().map_err(failed)?;
+        let tier = crate::Tier::from_env().map_err(failed)?;
         if !nix::unistd::geteuid().is_root() {
             return Err(missing("the CRI test needs root".into()));
         }
@@ -245,9 +246,9 @@ impl CriEnv {
         let bridge = bridge_name(pid, &n.to_string());
         let (handler, shim_binary, runtime_config) = match runtime {
             Runtime::Strata => (
-                STRATA_NATIVE_HANDLER,
+                tier.cri_handler(),
                 crate::harness::STRATA_SHIM,
-                Some(configs_dir().join("strata-native.toml")),
+                Some(configs_dir().join(format!("strata-{tier}.toml"))),
             ),
             Runtime::Runc => ("runc", "containerd-shim-runc-v2", None),
         };
