@@ -182,6 +182,24 @@ fn own_action(rules: &[Value], default: Option<&str>, name: &str) -> Option<Stri
     }
 }
 
+/// Whether the spec's own profile lets a plain `clone` (a fork or a thread, no namespace
+/// flags) run: its default action runs calls, or one of its rules naming `clone` allows it,
+/// with or without conditions on the flags (such conditions only keep namespace flags out,
+/// which the sentry traps anyway).
+fn spec_runs_plain_clone(rules: &[Value], default: Option<&str>) -> bool {
+    let naming_clone = |r: &&Value| {
+        r.get("names")
+            .and_then(Value::as_array)
+            .is_some_and(|n| n.iter().any(|n| n.as_str() == Some("clone")))
+    };
+    let allowing = rules
+        .iter()
+        .filter(naming_clone)
+        .filter_map(|r| r.get("action").and_then(Value::as_str))
+        .any(|a| RUNNING.contains(&a));
+    allowing || default.is_none_or(|d| RUNNING.contains(&d))
+}
+
 /// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter
 /// above merged into whatever seccomp profile the spec already has.
 pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
@@ -206,18 +224,25 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
     let mut managed: Vec<&str> = managed().collect();
     managed.extend(policy.extra.keys().map(String::as_str));
 
+    let default = seccomp
+        .get("defaultAction")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let old_rules = match seccomp.remove("syscalls") {
+        Some(Value::Array(old)) => old,
+        _ => Vec::new(),
+    };
+    let clone_runs = spec_runs_plain_clone(&old_rules, default.as_deref());
     // Keep the spec's own rules for every other call.
     let mut rules: Vec<Value> = Vec::new();
-    if let Some(Value::Array(old)) = seccomp.remove("syscalls") {
-        for mut rule in old {
-            if let Some(Value::Array(names)) = rule.get_mut("names") {
-                names.retain(|n| !n.as_str().is_some_and(|n| managed.contains(&n)));
-                if names.is_empty() {
-                    continue;
-                }
+    for mut rule in old_rules {
+        if let Some(Value::Array(names)) = rule.get_mut("names") {
+            names.retain(|n| !n.as_str().is_some_and(|n| managed.contains(&n)));
+            if names.is_empty() {
+                continue;
             }
-            rules.push(rule);
         }
+        rules.push(rule);
     }
     let mut notify: Vec<&str> = TRAPPED.to_vec();
     notify.extend(DENIED);
@@ -226,8 +251,7 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
     let root_watched = if policy.extra.contains_key(ROOT_CHANGING) {
         true
     } else {
-        let default = seccomp.get("defaultAction").and_then(Value::as_str);
-        match own_action(&rules, default, ROOT_CHANGING) {
+        match own_action(&rules, default.as_deref(), ROOT_CHANGING) {
             Some(a) if RUNNING.contains(&a.as_str()) => {
                 rules.retain_mut(|rule| {
                     let Some(Value::Array(names)) = rule.get_mut("names") else {
@@ -257,6 +281,34 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
         "names": ["clone"], "action": "SCMP_ACT_NOTIFY",
         "args": [masked(vm_mask, libc::CLONE_VM as u64)],
     }));
+    // The spec's own clone rules were dropped above; where its profile lets an ordinary fork
+    // or thread run (containerd's and Docker's default profiles allow clone only without
+    // namespace flags, under a default that refuses), every clone that none of the rules
+    // above traps is allowed explicitly: without namespace flags, and with the CLONE_VM,
+    // CLONE_THREAD and CLONE_VFORK bits in any combination but CLONE_VM alone. These rules and
+    // the trapping ones never match the same flags, so no precedence between them matters.
+    if clone_runs {
+        let ns_all = CLONE_NS_FLAGS.iter().fold(0, |a, f| a | f);
+        let (vm, thread, vfork) = (
+            libc::CLONE_VM as u64,
+            libc::CLONE_THREAD as u64,
+            libc::CLONE_VFORK as u64,
+        );
+        for bits in [
+            0,
+            thread,
+            vfork,
+            vm | thread,
+            vm | vfork,
+            thread | vfork,
+            vm | thread | vfork,
+        ] {
+            rules.push(json!({
+                "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                "args": [masked(ns_all | vm_mask, bits)],
+            }));
+        }
+    }
     rules.push(json!({
         "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS,
     }));
@@ -347,6 +399,84 @@ mod tests {
         });
         assert!(!apply(&mut spec, &policy).unwrap().root_watched);
         assert!(!notified(&spec));
+    }
+
+    /// containerd's default profile (what `ctr run --seccomp` and Kubernetes' RuntimeDefault
+    /// give): clone allowed only without namespace flags, everything unlisted refused. A fork
+    /// must still run under the sentry, a namespace clone must still be trapped.
+    #[test]
+    fn forks_run_under_a_profile_that_allows_clone_by_its_flags() {
+        let ns_mask = 2_114_060_288u64; // containerd's: every CLONE_NEW* flag
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                { "names": ["read"], "action": "SCMP_ACT_ALLOW" },
+                { "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{ "index": 0, "value": ns_mask, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] },
+            ]}},
+        });
+        apply(&mut spec, &Policy::builtin_default()).unwrap();
+        let rules = spec["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .clone();
+        // Which rules a clone with `flags` matches, by action.
+        let actions = |flags: u64| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r["names"].as_array().unwrap().contains(&json!("clone")))
+                .filter(|r| {
+                    r["args"].as_array().is_none_or(|a| {
+                        a.iter().all(|c| {
+                            let (mask, datum) = (
+                                c["valueTwo"].as_u64().unwrap(),
+                                c["value"].as_u64().unwrap(),
+                            );
+                            flags & mask == datum
+                        })
+                    })
+                })
+                .map(|r| r["action"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let sigchld = libc::SIGCHLD as u64;
+        let fork = sigchld | libc::CLONE_CHILD_SETTID as u64 | libc::CLONE_CHILD_CLEARTID as u64;
+        let thread = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS) as u64;
+        let vfork = (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | sigchld;
+        for flags in [fork, thread, vfork] {
+            assert_eq!(actions(flags), ["SCMP_ACT_ALLOW"], "flags {flags:#x}");
+        }
+        for flags in [
+            fork | libc::CLONE_NEWNS as u64,
+            libc::CLONE_VM as u64 | sigchld,
+        ] {
+            let a = actions(flags);
+            assert!(
+                !a.is_empty() && a.iter().all(|a| a == "SCMP_ACT_NOTIFY"),
+                "flags {flags:#x}: {a:?}"
+            );
+        }
+        // A profile that refuses clone outright keeps refusing forks.
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [] }},
+        });
+        apply(&mut spec, &Policy::builtin_default()).unwrap();
+        let allows_clone = spec["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["action"] == "SCMP_ACT_ALLOW"
+                    && r["names"].as_array().unwrap().contains(&json!("clone"))
+            });
+        assert!(!allows_clone);
     }
 
     #[test]
