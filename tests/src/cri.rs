@@ -1,8 +1,10 @@
 //! What the CRI smoke test needs around containerd's CRI plugin: a pod network of the test's own
 //! (a `bridge` + `host-local` conflist for Debian's `containernetworking-plugins`, on a bridge
 //! no one else uses, without masquerade), a pause image built from a small static C program, a
-//! private containerd with the CRI plugin and Strata's handlers taken from
-//! `configs/containerd-strata.toml`, and a CRI client (the `k8s-cri` crate) on its socket.
+//! private containerd with the CRI plugin and Strata's handlers taken from the shipped snippet for
+//! the containerd under test (`configs/containerd-strata.toml` for 1.6 and 1.7,
+//! `configs/containerd-strata-v3.toml` for 2.x), and a CRI client (the `k8s-cri` crate) on its
+//! socket.
 //!
 //! Everything it creates is named after the test process (`/run/strata-cri-<pid>-<n>`, bridge
 //! `stc<pid>-<n>`) and removed when the [`CriEnv`] drops; what a killed run left behind is swept
@@ -29,7 +31,7 @@ use k8s_cri::v1::{
 };
 
 use crate::cmd;
-use crate::daemon::{self, default_cri_section, DaemonOptions, BUSYBOX_IMAGE};
+use crate::daemon::{self, default_cri_section, ContainerdVersion, DaemonOptions, BUSYBOX_IMAGE};
 use crate::harness::{Harness, HarnessError, Runtime};
 use crate::image::ImageBuilder;
 
@@ -80,18 +82,36 @@ pub fn configs_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("configs"))
 }
 
-/// The CRI runtimes section for the test daemon: `runc` (the baseline) and Strata's handlers
-/// exactly as `configs/containerd-strata.toml` ships them, with `/etc/strata/` pointed at the
-/// repository's `configs/`, so the test runs the shipped snippet and per-tier configs.
-pub fn runtimes_section(configs: &Path) -> Result<String> {
-    let path = configs.join("containerd-strata.toml");
+/// The shipped snippet of Strata's CRI handlers for containerd `version`:
+/// `configs/containerd-strata.toml` (config version 2: containerd 1.6 and 1.7) or
+/// `configs/containerd-strata-v3.toml` (version 3: containerd 2.x).
+pub fn shipped_snippet(version: ContainerdVersion) -> &'static str {
+    match version.config_version() {
+        2 => "containerd-strata.toml",
+        _ => "containerd-strata-v3.toml",
+    }
+}
+
+/// The CRI runtimes section for the test daemon on containerd `version`: `runc` (the baseline)
+/// and Strata's handlers exactly as the shipped snippet for that version
+/// ([`shipped_snippet`]) has them, with `/etc/strata/` pointed at the repository's `configs/`,
+/// so the test runs the shipped snippet and per-tier configs.
+pub fn runtimes_section(version: ContainerdVersion, configs: &Path) -> Result<String> {
+    let path = configs.join(shipped_snippet(version));
     let shipped =
         fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = String::from(
+    let table = daemon::cri_runtimes_table(version);
+    if !shipped.contains(&format!("[{table}.strata-")) {
+        bail!(
+            "{} has no [{table}.strata-*] handler for containerd {version}",
+            path.display()
+        );
+    }
+    let mut out = format!(
         r#"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+[{table}.runc]
   runtime_type = "io.containerd.runc.v2"
-"#,
+"#
     );
     for line in shipped.lines() {
         if line.trim_start().starts_with("version") {
@@ -181,6 +201,14 @@ fn remove_env_dir(dir: &Path, bridge: &str) {
     let _ = fs::remove_dir_all(dir);
 }
 
+/// What a [`CriEnv`] may be started with.
+#[derive(Debug, Clone, Default)]
+pub struct CriOptions {
+    /// The CRI plugin's registry hosts directory (`config_path` of its registry configuration:
+    /// `<dir>/<host>/hosts.toml`), e.g. for a registry on loopback; none by default.
+    pub registry_config_path: Option<PathBuf>,
+}
+
 /// A private containerd with the CRI plugin, its pod network and images.
 pub struct CriEnv {
     pub harness: Harness,
@@ -220,10 +248,17 @@ impl CriEnv {
     /// Checks the prerequisites, builds the pause image, writes the network configuration and
     /// starts containerd (through the `strata-testenv` supervisor at `testenv`).
     pub fn start(testenv: &Path) -> Result<CriEnv, HarnessError> {
+        Self::start_with(testenv, CriOptions::default())
+    }
+
+    /// [`CriEnv::start`] with options.
+    pub fn start_with(testenv: &Path, options: CriOptions) -> Result<CriEnv, HarnessError> {
         let missing = |s: String| HarnessError::Missing(s);
         let failed = |e: anyhow::Error| HarnessError::Failed(format!("{e:#}"));
         let runtime = Runtime::from_env().map_err(failed)?;
         let tier = crate::Tier::from_env().map_err(failed)?;
+        let containerd = ContainerdVersion::from_env().map_err(failed)?;
+        containerd.check()?;
         if !nix::unistd::geteuid().is_root() {
             return Err(missing("the CRI test needs root".into()));
         }
@@ -277,8 +312,14 @@ impl CriEnv {
         )
         .map_err(|e| failed(e.into()))?;
 
-        let mut cri = default_cri_section(&net_dir, Path::new(CNI_BIN_DIR), PAUSE_IMAGE);
-        cri.push_str(&runtimes_section(&configs_dir()).map_err(failed)?);
+        let mut cri = default_cri_section(
+            containerd,
+            &net_dir,
+            Path::new(CNI_BIN_DIR),
+            PAUSE_IMAGE,
+            options.registry_config_path.as_deref(),
+        );
+        cri.push_str(&runtimes_section(containerd, &configs_dir()).map_err(failed)?);
         let harness = Harness::start(
             testenv,
             DaemonOptions {
@@ -325,14 +366,9 @@ impl CriEnv {
         Ok(())
     }
 
-    /// `ctr` on this daemon, in the CRI namespace.
+    /// `ctr` (of the containerd version under test) on this daemon, in the CRI namespace.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a")
-            .arg(&self.harness.info.socket)
-            .arg("-n")
-            .arg(CRI_NAMESPACE);
-        c
+        self.harness.info.ctr_in(CRI_NAMESPACE)
     }
 
     /// A CRI client on the daemon's socket.
@@ -629,11 +665,12 @@ impl Cri {
         let r = deadline("PodSandboxStatus", self.runtime.pod_sandbox_status(req))
             .await?
             .into_inner();
-        let info = r
+        let mut info = r
             .info
             .get("info")
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or(serde_json::Value::Null);
+        normalize_sandbox_info(&mut info);
         let status = r
             .status
             .ok_or_else(|| Status::internal("PodSandboxStatus without a status"))?;
@@ -722,6 +759,18 @@ pub fn ppid(pid: u32) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Gives a sandbox's verbose info the keys containerd 1.6 and 1.7 put at its top level, where
+/// 2.x has them only in the sandbox's metadata: `runtimeHandler`
+/// (`sandboxMetadata.Metadata.RuntimeHandler` in 2.x). Keys already there are left alone.
+pub fn normalize_sandbox_info(info: &mut serde_json::Value) {
+    let handler = info
+        .pointer("/sandboxMetadata/Metadata/RuntimeHandler")
+        .cloned();
+    if let (Some(obj), Some(handler)) = (info.as_object_mut(), handler) {
+        obj.entry("runtimeHandler").or_insert(handler);
+    }
 }
 
 /// The network namespace path of a sandbox, from its verbose status info (the runtime spec's

@@ -17,12 +17,145 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{self, poll};
+use crate::harness::HarnessError;
 use crate::image::ImageBuilder;
 
 /// Prefix of every private daemon's directories, namespace and cgroups.
 pub const PREFIX: &str = "strata-test-";
 /// The busybox image every test runs.
 pub const BUSYBOX_IMAGE: &str = "localhost/strata-test/busybox:latest";
+/// Where `scripts/fetch-containerd` unpacks containerd 1.7 and 2.1 (`<dir>/<version>/usr/bin`);
+/// `STRATA_CONTAINERD_CACHE` overrides it, as it does for the script.
+pub const CONTAINERD_CACHE: &str = "/var/cache/strata/containerd";
+
+/// Which containerd the tests run, from `STRATA_TEST_CONTAINERD`: `1.6` (the default: the
+/// system's, Debian bookworm's package), `1.7` or `2.1` (Debian trixie's and sid's packages,
+/// unpacked by `scripts/fetch-containerd`). Its `containerd`, `ctr` and `containerd-shim-runc-v2`
+/// are used together: the daemon, every `ctr` the tests run and the runc shim containerd starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerdVersion {
+    V1_6,
+    V1_7,
+    V2_1,
+}
+
+impl ContainerdVersion {
+    pub const ALL: [ContainerdVersion; 3] = [
+        ContainerdVersion::V1_6,
+        ContainerdVersion::V1_7,
+        ContainerdVersion::V2_1,
+    ];
+
+    /// From `STRATA_TEST_CONTAINERD` (unset or empty: 1.6).
+    pub fn from_env() -> Result<ContainerdVersion> {
+        match std::env::var("STRATA_TEST_CONTAINERD").as_deref() {
+            Err(_) | Ok("") => Ok(ContainerdVersion::V1_6),
+            Ok(s) => ContainerdVersion::ALL
+                .into_iter()
+                .find(|v| v.label() == s)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("STRATA_TEST_CONTAINERD={s}: expected 1.6, 1.7 or 2.1")
+                }),
+        }
+    }
+
+    /// `1.6`, `1.7` or `2.1`: what `STRATA_TEST_CONTAINERD` takes, and the label of results.
+    pub fn label(self) -> &'static str {
+        match self {
+            ContainerdVersion::V1_6 => "1.6",
+            ContainerdVersion::V1_7 => "1.7",
+            ContainerdVersion::V2_1 => "2.1",
+        }
+    }
+
+    /// containerd 2.x reads config version 3 (the CRI plugin split into
+    /// `io.containerd.cri.v1.runtime`, `io.containerd.cri.v1.images` and the server
+    /// `io.containerd.grpc.v1.cri`); 1.6 and 1.7 read version 2.
+    pub fn config_version(self) -> u32 {
+        match self {
+            ContainerdVersion::V1_6 | ContainerdVersion::V1_7 => 2,
+            ContainerdVersion::V2_1 => 3,
+        }
+    }
+
+    /// The directory holding this version's `containerd`, `ctr` and `containerd-shim-runc-v2`;
+    /// `None` for 1.6, which is the system's (found on PATH).
+    pub fn bin_dir(self) -> Option<PathBuf> {
+        if self == ContainerdVersion::V1_6 {
+            return None;
+        }
+        let cache = std::env::var_os("STRATA_CONTAINERD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(CONTAINERD_CACHE));
+        Some(cache.join(self.label()).join("usr/bin"))
+    }
+
+    /// Checks that this version's binaries are there (for 1.6, on PATH).
+    pub fn check(self) -> Result<(), HarnessError> {
+        let progs = ["containerd", "ctr", "containerd-shim-runc-v2"];
+        match self.bin_dir() {
+            None => {
+                for prog in progs {
+                    if which(prog).is_none() {
+                        return Err(HarnessError::Missing(format!(
+                            "`{prog}` (containerd 1.6) is not on PATH: run scripts/install-deps"
+                        )));
+                    }
+                }
+            }
+            Some(dir) => {
+                for prog in progs {
+                    if !dir.join(prog).is_file() {
+                        return Err(HarnessError::Missing(format!(
+                            "STRATA_TEST_CONTAINERD={}: {} is missing: run scripts/fetch-containerd",
+                            self.label(),
+                            dir.join(prog).display()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A command running this version's `prog` (`containerd`, `ctr`).
+    pub fn command(self, prog: &str) -> Command {
+        match self.bin_dir() {
+            Some(dir) => Command::new(dir.join(prog)),
+            None => Command::new(prog),
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The containerd the tests run (`STRATA_TEST_CONTAINERD`), for labels: `1.6`, `1.7` or `2.1`.
+/// An unknown value reads as the default 1.6 here; the harness refuses it when it starts.
+pub fn containerd_version() -> ContainerdVersion {
+    ContainerdVersion::from_env().unwrap_or(ContainerdVersion::V1_6)
+}
+
+/// What that containerd says it is (`containerd --version`), e.g.
+/// `containerd github.com/containerd/containerd/v2 2.1.9+unknown`; empty if it does not run.
+pub fn containerd_version_line() -> String {
+    let mut c = containerd_version().command("containerd");
+    c.arg("--version");
+    cmd::run(c, None, Duration::from_secs(20))
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(prog))
+            .find(|p| p.is_file())
+    })
+}
 
 /// How to start the daemon.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,8 +163,8 @@ pub struct DaemonOptions {
     /// Directory holding `containerd-shim-strata-v2` (put first on containerd's PATH).
     pub shim_dir: Option<PathBuf>,
     /// When set, the CRI plugin is enabled and this TOML is appended to the config; it must
-    /// hold the whole `[plugins."io.containerd.grpc.v1.cri"]` section (see
-    /// [`default_cri_section`]: `restrict_oom_score_adj = true` is needed on this machine).
+    /// hold the CRI plugin's whole configuration in the format of the containerd under test
+    /// (see [`default_cri_section`]: `restrict_oom_score_adj = true` is needed on this machine).
     pub cri_config: Option<String>,
     /// Further TOML appended to containerd's config.
     pub extra_config: Option<String>,
@@ -50,6 +183,9 @@ pub struct DaemonInfo {
     pub log: PathBuf,
     pub config: PathBuf,
     pub containerd_pid: u32,
+    /// The containerd it runs (its `ctr` is the one [`DaemonInfo::ctr`] runs).
+    #[serde(default = "containerd_version")]
+    pub containerd: ContainerdVersion,
 }
 
 impl DaemonInfo {
@@ -66,52 +202,119 @@ impl DaemonInfo {
             namespace: name.to_string(),
             image: BUSYBOX_IMAGE.to_string(),
             containerd_pid: 0,
+            containerd: containerd_version(),
         }
     }
 
-    /// `ctr` on this daemon's socket and namespace.
+    /// `ctr` (of the daemon's containerd version) on this daemon's socket and namespace.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace);
+        self.ctr_in(&self.namespace)
+    }
+
+    /// `ctr` (of the daemon's containerd version) on this daemon's socket, in namespace `ns`.
+    pub fn ctr_in(&self, ns: &str) -> Command {
+        let mut c = self.containerd.command("ctr");
+        c.arg("-a").arg(&self.socket).arg("-n").arg(ns);
         c
     }
 }
 
-/// A `[plugins."io.containerd.grpc.v1.cri"]` section that works on this machine, for
-/// [`DaemonOptions::cri_config`]. Callers add runtimes (`[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.NAME]`) after it.
-pub fn default_cri_section(cni_conf_dir: &Path, cni_bin_dir: &Path, sandbox_image: &str) -> String {
-    format!(
-        r#"
+/// The table under which containerd `version`'s CRI plugin takes its runtimes (handlers):
+/// `plugins."io.containerd.grpc.v1.cri".containerd.runtimes` (config version 2, 1.6 and 1.7) or
+/// `plugins."io.containerd.cri.v1.runtime".containerd.runtimes` (version 3, 2.x).
+pub fn cri_runtimes_table(version: ContainerdVersion) -> &'static str {
+    match version.config_version() {
+        2 => r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#,
+        _ => r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#,
+    }
+}
+
+/// The CRI plugin's configuration that works on this machine, for [`DaemonOptions::cri_config`],
+/// in `version`'s format: `restrict_oom_score_adj = true` (this machine refuses a lowered
+/// oom_score_adj), the pause image, the CNI directories and, when given, the registry hosts
+/// directory (`config_path`: `<dir>/<host>/hosts.toml`). Callers add runtimes under
+/// [`cri_runtimes_table`] after it.
+///
+/// Config version 2 (1.6, 1.7): all of it in `[plugins."io.containerd.grpc.v1.cri"]`. Version 3
+/// (2.x): runtime settings and CNI in `io.containerd.cri.v1.runtime`, the pause image
+/// (`pinned_images.sandbox`) and the registry in `io.containerd.cri.v1.images`; the gRPC server
+/// part, still `io.containerd.grpc.v1.cri`, needs nothing here.
+pub fn default_cri_section(
+    version: ContainerdVersion,
+    cni_conf_dir: &Path,
+    cni_bin_dir: &Path,
+    sandbox_image: &str,
+    registry_config_path: Option<&Path>,
+) -> String {
+    let conf_dir = cni_conf_dir.display();
+    let bin_dir = cni_bin_dir.display();
+    let registry = registry_config_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    match version.config_version() {
+        2 => format!(
+            r#"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
   sandbox_image = "{sandbox_image}"
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{}"
-    bin_dir = "{}"
+    conf_dir = "{conf_dir}"
+    bin_dir = "{bin_dir}"
   [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ""
-"#,
-        cni_conf_dir.display(),
-        cni_bin_dir.display()
-    )
+    config_path = "{registry}"
+"#
+        ),
+        _ => format!(
+            r#"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    conf_dir = "{conf_dir}"
+    bin_dirs = ["{bin_dir}"]
+
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{sandbox_image}"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{registry}"
+"#
+        ),
+    }
 }
 
 fn config_toml(info: &DaemonInfo, opts: &DaemonOptions) -> String {
+    let version = info.containerd;
     let mut disabled = vec![
         "io.containerd.snapshotter.v1.btrfs",
         "io.containerd.snapshotter.v1.zfs",
         "io.containerd.snapshotter.v1.devmapper",
-        "io.containerd.snapshotter.v1.aufs",
         "io.containerd.tracing.processor.v1.otlp",
         "io.containerd.internal.v1.tracing",
     ];
+    match version.config_version() {
+        // aufs left with 2.0; blockfile and erofs came with 1.7 / 2.1 and need set-up of their own.
+        2 => disabled.push("io.containerd.snapshotter.v1.aufs"),
+        _ => disabled.extend([
+            "io.containerd.snapshotter.v1.blockfile",
+            "io.containerd.snapshotter.v1.erofs",
+        ]),
+    }
     if opts.cri_config.is_none() {
         disabled.push("io.containerd.grpc.v1.cri");
+        if version.config_version() >= 3 {
+            // 2.x: the CRI plugin's other parts, and the pod sandbox controller that needs them.
+            disabled.extend([
+                "io.containerd.cri.v1.runtime",
+                "io.containerd.cri.v1.images",
+                "io.containerd.podsandbox.controller.v1.podsandbox",
+            ]);
+        }
     }
     let disabled: Vec<String> = disabled.iter().map(|p| format!("\"{p}\"")).collect();
     let mut s = format!(
-        r#"version = 2
+        r#"version = {config_version}
 root = "{root}"
 state = "{state}"
 disabled_plugins = [{disabled}]
@@ -128,6 +331,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 "#,
+        config_version = version.config_version(),
         root = info.root.display(),
         state = info.state.display(),
         sock = info.socket.display(),
@@ -166,6 +370,10 @@ impl Daemon {
     }
 
     fn start_inner(info: &mut DaemonInfo, opts: &DaemonOptions) -> Result<Child> {
+        info.containerd = ContainerdVersion::from_env()?;
+        info.containerd
+            .check()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         for d in [&info.root, &info.state] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -175,12 +383,19 @@ impl Daemon {
         )?;
         fs::write(&info.config, config_toml(info, opts))?;
         let log = fs::File::create(&info.log)?;
+        // The shims containerd starts are found on its PATH: Strata's first, then the runc shim
+        // of the containerd version under test.
         let mut path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        if let Some(dir) = info.containerd.bin_dir() {
+            path = format!("{}:{path}", dir.display());
+        }
         if let Some(dir) = &opts.shim_dir {
             path = format!("{}:{path}", dir.display());
         }
-        let mut child = Command::new("containerd")
+        let mut child = info
+            .containerd
+            .command("containerd")
             .arg("--config")
             .arg(&info.config)
             .env("PATH", path)
@@ -188,9 +403,13 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context(
-                "starting containerd: install Debian's containerd (apt-get install containerd)",
-            )?;
+            .with_context(|| match info.containerd {
+                ContainerdVersion::V1_6 => {
+                    "starting containerd: install Debian's containerd (apt-get install containerd)"
+                        .to_string()
+                }
+                v => format!("starting containerd {v}: run scripts/fetch-containerd"),
+            })?;
         info.containerd_pid = child.id();
         fs::write(info.state.join("containerd.pid"), child.id().to_string())?;
 
@@ -198,7 +417,7 @@ impl Daemon {
             if let Ok(Some(_)) = child.try_wait() {
                 return Some(false);
             }
-            let mut c = Command::new("ctr");
+            let mut c = info.containerd.command("ctr");
             c.arg("-a").arg(&info.socket).arg("version");
             let out = cmd::run(c, None, Duration::from_secs(5)).ok()?;
             out.success().then_some(true)
@@ -250,8 +469,8 @@ impl Daemon {
 }
 
 fn ctr_lines(info: &DaemonInfo, ns: &str, args: &[&str]) -> Vec<String> {
-    let mut c = Command::new("ctr");
-    c.arg("-a").arg(&info.socket).arg("-n").arg(ns).args(args);
+    let mut c = info.ctr_in(ns);
+    c.args(args);
     match cmd::run(c, None, Duration::from_secs(20)) {
         Ok(o) if o.success() => o
             .stdout
@@ -264,8 +483,8 @@ fn ctr_lines(info: &DaemonInfo, ns: &str, args: &[&str]) -> Vec<String> {
 }
 
 fn ctr_quiet(info: &DaemonInfo, ns: &str, args: &[&str]) {
-    let mut c = Command::new("ctr");
-    c.arg("-a").arg(&info.socket).arg("-n").arg(ns).args(args);
+    let mut c = info.ctr_in(ns);
+    c.args(args);
     let _ = cmd::run(c, None, Duration::from_secs(20));
 }
 
