@@ -123,9 +123,13 @@ impl SentryBackend {
             ..Default::default()
         });
         // What the container's UTS namespace holds: the spec's names, or, where it sets none
-        // (runc sets only non-empty ones), the copy of the host's that a new namespace starts
-        // with. The workload cannot change them (no CAP_SYS_ADMIN under the sentry).
-        let host = nix::sys::utsname::uname().ok();
+        // (runc sets only non-empty ones), those of the namespace it joins (a CRI container
+        // joins its pod's, named by the sandbox's spec) or the copy of the host's that a new
+        // namespace starts with. The workload cannot change them (no CAP_SYS_ADMIN under the
+        // sentry).
+        let host = joined_uts(&opts.spec)
+            .map_err(|e| Error::io("read the names of the UTS namespace the spec joins", e))?
+            .or_else(|| nix::sys::utsname::uname().ok());
         let name = |set: &Option<String>, host_value: Option<&std::ffi::OsStr>| {
             set.clone()
                 .filter(|s| !s.is_empty())
@@ -203,6 +207,38 @@ impl SentryBackend {
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
         Ok((listener, config))
     }
+}
+
+/// The names (`uname`) of the UTS namespace the spec joins by path, if it joins one: read by
+/// a short-lived thread that enters it (a UTS namespace is per thread; the shim's other
+/// threads stay where they are).
+fn joined_uts(
+    spec: &oci_spec::runtime::Spec,
+) -> std::io::Result<Option<nix::sys::utsname::UtsName>> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Uts)
+                .and_then(|n| n.path().clone())
+        })
+    else {
+        return Ok(None);
+    };
+    let ns = std::fs::File::open(&path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            nix::sys::utsname::uname()
+        })
+        .join()
+        .unwrap_or(Err(nix::errno::Errno::EIO))
+    })
+    .map(Some)
+    .map_err(std::io::Error::from)
 }
 
 impl Backend for SentryBackend {
