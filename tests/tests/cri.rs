@@ -16,9 +16,10 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use strata_tests::cmd::poll;
 use strata_tests::cri::{self, CriEnv};
-use strata_tests::{leaks, not_applicable, skip, tier_gate, HarnessError};
+use strata_tests::{leaks, not_applicable, skip, tier_gate, HarnessError, Tier};
 
 fn env(test: &str) -> Option<CriEnv> {
+    let test = &format!("cri::{test}");
     if let Some(why) = tier_gate(test) {
         not_applicable(test, &why);
         return None;
@@ -246,32 +247,39 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
     assert!(!env.bridge_exists(), "bridge {} still there", env.bridge);
 }
 
-/// A pod of RuntimeClass `strata-native` cannot pick another tier with the annotation: the
-/// handler's ConfigPath allows `native` only, and the shim must say so, naming the allowed tiers.
+/// A pod of RuntimeClass `strata-<tier>` cannot pick another tier with the annotation: the
+/// handler's ConfigPath allows that tier only, and the shim must say so, naming the allowed
+/// tiers.
 #[test]
 fn cri_annotation_cannot_leave_the_runtime_class_tier() {
     let Some(env) = env("cri_annotation_cannot_leave_the_runtime_class_tier") else {
         return;
     };
     if env.runtime_config.is_none() {
-        eprintln!("SKIP cri_annotation_cannot_leave_the_runtime_class_tier: tests a Strata feature; the suite runs against runc");
+        not_applicable(
+            "cri::cri_annotation_cannot_leave_the_runtime_class_tier",
+            "tests a Strata feature; the suite runs against runc",
+        );
         return;
     }
+    let tier = Tier::from_env().expect("STRATA_TEST_TIER");
+    let other = if tier == Tier::Wasm { "native" } else { "wasm" };
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
-        let annotations = HashMap::from([("strata.dev/backend".to_string(), "wasm".to_string())]);
+        let annotations = HashMap::from([("strata.dev/backend".to_string(), other.to_string())]);
         let pod_config = env.pod_config("strata-escape", annotations);
         let err = match c.run_pod(&pod_config, env.handler).await {
             Ok(id) => {
                 let _ = c.stop_pod(&id).await;
                 let _ = c.remove_pod(&id).await;
-                panic!("a strata-native pod ran with strata.dev/backend=wasm");
+                panic!("a {} pod ran with strata.dev/backend={other}", env.handler);
             }
             Err(s) => s,
         };
         let msg = err.message();
         assert!(
-            msg.contains("strata.dev/backend") && msg.contains("allowed backends: native"),
+            msg.contains("strata.dev/backend")
+                && msg.contains(&format!("allowed backends: {tier}")),
             "the error should name the annotation and the allowed tiers: {msg}"
         );
         assert!(c.list_pods().await.expect("ListPodSandbox").is_empty());
