@@ -112,6 +112,7 @@ impl Container {
         if root.join(&opts.id).exists() {
             return Err(Error::AlreadyExists(format!("container {}", opts.id)));
         }
+        crate::bundle::prepare(&opts.bundle, &opts.spec)?;
         let console = if opts.stdio.terminal {
             Some(ConsoleSocket::bind(&console_path(root))?)
         } else {

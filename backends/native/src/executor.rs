@@ -1,13 +1,19 @@
 //! What runs in the container's init right before it execs the user's program.
 //!
-//! libcontainer's default executor does the exec; this one first gives the program the
-//! signal dispositions a program expects. The shim ignores SIGPIPE (Rust's runtime does so
-//! for every binary), and an ignored disposition survives execve: without this, `yes | head`
-//! in a container would behave differently than under runc.
+//! The program is found as runc finds it (see `program`: an absolute `args[0]` needs no
+//! `PATH`, a bare name without `PATH` fails at create with runc's error), not by
+//! libcontainer's default executor, and exec'd by the path found. Before the exec the program
+//! gets the signal dispositions a program expects. The shim ignores SIGPIPE (Rust's runtime
+//! does so for every binary), and an ignored disposition survives execve: without this,
+//! `yes | head` in a container would behave differently than under runc.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 
 use libcontainer::oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Spec};
-use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+
+use crate::program;
 
 /// Something another tier runs in the container's process (init or exec) right before the
 /// exec of the user's program, after libcontainer's own set-up (the sentry installs its
@@ -67,6 +73,18 @@ fn install_exec_seccomp(profile: &LinuxSeccomp) -> Result<(), ExecutorError> {
 
 impl Executor for NativeExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        // Found before any filter is installed (the sentry's would trap each look).
+        let path = program::find(spec).map_err(ExecutorError::Other)?;
+        let c = |s: &[u8]| CString::new(s).map_err(|_| ExecutorError::InvalidArg);
+        let path = c(path.as_os_str().as_bytes())?;
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .ok_or(ExecutorError::InvalidArg)?
+            .iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
         signals::reset_ignored();
         if let Some(profile) = &self.exec_seccomp {
             install_exec_seccomp(profile)?;
@@ -74,11 +92,25 @@ impl Executor for NativeExecutor {
         if let Some(hook) = &self.pre_exec {
             hook.before_exec(spec).map_err(ExecutorError::Other)?;
         }
-        DefaultExecutor {}.exec(spec)
+        // The environment is the spec's by now (libcontainer's `setup_envs`), with HOME from
+        // the container's passwd; for a user it has no entry for, runc gives HOME=/.
+        if std::env::var_os("HOME").is_none_or(|h| h.is_empty()) {
+            std::env::set_var("HOME", "/");
+        }
+        let err = nix::unistd::execv(&path, &args).unwrap_err();
+        Err(ExecutorError::Other(format!(
+            "exec {:?}: {}",
+            path,
+            err.desc().to_lowercase()
+        )))
     }
 
+    /// Runs in the container (after its root is set up, before `start`): a program that
+    /// cannot be found fails the create, as with runc.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        program::find(spec)
+            .map(|_| ())
+            .map_err(ExecutorValidationError::ArgValidationError)
     }
 }
 

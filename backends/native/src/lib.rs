@@ -7,12 +7,14 @@
 //! process, or the `delete` action after a killed shim, can find and remove them.
 #![deny(unsafe_code)]
 
+mod bundle;
 mod cgroup;
 mod container;
 pub mod creator;
 mod executor;
 mod netns;
 pub mod oom;
+mod program;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
