@@ -257,8 +257,7 @@ impl CriEnv {
         let failed = |e: anyhow::Error| HarnessError::Failed(format!("{e:#}"));
         let runtime = Runtime::from_env().map_err(failed)?;
         let tier = crate::Tier::from_env().map_err(failed)?;
-        let containerd = ContainerdVersion::from_env().map_err(failed)?;
-        containerd.check()?;
+        let containerd = daemon::check_containerd()?;
         if !nix::unistd::geteuid().is_root() {
             return Err(missing("the CRI test needs root".into()));
         }

@@ -139,6 +139,16 @@ pub fn containerd_version() -> ContainerdVersion {
     ContainerdVersion::from_env().unwrap_or(ContainerdVersion::V1_6)
 }
 
+/// The containerd the tests run, checked: an unknown `STRATA_TEST_CONTAINERD` is a failure, a
+/// version whose binaries are not there is [`HarnessError::Missing`] (naming
+/// `scripts/fetch-containerd`), so the test is skipped, or fails on CI.
+pub fn check_containerd() -> Result<ContainerdVersion, HarnessError> {
+    let version =
+        ContainerdVersion::from_env().map_err(|e| HarnessError::Failed(format!("{e:#}")))?;
+    version.check()?;
+    Ok(version)
+}
+
 /// What that containerd says it is (`containerd --version`), e.g.
 /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown`; empty if it does not run.
 pub fn containerd_version_line() -> String {
