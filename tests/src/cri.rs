@@ -798,3 +798,101 @@ pub fn info_pid(info: &serde_json::Value) -> Result<u32> {
         .filter(|p| *p > 0)
         .ok_or_else(|| anyhow!("no pid in the status info: {info}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_at<'a>(v: &'a toml::Value, path: &[&str]) -> &'a toml::value::Table {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(|v| v.as_table())
+            .unwrap_or_else(|| panic!("no table {path:?} in {v}"))
+    }
+
+    /// The two shipped snippets hold the same handlers, each under its format's table.
+    #[test]
+    fn shipped_snippets_agree_across_config_versions() {
+        let read = |v: ContainerdVersion| -> toml::Value {
+            let path = configs_dir().join(shipped_snippet(v));
+            toml::from_str(&fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let v2 = read(ContainerdVersion::V1_7);
+        let v3 = read(ContainerdVersion::V2_1);
+        assert_eq!(v2["version"].as_integer(), Some(2));
+        assert_eq!(v3["version"].as_integer(), Some(3));
+        let r2 = table_at(
+            &v2,
+            &[
+                "plugins",
+                "io.containerd.grpc.v1.cri",
+                "containerd",
+                "runtimes",
+            ],
+        );
+        let r3 = table_at(
+            &v3,
+            &[
+                "plugins",
+                "io.containerd.cri.v1.runtime",
+                "containerd",
+                "runtimes",
+            ],
+        );
+        assert_eq!(r2.len(), 4);
+        assert_eq!(r2, r3);
+        assert_eq!(table_at(&v3, &["plugins"]).len(), 1, "{v3}");
+    }
+
+    /// The test daemon's CRI configuration parses in both formats, with the registry hosts
+    /// directory where each version reads it.
+    #[test]
+    fn cri_sections_in_both_formats() {
+        let hosts = Path::new("/run/x/hosts");
+        for version in ContainerdVersion::ALL {
+            let mut text = format!("version = {}\n", version.config_version());
+            text.push_str(&default_cri_section(
+                version,
+                Path::new("/run/x/net.d"),
+                Path::new(CNI_BIN_DIR),
+                PAUSE_IMAGE,
+                Some(hosts),
+            ));
+            text.push_str(&runtimes_section(version, &configs_dir()).unwrap());
+            let v: toml::Value =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{version}: {e}\n{text}"));
+            let (runtime, registry) = match version.config_version() {
+                2 => (
+                    vec!["plugins", "io.containerd.grpc.v1.cri"],
+                    vec!["plugins", "io.containerd.grpc.v1.cri", "registry"],
+                ),
+                _ => (
+                    vec!["plugins", "io.containerd.cri.v1.runtime"],
+                    vec!["plugins", "io.containerd.cri.v1.images", "registry"],
+                ),
+            };
+            let rt = table_at(&v, &runtime);
+            assert_eq!(
+                rt["restrict_oom_score_adj"].as_bool(),
+                Some(true),
+                "{version}"
+            );
+            let runtimes = [runtime.as_slice(), &["containerd", "runtimes"]].concat();
+            assert!(table_at(&v, &runtimes).contains_key("runc"), "{version}");
+            let native = [runtimes.as_slice(), &["strata-native", "options"]].concat();
+            assert_eq!(
+                table_at(&v, &native)["ConfigPath"]
+                    .as_str()
+                    .map(PathBuf::from),
+                Some(configs_dir().join("strata-native.toml")),
+                "{version}"
+            );
+            assert_eq!(
+                table_at(&v, &registry)["config_path"].as_str(),
+                Some("/run/x/hosts"),
+                "{version}"
+            );
+        }
+    }
+}
