@@ -17,12 +17,14 @@ pub mod bench;
 pub mod cgroups;
 pub mod cmd;
 pub mod cri;
+pub mod critest;
 pub mod daemon;
 pub mod events;
 pub mod harness;
 pub mod image;
 pub mod leaks;
 pub mod pty;
+pub mod registry;
 pub mod tiers;
 
 pub use cmd::Output;
