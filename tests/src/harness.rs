@@ -185,6 +185,7 @@ pub fn check_prerequisites(runtime: Runtime, shim_dir: &Path) -> Result<(), Harn
             )));
         }
     }
+    crate::daemon::check_containerd()?;
     if !Path::new(crate::image::BUSYBOX).is_file() {
         return Err(HarnessError::Missing(format!(
             "{} is missing: apt-get install busybox-static",
