@@ -143,6 +143,8 @@ pub struct Invocation {
     pub skip: String,
     /// Where the JSON reports go (`<dir>/<handler>.json`).
     pub report_dir: PathBuf,
+    /// `--ginkgo.focus`, to run some specs only (while working on them).
+    pub focus: Option<String>,
 }
 
 /// One handler's run.
@@ -173,6 +175,9 @@ impl Invocation {
     pub fn command(&self, handler: &str) -> Command {
         let endpoint = format!("unix://{}", self.socket.display());
         let mut c = Command::new(&self.critest);
+        if let Some(focus) = &self.focus {
+            c.arg(format!("--ginkgo.focus={focus}"));
+        }
         c.arg(format!("--runtime-endpoint={endpoint}"))
             .arg(format!("--image-endpoint={endpoint}"))
             .arg(format!("--runtime-handler={handler}"))
