@@ -26,6 +26,7 @@ pub mod leaks;
 pub mod pty;
 pub mod registry;
 pub mod tiers;
+pub mod wasi;
 
 pub use cmd::Output;
 pub use daemon::{DaemonInfo, DaemonOptions};

@@ -11,8 +11,73 @@ use crate::Tier;
 ///
 /// A WASI module has no shell, no terminal, no processes of its own and no Linux namespaces to
 /// look at; where WASI can do what a test checks (exit codes, stdio, env, args, signals, stats,
-/// OOM, bad input, leaks), the test runs a WASI module doing the same thing instead of busybox.
-pub const WASM: &[(&str, &str)] = &[];
+/// OOM, bad input, leaks), the test runs a WASI module doing the same thing instead of busybox
+/// (a [`crate::wasi::Workload`], rendered as the contest module's script on wasm).
+pub const WASM: &[(&str, &str)] = &[
+    // lifecycle
+    (
+        "tty_run",
+        "a wasm task has no terminal (ctr run -t is Unimplemented on the tier)",
+    ),
+    (
+        "tty_resize",
+        "a wasm task has no terminal to resize",
+    ),
+    (
+        "exec_runs_in_the_container",
+        "a wasm task is one module instance: no exec into it (as in runwasi)",
+    ),
+    (
+        "exec_with_tty",
+        "a wasm task takes no exec and has no terminal",
+    ),
+    (
+        "kill_an_exec_process",
+        "a wasm task takes no exec, so there is no exec'd process to kill",
+    ),
+    (
+        "pids_lists_every_process",
+        "a WASI module cannot start processes: the task is its one runner (its pids and cgroup are wasm::wasm_pids_and_stats_come_from_its_own_cgroup's)",
+    ),
+    // isolation
+    (
+        "capabilities_are_containerds_default_set",
+        "WASI has no Linux capabilities; the module holds only its preopened directories",
+    ),
+    (
+        "namespaces_are_the_specs",
+        "a WASI module sees no Linux namespaces (no /proc); the runner is not namespaced",
+    ),
+    (
+        "hostname_from_the_spec",
+        "WASI has no hostname",
+    ),
+    (
+        "user_and_groups_from_the_spec",
+        "WASI has no uid, gid or groups; the runner does not switch to the spec's user",
+    ),
+    (
+        "only_the_default_devices",
+        "a WASI module sees no /dev: kernel filesystems are not preopened",
+    ),
+    (
+        "rlimits_masked_and_readonly_paths",
+        "a WASI module sees no /proc or /sys to mask and has no rlimits",
+    ),
+    (
+        "seccomp_profile_is_applied",
+        "a WASI module makes no system calls of its own: no seccomp profile applies",
+    ),
+    (
+        "loopback_is_up_in_a_new_network_namespace",
+        "a wasm task has no network (no socket is allowed) and no namespace",
+    ),
+    // exec_isolation
+    (
+        "exec_gets_the_containers_seccomp_profile",
+        "a wasm task takes no exec and has no seccomp profile",
+    ),
+];
 
 /// Tests whose checks the sentry's default policy answers differently from the kernel (and
 /// runc): measured here, listed with what differs, and the sentry issue's to fix (issue 13:

@@ -2,6 +2,7 @@
 
 use std::fs;
 
+use strata_tests::wasi::{Workload, WorkloadRun};
 use strata_tests::{api, harness, strata_only, Runtime};
 
 const ALL_BACKENDS: [&str; 4] = ["native", "sentry", "microvm", "wasm"];
@@ -36,6 +37,9 @@ fn config_json_that_is_not_utf8() {
     let answer = api::create_task_with_raw_spec(h, &c.id, |spec| {
         let mut v: serde_json::Value = serde_json::from_slice(&spec).unwrap();
         v["hostname"] = "HOSTNAME-PLACEHOLDER".into();
+        if h.runtime == Runtime::Strata {
+            v["annotations"]["strata.dev/backend"] = h.tier.name().into();
+        }
         let text = serde_json::to_vec(&v).unwrap();
         let at = text
             .windows(20)
@@ -64,7 +68,7 @@ fn config_json_that_is_not_utf8() {
 fn spec_with_an_unknown_namespace() {
     let h = harness!();
     let c = h.container("badns");
-    let mut spec = c.spec(&["true"]);
+    let mut spec = c.workload_spec(&Workload::new());
     spec["linux"]["namespaces"]
         .as_array_mut()
         .unwrap()
@@ -87,7 +91,9 @@ fn missing_rootfs() {
     cmd.args(["run", "--rm", "--runtime", &c.runtime])
         .arg("--fifo-dir")
         .arg(h.fifo_dir());
-    cmd.args(["--rootfs", &rootfs, &c.id, "/bin/true"]);
+    cmd.args(h.tier_flags());
+    let argv = Workload::new().argv(h);
+    cmd.args(["--rootfs", &rootfs, &c.id]).args(&argv);
     let out = strata_tests::cmd::run(cmd, None, strata_tests::harness::CTR_TIMEOUT).unwrap();
     assert_ne!(out.code, 0, "{out}");
     assert!(
@@ -114,8 +120,8 @@ fn nonexistent_binary() {
 fn second_create_with_the_same_id() {
     let h = harness!();
     let c = h.container("dupid");
-    c.start(&[], &["sleep", "1000"]);
-    let again = c.try_start(&[], &["true"]);
+    c.start_workload(&[], &Workload::new().sleep());
+    let again = c.try_start_workload(&[], &Workload::new());
     assert_ne!(again.code, 0, "{again}");
     assert!(again.stderr.contains("already exists"), "{again}");
     assert_eq!(

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use strata_tests::wasi::{Workload, WorkloadRun};
 use strata_tests::{cgroups, harness};
 
 /// containerd's default capability set (`oci.populateDefaultUnixSpec`), by bit number.
@@ -253,7 +254,7 @@ fn rlimits_masked_and_readonly_paths() {
 fn cgroup_limits_are_applied() {
     let h = harness!();
     let c = h.container("limits");
-    c.start(
+    c.start_workload(
         &[
             "--memory-limit",
             "100663296",
@@ -264,7 +265,7 @@ fn cgroup_limits_are_applied() {
             "--cpu-shares",
             "512",
         ],
-        &["sleep", "1000"],
+        &Workload::new().sleep(),
     );
     let pid = c.pid().unwrap();
     assert_eq!(cgroups::memory_limit(pid), Some(100_663_296));

@@ -6,17 +6,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use strata_tests::cmd::poll;
 use strata_tests::harness;
+use strata_tests::wasi::{self, Workload, WorkloadRun};
 
 #[test]
 fn shim_killed_mid_run_is_cleaned_up() {
     let h = harness!();
     let c = h.container("shimkill");
-    c.start(&[], &["sh", "-c", "sleep 1000 & exec sleep 1001"]);
+    // A child beside the init where the workload is a process (a WASI module is one).
+    let children = if wasi::runs_wasm(h) { 0 } else { 1 };
+    c.start_workload(&[], &Workload::new().children(children).sleep());
     // Start returns once the init may exec; on a loaded machine the shell forks later.
     let workload = poll(Duration::from_secs(20), || {
-        c.pids().ok().filter(|p| p.len() == 2)
+        c.pids().ok().filter(|p| p.len() == 1 + children)
     });
-    let workload = workload.unwrap_or_else(|| panic!("expected 2 processes: {:?}", c.pids()));
+    let workload =
+        workload.unwrap_or_else(|| panic!("expected {} processes: {:?}", 1 + children, c.pids()));
 
     kill(Pid::from_raw(c.shim_pid() as i32), Signal::SIGKILL).unwrap();
 
@@ -50,7 +54,7 @@ fn shim_killed_mid_run_is_cleaned_up() {
     c.assert_no_leaks();
     // containerd still works.
     let c2 = h.container("aftershimkill");
-    let out = c2.run(&["echo", "still-fine"]);
+    let out = c2.run_workload(&Workload::new().out("still-fine\n"));
     assert_eq!(out.stdout, "still-fine\n", "{out}");
     c2.assert_no_leaks();
 }
@@ -64,7 +68,10 @@ fn fifty_containers_in_parallel() {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                s.spawn(move || c.run(&["sh", "-c", &format!("echo hello-{i}; exit {}", i % 7)]))
+                let w = Workload::new()
+                    .out(&format!("hello-{i}\n"))
+                    .exit(i as i32 % 7);
+                s.spawn(move || c.run_workload(&w))
             })
             .collect();
         handles.into_iter().map(|t| t.join().unwrap()).collect()

@@ -13,32 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strata_tests::harness::{Container, CTR_TIMEOUT};
-use strata_tests::{cgroups, cmd, harness, strata_only, Harness, Output};
+use strata_tests::wasi::{module, put_module, rootfs, spawn_spec};
+use strata_tests::{cgroups, cmd, harness, strata_only, Output};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// WASI preview 1 imports and a memory every module below uses.
-const PRELUDE: &str = r#"
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  ;; write(fd, ptr, len) through one iovec at 0..8, result count at 8
-  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
-    (i32.store (i32.const 0) (local.get $ptr))
-    (i32.store (i32.const 4) (local.get $len))
-    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
-"#;
-
-/// A module: PRELUDE plus `body` (functions and data).
-fn module(body: &str) -> Vec<u8> {
-    wat::parse_str(format!("(module {PRELUDE} {body})")).expect("valid WAT")
-}
 
 /// Prints `text` on fd `fd`, then exits with `code`.
 fn print_and_exit(fd: u32, text: &str, code: i32) -> Vec<u8> {
@@ -107,39 +85,12 @@ fn unique_hello(tag: &str) -> Vec<u8> {
     ))
 }
 
-/// The rootfs of a spec made by [`Container::spec`].
-fn rootfs(spec: &Value) -> PathBuf {
-    PathBuf::from(spec["root"]["path"].as_str().expect("spec has a root path"))
-}
-
 /// A spec running `args` on the wasm tier with `wasm` as /app.wasm in the rootfs.
 fn wasm_spec(c: &Container, wasm: &[u8], args: &[&str]) -> Value {
     let mut spec = c.spec(args);
-    std::fs::write(rootfs(&spec).join("app.wasm"), wasm).expect("writing /app.wasm");
+    put_module(&spec, "/app.wasm", wasm);
     spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
     spec
-}
-
-fn write_spec(h: &Harness, spec: &Value) -> PathBuf {
-    let dir = h.info.state.join("specs");
-    std::fs::create_dir_all(&dir).expect("creating the specs directory");
-    let path = dir.join(format!(
-        "wasm-{}-{}.json",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).expect("writing the spec");
-    path
-}
-
-/// `ctr run --rm --config SPEC` in the background.
-fn spawn_spec(c: &Container, spec: &Value) -> (cmd::Background, PathBuf) {
-    let path = write_spec(c.h, spec);
-    let mut cmd = c.h.ctr();
-    cmd.args(["run", "--rm", "--runtime", &c.runtime]);
-    cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
-    cmd.arg("--config").arg(&path).arg(&c.id);
-    (cmd::Background::spawn(cmd).expect("starting ctr"), path)
 }
 
 fn cache_dir() -> PathBuf {
@@ -867,4 +818,48 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
         });
         assert!(clean.is_some(), "left behind: {left:?}");
     });
+}
+
+/// The shared suites' contest module (`strata_tests::wasi`) on its own: each step does what
+/// its busybox rendering does, and a bad script says what is wrong (exit 2), so a shared test
+/// on wasm can fail only for the tier, never silently for the module.
+/// (Its stdin steps are the shared lifecycle tests': `ctr run` with stdin at /dev/null never
+/// closes the task's stdin, on any tier.)
+#[test]
+fn wasm_contest_module_runs_its_script() {
+    use strata_tests::wasi::{contest_module, CONTEST_PATH};
+
+    let h = harness!();
+    strata_only!(h);
+    let cases: &[(&[&str], i32, &str, &str)] = &[
+        (
+            &["out", "a b\n", "err", "e\n", "exit", "7"],
+            7,
+            "a b\n",
+            "e\n",
+        ),
+        (&["fill", "5", "z", "out", "!"], 0, "zzzzz!", ""),
+        (&["busy", "1000", "env"], 0, "A=1\0", ""),
+        (&["args"], 0, "/contest.wasm\0args\0", ""),
+        (&["bogus"], 2, "", "contest: unknown step bogus\n"),
+        (&["exit"], 2, "", "contest: missing operand of exit\n"),
+        (&["fill", "x", "a"], 2, "", "contest: not a number: x\n"),
+    ];
+    for (script, code, stdout, stderr) in cases {
+        let c = h.container("wasm-contest");
+        let mut args = vec![CONTEST_PATH];
+        args.extend(script.iter());
+        let mut spec = c.spec(&args);
+        put_module(&spec, CONTEST_PATH, contest_module());
+        spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+        spec["process"]["env"] = json!(["A=1"]);
+        let out = c.run_spec(&spec, &[]);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (*code, *stdout, *stderr),
+            "{script:?}: {out}\n{}",
+            c.log()
+        );
+        c.remove_and_check();
+    }
 }

@@ -1,0 +1,728 @@
+//! One workload for every tier: a [`Workload`] says what the container's process does (print,
+//! exit, read stdin, sleep until killed, allocate...), and renders either as a busybox shell
+//! command (native, sentry, microvm, runc) or, on the wasm tier, as the argv of the WASI
+//! "contest" module, which takes its behaviour from its arguments (as youki's contest and
+//! runwasi's WasiTest do). So a shared-suite test keeps one body and, on wasm, really runs a
+//! WebAssembly module instead of busybox (which the wasm tier would hand to the native one).
+//!
+//! The contest module is written in WAT ([`CONTEST_WAT`]) and reaches a container two ways: in
+//! an image (busybox plus `/contest.wasm`, imported once per harness) for `ctr run IMAGE`, or
+//! written into the container's own rootfs for a spec ([`WorkloadRun::workload_spec`]).
+//!
+//! Its script: arguments after argv[0] are steps, each a word and its operands, run in order:
+//!
+//! | step | does |
+//! |---|---|
+//! | `out TEXT` / `err TEXT` | writes TEXT to stdout / stderr |
+//! | `exit N` | `proc_exit(N)` (WASI takes 0..=125) |
+//! | `cat` | copies stdin to stdout until end of file |
+//! | `count-stdin` | reads stdin to its end, prints the byte count and a newline |
+//! | `fill N C` | writes N bytes of the character C to stdout |
+//! | `count MS` | prints 1, 2, 3... one a line, every MS milliseconds, forever |
+//! | `busy N` | a loop of N iterations (CPU time) |
+//! | `alloc BYTES` | grows linear memory by BYTES and touches every page; a refused `memory.grow` prints how far it got and exits 12 |
+//! | `sleep` | sleeps (100 ms `poll_oneoff` at a time) until killed |
+//! | `spin` | a tight loop until killed |
+//! | `args` / `env` | writes argv / environ, each entry followed by NUL |
+//!
+//! Returning from the script exits 0. A bad script (unknown step, missing or bad operand)
+//! says so on stderr and exits 2.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+
+use crate::cmd::{self, Background};
+use crate::harness::{Container, CTR_TIMEOUT};
+use crate::image::ImageBuilder;
+use crate::{Harness, Output, Runtime, Tier};
+
+/// Where the contest module lives in its image and in a workload spec's rootfs.
+pub const CONTEST_PATH: &str = "/contest.wasm";
+
+/// The highest exit status a WASI module can give (`proc_exit` takes 0..=125).
+pub const WASI_MAX_EXIT: i32 = 125;
+
+/// WASI preview 1 imports, a memory, and `$write(fd, ptr, len)` (one iovec at 0..8, result
+/// count at 8): the prelude of the small hand-written modules of `tests/tests/wasm.rs`.
+pub const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $env_sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $env_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+"#;
+
+/// A module: [`PRELUDE`] plus `body` (functions and data).
+pub fn module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {PRELUDE} {body})")).expect("valid WAT")
+}
+
+/// The contest's steps, each a NUL-terminated name at a fixed place in its memory (from 512,
+/// 16 bytes apart) and a global `$S_<name>` holding that place.
+const STEPS: &[&str] = &[
+    "out",
+    "err",
+    "exit",
+    "cat",
+    "count-stdin",
+    "fill",
+    "count",
+    "busy",
+    "alloc",
+    "sleep",
+    "spin",
+    "args",
+    "env",
+];
+
+/// The contest module's code. Memory: 0..16 an iovec and the byte count; 16..24 sizes;
+/// 64..112 a clock subscription, 128..160 its event, 160 the event count; 512.. the step
+/// names; 1024..1056 digits; 1100.. messages; page 1 the I/O buffer; from page 2 argv's
+/// pointers, then its strings.
+pub const CONTEST_WAT: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 3)
+  (global $io i32 (i32.const 65536))
+  (global $argv i32 (i32.const 131072))
+  (global $argc (mut i32) (i32.const 0))
+  (global $argbuf (mut i32) (i32.const 0))
+  (global $argbuf_len (mut i32) (i32.const 0))
+  (data (i32.const 1100) "contest: \00")
+  (data (i32.const 1120) "unknown step \00")
+  (data (i32.const 1140) "missing operand of \00")
+  (data (i32.const 1170) "not a number: \00")
+  (data (i32.const 1190) "reading stdin failed, errno \00")
+  (data (i32.const 1220) "poll_oneoff failed, errno \00")
+  (data (i32.const 1250) "memory.grow refused after (bytes) \00")
+  (data (i32.const 1290) "\n\00")
+
+  (func $strlen (param $p i32) (result i32) (local $n i32)
+    (block $end (loop $l
+      (br_if $end (i32.eqz (i32.load8_u (i32.add (local.get $p) (local.get $n)))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l)))
+    (local.get $n))
+
+  (func $streq (param $a i32) (param $b i32) (result i32) (local $c i32)
+    (loop $l
+      (local.set $c (i32.load8_u (local.get $a)))
+      (if (i32.ne (local.get $c) (i32.load8_u (local.get $b))) (then (return (i32.const 0))))
+      (if (i32.eqz (local.get $c)) (then (return (i32.const 1))))
+      (local.set $a (i32.add (local.get $a) (i32.const 1)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $l))
+    (unreachable))
+
+  ;; Writes all of [p, p+len) to fd, however little each fd_write takes; exits 120 if it fails.
+  (func $write_all (param $fd i32) (param $p i32) (param $len i32)
+    (block $done (loop $l
+      (br_if $done (i32.le_s (local.get $len) (i32.const 0)))
+      (i32.store (i32.const 0) (local.get $p))
+      (i32.store (i32.const 4) (local.get $len))
+      (if (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))
+        (then (call $proc_exit (i32.const 120))))
+      (local.set $p (i32.add (local.get $p) (i32.load (i32.const 8))))
+      (local.set $len (i32.sub (local.get $len) (i32.load (i32.const 8))))
+      (br $l))))
+
+  (func $print (param $fd i32) (param $s i32)
+    (call $write_all (local.get $fd) (local.get $s) (call $strlen (local.get $s))))
+
+  ;; The decimal of v and a newline, to fd.
+  (func $print_num (param $fd i32) (param $v i64) (local $p i32)
+    (local.set $p (i32.const 1055))
+    (i32.store8 (local.get $p) (i32.const 10))
+    (loop $l
+      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+      (i32.store8 (local.get $p)
+        (i32.add (i32.const 48) (i32.wrap_i64 (i64.rem_u (local.get $v) (i64.const 10)))))
+      (local.set $v (i64.div_u (local.get $v) (i64.const 10)))
+      (br_if $l (i64.ne (local.get $v) (i64.const 0))))
+    (call $write_all (local.get $fd) (local.get $p) (i32.sub (i32.const 1056) (local.get $p))))
+
+  ;; "contest: MSG DETAIL\n" on stderr, exit 2.
+  (func $die (param $msg i32) (param $detail i32)
+    (call $print (i32.const 2) (i32.const 1100))
+    (call $print (i32.const 2) (local.get $msg))
+    (call $print (i32.const 2) (local.get $detail))
+    (call $print (i32.const 2) (i32.const 1290))
+    (call $proc_exit (i32.const 2)))
+
+  ;; "contest: MSG N\n" on stderr, exit with code.
+  (func $die_num (param $msg i32) (param $n i64) (param $code i32)
+    (call $print (i32.const 2) (i32.const 1100))
+    (call $print (i32.const 2) (local.get $msg))
+    (call $print_num (i32.const 2) (local.get $n))
+    (call $proc_exit (local.get $code)))
+
+  (func $atoi (param $s i32) (result i64) (local $p i32) (local $c i32) (local $v i64)
+    (local.set $p (local.get $s))
+    (if (i32.eqz (i32.load8_u (local.get $p))) (then (call $die (i32.const 1170) (local.get $s))))
+    (block $end (loop $l
+      (local.set $c (i32.load8_u (local.get $p)))
+      (br_if $end (i32.eqz (local.get $c)))
+      (if (i32.gt_u (i32.sub (local.get $c) (i32.const 48)) (i32.const 9))
+        (then (call $die (i32.const 1170) (local.get $s))))
+      (local.set $v (i64.add (i64.mul (local.get $v) (i64.const 10))
+        (i64.extend_i32_u (i32.sub (local.get $c) (i32.const 48)))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (local.get $v))
+
+  ;; Grows memory so that [0, end) is in it.
+  (func $ensure (param $end i32) (local $have i32)
+    (local.set $have (i32.mul (memory.size) (i32.const 65536)))
+    (if (i32.gt_u (local.get $end) (local.get $have))
+      (then (drop (memory.grow (i32.add (i32.const 1)
+        (i32.div_u (i32.sub (local.get $end) (local.get $have)) (i32.const 65536))))))))
+
+  (func $load_args
+    (drop (call $args_sizes_get (i32.const 16) (i32.const 20)))
+    (global.set $argc (i32.load (i32.const 16)))
+    (global.set $argbuf_len (i32.load (i32.const 20)))
+    (global.set $argbuf (i32.add (global.get $argv) (i32.mul (global.get $argc) (i32.const 4))))
+    (call $ensure (i32.add (global.get $argbuf) (global.get $argbuf_len)))
+    (drop (call $args_get (global.get $argv) (global.get $argbuf))))
+
+  ;; argv[i], or a "missing operand" exit naming argv[i-1] (the step).
+  (func $arg (param $i i32) (result i32)
+    (if (i32.ge_u (local.get $i) (global.get $argc))
+      (then (call $die (i32.const 1140) (call $arg (i32.sub (local.get $i) (i32.const 1))))))
+    (i32.load (i32.add (global.get $argv) (i32.mul (local.get $i) (i32.const 4)))))
+
+  ;; Reads stdin to its end, copying it to stdout if asked; the byte count.
+  (func $drain_stdin (param $copy i32) (result i64) (local $n i32) (local $e i32) (local $total i64)
+    (block $eof (loop $l
+      (i32.store (i32.const 0) (global.get $io))
+      (i32.store (i32.const 4) (i32.const 65536))
+      (local.set $e (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (local.get $e) (then (call $die_num (i32.const 1190) (i64.extend_i32_u (local.get $e)) (i32.const 2))))
+      (local.set $n (i32.load (i32.const 8)))
+      (br_if $eof (i32.eqz (local.get $n)))
+      (local.set $total (i64.add (local.get $total) (i64.extend_i32_u (local.get $n))))
+      (if (local.get $copy) (then (call $write_all (i32.const 1) (global.get $io) (local.get $n))))
+      (br $l)))
+    (local.get $total))
+
+  (func $fill (param $n i64) (param $byte i32) (local $chunk i32)
+    (memory.fill (global.get $io) (local.get $byte) (i32.const 65536))
+    (block $done (loop $l
+      (br_if $done (i64.eqz (local.get $n)))
+      (local.set $chunk (if (result i32) (i64.gt_u (local.get $n) (i64.const 65536))
+        (then (i32.const 65536)) (else (i32.wrap_i64 (local.get $n)))))
+      (call $write_all (i32.const 1) (global.get $io) (local.get $chunk))
+      (local.set $n (i64.sub (local.get $n) (i64.extend_i32_u (local.get $chunk))))
+      (br $l))))
+
+  ;; One relative CLOCK_MONOTONIC subscription of ms milliseconds.
+  (func $sleep_ms (param $ms i64) (local $e i32)
+    (memory.fill (i32.const 64) (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.mul (local.get $ms) (i64.const 1000000)))
+    (local.set $e (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 160)))
+    (if (local.get $e) (then (call $die_num (i32.const 1220) (i64.extend_i32_u (local.get $e)) (i32.const 2)))))
+
+  ;; Grows memory page by page by `bytes`, writing to every 4 KiB of each new page.
+  (func $alloc (param $bytes i64) (local $got i64) (local $page i32) (local $p i32)
+    (block $done (loop $l
+      (br_if $done (i64.ge_u (local.get $got) (local.get $bytes)))
+      (local.set $page (memory.grow (i32.const 1)))
+      (if (i32.eq (local.get $page) (i32.const -1))
+        (then (call $die_num (i32.const 1250) (local.get $got) (i32.const 12))))
+      (local.set $p (i32.mul (local.get $page) (i32.const 65536)))
+      (loop $touch
+        (i32.store8 (local.get $p) (i32.const 1))
+        (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+        (br_if $touch (i32.rem_u (local.get $p) (i32.const 65536))))
+      (local.set $got (i64.add (local.get $got) (i64.const 65536)))
+      (br $l))))
+
+  (func $env (local $count i32) (local $strings i32)
+    (drop (call $environ_sizes_get (i32.const 16) (i32.const 20)))
+    (local.set $count (i32.load (i32.const 16)))
+    (local.set $strings (i32.add (global.get $argbuf) (global.get $argbuf_len)))
+    (local.set $strings (i32.add (local.get $strings) (i32.mul (local.get $count) (i32.const 4))))
+    (call $ensure (i32.add (local.get $strings) (i32.load (i32.const 20))))
+    (drop (call $environ_get (i32.add (global.get $argbuf) (global.get $argbuf_len)) (local.get $strings)))
+    (call $write_all (i32.const 1) (local.get $strings) (i32.load (i32.const 20))))
+
+  (func (export "_start") (local $i i32) (local $step i32) (local $n i64) (local $k i64)
+    (call $load_args)
+    (local.set $i (i32.const 1))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (global.get $argc)))
+      (local.set $step (call $arg (local.get $i)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (block $known
+        (if (call $streq (local.get $step) (global.get $S_out)) (then
+          (call $print (i32.const 1) (call $arg (local.get $i)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_err)) (then
+          (call $print (i32.const 2) (call $arg (local.get $i)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_exit)) (then
+          (call $proc_exit (i32.wrap_i64 (call $atoi (call $arg (local.get $i)))))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_cat)) (then
+          (drop (call $drain_stdin (i32.const 1)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_count-stdin)) (then
+          (call $print_num (i32.const 1) (call $drain_stdin (i32.const 0)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_fill)) (then
+          (local.set $n (call $atoi (call $arg (local.get $i))))
+          (call $fill (local.get $n)
+            (i32.load8_u (call $arg (i32.add (local.get $i) (i32.const 1)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 2)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_count)) (then
+          (local.set $n (call $atoi (call $arg (local.get $i))))
+          (loop $forever
+            (local.set $k (i64.add (local.get $k) (i64.const 1)))
+            (call $print_num (i32.const 1) (local.get $k))
+            (call $sleep_ms (local.get $n))
+            (br $forever))))
+        (if (call $streq (local.get $step) (global.get $S_busy)) (then
+          (local.set $n (call $atoi (call $arg (local.get $i))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (block $idle (loop $spin
+            (br_if $idle (i64.eqz (local.get $n)))
+            (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+            (br $spin)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_alloc)) (then
+          (call $alloc (call $atoi (call $arg (local.get $i))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_sleep)) (then
+          (loop $forever
+            (call $sleep_ms (i64.const 100))
+            (br $forever))))
+        (if (call $streq (local.get $step) (global.get $S_spin)) (then
+          (loop $forever (br $forever))))
+        (if (call $streq (local.get $step) (global.get $S_args)) (then
+          (call $write_all (i32.const 1) (global.get $argbuf) (global.get $argbuf_len))
+          (br $known)))
+        (if (call $streq (local.get $step) (global.get $S_env)) (then
+          (call $env)
+          (br $known)))
+        (call $die (i32.const 1120) (local.get $step)))
+      (br $next))))
+"#;
+
+/// The contest module's bytes (compiled from [`CONTEST_WAT`] once).
+pub fn contest_module() -> &'static [u8] {
+    static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let mut names = String::new();
+        for (k, name) in STEPS.iter().enumerate() {
+            let at = 512 + 16 * k;
+            names.push_str(&format!(
+                "(data (i32.const {at}) \"{name}\\00\") (global $S_{name} i32 (i32.const {at}))\n"
+            ));
+        }
+        wat::parse_str(format!("(module {CONTEST_WAT} {names})")).expect("the contest WAT")
+    })
+}
+
+/// Whether the suite runs its containers as WebAssembly: Strata on the wasm tier.
+pub fn runs_wasm(h: &Harness) -> bool {
+    h.runtime == Runtime::Strata && h.tier == Tier::Wasm
+}
+
+/// Whether the suite's containers can take `ctr task exec` (a wasm task is one module
+/// instance: no exec, as in runwasi).
+pub fn has_exec(h: &Harness) -> bool {
+    !runs_wasm(h)
+}
+
+/// The exit statuses to try a workload with: up to 255 where the workload is a process, up
+/// to [`WASI_MAX_EXIT`] for a WASI module.
+pub fn exit_codes(h: &Harness) -> &'static [i32] {
+    if runs_wasm(h) {
+        &[0, 1, 3, WASI_MAX_EXIT]
+    } else {
+        &[0, 1, 3, 255]
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Out(String),
+    Err(String),
+    Exit(i32),
+    Cat,
+    CountStdin,
+    Fill(u64, char),
+    Count(u64),
+    Busy(u64),
+    Alloc(u64),
+    Sleep,
+    Spin,
+    Children(usize),
+}
+
+/// What a container's process does, for any tier: built step by step, rendered as a busybox
+/// shell command or as the contest module's argv ([`Workload::argv`]).
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    steps: Vec<Step>,
+    on_sigterm: Option<(String, i32)>,
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Workload {
+    pub fn new() -> Workload {
+        Workload::default()
+    }
+
+    fn then(mut self, step: Step) -> Workload {
+        self.steps.push(step);
+        self
+    }
+
+    /// Writes `text` to stdout.
+    pub fn out(self, text: &str) -> Workload {
+        self.then(Step::Out(text.into()))
+    }
+
+    /// Writes `text` to stderr.
+    pub fn err(self, text: &str) -> Workload {
+        self.then(Step::Err(text.into()))
+    }
+
+    /// Exits with `code` (at most [`WASI_MAX_EXIT`] on wasm).
+    pub fn exit(self, code: i32) -> Workload {
+        self.then(Step::Exit(code))
+    }
+
+    /// Copies stdin to stdout until its end.
+    pub fn cat(self) -> Workload {
+        self.then(Step::Cat)
+    }
+
+    /// Reads stdin to its end and prints how many bytes it read (as `wc -c`).
+    pub fn count_stdin(self) -> Workload {
+        self.then(Step::CountStdin)
+    }
+
+    /// Writes `n` bytes of `c` to stdout.
+    pub fn fill(self, n: u64, c: char) -> Workload {
+        assert!(c.is_ascii_alphanumeric(), "fill takes a plain character");
+        self.then(Step::Fill(n, c))
+    }
+
+    /// Prints 1, 2, 3..., one a line, every `ms` milliseconds, until killed.
+    pub fn count(self, ms: u64) -> Workload {
+        self.then(Step::Count(ms))
+    }
+
+    /// Burns a little CPU: a loop of `n` iterations.
+    pub fn busy(self, n: u64) -> Workload {
+        self.then(Step::Busy(n))
+    }
+
+    /// Allocates `bytes` and touches every page of them.
+    pub fn alloc(self, bytes: u64) -> Workload {
+        self.then(Step::Alloc(bytes))
+    }
+
+    /// Sleeps until killed.
+    pub fn sleep(self) -> Workload {
+        self.then(Step::Sleep)
+    }
+
+    /// A tight loop until killed.
+    pub fn spin(self) -> Workload {
+        self.then(Step::Spin)
+    }
+
+    /// Starts `n` child processes that sleep until killed. A WASI module cannot start a
+    /// process: only `0` renders for wasm.
+    pub fn children(self, n: usize) -> Workload {
+        self.then(Step::Children(n))
+    }
+
+    /// On SIGTERM, prints `text` and exits with `code`. A process can; a WASI module cannot
+    /// catch a signal (see [`catches_signals`]): rendering this for wasm panics.
+    pub fn on_sigterm(mut self, text: &str, code: i32) -> Workload {
+        self.on_sigterm = Some((text.into(), code));
+        self
+    }
+
+    /// The busybox command: `sh -c SCRIPT`.
+    pub fn shell(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some((text, code)) = &self.on_sigterm {
+            parts.push(format!(
+                "trap \"printf '%s' {}; exit {code}\" TERM",
+                sh_quote(text).replace('"', "\\\"")
+            ));
+        }
+        for step in &self.steps {
+            parts.push(match step {
+                Step::Out(t) => format!("printf '%s' {}", sh_quote(t)),
+                Step::Err(t) => format!("printf '%s' {} >&2", sh_quote(t)),
+                Step::Exit(code) => format!("exit {code}"),
+                Step::Cat => "cat".into(),
+                Step::CountStdin => "wc -c".into(),
+                Step::Fill(n, c) => format!("head -c {n} /dev/zero | tr '\\0' {c}"),
+                Step::Count(ms) => format!(
+                    "i=0; while :; do i=$((i+1)); echo $i; sleep {}.{:03}; done",
+                    ms / 1000,
+                    ms % 1000
+                ),
+                Step::Busy(n) => format!("i=0; while [ $i -lt {n} ]; do i=$((i+1)); done"),
+                Step::Alloc(bytes) => format!("dd if=/dev/zero of=/dev/null bs={bytes} count=1"),
+                // A trap runs only between commands: a shell that catches SIGTERM sleeps in
+                // short steps; else the sleep is the process itself.
+                Step::Sleep if self.on_sigterm.is_some() => "while :; do sleep 0.1; done".into(),
+                Step::Sleep => "exec sleep 100000".into(),
+                Step::Spin => "while :; do :; done".into(),
+                Step::Children(n) => vec!["sleep 100000 &"; *n].join(" "),
+            });
+        }
+        // Newlines, not `;`: a step may end in `&`.
+        vec!["sh".into(), "-c".into(), parts.join("\n")]
+    }
+
+    /// The contest module's argv: [`CONTEST_PATH`] and the steps.
+    pub fn wasi(&self) -> Vec<String> {
+        assert!(
+            self.on_sigterm.is_none(),
+            "a WASI module cannot catch SIGTERM"
+        );
+        let mut argv = vec![CONTEST_PATH.to_string()];
+        for step in &self.steps {
+            let (name, operands): (&str, Vec<String>) = match step {
+                Step::Out(t) => ("out", vec![t.clone()]),
+                Step::Err(t) => ("err", vec![t.clone()]),
+                Step::Exit(code) => {
+                    assert!(
+                        (0..=WASI_MAX_EXIT).contains(code),
+                        "WASI exits with 0..={WASI_MAX_EXIT}, not {code}"
+                    );
+                    ("exit", vec![code.to_string()])
+                }
+                Step::Cat => ("cat", vec![]),
+                Step::CountStdin => ("count-stdin", vec![]),
+                Step::Fill(n, c) => ("fill", vec![n.to_string(), c.to_string()]),
+                Step::Count(ms) => ("count", vec![ms.to_string()]),
+                Step::Busy(n) => ("busy", vec![n.to_string()]),
+                Step::Alloc(bytes) => ("alloc", vec![bytes.to_string()]),
+                Step::Sleep => ("sleep", vec![]),
+                Step::Spin => ("spin", vec![]),
+                Step::Children(0) => continue,
+                Step::Children(n) => panic!("a WASI module cannot start {n} processes"),
+            };
+            argv.push(name.into());
+            argv.extend(operands);
+        }
+        argv
+    }
+
+    /// The process argv for the suite's target: the contest's on wasm, else busybox's.
+    pub fn argv(&self, h: &Harness) -> Vec<String> {
+        if runs_wasm(h) {
+            self.wasi()
+        } else {
+            self.shell()
+        }
+    }
+}
+
+/// Whether the workload can catch a signal: a process can, a WASI module cannot (WASI has no
+/// signal handlers; SIGTERM ends it as 143, see docs/wasm.md).
+pub fn catches_signals(h: &Harness) -> bool {
+    !runs_wasm(h)
+}
+
+/// The image that holds the contest module (busybox plus [`CONTEST_PATH`]), imported into the
+/// harness's namespace on first use.
+pub fn contest_image(h: &Harness) -> String {
+    static IMPORTED: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let mut imported = IMPORTED.get_or_init(Default::default).lock().unwrap();
+    imported
+        .entry(h.info.namespace.clone())
+        .or_insert_with(|| {
+            let name = "localhost/strata-test/contest:1";
+            let mut image = ImageBuilder::busybox(name).expect("the busybox image");
+            image.file(
+                CONTEST_PATH.trim_start_matches('/'),
+                contest_module().to_vec(),
+                0o644,
+            );
+            h.import_image(&image).expect("importing the contest image");
+            name.to_string()
+        })
+        .clone()
+}
+
+/// The rootfs of a spec made by [`Container::spec`].
+pub fn rootfs(spec: &Value) -> PathBuf {
+    PathBuf::from(spec["root"]["path"].as_str().expect("spec has a root path"))
+}
+
+/// Writes `wasm` into the rootfs of `spec` at `path` (absolute inside the rootfs).
+pub fn put_module(spec: &Value, path: &str, wasm: &[u8]) {
+    let at = rootfs(spec).join(path.trim_start_matches('/'));
+    std::fs::write(&at, wasm).unwrap_or_else(|e| panic!("writing {}: {e}", at.display()));
+}
+
+/// Writes `spec` to a file of the harness's own, for `ctr run --config`.
+pub fn write_spec(h: &Harness, spec: &Value) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = h.info.state.join("specs");
+    std::fs::create_dir_all(&dir).expect("creating the specs directory");
+    let path = dir.join(format!(
+        "w-{}-{}.json",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(spec).unwrap()).expect("writing the spec");
+    path
+}
+
+/// `ctr run --rm --config SPEC ID` in the background; the spec file is returned to be removed.
+pub fn spawn_spec(c: &Container, spec: &Value) -> (Background, PathBuf) {
+    let path = write_spec(c.h, spec);
+    let mut cmd = c.h.ctr();
+    cmd.args(["run", "--rm", "--runtime", &c.runtime]);
+    cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
+    cmd.arg("--config").arg(&path).arg(&c.id);
+    (Background::spawn(cmd).expect("starting ctr"), path)
+}
+
+/// Running a [`Workload`] in a [`Container`]: the same calls as the harness's `run`, `spawn`,
+/// `start`, with the workload rendered for the suite's target. On wasm the container runs the
+/// contest image; elsewhere this is exactly the harness's busybox call.
+pub trait WorkloadRun {
+    /// `ctr run --rm`: runs to completion.
+    fn run_workload(&self, w: &Workload) -> Output {
+        self.run_workload_with(&[], w, None)
+    }
+    /// `ctr run --rm` with extra `flags`, feeding `stdin`.
+    fn run_workload_with(&self, flags: &[&str], w: &Workload, stdin: Option<&[u8]>) -> Output;
+    /// `ctr run --rm` in the background.
+    fn spawn_workload(&self, flags: &[&str], w: &Workload) -> Background;
+    /// `ctr run -d`; panics if that fails.
+    fn start_workload(&self, flags: &[&str], w: &Workload);
+    /// `ctr run -d`, returning what ctr said.
+    fn try_start_workload(&self, flags: &[&str], w: &Workload) -> Output;
+    /// A spec running `w` ([`Container::spec`]; on wasm with the contest in its rootfs).
+    fn workload_spec(&self, w: &Workload) -> Value;
+}
+
+/// `ctr run` of the contest image, as the harness's own `ctr run` but for the image.
+fn contest_run(c: &Container, detach: bool, flags: &[&str], w: &Workload) -> Command {
+    let mut cmd = c.h.ctr();
+    cmd.arg("run").arg(if detach { "-d" } else { "--rm" });
+    cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
+    cmd.arg("--runtime").arg(&c.runtime);
+    cmd.args(c.h.tier_flags()).args(flags);
+    cmd.arg(contest_image(c.h)).arg(&c.id).args(w.wasi());
+    cmd
+}
+
+impl WorkloadRun for Container<'_> {
+    fn run_workload_with(&self, flags: &[&str], w: &Workload, stdin: Option<&[u8]>) -> Output {
+        if !runs_wasm(self.h) {
+            let argv = w.shell();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            return self.run_with(flags, &argv, stdin);
+        }
+        cmd::run(contest_run(self, false, flags, w), stdin, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    fn spawn_workload(&self, flags: &[&str], w: &Workload) -> Background {
+        if !runs_wasm(self.h) {
+            let argv = w.shell();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            return self.spawn(flags, &argv);
+        }
+        Background::spawn(contest_run(self, false, flags, w)).expect("starting ctr")
+    }
+
+    fn start_workload(&self, flags: &[&str], w: &Workload) {
+        let out = self.try_start_workload(flags, w);
+        assert!(out.success(), "starting {} failed: {out}", self.id);
+    }
+
+    fn try_start_workload(&self, flags: &[&str], w: &Workload) -> Output {
+        if !runs_wasm(self.h) {
+            let argv = w.shell();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            return self.try_start(flags, &argv);
+        }
+        cmd::run(contest_run(self, true, flags, w), None, CTR_TIMEOUT).expect("running ctr")
+    }
+
+    fn workload_spec(&self, w: &Workload) -> Value {
+        let argv = w.argv(self.h);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let spec = self.spec(&argv);
+        if runs_wasm(self.h) {
+            put_module(&spec, CONTEST_PATH, contest_module());
+        }
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contest_module_compiles() {
+        assert_eq!(&contest_module()[..4], b"\0asm");
+    }
+
+    #[test]
+    fn renders_for_both() {
+        let w = Workload::new().out("it's\n").err("e").fill(3, 'a').exit(3);
+        assert_eq!(
+            w.shell()[2],
+            "printf '%s' 'it'\\''s\n'\nprintf '%s' 'e' >&2\nhead -c 3 /dev/zero | tr '\\0' a\nexit 3"
+        );
+        assert_eq!(
+            w.wasi(),
+            [
+                CONTEST_PATH,
+                "out",
+                "it's\n",
+                "err",
+                "e",
+                "fill",
+                "3",
+                "a",
+                "exit",
+                "3"
+            ]
+        );
+    }
+}
