@@ -562,23 +562,31 @@ pub fn catches_signals(h: &Harness) -> bool {
     !runs_wasm(h)
 }
 
-/// The image that holds the contest module (busybox plus [`CONTEST_PATH`]), imported into the
-/// harness's namespace on first use.
+/// Name of the image that holds the contest module.
+pub const CONTEST_IMAGE: &str = "localhost/strata-test/contest:1";
+
+/// The contest image: busybox plus the contest module at [`CONTEST_PATH`].
+pub fn contest_image_builder() -> ImageBuilder {
+    let mut image = ImageBuilder::busybox(CONTEST_IMAGE).expect("the busybox image");
+    image.file(
+        CONTEST_PATH.trim_start_matches('/'),
+        contest_module().to_vec(),
+        0o644,
+    );
+    image
+}
+
+/// The contest image ([`contest_image_builder`]), imported into the harness's namespace on
+/// first use; its name.
 pub fn contest_image(h: &Harness) -> String {
     static IMPORTED: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
     let mut imported = IMPORTED.get_or_init(Default::default).lock().unwrap();
     imported
         .entry(h.info.namespace.clone())
         .or_insert_with(|| {
-            let name = "localhost/strata-test/contest:1";
-            let mut image = ImageBuilder::busybox(name).expect("the busybox image");
-            image.file(
-                CONTEST_PATH.trim_start_matches('/'),
-                contest_module().to_vec(),
-                0o644,
-            );
-            h.import_image(&image).expect("importing the contest image");
-            name.to_string()
+            h.import_image(&contest_image_builder())
+                .expect("importing the contest image");
+            CONTEST_IMAGE.to_string()
         })
         .clone()
 }

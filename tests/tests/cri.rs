@@ -16,6 +16,7 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use strata_tests::cmd::poll;
 use strata_tests::cri::{self, CriEnv};
+use strata_tests::wasi::{self, Workload};
 use strata_tests::{leaks, not_applicable, skip, tier_gate, HarnessError, Tier};
 
 fn env(test: &str) -> Option<CriEnv> {
@@ -54,6 +55,14 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
         return;
     };
     let log = |id: &str| env.harness.log_lines(id, 20);
+    // On wasm the pod's containers run the contest module: busybox (ELF) would run on the
+    // native tier there (docs/wasm.md). A module takes no exec, so the ExecSync checks of the
+    // pod's namespaces are for the other tiers; on wasm each container is a wasm runner.
+    let wasm = env.handler == Tier::Wasm.cri_handler();
+    if wasm {
+        env.import(&wasi::contest_image_builder())
+            .expect("importing the contest image");
+    }
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
         let pod_config = env.pod_config("strata-smoke", HashMap::new());
@@ -98,7 +107,13 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
 
         let mut containers = Vec::new();
         for name in ["one", "two"] {
-            let cfg = env.container_config(name, &["sleep", "3600"]);
+            let mut cfg = env.container_config(name, &["sleep", "3600"]);
+            if wasm {
+                let argv = Workload::new().sleep().wasi();
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                cfg = env.container_config(name, &argv);
+                cfg.image.as_mut().unwrap().image = wasi::CONTEST_IMAGE.into();
+            }
             match c.start_container(&pod, &cfg, &pod_config).await {
                 Ok(id) => containers.push(id),
                 Err(s) => panic!(
@@ -113,7 +128,22 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
         for id in &containers {
             let (st, info) = c.container_status(id).await.expect("ContainerStatus");
             assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
-            pids.push(cri::info_pid(&info).expect("container pid"));
+            let pid = cri::info_pid(&info).expect("container pid");
+            pids.push(pid);
+            if wasm {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                assert!(
+                    cmdline.starts_with(b"strata-wasm:"),
+                    "container {id} is not a wasm runner: {:?}",
+                    String::from_utf8_lossy(&cmdline)
+                );
+                let refused = c.exec_sync(id, &["echo", "hello from the pod"]).await;
+                assert!(
+                    refused.is_err(),
+                    "ExecSync into a wasm container: {refused:?}"
+                );
+                continue;
+            }
 
             let r = c
                 .exec_sync(id, &["echo", "hello from the pod"])
