@@ -72,6 +72,11 @@ pub const WASM: &[(&str, &str)] = &[
         "loopback_is_up_in_a_new_network_namespace",
         "a wasm task has no network (no socket is allowed) and no namespace",
     ),
+    // user_specs
+    (
+        "a_missing_absolute_program_fails_at_create",
+        "on wasm an entrypoint that is no ELF is a module: a missing one fails with the tier's own error (\"the module /bin/no-such-program does not exist in the container's root filesystem, and its image ... has no WebAssembly layer\"), not runc's exec error; bad_input::nonexistent_binary checks it names the program",
+    ),
     // exec_isolation
     (
         "exec_gets_the_containers_seccomp_profile",
