@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strata_tests::harness::{Container, CTR_TIMEOUT};
+use strata_tests::pty::PtyChild;
 use strata_tests::wasi::{module, put_module, rootfs, spawn_spec};
 use strata_tests::{cgroups, cmd, harness, strata_only, Output};
 
@@ -862,4 +863,94 @@ fn wasm_contest_module_runs_its_script() {
         );
         c.remove_and_check();
     }
+}
+
+/// A spec running the contest module with `script` on the wasm tier.
+fn contest_spec(c: &Container, script: &[&str]) -> Value {
+    use strata_tests::wasi::{contest_module, CONTEST_PATH};
+
+    let mut args = vec![CONTEST_PATH];
+    args.extend(script);
+    let mut spec = c.spec(&args);
+    put_module(&spec, CONTEST_PATH, contest_module());
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    spec
+}
+
+/// A module blocked in a host call (reading stdin) reaches no epoch check: SIGTERM still ends
+/// it within a second (the runner takes the signal's default action 500 ms after it).
+#[test]
+fn wasm_sigterm_ends_a_module_blocked_on_stdin() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-term-stdin");
+    let (mut bg, path) = spawn_spec(&c, &contest_spec(&c, &["out", "ready\n", "cat"]));
+    assert!(
+        bg.wait_stdout("ready", Duration::from_secs(30)),
+        "never ran: {}\n{}",
+        bg.stderr(),
+        c.log()
+    );
+    bg.write_stdin(b"echoed\n").unwrap();
+    assert!(
+        bg.wait_stdout("echoed", Duration::from_secs(10)),
+        "{}",
+        bg.stderr()
+    );
+    let t = Instant::now();
+    let k = c.kill("SIGTERM");
+    assert!(k.success(), "{k}");
+    let out = bg.wait(CTR_TIMEOUT);
+    let took = t.elapsed();
+    assert_eq!(out.code, 143, "{out}\n{}", c.log());
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+}
+
+/// What a wasm task cannot do (exec, a terminal) is refused with an error that says so; the
+/// running task is not disturbed and nothing is left.
+#[test]
+fn wasm_exec_and_terminal_are_refused_clearly() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-noexec");
+    let (bg, path) = spawn_spec(&c, &contest_spec(&c, &["sleep"]));
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "never ran\n{}",
+        c.log()
+    );
+    let out = c.exec("e1", &["/contest.wasm", "out", "x"]);
+    assert!(!out.success(), "an exec into a wasm task ran: {out}");
+    assert!(
+        out.stderr.contains("not supported") || out.stderr.contains("not implemented"),
+        "the error should say exec is not supported: {out}"
+    );
+    eprintln!("exec refused: {}", out.stderr.trim());
+    assert_eq!(c.status().as_deref(), Some("RUNNING"), "{}", c.log());
+    assert!(c.kill("SIGKILL").success());
+    assert_eq!(bg.wait(CTR_TIMEOUT).code, 137);
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+
+    let c = h.container("wasm-notty");
+    let mut spec = contest_spec(&c, &["out", "x"]);
+    spec["process"]["terminal"] = json!(true);
+    let path = strata_tests::wasi::write_spec(h, &spec);
+    let mut cmd = h.ctr();
+    cmd.args(["run", "--rm", "-t", "--runtime", &c.runtime]);
+    cmd.arg("--fifo-dir").arg(h.fifo_dir());
+    cmd.arg("--config").arg(&path).arg(&c.id);
+    let (code, screen) = PtyChild::spawn(cmd, 40, 100)
+        .unwrap()
+        .wait(Duration::from_secs(30));
+    let _ = std::fs::remove_file(path);
+    assert_ne!(code, 0, "a wasm task got a terminal: {screen}");
+    eprintln!("terminal refused: {}", screen.trim());
+    assert!(
+        screen.contains("terminal"),
+        "the error should name the terminal: {screen}"
+    );
+    c.remove_and_check();
 }
