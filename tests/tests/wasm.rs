@@ -323,6 +323,13 @@ fn wasm_sigterm_interrupts_an_infinite_loop_within_a_second() {
     kill_within("SIGTERM", 143);
 }
 
+/// SIGINT takes the same path as SIGTERM (epoch interruption), and the runner dies of SIGINT
+/// itself: 130, as a process that does not catch it.
+#[test]
+fn wasm_sigint_interrupts_an_infinite_loop_within_a_second() {
+    kill_within("SIGINT", 130);
+}
+
 #[test]
 fn wasm_pids_and_stats_come_from_its_own_cgroup() {
     let h = harness!();

@@ -10,15 +10,15 @@
 //!    create, and its errors are the create's errors;
 //! 3. waits for the start byte, then runs it. The exit status is `proc_exit`'s code (0 when
 //!    the entry returns), 134 for a trap (with the trap on stderr, as the wasmtime CLI does),
-//!    143 for SIGTERM (epoch interruption stops even a tight loop; a module blocked in a host
-//!    call gets the default action after a grace period), 137 for SIGKILL.
+//!    143 for SIGTERM and 130 for SIGINT (epoch interruption stops even a tight loop; a module
+//!    blocked in a host call gets the default action after a grace period), 137 for SIGKILL.
 //!
 //! When the control pipe closes (the shim died), the runner kills itself: a task never
 //! outlives its shim.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,7 +195,7 @@ pub enum Prepared {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
-    /// Stopped by epoch interruption (SIGTERM).
+    /// Stopped by epoch interruption (SIGTERM or SIGINT).
     Interrupted,
     /// A trap or another runtime error; the message is for stderr.
     Trapped(String),
@@ -488,17 +488,22 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
             while matches!(control.read(&mut buf), Ok(n) if n > 0) {}
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         });
-    let interrupted = Arc::new(AtomicBool::new(false));
-    watch_signals(&engine, interrupted.clone());
+    let interrupted_by = Arc::new(AtomicI32::new(0));
+    watch_signals(&engine, interrupted_by.clone());
     let exit = prepared.run();
     let _ = std::io::stdout().flush();
     match exit {
         Exit::Code(c) => c,
         Exit::Interrupted => {
             let _ = std::io::stderr().flush();
-            // Die of the signal that stopped it, so containerd sees 128+SIGTERM.
-            let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGTERM);
-            128 + signal_hook::consts::SIGTERM
+            // Die of the signal that stopped it (SIGTERM or SIGINT), so containerd sees
+            // 128 + that signal, as for a process that does not catch it.
+            let sig = match interrupted_by.load(Ordering::SeqCst) {
+                0 => signal_hook::consts::SIGTERM,
+                sig => sig,
+            };
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            128 + sig
         }
         Exit::Trapped(msg) => {
             eprintln!("Error: {msg}");
@@ -523,7 +528,8 @@ fn read_config(control: &mut std::fs::File) -> std::io::Result<TaskConfig> {
 
 /// SIGTERM and SIGINT stop the module at its next epoch check; a module that does not reach
 /// one within [`TERM_GRACE`] (blocked in a host call) gets the signal's default action.
-fn watch_signals(engine: &Engine, interrupted: Arc<AtomicBool>) {
+/// The signal is stored in `interrupted_by` before the epoch moves.
+fn watch_signals(engine: &Engine, interrupted_by: Arc<AtomicI32>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
         return;
@@ -533,7 +539,7 @@ fn watch_signals(engine: &Engine, interrupted: Arc<AtomicBool>) {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                interrupted.store(true, Ordering::SeqCst);
+                interrupted_by.store(sig, Ordering::SeqCst);
                 engine.increment_epoch();
                 std::thread::sleep(TERM_GRACE);
                 let _ = std::io::stdout().flush();
