@@ -498,7 +498,11 @@ impl Workload {
                     ms % 1000
                 ),
                 Step::Busy(n) => format!("i=0; while [ $i -lt {n} ]; do i=$((i+1)); done"),
-                Step::Alloc(bytes) => format!("dd if=/dev/zero of=/dev/null bs={bytes} count=1"),
+                // The workload ends with dd's status when dd fails (137 when OOM-killed), as
+                // the contest does when it is killed itself.
+                Step::Alloc(bytes) => {
+                    format!("dd if=/dev/zero of=/dev/null bs={bytes} count=1 || exit $?")
+                }
                 // A trap runs only between commands: a shell that catches SIGTERM sleeps in
                 // short steps; else the sleep is the process itself.
                 Step::Sleep if self.on_sigterm.is_some() => "while :; do sleep 0.1; done".into(),

@@ -401,12 +401,22 @@ fn stats_report_usage() {
 fn update_memory_limit() {
     let h = harness!();
     let c = h.container("update");
-    c.start_workload(&["--memory-limit", "268435456"], &Workload::new().sleep());
+    // The init waits for the end of its stdin, then allocates 64 MiB: after the update to
+    // 48 MiB that must be OOM-killed, on every tier (on wasm the module's linear-memory cap
+    // stays the create's 256 MiB: only the updated cgroup can stop it).
+    let mut bg = c.spawn_workload(
+        &["--memory-limit", "268435456"],
+        &Workload::new()
+            .out("ready\n")
+            .count_stdin()
+            .alloc(64 << 20)
+            .out("survived\n"),
+    );
+    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
     let pid = c.pid().unwrap();
     assert_eq!(cgroups::memory_limit(pid), Some(268_435_456));
-    // Where the container takes execs, they show the new limit binding: 16 MiB allocates
-    // under any of the limits below; 64 MiB does not fit in 48 MiB. (A wasm task has no exec;
-    // its limit binding a module is oom_kill_is_reported's.)
+    // Where the container takes execs (a wasm task does not), they show the new limit too:
+    // 16 MiB allocates under any of the limits below; 64 MiB does not fit in 48 MiB.
     let execs = wasi::has_exec(h);
     if execs {
         assert_eq!(
@@ -428,26 +438,31 @@ fn update_memory_limit() {
     );
     let m = c.metrics().unwrap();
     assert_eq!(cgroups::metric_memory_limit(&m), Some(50_331_648), "{m}");
-    if !execs {
-        c.remove_and_check();
-        return;
+    if execs {
+        assert_eq!(
+            c.exec(
+                "small",
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]
+            )
+            .code,
+            0
+        );
+        let big = c.exec(
+            "big",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        );
+        assert_eq!(
+            big.code, 137,
+            "64 MiB under a 48 MiB limit must be OOM-killed: {big}"
+        );
     }
+    bg.close_stdin();
+    let out = bg.wait(SECS(30));
     assert_eq!(
-        c.exec(
-            "small",
-            &["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]
-        )
-        .code,
-        0
+        out.code, 137,
+        "the init's 64 MiB under the updated 48 MiB limit must be OOM-killed: {out}"
     );
-    let big = c.exec(
-        "big",
-        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-    );
-    assert_eq!(
-        big.code, 137,
-        "64 MiB under a 48 MiB limit must be OOM-killed: {big}"
-    );
+    assert!(!out.stdout.contains("survived"), "{out}");
     c.remove_and_check();
 }
 
