@@ -77,6 +77,34 @@ pub const WASM: &[(&str, &str)] = &[
         "a_missing_absolute_program_fails_at_create",
         "on wasm an entrypoint that is no ELF is a module: a missing one fails with the tier's own error (\"the module /bin/no-such-program does not exist in the container's root filesystem, and its image ... has no WebAssembly layer\"), not runc's exec error; bad_input::nonexistent_binary checks it names the program",
     ),
+    (
+        "no_path_and_an_absolute_program_runs",
+        "finding an ELF program by PATH: on wasm an ELF entrypoint is handed to the native tier, so this would test native again; the wasm runner takes args[0] as the module's path and never reads PATH",
+    ),
+    (
+        "no_path_and_an_absolute_program_runs_in_exec",
+        "a wasm task takes no exec",
+    ),
+    (
+        "no_path_and_a_bare_program_fails_as_with_runc",
+        "finding an ELF program by PATH (runc's error text): the wasm runner never reads PATH",
+    ),
+    (
+        "ctr_run_rootfs_runs",
+        "ctr run --rootfs starts busybox (ELF), which the wasm tier hands to the native tier; wasm::wasm_reads_a_rootfs_file covers a module in a plain rootfs",
+    ),
+    (
+        "a_numeric_user_without_a_passwd_entry_runs",
+        "WASI has no uid, gid or passwd; the runner does not switch to the spec's user",
+    ),
+    (
+        "rshared_propagation_goes_both_ways",
+        "a WASI module cannot mount, and sees its volumes as preopened directories, not as mounts with a propagation",
+    ),
+    (
+        "rslave_propagation_comes_from_the_host_only",
+        "a WASI module cannot mount, and sees its volumes as preopened directories, not as mounts with a propagation",
+    ),
     // exec_isolation
     (
         "exec_gets_the_containers_seccomp_profile",
