@@ -19,18 +19,31 @@ use crate::cmd::{self, Output};
 /// How long one handler's critest run may take before it is killed.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
-/// `../shared/tools/critest` from the repository (or `STRATA_CRITEST`).
-pub fn critest_path() -> PathBuf {
+/// Where critest is looked for, in order: `STRATA_CRITEST`, `../shared/tools/critest` beside
+/// the repository (the workplace's layout), and `/work/shared/tools/critest` (the same tools
+/// where a clone of the repository sits elsewhere, as CI's does).
+pub fn critest_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("STRATA_CRITEST") {
-        return PathBuf::from(p);
+        return vec![PathBuf::from(p)];
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     // tests/ -> the repository -> its parent, which holds shared/tools.
-    manifest
+    let beside = manifest
         .parent()
         .and_then(Path::parent)
         .map(|p| p.join("shared/tools/critest"))
-        .unwrap_or_else(|| PathBuf::from("../shared/tools/critest"))
+        .unwrap_or_else(|| PathBuf::from("../shared/tools/critest"));
+    vec![beside, PathBuf::from("/work/shared/tools/critest")]
+}
+
+/// The first of [`critest_candidates`] that exists, else the first candidate.
+pub fn critest_path() -> PathBuf {
+    let candidates = critest_candidates();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .unwrap_or(&candidates[0])
+        .clone()
 }
 
 /// What became of one spec.

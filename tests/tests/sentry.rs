@@ -750,7 +750,14 @@ fn a_pod_picks_a_policy_only_within_the_configuration() {
     let cfg_flag = cfg.to_str().unwrap();
     let run = |name: &str, policy: Option<&str>| {
         let c = h.container(name);
-        let mut flags = vec!["--runtime-config-path", cfg_flag];
+        // The configuration allows the sentry only: the harness's tier annotation (native
+        // unless STRATA_TEST_TIER says otherwise) is overridden by a later one.
+        let mut flags = vec![
+            "--runtime-config-path",
+            cfg_flag,
+            "--annotation",
+            "strata.dev/backend=sentry",
+        ];
         let ann;
         if let Some(p) = policy {
             ann = format!("strata.dev/sentry-policy={p}");
