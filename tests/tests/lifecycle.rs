@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_tests::cgroups;
+use strata_tests::daemon::{self, ContainerdVersion};
 use strata_tests::events::Events;
 use strata_tests::pty::PtyChild;
 use strata_tests::wasi::{self, Workload, WorkloadRun};
-use strata_tests::{api, harness};
+use strata_tests::{api, harness, Runtime};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -504,11 +505,13 @@ fn events_in_containerd_order() {
     assert!(c.kill("SIGKILL").success());
     assert!(c.wait_status("STOPPED", SECS(10)), "{:?}", c.status());
     assert!(h.ctr_run(&["task", "rm", &c.id]).success());
-    assert!(
-        events.wait_for(&c.id, "/tasks/delete", SECS(10)),
-        "{}",
-        events.dump()
-    );
+    // containerd 2.1.9's runc shim publishes /tasks/delete asynchronously and is shut down
+    // right after the delete: now and then (2 runs in 7 here, twice in a row once) the event
+    // is lost with it. The baseline tolerates that runc race; Strata must always send it.
+    let runc_may_drop_delete =
+        h.runtime == Runtime::Runc && daemon::containerd_version() == ContainerdVersion::V2_1;
+    let deleted = events.wait_for(&c.id, "/tasks/delete", SECS(10));
+    assert!(deleted || runc_may_drop_delete, "{}", events.dump());
     let topics: Vec<String> = events
         .topics(&c.id)
         .into_iter()
@@ -519,7 +522,7 @@ fn events_in_containerd_order() {
     } else {
         &[]
     };
-    let want: Vec<&str> = ["/tasks/create", "/tasks/start"]
+    let mut want: Vec<&str> = ["/tasks/create", "/tasks/start"]
         .iter()
         .chain(exec_events)
         .chain(&[
@@ -530,6 +533,9 @@ fn events_in_containerd_order() {
         ])
         .copied()
         .collect();
+    if !deleted {
+        want.pop();
+    }
     assert_eq!(topics, want, "all events:\n{}", events.dump());
     let exits: Vec<String> = events
         .for_id(&c.id)
