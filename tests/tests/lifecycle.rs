@@ -419,15 +419,16 @@ fn update_memory_limit() {
     // Where the container takes execs (a wasm task does not), they show the new limit too:
     // 16 MiB allocates under any of the limits below; 64 MiB does not fit in 48 MiB.
     let execs = wasi::has_exec(h);
+    // An exec that allocates `mib` MiB in one buffer: its exit code.
+    let dd = |exec_id: &str, mib: u32| {
+        let bs = format!("bs={mib}M");
+        c.exec(
+            exec_id,
+            &["dd", "if=/dev/zero", "of=/dev/null", &bs, "count=1"],
+        )
+    };
     if execs {
-        assert_eq!(
-            c.exec(
-                "before",
-                &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
-            )
-            .code,
-            0
-        );
+        assert_eq!(dd("before", 64).code, 0);
     }
     let answer = api::update_resources(h, &c.id, &json!({ "memory": { "limit": 50_331_648 } }))
         .expect("talking to containerd");
@@ -440,18 +441,8 @@ fn update_memory_limit() {
     let m = c.metrics().unwrap();
     assert_eq!(cgroups::metric_memory_limit(&m), Some(50_331_648), "{m}");
     if execs {
-        assert_eq!(
-            c.exec(
-                "small",
-                &["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]
-            )
-            .code,
-            0
-        );
-        let big = c.exec(
-            "big",
-            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-        );
+        assert_eq!(dd("small", 16).code, 0);
+        let big = dd("big", 64);
         assert_eq!(
             big.code, 137,
             "64 MiB under a 48 MiB limit must be OOM-killed: {big}"
