@@ -149,17 +149,8 @@ pub fn check_containerd() -> Result<ContainerdVersion, HarnessError> {
     Ok(version)
 }
 
-/// What that containerd says it is (`containerd --version`), e.g.
-/// `containerd github.com/containerd/containerd/v2 2.1.9+unknown`; empty if it does not run.
-pub fn containerd_version_line() -> String {
-    let mut c = containerd_version().command("containerd");
-    c.arg("--version");
-    cmd::run(c, None, Duration::from_secs(20))
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
+/// `prog`'s path on this process's PATH, if it is there.
+pub(crate) fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(prog))

@@ -155,22 +155,6 @@ impl fmt::Display for Tier {
     }
 }
 
-/// What the suite runs against, for labels: `runc`, or `strata-<tier>`.
-pub fn target_label(runtime: Runtime, tier: Tier) -> String {
-    match runtime {
-        Runtime::Runc => "runc".into(),
-        Runtime::Strata => format!("strata-{tier}"),
-    }
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(prog))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Checks what the suite needs on this machine, for `runtime` with the shim in `shim_dir`.
 pub fn check_prerequisites(runtime: Runtime, shim_dir: &Path) -> Result<(), HarnessError> {
     if !nix::unistd::geteuid().is_root() {
@@ -178,14 +162,13 @@ pub fn check_prerequisites(runtime: Runtime, shim_dir: &Path) -> Result<(), Harn
             "the integration tests need root (containerd, mounts, cgroups)".into(),
         ));
     }
-    for prog in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-        if which(prog).is_none() {
-            return Err(HarnessError::Missing(format!(
-                "`{prog}` is not on PATH: run scripts/install-deps"
-            )));
-        }
-    }
+    // containerd, ctr and the runc shim of the version under test; runc itself from PATH.
     crate::daemon::check_containerd()?;
+    if crate::daemon::which("runc").is_none() {
+        return Err(HarnessError::Missing(
+            "`runc` is not on PATH: run scripts/install-deps".into(),
+        ));
+    }
     if !Path::new(crate::image::BUSYBOX).is_file() {
         return Err(HarnessError::Missing(format!(
             "{} is missing: apt-get install busybox-static",
@@ -327,11 +310,6 @@ impl Harness {
             Runtime::Strata => vec!["--annotation".into(), self.tier.annotation()],
             Runtime::Runc => Vec::new(),
         }
-    }
-
-    /// `strata-<tier>` or `runc`: what the suite runs against.
-    pub fn target(&self) -> String {
-        target_label(self.runtime, self.tier)
     }
 
     /// Where `ctr` keeps the FIFOs of the stdio it attaches (`--fifo-dir`). They are the
