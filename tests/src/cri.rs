@@ -43,8 +43,6 @@ pub const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
 pub const PAUSE_IMAGE: &str = "localhost/strata-test/pause:3.9";
 /// The containerd namespace the CRI plugin works in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-/// The CRI handler that runs pods on Strata's native tier.
-pub const STRATA_NATIVE_HANDLER: &str = "strata-native";
 /// How long one CRI call may take.
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(90);
 
