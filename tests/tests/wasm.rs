@@ -301,6 +301,20 @@ fn kill_within(signal: &str, want: i32) {
     );
     // It really spins: let it burn CPU for a moment.
     std::thread::sleep(Duration::from_millis(300));
+    let took = assert_ends_within_a_second(&c, bg, path, signal, want);
+    eprintln!("{signal}: the spinning module was gone after {took:?}");
+}
+
+/// Sends `signal` to the running task `c` (started by `spawn_spec`, whose spec file is
+/// `path`), asserts that `ctr run` ends with `want` within a second, then removes the container
+/// and checks that nothing is left. Returns how long the task took to end.
+fn assert_ends_within_a_second(
+    c: &Container,
+    bg: cmd::Background,
+    path: PathBuf,
+    signal: &str,
+    want: i32,
+) -> Duration {
     let t = Instant::now();
     let k = c.kill(signal);
     assert!(k.success(), "{k}");
@@ -308,9 +322,9 @@ fn kill_within(signal: &str, want: i32) {
     let took = t.elapsed();
     assert_eq!(out.code, want, "{out}\n{}", c.log());
     assert!(took < Duration::from_secs(1), "{signal} took {took:?}");
-    eprintln!("{signal}: the spinning module was gone after {took:?}");
     let _ = std::fs::remove_file(path);
     c.remove_and_check();
+    took
 }
 
 #[test]
@@ -904,15 +918,7 @@ fn wasm_sigterm_ends_a_module_blocked_on_stdin() {
         "{}",
         bg.stderr()
     );
-    let t = Instant::now();
-    let k = c.kill("SIGTERM");
-    assert!(k.success(), "{k}");
-    let out = bg.wait(CTR_TIMEOUT);
-    let took = t.elapsed();
-    assert_eq!(out.code, 143, "{out}\n{}", c.log());
-    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
-    let _ = std::fs::remove_file(path);
-    c.remove_and_check();
+    assert_ends_within_a_second(&c, bg, path, "SIGTERM", 143);
 }
 
 /// What a wasm task cannot do (exec, a terminal) is refused with an error that says so; the
