@@ -1,5 +1,5 @@
 //! `MountBundle`: an OCI bundle (config.json and rootfs/) that reached the guest as a virtio-blk
-//! disk, an erofs or ext4 image as `strata_microvm::rootfs` builds it. The image is mounted
+//! disk, an erofs or ext4 image as `strata_vmm::rootfs` builds it. The image is mounted
 //! read-only with an overlay on tmpfs over it (writes never reach the image), under
 //! `<bundles>/<name>/bundle`, which `CreateContainer` then takes as its bundle.
 //!

@@ -346,9 +346,9 @@ fn erofs_rootfs_is_writable_through_the_overlay_under_qemu_tcg() {
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
     std::fs::write(rootfs.join("etc/hostname"), "from-the-image\n").unwrap();
     let cache = g.dir.join("cache");
-    let img = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
+    let img = strata_vmm::rootfs::build_erofs(&rootfs, &cache).unwrap();
     assert!(!img.reused);
-    let again = strata_microvm::rootfs::build_erofs(&rootfs, &cache).unwrap();
+    let again = strata_vmm::rootfs::build_erofs(&rootfs, &cache).unwrap();
     assert!(
         again.reused,
         "the second build of the same rootfs is a cache hit"
@@ -402,7 +402,7 @@ fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
         "vsock-guest",
         &["/bin/sh", "-c", "cat; echo to-stderr >&2; exit 3"],
     );
-    let img = strata_microvm::rootfs::build_ext4(&b, &g.dir.join("cache")).unwrap();
+    let img = strata_vmm::rootfs::build_ext4(&b, &g.dir.join("cache")).unwrap();
     let console = g.run_with_disk(
         &img.path,
         "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=agent strata.bundle=/dev/vda",

@@ -149,7 +149,7 @@ fn run_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
-    let mut args = strata_microvm::cli::VmRunArgs::new(a.kernel);
+    let mut args = strata_vmm::cli::VmRunArgs::new(a.kernel);
     args.initrd = a.initrd;
     args.cmdline = a.cmdline;
     args.mem_mib = a.mem;
@@ -157,7 +157,7 @@ fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
     args.disks = a.disk;
     args.vsock = a.vsock;
     args.timeout = a.timeout.map(std::time::Duration::from_secs);
-    let code = strata_microvm::cli::vm_run(&args).context("strata vm run")?;
+    let code = strata_vmm::cli::vm_run(&args).context("strata vm run")?;
     Ok(ExitCode::from(code as u8))
 }
 

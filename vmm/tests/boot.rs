@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use strata_microvm::{Error, Exit, Machine, MachineConfig};
+use strata_vmm::{Error, Exit, Machine, MachineConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -310,7 +310,7 @@ fn normalised_cpuid_offers_nothing_the_host_lacks() {
     if !kvm_available() {
         return;
     }
-    use strata_microvm::arch::x86_64::cpuid;
+    use strata_vmm::arch::x86_64::cpuid;
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let host = cpuid::supported(&kvm).unwrap();
     let xsave = cpuid::host_has_xsave(&host, kvm.check_extension(kvm_ioctls::Cap::Xsave));
@@ -356,7 +356,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     write(&junk, &[0u8; 4096]);
     let mut cfg = MachineConfig::new(&junk);
     let sock = dir.path("v.sock");
-    cfg.vsock = Some(strata_microvm::devices::virtio::vsock::VsockConfig {
+    cfg.vsock = Some(strata_vmm::devices::virtio::vsock::VsockConfig {
         guest_cid: 3,
         uds_path: sock.clone(),
     });
@@ -387,7 +387,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
 
     let mut cfg = MachineConfig::new(&kernel);
     cfg.disks
-        .push(strata_microvm::devices::virtio::block::DiskConfig::parse(
+        .push(strata_vmm::devices::virtio::block::DiskConfig::parse(
             dir.path("missing.img").to_str().unwrap(),
         ));
     let e = msg(cfg);
@@ -473,7 +473,7 @@ msg: .asciz "{msg}"
             ),
         )
     };
-    let probe = |c: std::sync::Arc<strata_microvm::console::Console>| {
+    let probe = |c: std::sync::Arc<strata_vmm::console::Console>| {
         move || {
             if c.contents().contains("agent ready") {
                 Ok(())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use strata_microvm::cli::{vm_run, VmRunArgs};
+use strata_vmm::cli::{vm_run, VmRunArgs};
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();

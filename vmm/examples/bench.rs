@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata_microvm::{Machine, MachineConfig};
+use strata_vmm::{Machine, MachineConfig};
 
 const GUEST: &str = r#"
     .text

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use strata_microvm::devices::virtio::block::DiskConfig;
-use strata_microvm::rootfs::{build_erofs, build_ext4, RootfsError, RootfsImage};
-use strata_microvm::{Exit, Machine, MachineConfig};
+use strata_vmm::devices::virtio::block::DiskConfig;
+use strata_vmm::rootfs::{build_erofs, build_ext4, RootfsError, RootfsImage};
+use strata_vmm::{Exit, Machine, MachineConfig};
 
 fn tree(dir: &TempDir) -> std::path::PathBuf {
     let root = dir.path("rootfs");

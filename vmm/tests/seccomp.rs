@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use strata_microvm::seccomp::{apply, ThreadRole};
+use strata_vmm::seccomp::{apply, ThreadRole};
 
 const CHILD_ENV: &str = "STRATA_SECCOMP_CHILD";
 const TEST_NAME: &str = "forbidden_syscall_is_fatal_allowed_ones_are_not";

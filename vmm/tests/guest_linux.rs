@@ -1,6 +1,6 @@
 //! The full machine: Strata's VMM boots the guest kernel (scripts/build-guest-kernel) with the
 //! agent's initramfs (scripts/build-initramfs) and a busybox bundle as an erofs (or ext4) image
-//! on a read-only virtio-blk disk (`strata_microvm::rootfs`); the host reaches the agent through
+//! on a read-only virtio-blk disk (`strata_vmm::rootfs`); the host reaches the agent through
 //! the hybrid vsock socket (`CONNECT 1024`), exchanges the protocol version over ttrpc, pings it,
 //! mounts the bundle disk (`MountBundle`), creates and starts a busybox container with its stdout
 //! and stderr streamed over vsock, checks its output, exit status and stats, deletes it, and shuts
@@ -18,11 +18,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use strata_guest_agent::client::Agent;
-use strata_guest_agent::proto::agent::Stdio as AgentStdio;
-use strata_microvm::devices::virtio::block::DiskConfig;
-use strata_microvm::devices::virtio::vsock::VsockConfig;
-use strata_microvm::{Exit, Machine, MachineConfig};
+use strata_agent_protocol::client::Agent;
+use strata_agent_protocol::proto::agent::Stdio as AgentStdio;
+use strata_vmm::devices::virtio::block::DiskConfig;
+use strata_vmm::devices::virtio::vsock::VsockConfig;
+use strata_vmm::{Exit, Machine, MachineConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -111,9 +111,9 @@ fn linux_guest_with_agent_over_vsock() {
     );
     // The image as the tier builds it: erofs where mkfs.erofs is installed, else ext4.
     let cache = dir.path("images");
-    let image = match strata_microvm::rootfs::build_erofs(&bundle, &cache) {
+    let image = match strata_vmm::rootfs::build_erofs(&bundle, &cache) {
         Ok(i) => i,
-        Err(_) => strata_microvm::rootfs::build_ext4(&bundle, &cache).unwrap(),
+        Err(_) => strata_vmm::rootfs::build_ext4(&bundle, &cache).unwrap(),
     };
     let initrd = dir.path("initramfs.cpio.gz");
     let st = Command::new(root().join("scripts/build-initramfs"))
@@ -128,7 +128,7 @@ fn linux_guest_with_agent_over_vsock() {
     cfg.initrd = Some(initrd);
     cfg.mem_mib = 256;
     cfg.vcpus = 2;
-    cfg.cmdline = format!("{} quiet", strata_microvm::machine::DEFAULT_CMDLINE);
+    cfg.cmdline = format!("{} quiet", strata_vmm::machine::DEFAULT_CMDLINE);
     cfg.vsock = Some(VsockConfig {
         guest_cid: 3,
         uds_path: uds.clone(),
@@ -245,7 +245,7 @@ fn linux_on_pvm_boots_until_its_first_int3() {
     cfg.vcpus = 2;
     cfg.mem_mib = 128;
     // PVM offers XSAVE in CPUID that it cannot emulate; keep Linux on FXSAVE.
-    cfg.cmdline = format!("{} noxsave", strata_microvm::machine::DEFAULT_CMDLINE);
+    cfg.cmdline = format!("{} noxsave", strata_vmm::machine::DEFAULT_CMDLINE);
     let dir = TempDir::new("linux-pvm");
     let uds = dir.path("agent.sock");
     cfg.vsock = Some(VsockConfig {
@@ -274,7 +274,7 @@ fn linux_on_pvm_boots_until_its_first_int3() {
     }
     assert!(!console.contains("Oops"), "console:\n{console}");
     match r {
-        Err(strata_microvm::Error::VcpuFailed {
+        Err(strata_vmm::Error::VcpuFailed {
             reason,
             console_tail,
             ..

@@ -9,8 +9,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use common::*;
-use strata_microvm::devices::virtio::vsock::VsockConfig;
-use strata_microvm::{Exit, Machine, MachineConfig};
+use strata_vmm::devices::virtio::vsock::VsockConfig;
+use strata_vmm::{Exit, Machine, MachineConfig};
 
 /// RX queue: descriptors 0x300000, avail 0x301000, used 0x302000, buffers 0x310000 + i*4 KiB.
 /// TX queue: 0x320000 / 0x321000 / 0x322000, packet buffer 0x330000. Event queue: 0x340000...

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use strata_microvm::devices::bus::BusDevice;
-use strata_microvm::devices::virtio::block::{Block, DiskConfig};
-use strata_microvm::devices::virtio::mmio::MmioTransport;
-use strata_microvm::devices::virtio::vsock::{Vsock, VsockConfig};
-use strata_microvm::devices::virtio::{VirtioDevice, Worker};
+use strata_vmm::devices::bus::BusDevice;
+use strata_vmm::devices::virtio::block::{Block, DiskConfig};
+use strata_vmm::devices::virtio::mmio::MmioTransport;
+use strata_vmm::devices::virtio::vsock::{Vsock, VsockConfig};
+use strata_vmm::devices::virtio::{VirtioDevice, Worker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use strata_microvm::cli::{vm_run, VmRunArgs};
+use strata_vmm::cli::{vm_run, VmRunArgs};
 
 #[test]
 fn vm_run_returns_zero_on_a_clean_shutdown() {

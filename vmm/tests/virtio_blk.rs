@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use strata_microvm::devices::virtio::block::DiskConfig;
-use strata_microvm::{Exit, Machine, MachineConfig};
+use strata_vmm::devices::virtio::block::DiskConfig;
+use strata_vmm::{Exit, Machine, MachineConfig};
 
 /// 64-bit guest. Memory: descriptors 0x200000, avail 0x201000, used 0x202000, request header
 /// 0x203000, data 0x204000, status 0x205000.
