@@ -5,3 +5,9 @@
 //! The VM is run by a hypervisor driver: QEMU (`-M microvm`, KVM where it can, TCG where it
 //! cannot and the configuration allows it) or Strata's own VMM (`strata-vmm`).
 #![deny(unsafe_code)]
+
+pub mod error;
+pub mod hypervisor;
+
+pub use error::Error;
+pub use hypervisor::{Accel, Hypervisor, Vm, VmRecord, VmSpec};
