@@ -137,6 +137,7 @@ impl Containers {
             stdio: stdio(io.as_ref()),
             namespace: NAMESPACE.to_string(),
             config_path: None,
+            sandbox_id: id.to_string(),
         })?;
         // The init is in its cgroup by now: remember where, for Stats.
         let dir = crate::cgroup_stats::unified()

@@ -13,9 +13,11 @@ pub mod reaper;
 pub mod spawn;
 pub mod stdio;
 pub mod testing;
+pub mod tier;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use tier::{NoSandbox, Orphan, Sandbox, SandboxOpts, Tier, TierContext};
 pub use types::*;
 
 /// The lifecycle of containers and their exec'd processes on one isolation tier.
@@ -25,6 +27,11 @@ pub use types::*;
 pub trait Backend: Send + Sync {
     /// Which tier this is.
     fn kind(&self) -> BackendKind;
+    /// Creates the pod-level sandbox before the pod's first container (see [`tier`]); the
+    /// default keeps no pod state.
+    fn create_sandbox(&self, opts: &SandboxOpts) -> Result<std::sync::Arc<dyn Sandbox>> {
+        Ok(std::sync::Arc::new(NoSandbox(opts.sandbox_id.clone())))
+    }
     /// Creates the container (its init process exists but has not run the user's program).
     /// Returns the init process's host pid (0 if the tier has none visible on the host).
     fn create(&self, opts: CreateOpts) -> Result<u32>;

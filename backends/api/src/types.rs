@@ -83,6 +83,9 @@ pub struct CreateOpts {
     /// The Strata configuration file the container was created under, if one was named
     /// (a tier may keep its own settings beside it).
     pub config_path: Option<PathBuf>,
+    /// The pod's sandbox ([`crate::Sandbox`]) this container belongs to: the pod's sandbox
+    /// container's id, or the container's own id outside a pod.
+    pub sandbox_id: String,
 }
 
 /// An additional process to run in an existing container.

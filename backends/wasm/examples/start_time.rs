@@ -81,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             namespace: "strata-bench".into(),
             config_path: None,
+            sandbox_id: id.clone(),
         })?;
         let t1 = Instant::now();
         backend.start(&id, None)?;
