@@ -305,20 +305,17 @@ pub fn delete(flags: &Flags) -> Result<()> {
     } else {
         record.state_root.clone()
     };
-    if let Err(e) =
-        strata_native::NativeBackend::cleanup_orphan(&state_root, &flags.namespace, &flags.id)
-    {
-        tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's container");
-    }
-    if let Err(e) = strata_sentry::SentryBackend::cleanup_orphan(
-        std::path::Path::new(strata_sentry::DEFAULT_STATE_ROOT),
-        &flags.namespace,
-        &flags.id,
-    ) {
-        tracing::warn!(id = %flags.id, error = %e, "cleanup of a dead shim's sentry state");
-    }
-    if record.backend == "wasm" {
-        strata_wasm::cleanup_orphan(&bundle, &flags.namespace, &flags.id);
+    let orphan = strata_backend::Orphan {
+        bundle: &bundle,
+        namespace: &flags.namespace,
+        id: &flags.id,
+        state_root: &state_root,
+        tier: record.backend.parse().ok(),
+    };
+    for tier in crate::tiers::TIERS {
+        if let Err(e) = tier.cleanup_orphan(&orphan) {
+            tracing::warn!(id = %flags.id, tier = %tier.kind(), error = %e, "cleanup of a dead shim's container");
+        }
     }
     crate::rootfs::unmount(&bundle);
     // The dead shim's socket, unless another shim of the pod still serves on it.

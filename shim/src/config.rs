@@ -53,18 +53,12 @@ pub struct Config {
     /// Where native containers keep their state.
     #[serde(default)]
     pub state_root: Option<PathBuf>,
-    /// The wasm tier's settings.
+    /// `[wasm]`: the wasm tier's table, read by that tier (`strata_wasm::Settings`).
     #[serde(default)]
-    pub wasm: WasmConfig,
-}
-
-/// `[wasm]`: the wasm tier's settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WasmConfig {
-    /// Where compiled modules are cached; `"off"` disables the cache. Unset: the
-    /// environment's `STRATA_WASM_CACHE_DIR`, else `/var/cache/strata/wasm`.
-    pub cache_dir: Option<PathBuf>,
+    pub wasm: Option<toml::Value>,
+    /// `[microvm]`: the microvm tier's table, read by that tier (`strata_microvm::Settings`).
+    #[serde(default)]
+    pub microvm: Option<toml::Value>,
 }
 
 fn default_backend() -> BackendKind {
@@ -81,7 +75,8 @@ impl Default for Config {
             default_backend: default_backend(),
             allowed_backends: all_backends(),
             state_root: None,
-            wasm: WasmConfig::default(),
+            wasm: None,
+            microvm: None,
         }
     }
 }
@@ -93,6 +88,17 @@ impl Config {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
+        for (kind, table) in [
+            (BackendKind::Wasm, &cfg.wasm),
+            (BackendKind::Microvm, &cfg.microvm),
+        ] {
+            if let (Some(table), Some(tier)) = (table, crate::tiers::tier(kind)) {
+                tier.validate(table).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+            }
+        }
         if !cfg.allowed_backends.contains(&cfg.default_backend) {
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -104,6 +110,15 @@ impl Config {
             });
         }
         Ok(cfg)
+    }
+
+    /// The tier's own table, if the file has one.
+    pub fn tier_settings(&self, kind: BackendKind) -> Option<toml::Value> {
+        match kind {
+            BackendKind::Wasm => self.wasm.clone(),
+            BackendKind::Microvm => self.microvm.clone(),
+            BackendKind::Native | BackendKind::Sentry => None,
+        }
     }
 
     /// Loads from `config_path` if given (it must exist), else the default path if it
@@ -203,7 +218,8 @@ mod tests {
     #[test]
     fn wasm_cache_dir_is_configurable() {
         let c = Config::parse("[wasm]\ncache_dir = \"/srv/wasm\"\n", Path::new("a")).unwrap();
-        assert_eq!(c.wasm.cache_dir.as_deref(), Some(Path::new("/srv/wasm")));
+        let wasm = strata_wasm::Settings::from_table(c.wasm.as_ref().unwrap()).unwrap();
+        assert_eq!(wasm.cache_dir.as_deref(), Some(Path::new("/srv/wasm")));
         assert!(Config::parse("[wasm]\ncache = 1\n", Path::new("a")).is_err());
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rootfs;
 pub mod serve;
 pub mod service;
+pub mod tiers;
 pub mod wasm_image;
 
 /// containerd's runtime type for this shim.

@@ -22,11 +22,9 @@ use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::ExitSignal;
 use strata_backend::{
-    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, StdioPaths,
+    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Sandbox,
+    SandboxOpts, StdioPaths, TierContext,
 };
-use strata_native::NativeBackend;
-use strata_sentry::SentryBackend;
-use strata_wasm::WasmBackend;
 
 use crate::bootstrap::{
     BundleRecord, RuntimeOptionsRecord, BUNDLE_RECORD_FILE, RUNTIME_OPTIONS_FILE,
@@ -44,23 +42,6 @@ pub fn now() -> Timestamp {
         nanos: d.subsec_nanos() as i32,
         ..Default::default()
     }
-}
-
-/// The wasm runner binary, next to this shim binary.
-fn wasm_runner_path() -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("locate the shim binary to find strata-wasm-runner", e))?;
-    let runner = exe.with_file_name("strata-wasm-runner");
-    if !runner.is_file() {
-        return Err(Error::Unavailable {
-            backend: BackendKind::Wasm,
-            reason: format!(
-                "{} is missing: install strata-wasm-runner next to the shim",
-                runner.display()
-            ),
-        });
-    }
-    Ok(runner)
 }
 
 /// Maps a backend error to the ttrpc code containerd and kubelet act on.
@@ -137,6 +118,8 @@ struct Ctr {
     bundle: PathBuf,
     kind: BackendKind,
     backend: Arc<dyn Backend>,
+    /// The pod's sandbox this container belongs to (its own id outside a pod).
+    sandbox_id: String,
     /// Held across Start (and its event) and across exit handling, so that /tasks/start
     /// is always queued before /tasks/exit.
     lifecycle: Mutex<()>,
@@ -164,13 +147,20 @@ impl Ctr {
     }
 }
 
+/// A pod's sandbox and its containers (the sandbox container among them).
+struct Pod {
+    sandbox: Arc<dyn Sandbox>,
+    members: std::collections::HashSet<String>,
+}
+
 struct Inner {
     namespace: String,
     events: Events,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
-    native: OnceLock<Arc<NativeBackend>>,
-    sentry: OnceLock<Arc<SentryBackend>>,
-    wasm: OnceLock<Arc<WasmBackend>>,
+    /// One backend per tier, built from the registry on first use.
+    backends: Mutex<HashMap<BackendKind, Arc<dyn Backend>>>,
+    /// The pods' sandboxes, by sandbox id, with the containers that belong to them.
+    pods: Mutex<HashMap<String, Pod>>,
     /// containerd's gRPC address (the `-address` flag), for the wasm tier's image layers.
     containerd_address: OnceLock<String>,
     exit: Arc<ExitSignal>,
@@ -197,9 +187,8 @@ impl TaskService {
                 namespace,
                 events,
                 containers: Mutex::new(HashMap::new()),
-                native: OnceLock::new(),
-                sentry: OnceLock::new(),
-                wasm: OnceLock::new(),
+                backends: Mutex::new(HashMap::new()),
+                pods: Mutex::new(HashMap::new()),
                 containerd_address: OnceLock::new(),
                 exit,
             }),
@@ -226,46 +215,79 @@ impl TaskService {
         })
     }
 
+    /// The tier's backend, built from the registry the first time a container needs it.
     fn backend(&self, kind: BackendKind, cfg: &Config) -> Result<Arc<dyn Backend>, Error> {
-        match kind {
-            BackendKind::Native => {
-                let b = self.inner.native.get_or_init(|| {
-                    let root = cfg.native_state_root();
-                    Arc::new(NativeBackend::new(root, self.sink()))
-                });
-                Ok(b.clone())
+        let mut backends = self.inner.backends.lock().unwrap();
+        if let Some(b) = backends.get(&kind) {
+            return Ok(b.clone());
+        }
+        let tier = crate::tiers::tier(kind).ok_or_else(|| Error::Unavailable {
+            backend: kind,
+            reason: "this build of Strata does not include it".into(),
+        })?;
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::io("locate the shim binary (tier helpers live beside it)", e))?;
+        let ctx = TierContext {
+            state_root: cfg.native_state_root(),
+            sink: self.sink(),
+            settings: cfg.tier_settings(kind),
+            shim_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
+            containerd_address: self.inner.containerd_address.get().cloned(),
+        };
+        let b = tier.build(&ctx)?;
+        backends.insert(kind, b.clone());
+        Ok(b)
+    }
+
+    /// The sandbox a new container joins: its pod's (CRI's sandbox-id annotation on an
+    /// ordinary container), else its own, created here on `backend` (the pod's tier).
+    fn join_sandbox(
+        &self,
+        id: &str,
+        annotations: &HashMap<String, String>,
+        backend: &Arc<dyn Backend>,
+        opts: impl FnOnce() -> SandboxOpts,
+    ) -> Result<String, Error> {
+        let pod_member = annotations
+            .get(CONTAINER_TYPE_ANNOTATION)
+            .map(String::as_str)
+            == Some("container");
+        if let (true, Some(sandbox_id)) = (pod_member, annotations.get(SANDBOX_ID_ANNOTATION)) {
+            if let Some(pod) = self.inner.pods.lock().unwrap().get_mut(sandbox_id) {
+                pod.members.insert(id.to_string());
+                return Ok(sandbox_id.clone());
             }
-            BackendKind::Sentry => {
-                let b = self.inner.sentry.get_or_init(|| {
-                    // Native state root (the shim's `delete` cleans up there), sentry state
-                    // (rewritten spec, supervisor socket, audit log) in its own.
-                    let root = cfg.native_state_root();
-                    Arc::new(SentryBackend::new(
-                        root,
-                        strata_sentry::DEFAULT_STATE_ROOT,
-                        self.sink(),
-                    ))
-                });
-                Ok(b.clone())
+        }
+        let sandbox = backend.create_sandbox(&opts())?;
+        self.inner.pods.lock().unwrap().insert(
+            id.to_string(),
+            Pod {
+                sandbox,
+                members: [id.to_string()].into(),
+            },
+        );
+        Ok(id.to_string())
+    }
+
+    /// Takes `id` out of its pod; the pod's last container ends the sandbox.
+    fn leave_sandbox(&self, id: &str, sandbox_id: &str) {
+        let gone = {
+            let mut pods = self.inner.pods.lock().unwrap();
+            let Some(pod) = pods.get_mut(sandbox_id) else {
+                return;
+            };
+            pod.members.remove(id);
+            if pod.members.is_empty() {
+                pods.remove(sandbox_id)
+            } else {
+                None
             }
-            BackendKind::Wasm => {
-                if let Some(b) = self.inner.wasm.get() {
-                    return Ok(b.clone());
-                }
-                // Tasks run in strata-wasm-runner, installed next to the shim.
-                let mut b = WasmBackend::new(wasm_runner_path()?, self.sink())
-                    .with_containerd_address(self.inner.containerd_address.get().cloned());
-                if let Some(dir) = &cfg.wasm.cache_dir {
-                    b = b.with_cache_dir((dir.as_os_str() != "off").then(|| dir.clone()));
-                }
-                let b = Arc::new(b);
-                Ok(self.inner.wasm.get_or_init(|| b).clone())
+        };
+        if let Some(pod) = gone {
+            match pod.sandbox.shutdown() {
+                Ok(()) => tracing::info!(sandbox = %sandbox_id, "sandbox ended"),
+                Err(e) => tracing::warn!(sandbox = %sandbox_id, error = %e, "ending the sandbox"),
             }
-            other => Err(Error::Unavailable {
-                backend: other,
-                reason: "this build of Strata does not include it yet; use the native backend"
-                    .into(),
-            }),
         }
     }
 
@@ -374,6 +396,21 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let pod_backend = self.backend(kind, &cfg)?;
+        let sandbox_id =
+            match self.join_sandbox(&req.id, &annotations, &pod_backend, || SandboxOpts {
+                sandbox_id: req.id.clone(),
+                bundle: bundle.clone(),
+                spec: spec.clone(),
+                namespace: self.inner.namespace.clone(),
+            }) {
+                Ok(sandbox_id) => sandbox_id,
+                Err(e) => {
+                    crate::rootfs::unmount(&bundle);
+                    let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
+                    return Err(e);
+                }
+            };
         let created = backend.create(CreateOpts {
             id: req.id.clone(),
             bundle: bundle.clone(),
@@ -381,10 +418,12 @@ impl TaskService {
             stdio: stdio.clone(),
             namespace: self.inner.namespace.clone(),
             config_path: config_path.as_deref().map(PathBuf::from),
+            sandbox_id: sandbox_id.clone(),
         });
         let pid = match created {
             Ok(pid) => pid,
             Err(e) => {
+                self.leave_sandbox(&req.id, &sandbox_id);
                 crate::rootfs::unmount(&bundle);
                 let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD_FILE));
                 return Err(e);
@@ -395,6 +434,7 @@ impl TaskService {
             bundle,
             kind,
             backend,
+            sandbox_id,
             lifecycle: Mutex::new(()),
             init: Proc::new(stdio, pid),
             execs: Mutex::new(HashMap::new()),
@@ -606,6 +646,7 @@ impl Task for TaskService {
             for p in ctr.execs.lock().unwrap().values() {
                 p.finish(128 + libc::SIGKILL as u32);
             }
+            self.leave_sandbox(&req.id, &ctr.sandbox_id);
             crate::rootfs::unmount(&ctr.bundle);
             crate::bootstrap::forget_bundle(&ctr.bundle);
             self.inner.containers.lock().unwrap().remove(&req.id);

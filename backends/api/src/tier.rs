@@ -37,6 +37,8 @@ pub struct Orphan<'a> {
     pub id: &'a str,
     /// The native state root the container was created under.
     pub state_root: &'a Path,
+    /// The tier the shim recorded for the container, if its record survived.
+    pub tier: Option<BackendKind>,
 }
 
 /// One tier, as the registry knows it.

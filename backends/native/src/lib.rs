@@ -174,3 +174,26 @@ impl Backend for NativeBackend {
         })
     }
 }
+
+/// The native tier in the shim's registry.
+pub struct NativeTier;
+
+/// The registry's entry for this tier.
+pub static TIER: NativeTier = NativeTier;
+
+impl strata_backend::Tier for NativeTier {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
+    }
+
+    fn build(&self, ctx: &strata_backend::TierContext) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(NativeBackend::new(
+            ctx.state_root.clone(),
+            ctx.sink.clone(),
+        )))
+    }
+
+    fn cleanup_orphan(&self, orphan: &strata_backend::Orphan<'_>) -> Result<()> {
+        NativeBackend::cleanup_orphan(orphan.state_root, orphan.namespace, orphan.id)
+    }
+}

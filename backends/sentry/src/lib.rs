@@ -342,3 +342,30 @@ impl Backend for SentryBackend {
         self.native.close_stdin(id, exec_id)
     }
 }
+
+/// The sentry tier in the shim's registry.
+pub struct SentryTier;
+
+/// The registry's entry for this tier.
+pub static TIER: SentryTier = SentryTier;
+
+impl strata_backend::Tier for SentryTier {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sentry
+    }
+
+    /// Containers are native ones under the native state root (the native tier's cleanup
+    /// finds them), with the sentry's state (rewritten spec, supervisor socket, audit log) in
+    /// [`DEFAULT_STATE_ROOT`].
+    fn build(&self, ctx: &strata_backend::TierContext) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(SentryBackend::new(
+            ctx.state_root.clone(),
+            DEFAULT_STATE_ROOT,
+            ctx.sink.clone(),
+        )))
+    }
+
+    fn cleanup_orphan(&self, orphan: &strata_backend::Orphan<'_>) -> Result<()> {
+        SentryBackend::cleanup_orphan(Path::new(DEFAULT_STATE_ROOT), orphan.namespace, orphan.id)
+    }
+}

@@ -188,3 +188,72 @@ impl Backend for WasmBackend {
         Ok(())
     }
 }
+
+/// `[wasm]` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where compiled modules are cached; `"off"` disables the cache. Unset: the
+    /// environment's `STRATA_WASM_CACHE_DIR`, else `/var/cache/strata/wasm`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads `[wasm]`; the message says what is wrong.
+    pub fn from_table(value: &toml::Value) -> std::result::Result<Settings, String> {
+        value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("[wasm]: {}", e.message()))
+    }
+}
+
+/// The wasm tier in the shim's registry.
+pub struct WasmTier;
+
+/// The registry's entry for this tier.
+pub static TIER: WasmTier = WasmTier;
+
+/// The runner binary's name; it is installed next to the shim.
+pub const RUNNER_BINARY: &str = "strata-wasm-runner";
+
+impl strata_backend::Tier for WasmTier {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wasm
+    }
+
+    fn validate(&self, settings: &toml::Value) -> std::result::Result<(), String> {
+        Settings::from_table(settings).map(|_| ())
+    }
+
+    /// Tasks run in [`RUNNER_BINARY`], next to the shim.
+    fn build(&self, ctx: &strata_backend::TierContext) -> Result<Arc<dyn Backend>> {
+        let settings = match &ctx.settings {
+            Some(v) => Settings::from_table(v).map_err(Error::InvalidArgument)?,
+            None => Settings::default(),
+        };
+        let runner = ctx.shim_dir.join(RUNNER_BINARY);
+        if !runner.is_file() {
+            return Err(Error::Unavailable {
+                backend: BackendKind::Wasm,
+                reason: format!(
+                    "{} is missing: install {RUNNER_BINARY} next to the shim",
+                    runner.display()
+                ),
+            });
+        }
+        let mut b = WasmBackend::new(runner, ctx.sink.clone())
+            .with_containerd_address(ctx.containerd_address.clone());
+        if let Some(dir) = settings.cache_dir {
+            b = b.with_cache_dir((dir.as_os_str() != "off").then_some(dir));
+        }
+        Ok(Arc::new(b))
+    }
+
+    fn cleanup_orphan(&self, orphan: &strata_backend::Orphan<'_>) -> Result<()> {
+        if orphan.tier == Some(BackendKind::Wasm) {
+            cleanup_orphan(orphan.bundle, orphan.namespace, orphan.id);
+        }
+        Ok(())
+    }
+}
