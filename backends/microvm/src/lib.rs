@@ -6,11 +6,20 @@
 //! cannot and the configuration allows it) or Strata's own VMM (`strata-vmm`).
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod error;
+pub mod guest_spec;
 pub mod hypervisor;
+pub mod process;
+pub mod qemu;
+pub mod settings;
+pub mod share;
+pub mod tools;
 
+pub use backend::MicrovmBackend;
 pub use error::Error;
 pub use hypervisor::{Accel, Hypervisor, Vm, VmRecord, VmSpec};
+pub use settings::Settings;
 
 use std::sync::Arc;
 
@@ -27,14 +36,37 @@ impl Tier for MicrovmTier {
         BackendKind::Microvm
     }
 
-    fn build(&self, _ctx: &TierContext) -> strata_backend::Result<Arc<dyn Backend>> {
-        Err(strata_backend::Error::Unavailable {
-            backend: BackendKind::Microvm,
-            reason: "this build of Strata does not include it yet; use the native backend".into(),
-        })
+    fn validate(&self, settings: &toml::Value) -> std::result::Result<(), String> {
+        Settings::from_table(settings).map(|_| ())
     }
 
-    fn cleanup_orphan(&self, _orphan: &Orphan<'_>) -> strata_backend::Result<()> {
+    fn build(&self, ctx: &TierContext) -> strata_backend::Result<Arc<dyn Backend>> {
+        let settings = match &ctx.settings {
+            Some(v) => Settings::from_table(v).map_err(strata_backend::Error::InvalidArgument)?,
+            None => Settings::default(),
+        };
+        let hypervisor: Box<dyn Hypervisor> = match settings.driver {
+            settings::Driver::Qemu => Box::new(qemu::Qemu {
+                qemu: settings.qemu.clone(),
+                virtiofsd: settings.virtiofsd.clone(),
+                vhost_vsock: settings.vhost_device_vsock.clone(),
+            }),
+        };
+        Ok(Arc::new(MicrovmBackend::new(
+            settings,
+            hypervisor,
+            ctx.sink.clone(),
+        )))
+    }
+
+    /// A dead shim's pod: its VM's processes (by the record the driver wrote), the shared
+    /// directory's mounts, the state directory. Only the pod's sandbox container owns a VM.
+    fn cleanup_orphan(&self, orphan: &Orphan<'_>) -> strata_backend::Result<()> {
+        if orphan.tier != Some(BackendKind::Microvm) {
+            return Ok(());
+        }
+        let settings = Settings::default();
+        backend::cleanup_orphan(&settings.state_dir, orphan.namespace, orphan.id);
         Ok(())
     }
 }

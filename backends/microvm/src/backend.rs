@@ -1,0 +1,780 @@
+//! The microvm tier's [`Backend`]: one VM per pod ([`PodVm`], the pod's [`Sandbox`]), its
+//! containers created and driven by the guest agent.
+//!
+//! - `create_sandbox` boots the VM (the configured driver), waits until the agent answers
+//!   within `boot_timeout_secs`, and starts a thread that turns the agent's OOM notices into
+//!   events. A VM that does not come up is stopped and leaves nothing.
+//! - `create` binds the container's rootfs and mount sources into the pod's shared directory
+//!   ([`crate::guest_spec`]), asks the agent to create it with its stdio streamed over vsock,
+//!   and copies the streams to and from containerd's FIFOs.
+//! - `start` starts it and a thread that waits (in bounded `Wait` calls) for its exit.
+//! - The sandbox's `shutdown` (the pod's last container is gone) asks the agent to power the
+//!   VM off, then stops the VM's processes whatever the guest does.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_agent_protocol::client::{Agent, ClientError, StdioStream};
+use strata_agent_protocol::proto::agent::Stdio as AgentStdio;
+use strata_agent_protocol::AGENT_VSOCK_PORT;
+use strata_backend::{
+    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Sandbox,
+    SandboxOpts, Stats, StdioPaths,
+};
+
+use crate::hypervisor::{Accel, Hypervisor, Vm, VmSpec};
+use crate::settings::Settings;
+use crate::{guest_spec, Error as VmError};
+
+/// Deadline of one agent call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `Wait` call may block before it is asked again.
+const WAIT_SLICE: Duration = Duration::from_secs(10);
+/// How long the guest may take to power off before its processes are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn agent_err(what: &str, e: ClientError) -> Error {
+    let code = match &e {
+        ClientError::Call {
+            source: ttrpc::Error::RpcStatus(s),
+            ..
+        } => Some(s.code()),
+        _ => None,
+    };
+    let msg = format!("{what}: {}", chain(&e));
+    match code {
+        Some(ttrpc::Code::NOT_FOUND) => Error::NotFound(msg),
+        Some(ttrpc::Code::INVALID_ARGUMENT) => Error::InvalidArgument(msg),
+        Some(ttrpc::Code::FAILED_PRECONDITION) => Error::FailedPrecondition(msg),
+        Some(ttrpc::Code::ALREADY_EXISTS) => Error::AlreadyExists(msg),
+        _ => Error::Other(msg),
+    }
+}
+
+fn is_deadline(e: &ClientError) -> bool {
+    matches!(e, ClientError::Call { source: ttrpc::Error::RpcStatus(s), .. }
+        if s.code() == ttrpc::Code::DEADLINE_EXCEEDED)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn vm_err(e: VmError) -> Error {
+    match e {
+        VmError::NoAccelerator(m) => Error::Unavailable {
+            backend: BackendKind::Microvm,
+            reason: m,
+        },
+        VmError::MissingTool { .. } | VmError::MissingImage { .. } => Error::Unavailable {
+            backend: BackendKind::Microvm,
+            reason: e.to_string(),
+        },
+        other => Error::Other(other.to_string()),
+    }
+}
+
+/// A pod's VM: the pod's sandbox.
+pub struct PodVm {
+    id: String,
+    vm: Box<dyn Vm>,
+    agent: Arc<Agent>,
+    state: PathBuf,
+    shared: PathBuf,
+    cgroup: Option<PathBuf>,
+    stopped: AtomicBool,
+}
+
+impl PodVm {
+    fn stop(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The guest powers off after answering; the driver kills whatever remains.
+        let _ = self.agent.shutdown();
+        let r = self.vm.stop(SHUTDOWN_GRACE);
+        let _ = crate::share::release(&self.shared);
+        let _ = std::fs::remove_dir_all(&self.state);
+        if let Some(cg) = &self.cgroup {
+            let _ = std::fs::remove_dir(cg);
+        }
+        tracing::info!(sandbox = %self.id, "VM stopped");
+        r.map_err(vm_err)
+    }
+}
+
+impl Sandbox for PodVm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn shutdown(&self) -> Result<()> {
+        self.stop()
+    }
+}
+
+/// Copies between containerd's FIFOs and a process's streams.
+struct Io {
+    stdin_closed: Arc<AtomicBool>,
+    stdin: Mutex<Option<Arc<Mutex<StdioStream>>>>,
+    copiers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Io {
+    fn new() -> Io {
+        Io {
+            stdin_closed: Arc::new(AtomicBool::new(false)),
+            stdin: Mutex::new(None),
+            copiers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn close_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::SeqCst);
+        if let Some(s) = self.stdin.lock().unwrap().take() {
+            let _ = s.lock().unwrap().close_write();
+        }
+    }
+
+    /// Waits for stdout/stderr to be copied out (they end when the process's holders close
+    /// them; the VM's end also ends them).
+    fn drain(&self) {
+        let handles: Vec<_> = self.copiers.lock().unwrap().drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+fn open_fifo_rw(path: &str) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Connects the process's streams announced in `ports` and starts the copies.
+fn attach(
+    agent: &Agent,
+    paths: &StdioPaths,
+    ports: (u32, u32, u32),
+    io: &Io,
+) -> std::result::Result<(), String> {
+    let (stdin_port, stdout_port, stderr_port) = ports;
+    let mut out = Vec::new();
+    for (port, path) in [(stdout_port, &paths.stdout), (stderr_port, &paths.stderr)] {
+        if port == 0 || path.is_empty() {
+            continue;
+        }
+        let stream = agent
+            .open_stream(port)
+            .map_err(|e| format!("connecting stream port {port}: {}", chain(&e)))?;
+        let fifo = open_fifo_rw(path).map_err(|e| format!("opening {path}: {e}"))?;
+        out.push((stream, fifo));
+    }
+    let stdin = if stdin_port != 0 && !paths.stdin.is_empty() {
+        let stream = agent
+            .open_stream(stdin_port)
+            .map_err(|e| format!("connecting stdin port {stdin_port}: {}", chain(&e)))?;
+        let fifo =
+            open_fifo_rw(&paths.stdin).map_err(|e| format!("opening {}: {e}", paths.stdin))?;
+        Some((stream, fifo))
+    } else {
+        None
+    };
+    for (mut stream, mut fifo) in out {
+        let h = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stream, &mut fifo);
+        });
+        io.copiers.lock().unwrap().push(h);
+    }
+    if let Some((stream, mut fifo)) = stdin {
+        let stream = Arc::new(Mutex::new(stream));
+        *io.stdin.lock().unwrap() = Some(stream.clone());
+        let closed = io.stdin_closed.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while !closed.load(Ordering::SeqCst) {
+                // Poll, so that CloseIO ends this thread although the FIFO (opened read-write,
+                // as containerd's writer may come and go) never reads end-of-file.
+                let mut fds = [nix::poll::PollFd::new(
+                    fifo.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                    Ok(_) => {}
+                }
+                match fifo.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.lock().unwrap().write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = stream.lock().unwrap().close_write();
+        });
+    }
+    Ok(())
+}
+
+fn stream_request(paths: &StdioPaths) -> AgentStdio {
+    AgentStdio {
+        terminal: paths.terminal,
+        stream_stdin: !paths.stdin.is_empty(),
+        stream_stdout: !paths.stdout.is_empty(),
+        // With a terminal, the pty carries both.
+        stream_stderr: !paths.stderr.is_empty() && !paths.terminal,
+        ..Default::default()
+    }
+}
+
+struct Process {
+    io: Io,
+}
+
+struct Container {
+    pod: Arc<PodVm>,
+    /// The host pid reported for the container's processes: the VMM's.
+    host_pid: u32,
+    procs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+/// The pods' VMs by sandbox id.
+type Pods = Arc<Mutex<HashMap<String, Arc<PodVm>>>>;
+
+/// The microvm tier.
+pub struct MicrovmBackend {
+    settings: Settings,
+    hypervisor: Box<dyn Hypervisor>,
+    events: EventSink,
+    pods: Pods,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+impl MicrovmBackend {
+    pub fn new(settings: Settings, hypervisor: Box<dyn Hypervisor>, events: EventSink) -> Self {
+        MicrovmBackend {
+            settings,
+            hypervisor,
+            events,
+            pods: Pods::default(),
+            containers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ctr(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+
+    fn pod_dir(&self, namespace: &str, sandbox_id: &str) -> PathBuf {
+        self.settings
+            .state_dir
+            .join(strata_backend_sanitize(namespace))
+            .join(strata_backend_sanitize(sandbox_id))
+    }
+
+    fn boot(&self, opts: &SandboxOpts) -> Result<Arc<PodVm>> {
+        let annotations = opts.spec.annotations().clone().unwrap_or_default();
+        let (vcpus, memory_mib) = self
+            .settings
+            .sizing(&annotations)
+            .map_err(Error::InvalidArgument)?;
+        for (what, path) in [
+            ("kernel", &self.settings.kernel),
+            ("initramfs", &self.settings.initrd),
+        ] {
+            if !path.is_file() {
+                return Err(Error::Unavailable {
+                    backend: BackendKind::Microvm,
+                    reason: format!(
+                        "the guest {what} {} does not exist (set [microvm] {} in the \
+                         configuration; scripts/build-guest-kernel and scripts/build-initramfs \
+                         build them)",
+                        path.display(),
+                        if what == "kernel" { "kernel" } else { "initrd" }
+                    ),
+                });
+            }
+        }
+        let dir = self.pod_dir(&opts.namespace, &opts.sandbox_id);
+        if dir.exists() {
+            return Err(Error::AlreadyExists(format!(
+                "a VM for pod {} ({})",
+                opts.sandbox_id,
+                dir.display()
+            )));
+        }
+        let state = dir.join("vm");
+        let shared = dir.join("shared");
+        for d in [&state, &shared] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let cgroup = pod_cgroup(&opts.spec);
+        let spec = VmSpec {
+            id: opts.sandbox_id.clone(),
+            state_dir: state.clone(),
+            kernel: self.settings.kernel.clone(),
+            initrd: self.settings.initrd.clone(),
+            vcpus,
+            memory_mib,
+            shared_dir: shared.clone(),
+            cgroup: cgroup.clone(),
+            allow_tcg: self.settings.allow_tcg,
+            extra_cmdline: String::new(),
+        };
+        let cleanup = || {
+            let _ = crate::share::release(&shared);
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Some(cg) = &cgroup {
+                let _ = std::fs::remove_dir(cg);
+            }
+        };
+        let t0 = Instant::now();
+        let vm = match self.hypervisor.start(&spec) {
+            Ok(vm) => vm,
+            Err(e) => {
+                cleanup();
+                return Err(vm_err(e));
+            }
+        };
+        if vm.accel() == Accel::Tcg {
+            tracing::warn!(
+                sandbox = %opts.sandbox_id,
+                "pod VM runs under QEMU TCG (emulation): no security boundary; allowed by [microvm] allow_tcg"
+            );
+        }
+        let deadline = t0 + self.settings.boot_timeout();
+        let agent = loop {
+            match Agent::connect_hybrid_vsock(vm.vsock_socket(), AGENT_VSOCK_PORT, CALL_TIMEOUT) {
+                Ok(a) => break a,
+                Err(e) => {
+                    let why = if !vm.is_running() {
+                        Some(format!(
+                            "the VM stopped before its agent answered ({})",
+                            chain(&e)
+                        ))
+                    } else if Instant::now() >= deadline {
+                        Some(format!(
+                            "its agent did not answer within {} s ({})",
+                            self.settings.boot_timeout_secs,
+                            chain(&e)
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = why {
+                        let tail = vm.console_tail();
+                        let _ = vm.stop(Duration::ZERO);
+                        cleanup();
+                        return Err(Error::Other(
+                            VmError::Boot {
+                                reason,
+                                console_tail: tail,
+                            }
+                            .to_string(),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        tracing::info!(
+            sandbox = %opts.sandbox_id,
+            driver = vm.driver(),
+            accel = %vm.accel(),
+            vcpus,
+            memory_mib,
+            boot_ms = t0.elapsed().as_millis() as u64,
+            "VM booted, agent answers"
+        );
+        let pod = Arc::new(PodVm {
+            id: opts.sandbox_id.clone(),
+            vm,
+            agent: Arc::new(agent),
+            state,
+            shared,
+            cgroup,
+            stopped: AtomicBool::new(false),
+        });
+        self.watch_oom(&pod);
+        Ok(pod)
+    }
+
+    /// The agent's OOM notices, as events, until the VM stops.
+    fn watch_oom(&self, pod: &Arc<PodVm>) {
+        let weak = Arc::downgrade(pod);
+        let events = self.events.clone();
+        std::thread::spawn(move || loop {
+            let Some(pod) = weak.upgrade() else { return };
+            if pod.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let agent = pod.agent.clone();
+            drop(pod);
+            match agent.oom_event(Duration::from_secs(2)) {
+                Ok(Some(id)) => events(BackendEvent::Oom { container_id: id }),
+                Ok(None) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        });
+    }
+
+    /// Waits (in slices) for the process to exit and reports it.
+    fn watch_exit(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        ctr: &Arc<Container>,
+        proc: Arc<Process>,
+    ) {
+        let events = self.events.clone();
+        let agent = ctr.pod.agent.clone();
+        let pod = ctr.pod.clone();
+        let pid = ctr.host_pid;
+        let id = id.to_string();
+        let exec = exec_id.map(str::to_string);
+        std::thread::spawn(move || {
+            let e = exec.clone().unwrap_or_default();
+            let status = loop {
+                match agent.wait(&id, &e, WAIT_SLICE) {
+                    Ok(s) => break s,
+                    Err(err) if is_deadline(&err) => continue,
+                    Err(err) => {
+                        if pod.stopped.load(Ordering::SeqCst) || !pod.vm.is_running() {
+                            // The VM is gone: so is the process.
+                            break 128 + libc::SIGKILL as u32;
+                        }
+                        tracing::warn!(id = %id, error = %chain(&err), "waiting for a process in the VM");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            };
+            proc.io.drain();
+            events(BackendEvent::Exited {
+                container_id: id,
+                exec_id: exec,
+                pid,
+                status,
+            });
+        });
+    }
+}
+
+/// The namespace/id sanitising the native tier uses for state directories.
+fn strata_backend_sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The host cgroup (v2) the VM's processes join: the sandbox container's cgroup path when it
+/// is a cgroupfs path (`/a/b`); systemd-style paths (`slice:prefix:name`) get none here.
+fn pod_cgroup(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
+    if !path.is_absolute() || !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return None;
+    }
+    let dir = Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").ok()?);
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+impl Backend for MicrovmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Microvm
+    }
+
+    fn create_sandbox(&self, opts: &SandboxOpts) -> Result<Arc<dyn Sandbox>> {
+        let pod = self.boot(opts)?;
+        self.pods
+            .lock()
+            .unwrap()
+            .insert(opts.sandbox_id.clone(), pod.clone());
+        Ok(Arc::new(SandboxHandle {
+            pod,
+            pods: self.pods.clone(),
+        }))
+    }
+
+    fn create(&self, opts: CreateOpts) -> Result<u32> {
+        if self.containers.lock().unwrap().contains_key(&opts.id) {
+            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        }
+        let pod = self
+            .pods
+            .lock()
+            .unwrap()
+            .get(&opts.sandbox_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "the VM of pod {} is not running in this shim",
+                    opts.sandbox_id
+                ))
+            })?;
+        guest_spec::prepare(&pod.shared, &opts.id, &opts.bundle, &opts.spec).map_err(|e| {
+            Error::InvalidArgument(format!("preparing {} for the VM: {e}", opts.id))
+        })?;
+        let created = pod.agent.create_container(
+            &opts.id,
+            &guest_spec::guest_bundle(&opts.id),
+            stream_request(&opts.stdio),
+        );
+        let resp = match created {
+            Ok(r) => r,
+            Err(e) => {
+                guest_spec::remove(&pod.shared, &opts.id);
+                return Err(agent_err(&format!("creating {} in the VM", opts.id), e));
+            }
+        };
+        let ports = resp.stdio_ports.clone().unwrap_or_default();
+        let ports = (ports.stdin, ports.stdout, ports.stderr);
+        let io = Io::new();
+        if let Err(e) = attach(&pod.agent, &opts.stdio, ports, &io) {
+            let _ = pod.agent.delete(&opts.id, "");
+            guest_spec::remove(&pod.shared, &opts.id);
+            return Err(Error::Other(format!("stdio of {}: {e}", opts.id)));
+        }
+        let host_pid = pod.vm.host_pids().first().copied().unwrap_or(0);
+        let init = Arc::new(Process { io });
+        let ctr = Arc::new(Container {
+            pod,
+            host_pid,
+            procs: Mutex::new(HashMap::from([(String::new(), init)])),
+        });
+        self.containers.lock().unwrap().insert(opts.id, ctr);
+        Ok(host_pid)
+    }
+
+    fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
+        let ctr = self.ctr(id)?;
+        let key = exec_id.unwrap_or_default();
+        let proc = ctr
+            .procs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {key} in container {id}")))?;
+        ctr.pod
+            .agent
+            .start(id, key)
+            .map_err(|e| agent_err(&format!("starting {id} in the VM"), e))?;
+        self.watch_exit(id, exec_id, &ctr, proc);
+        Ok(ctr.host_pid)
+    }
+
+    fn exec(&self, opts: ExecOpts) -> Result<()> {
+        let ctr = self.ctr(&opts.container_id)?;
+        if ctr.procs.lock().unwrap().contains_key(&opts.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} in container {}",
+                opts.exec_id, opts.container_id
+            )));
+        }
+        let json = serde_json::to_string(&opts.process)
+            .map_err(|e| Error::InvalidArgument(format!("exec process: {e}")))?;
+        let ports = ctr
+            .pod
+            .agent
+            .exec(
+                &opts.container_id,
+                &opts.exec_id,
+                &json,
+                stream_request(&opts.stdio),
+            )
+            .map_err(|e| agent_err(&format!("exec in {}", opts.container_id), e))?;
+        let ports = (ports.stdin, ports.stdout, ports.stderr);
+        let io = Io::new();
+        if let Err(e) = attach(&ctr.pod.agent, &opts.stdio, ports, &io) {
+            let _ = ctr.pod.agent.delete(&opts.container_id, &opts.exec_id);
+            return Err(Error::Other(format!("stdio of exec {}: {e}", opts.exec_id)));
+        }
+        ctr.procs
+            .lock()
+            .unwrap()
+            .insert(opts.exec_id, Arc::new(Process { io }));
+        Ok(())
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        ctr.pod
+            .agent
+            .kill(id, exec_id.unwrap_or_default(), signal as u32, all)
+            .map_err(|e| agent_err(&format!("kill in {id}"), e))
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        let key = exec_id.unwrap_or_default();
+        let r = ctr.pod.agent.delete(id, key);
+        if let Some(p) = ctr.procs.lock().unwrap().remove(key) {
+            p.io.close_stdin();
+        }
+        if exec_id.is_none() {
+            for (_, p) in ctr.procs.lock().unwrap().drain() {
+                p.io.close_stdin();
+            }
+            guest_spec::remove(&ctr.pod.shared, id);
+            self.containers.lock().unwrap().remove(id);
+        }
+        match r {
+            Ok(()) => Ok(()),
+            // The VM is gone (its pod ended): nothing is left to delete in it.
+            Err(_) if ctr.pod.stopped.load(Ordering::SeqCst) || !ctr.pod.vm.is_running() => Ok(()),
+            Err(e) => match agent_err(&format!("delete {id} in the VM"), e) {
+                Error::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let ctr = self.ctr(id)?;
+        ctr.pod
+            .agent
+            .pids(id)
+            .map_err(|e| agent_err(&format!("pids of {id}"), e))
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        ctr.pod
+            .agent
+            .pause(id)
+            .map_err(|e| agent_err(&format!("pause {id}"), e))
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        ctr.pod
+            .agent
+            .resume(id)
+            .map_err(|e| agent_err(&format!("resume {id}"), e))
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        let ctr = self.ctr(id)?;
+        let s = ctr
+            .pod
+            .agent
+            .stats(id)
+            .map_err(|e| agent_err(&format!("stats of {id}"), e))?;
+        Ok(Stats {
+            cgroup_version: s.cgroup_version as u8,
+            memory_usage: s.memory_usage,
+            memory_limit: s.memory_limit,
+            memory_max_usage: s.memory_max_usage,
+            memory_failcnt: s.memory_failcnt,
+            memory_cache: s.memory_cache,
+            memory_rss: s.memory_rss,
+            memory_oom_kills: s.memory_oom_kills,
+            cpu_usage_total_ns: s.cpu_usage_total_ns,
+            cpu_usage_user_ns: s.cpu_usage_user_ns,
+            cpu_usage_kernel_ns: s.cpu_usage_kernel_ns,
+            cpu_periods: s.cpu_periods,
+            cpu_throttled_periods: s.cpu_throttled_periods,
+            cpu_throttled_ns: s.cpu_throttled_ns,
+            pids_current: s.pids_current,
+            pids_limit: s.pids_limit,
+            io_read_bytes: s.io_read_bytes,
+            io_write_bytes: s.io_write_bytes,
+        })
+    }
+
+    fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        let json = serde_json::to_string(resources)
+            .map_err(|e| Error::InvalidArgument(format!("resources: {e}")))?;
+        ctr.pod
+            .agent
+            .update(id, &json)
+            .map_err(|e| agent_err(&format!("update {id}"), e))
+    }
+
+    fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        ctr.pod
+            .agent
+            .resize_pty(id, exec_id.unwrap_or_default(), width, height)
+            .map_err(|e| agent_err(&format!("resize the terminal of {id}"), e))
+    }
+
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        let ctr = self.ctr(id)?;
+        let key = exec_id.unwrap_or_default();
+        let proc = ctr.procs.lock().unwrap().get(key).cloned();
+        match proc {
+            Some(p) => {
+                p.io.close_stdin();
+                Ok(())
+            }
+            None => Err(Error::NotFound(format!("process {key} in container {id}"))),
+        }
+    }
+}
+
+/// The sandbox the shim holds: ends the VM and forgets it.
+struct SandboxHandle {
+    pod: Arc<PodVm>,
+    pods: Pods,
+}
+
+impl Sandbox for SandboxHandle {
+    fn id(&self) -> &str {
+        &self.pod.id
+    }
+    fn shutdown(&self) -> Result<()> {
+        self.pods.lock().unwrap().remove(&self.pod.id);
+        self.pod.stop()
+    }
+}
+
+/// Removes what a dead shim's pod left: the VM's processes, the shared directory's mounts,
+/// the state directory.
+pub fn cleanup_orphan(state_root: &Path, namespace: &str, sandbox_id: &str) {
+    let dir = state_root
+        .join(strata_backend_sanitize(namespace))
+        .join(strata_backend_sanitize(sandbox_id));
+    if !dir.exists() {
+        return;
+    }
+    if let Err(e) = crate::qemu::cleanup_orphan(&dir.join("vm")) {
+        tracing::warn!(sandbox = %sandbox_id, error = %e, "ending a dead shim's VM");
+    }
+    let shared = dir.join("shared");
+    if let Ok(entries) = std::fs::read_dir(&shared) {
+        for e in entries.flatten() {
+            guest_spec::remove(&shared, &e.file_name().to_string_lossy());
+        }
+    }
+    let _ = crate::share::release(&shared);
+    let _ = std::fs::remove_dir_all(&dir);
+}
