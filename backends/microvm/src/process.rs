@@ -1,0 +1,290 @@
+//! The VM's host processes: spawned (never threads of the shim) into the pod's cgroup, named by
+//! pid and start time, signalled only while that start time still matches.
+//!
+//! The unsafe code here is two calls with no Rust equivalent in the crates the tier uses: the
+//! `pre_exec` hook that moves a child into its cgroup before it runs anything, and
+//! `pidfd_open`/`pidfd_send_signal`, which signal exactly the process whose start time was
+//! checked (a pid reused between the check and the signal is never hit).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::{Error, VmRecord};
+
+/// Spawns `cmd` in a session of its own (a signal to the shim's process group does not reach
+/// it), in `cgroup` when given: the child writes `0` to `<cgroup>/cgroup.procs` before `exec`,
+/// so nothing of the program runs outside the cgroup. No parent-death signal: the shim is
+/// multi-threaded, and the VM must outlive a shim that is killed until `delete` cleans up.
+pub fn spawn(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
+    let procs = match cgroup {
+        Some(dir) => {
+            let path = dir.join("cgroup.procs");
+            // std opens with O_CLOEXEC: the descriptor does not outlive the exec.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                })?;
+            Some(f)
+        }
+        None => None,
+    };
+    let fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
+    // functions (setsid, write) on memory that is valid in the child (a static byte string and
+    // a descriptor the parent keeps open until spawn returns); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = fd {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    drop(procs);
+    child
+}
+
+/// `/proc/PID/stat`: the state letter (field 3) and the start time in clock ticks (field 22).
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/PID/stat`).
+fn parent(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The start time of `pid` in clock ticks since boot, if it exists.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
+}
+
+/// Whether the process `pid` that started at `start_time` still runs (a zombie does not).
+pub fn is_alive(pid: u32, start_time: u64) -> bool {
+    matches!(stat(pid), Some((state, t)) if t == start_time && !matches!(state, 'Z' | 'X'))
+}
+
+/// Every living descendant of `pid` (children, their children...), with start times.
+pub fn descendants(pid: u32) -> Vec<(u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<(u32, u32)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| Some((p, parent(p)?)))
+        .collect();
+    let mut out: Vec<u32> = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(c, _) in all.iter().filter(|(_, pp)| *pp == p) {
+            if !out.contains(&c) {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out.into_iter()
+        .filter_map(|p| match stat(p) {
+            Some((s, t)) if !matches!(s, 'Z' | 'X') => Some((p, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends `sig` to `pid` if it is still the process that started at `start_time`. Returns
+/// whether it was signalled (false: it is gone or the pid now names another process).
+pub fn signal(pid: u32, start_time: u64, sig: Signal) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return false;
+    }
+    // SAFETY: `raw` is a descriptor pidfd_open just returned, owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    // The descriptor names the process that had `pid` when it was opened; if that process
+    // still has the recorded start time now, it is the recorded one.
+    if !is_alive(pid, start_time) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a null siginfo (allowed:
+    // the kernel fills it as kill(2) does) and no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// Waits until none of `procs` is alive; false if some still are at `timeout`.
+pub fn wait_gone(procs: &[(u32, u64)], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !procs.iter().any(|&(p, t)| is_alive(p, t)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `record` to `path` atomically (a temporary file renamed over it).
+pub fn write_record(path: &Path, record: &VmRecord) -> Result<(), Error> {
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::Other(format!("encoding {}: {e}", path.display())))?;
+    let mut f =
+        File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    f.write_all(&json)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+}
+
+/// Reads a record written by [`write_record`]; None if there is none.
+pub fn read_record(path: &Path) -> Result<Option<VmRecord>, Error> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Other(format!("{} is not a VM record: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// SIGKILLs every process of `procs` that is still the recorded one, and their descendants,
+/// and waits (at most `timeout`) until they are gone. Returns those still alive.
+pub fn kill_all(procs: &[(u32, u64)], timeout: Duration) -> Vec<(u32, u64)> {
+    let mut all: Vec<(u32, u64)> = Vec::new();
+    for &(p, t) in procs {
+        if is_alive(p, t) {
+            all.extend(descendants(p));
+        }
+        all.push((p, t));
+    }
+    for &(p, t) in &all {
+        signal(p, t, Signal::SIGKILL);
+    }
+    wait_gone(&all, timeout);
+    all.into_iter().filter(|&(p, t)| is_alive(p, t)).collect()
+}
+
+/// The log file of a helper: `<dir>/<name>.log`, created empty.
+pub fn log_file(dir: &Path, name: &str) -> Result<(PathBuf, File), Error> {
+    let path = dir.join(format!("{name}.log"));
+    let f =
+        File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    Ok((path, f))
+}
+
+/// The last `lines` lines of the file at `path` (at most its last 64 KiB are read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).replace('\r', "");
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_named_by_start_time_and_killed_with_its_children() {
+        let mut child = spawn(
+            Command::new("/bin/sh").args(["-c", "sleep 60 & sleep 60; wait"]),
+            None,
+        )
+        .unwrap();
+        let pid = child.id();
+        let t = start_time(pid).unwrap();
+        assert!(is_alive(pid, t));
+        assert!(
+            !signal(pid, t + 1, Signal::SIGKILL),
+            "a wrong start time is never signalled"
+        );
+        // The shell's children appear once it has run.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let kids = loop {
+            let d = descendants(pid);
+            if d.len() == 2 || Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(kids.len(), 2, "{kids:?}");
+        // Its own session.
+        let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
+        assert_eq!(sid.as_raw() as u32, pid);
+        assert!(kill_all(&[(pid, t)], Duration::from_secs(5)).is_empty());
+        child.wait().unwrap();
+        assert!(!is_alive(pid, t));
+        for (k, kt) in kids {
+            assert!(!is_alive(k, kt));
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_tails_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("strata-process-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.json");
+        assert!(read_record(&path).unwrap().is_none());
+        let rec = VmRecord {
+            processes: vec![(1, 2), (3, 4)],
+            cgroup: Some("/sys/fs/cgroup/x".into()),
+        };
+        write_record(&path, &rec).unwrap();
+        let back = read_record(&path).unwrap().unwrap();
+        assert_eq!(back.processes, rec.processes);
+        assert_eq!(back.cgroup, rec.cgroup);
+
+        let log = dir.join("console.log");
+        let text: String = (0..100).map(|i| format!("line {i}\r\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        let t = tail(&log, 3);
+        assert_eq!(t, "line 97\nline 98\nline 99");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
