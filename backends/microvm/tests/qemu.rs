@@ -158,11 +158,12 @@ fn assert_all_gone(rec: &VmRecord) {
     );
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of /proc/PID/status.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -292,10 +293,15 @@ fn boots_answers_over_hybrid_vsock_and_stops_clean() {
         ping.mounts
     );
     for &pid in &pids {
+        // Guest RAM is the shared memfd (RssShmem); the process's own memory is RssAnon.
+        let f = |k| status_kib(pid, k).unwrap_or(0);
         eprintln!(
-            "qemu test: {} (pid {pid}) RSS {:?} kB",
+            "qemu test: {} (pid {pid}) RSS {} kB (anon {}, file {}, shmem {})",
             comm(pid),
-            rss_kib(pid)
+            f("VmRSS"),
+            f("RssAnon"),
+            f("RssFile"),
+            f("RssShmem")
         );
     }
 
