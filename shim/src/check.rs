@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use strata_backend::BackendKind;
 
-/// The backends linked into this build of Strata. Add a tier here when its crate is wired into
-/// the shim: `strata check` reports every other tier as not built.
-pub const BUILT_BACKENDS: &[BackendKind] =
-    &[BackendKind::Native, BackendKind::Sentry, BackendKind::Wasm];
+/// The backends linked into this build of Strata: the tier registry's
+/// ([`crate::tiers::TIERS`]). `strata check` reports every other tier as not built.
+pub fn built_backends() -> Vec<BackendKind> {
+    crate::tiers::TIERS.iter().map(|t| t.kind()).collect()
+}
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -264,10 +265,10 @@ impl Report {
     }
 }
 
-/// Probes this host and assesses every tier against [`BUILT_BACKENDS`].
+/// Probes this host and assesses every tier against [`built_backends`].
 pub fn run() -> Report {
     let host = probe_host();
-    let tiers = assess(&host, BUILT_BACKENDS);
+    let tiers = assess(&host, &built_backends());
     Report { tiers, host }
 }
 
@@ -469,7 +470,9 @@ fn assess_microvm(host: &Host) -> Assessment {
         KvmBacking::Pvm => f.add(
             Verdict::Degraded,
             "/dev/kvm is PVM (kvm_pvm), not hardware virtualisation: small purpose-built guests run, \
-             an unmodified Linux guest stops with \"emulation failure\"",
+             an unmodified Linux guest stops with \"emulation failure\"; a microvm pod gets the \
+             QEMU driver with TCG (emulation, no security boundary) only where [microvm] \
+             allow_tcg = true",
         ),
         KvmBacking::Unknown => f.add(
             Verdict::Degraded,
@@ -712,7 +715,7 @@ pub fn probe_host() -> Host {
         landlock: probe_landlock(),
         kvm: probe_kvm(),
         wasm: Wasm {
-            built: BUILT_BACKENDS.contains(&BackendKind::Wasm),
+            built: built_backends().contains(&BackendKind::Wasm),
             arch: std::env::consts::ARCH,
         },
     }

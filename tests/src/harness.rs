@@ -141,9 +141,6 @@ impl Tier {
     /// Why the shared suite cannot run on this tier at all yet, if it cannot.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Tier::Microvm => Some(
-                "the microvm tier runs no pod yet (issue 12): every shared-suite test is skipped on it",
-            ),
             _ => None,
         }
     }
@@ -195,6 +192,27 @@ pub fn shim_dir(testenv: &Path) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+/// The `[microvm]` table the tests run pods under: the guest kernel that
+/// `scripts/build-guest-kernel` cached for this tree, the initramfs `scripts/build-initramfs`
+/// wrote, and `allow_tcg` (this machine's /dev/kvm cannot run a Linux guest: QEMU emulates).
+pub fn microvm_test_table() -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let kernel = Command::new(repo.join("scripts/build-guest-kernel"))
+        .arg("--cached")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "[microvm]\nallow_tcg = true\nboot_timeout_secs = 120\nkernel = {kernel:?}\ninitrd = {:?}\n",
+        MICROVM_INITRAMFS
+    )
+}
+
+/// Where `scripts/build-initramfs` writes the guest's initramfs by default.
+pub const MICROVM_INITRAMFS: &str = "/var/cache/strata/guest-initramfs/initramfs.cpio.gz";
 
 /// Why `test` (a path such as `lifecycle::tty_run`) does not apply to the tier the suite runs
 /// on, if it does not: the tier runs no container yet, or the test is in the tier's table of
@@ -307,9 +325,37 @@ impl Harness {
     /// for Strata, nothing for runc.
     pub fn tier_flags(&self) -> Vec<String> {
         match self.runtime {
+            Runtime::Strata if self.tier == Tier::Microvm => vec![
+                "--annotation".into(),
+                self.tier.annotation(),
+                "--runtime-config-path".into(),
+                self.microvm_config().display().to_string(),
+            ],
             Runtime::Strata => vec!["--annotation".into(), self.tier.annotation()],
             Runtime::Runc => Vec::new(),
         }
+    }
+
+    /// Whether the container's processes (and their cgroups) are the host's: not in a VM, where
+    /// the pids `ctr task ps` lists and the cgroups are the guest's.
+    pub fn processes_on_the_host(&self) -> bool {
+        !(self.runtime == Runtime::Strata && self.tier == Tier::Microvm)
+    }
+
+    /// The configuration the microvm tier's containers are created under: the shipped
+    /// `configs/strata-microvm.toml` with a `[microvm]` table for this machine
+    /// ([`microvm_test_table`]), written once into the daemon's state directory.
+    pub fn microvm_config(&self) -> PathBuf {
+        let path = self.info.state.join("strata-microvm-test.toml");
+        if !path.exists() {
+            let shipped = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/strata-microvm.toml"),
+            )
+            .expect("reading configs/strata-microvm.toml");
+            std::fs::write(&path, format!("{shipped}\n{}", microvm_test_table()))
+                .expect("writing the microvm test configuration");
+        }
+        path
     }
 
     /// Where `ctr` keeps the FIFOs of the stdio it attaches (`--fifo-dir`). They are the

@@ -107,7 +107,13 @@ impl PodVm {
         let _ = self.agent.shutdown();
         let r = self.vm.stop(SHUTDOWN_GRACE);
         let _ = crate::share::release(&self.shared);
-        let _ = std::fs::remove_dir_all(&self.state);
+        // The pod's directory (`vm/` and `shared/`), then its namespace's if that was the last.
+        if let Some(dir) = self.state.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+            if let Some(ns) = dir.parent() {
+                let _ = std::fs::remove_dir(ns);
+            }
+        }
         if let Some(cg) = &self.cgroup {
             let _ = std::fs::remove_dir(cg);
         }
@@ -345,6 +351,9 @@ impl MicrovmBackend {
         let cleanup = || {
             let _ = crate::share::release(&shared);
             let _ = std::fs::remove_dir_all(&dir);
+            if let Some(ns) = dir.parent() {
+                let _ = std::fs::remove_dir(ns);
+            }
             if let Some(cg) = &cgroup {
                 let _ = std::fs::remove_dir(cg);
             }
@@ -777,4 +786,7 @@ pub fn cleanup_orphan(state_root: &Path, namespace: &str, sandbox_id: &str) {
     }
     let _ = crate::share::release(&shared);
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(ns) = dir.parent() {
+        let _ = std::fs::remove_dir(ns);
+    }
 }
