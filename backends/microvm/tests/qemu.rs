@@ -483,6 +483,14 @@ fn cleanup_orphan_ends_a_vm_whose_shim_was_killed() {
     assert!(!s.state().exists());
     assert!(mount_points_under(&s.0).is_empty());
     cleanup_orphan(&s.state()).unwrap();
+    // The dropped handles' processes are this test's zombies now; a cgroup holding zombies
+    // cannot be removed (kernel 6.18), so reap them as a killed shim's reaper would.
+    for &(pid, _) in &rec.processes {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
     if let Some(cg) = &cgroup {
         std::fs::remove_dir(cg).unwrap();
     }
