@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::agent::{
-    CreateContainerRequest, CreateContainerResponse, DeleteRequest, MountBundleRequest,
-    MountBundleResponse, OomEventRequest, PingRequest, PingResponse, ShutdownRequest, StartRequest,
-    StatsRequest, StatsResponse, Stdio, VersionRequest, WaitRequest,
+    CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, DeleteRequest, ExecRequest,
+    KillRequest, MountBundleRequest, MountBundleResponse, OomEventRequest, PauseRequest,
+    PidsRequest, PingRequest, PingResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
+    StartRequest, StatsRequest, StatsResponse, Stdio, StdioPorts, UpdateRequest, VersionRequest,
+    WaitRequest,
 };
 use crate::proto::agent_ttrpc::AgentClient;
 use crate::PROTOCOL_VERSION;
@@ -39,6 +41,11 @@ pub enum ClientError {
     },
     #[error("the agent speaks protocol version {agent}, this host {host}")]
     Incompatible { agent: u32, host: u32 },
+}
+
+/// A call's result, its error named by `call`.
+fn called<T>(call: &'static str, r: ttrpc::Result<T>) -> Result<T, ClientError> {
+    r.map_err(|source| ClientError::Call { call, source })
 }
 
 /// How this connection reached the agent, so that stdio ports can be reached the same way.
@@ -185,6 +192,11 @@ impl Agent {
         ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
     }
 
+    /// A call's context with this connection's deadline.
+    fn call_ctx(&self) -> ttrpc::context::Context {
+        Self::ctx(self.timeout)
+    }
+
     fn handshake(
         client: AgentClient,
         timeout: Duration,
@@ -217,23 +229,16 @@ impl Agent {
 
     /// `Ping`: the agent's PID, uptime and mounts.
     pub fn ping(&self) -> Result<PingResponse, ClientError> {
-        self.client
-            .ping(Self::ctx(self.timeout), &PingRequest::default())
-            .map_err(|source| ClientError::Call {
-                call: "Ping",
-                source,
-            })
+        let r = self.client.ping(self.call_ctx(), &PingRequest::default());
+        called("Ping", r)
     }
 
     /// `Shutdown`: the agent answers, then powers the VM off.
     pub fn shutdown(&self) -> Result<(), ClientError> {
-        self.client
-            .shutdown(Self::ctx(self.timeout), &ShutdownRequest::default())
-            .map(|_| ())
-            .map_err(|source| ClientError::Call {
-                call: "Shutdown",
-                source,
-            })
+        let r = self
+            .client
+            .shutdown(self.call_ctx(), &ShutdownRequest::default());
+        called("Shutdown", r).map(drop)
     }
 
     /// Connects to a stdio port the agent announced (`StdioPorts`), the way this connection
@@ -270,23 +275,20 @@ impl Agent {
         device: &str,
         name: &str,
     ) -> Result<MountBundleResponse, ClientError> {
-        self.client
-            .mount_bundle(
-                Self::ctx(self.timeout),
-                &MountBundleRequest {
-                    device: device.to_string(),
-                    name: name.to_string(),
-                    ..Default::default()
-                },
-            )
-            .map_err(|source| ClientError::Call {
-                call: "MountBundle",
-                source,
-            })
+        let req = MountBundleRequest {
+            device: device.to_string(),
+            name: name.to_string(),
+            ..Default::default()
+        };
+        called(
+            "MountBundle",
+            self.client.mount_bundle(self.call_ctx(), &req),
+        )
     }
 
-    /// `CreateContainer`: the container from the bundle directory `bundle` in the guest (e.g.
-    /// [`Agent::mount_bundle`]'s), not started; the reply has its PID and stream ports.
+    /// `CreateContainer`: the container from the bundle directory `bundle` in the guest
+    /// ([`Agent::mount_bundle`]'s, or `/run/strata/shared/<id>` on the pod's virtio-fs share),
+    /// not started; the reply has its PID and stream ports.
     pub fn create_container(
         &self,
         id: &str,
@@ -299,12 +301,10 @@ impl Agent {
             stdio: Some(stdio).into(),
             ..Default::default()
         };
-        self.client
-            .create_container(Self::ctx(self.timeout), &req)
-            .map_err(|source| ClientError::Call {
-                call: "CreateContainer",
-                source,
-            })
+        called(
+            "CreateContainer",
+            self.client.create_container(self.call_ctx(), &req),
+        )
     }
 
     /// `Start`: the container's init (`exec_id` empty) or an exec'd process; its PID.
@@ -314,13 +314,40 @@ impl Agent {
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.client
-            .start(Self::ctx(self.timeout), &req)
-            .map(|r| r.pid)
-            .map_err(|source| ClientError::Call {
-                call: "Start",
-                source,
-            })
+        called("Start", self.client.start(self.call_ctx(), &req)).map(|r| r.pid)
+    }
+
+    /// `Exec`: adds the process `process_json` (an OCI runtime Process as JSON) to the
+    /// running container `id` as `exec_id`, not started; the ports of its streamed stdio.
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &str,
+        stdio: Stdio,
+    ) -> Result<StdioPorts, ClientError> {
+        let req = ExecRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            process_json: process_json.to_string(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        called("Exec", self.client.exec(self.call_ctx(), &req))
+            .map(|r| r.stdio_ports.into_option().unwrap_or_default())
+    }
+
+    /// `Kill`: `signal` to the init (`exec_id` empty) or an exec'd process; with `all` (and
+    /// `exec_id` empty) to every process of the container.
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), ClientError> {
+        let req = KillRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        called("Kill", self.client.kill(self.call_ctx(), &req)).map(drop)
     }
 
     /// `Wait`, at most `wait`: the exit status (128 + signal if killed).
@@ -330,13 +357,7 @@ impl Agent {
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.client
-            .wait(Self::ctx(wait), &req)
-            .map(|r| r.exit_status)
-            .map_err(|source| ClientError::Call {
-                call: "Wait",
-                source,
-            })
+        called("Wait", self.client.wait(Self::ctx(wait), &req)).map(|r| r.exit_status)
     }
 
     /// `Delete`: the container (`exec_id` empty) or an exec'd process.
@@ -346,29 +367,16 @@ impl Agent {
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.client
-            .delete(Self::ctx(self.timeout), &req)
-            .map(|_| ())
-            .map_err(|source| ClientError::Call {
-                call: "Delete",
-                source,
-            })
+        called("Delete", self.client.delete(self.call_ctx(), &req)).map(drop)
     }
 
     /// `Stats`: the container's cgroup figures inside the guest.
     pub fn stats(&self, id: &str) -> Result<StatsResponse, ClientError> {
-        self.client
-            .stats(
-                Self::ctx(self.timeout),
-                &StatsRequest {
-                    id: id.to_string(),
-                    ..Default::default()
-                },
-            )
-            .map_err(|source| ClientError::Call {
-                call: "Stats",
-                source,
-            })
+        let req = StatsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        called("Stats", self.client.stats(self.call_ctx(), &req))
     }
 
     /// `OomEvent`: the id of the next container whose cgroup saw an OOM kill, waiting at most
@@ -388,6 +396,74 @@ impl Agent {
                 source,
             }),
         }
+    }
+
+    /// `Pause`: freezes every process of the container.
+    pub fn pause(&self, id: &str) -> Result<(), ClientError> {
+        let req = PauseRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        called("Pause", self.client.pause(self.call_ctx(), &req)).map(drop)
+    }
+
+    /// `Resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), ClientError> {
+        let req = ResumeRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        called("Resume", self.client.resume(self.call_ctx(), &req)).map(drop)
+    }
+
+    /// `Pids`: the PIDs (in the guest) of the container's processes.
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, ClientError> {
+        let req = PidsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        called("Pids", self.client.pids(self.call_ctx(), &req)).map(|r| r.pids)
+    }
+
+    /// `Update`: applies `resources_json` (an OCI runtime LinuxResources as JSON) to the
+    /// container's cgroup.
+    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), ClientError> {
+        let req = UpdateRequest {
+            id: id.to_string(),
+            resources_json: resources_json.to_string(),
+            ..Default::default()
+        };
+        called("Update", self.client.update(self.call_ctx(), &req)).map(drop)
+    }
+
+    /// `ResizePty`: the window size (columns, rows) of the terminal of the init (`exec_id`
+    /// empty) or an exec'd process.
+    pub fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ClientError> {
+        let req = ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        called("ResizePty", self.client.resize_pty(self.call_ctx(), &req)).map(drop)
+    }
+
+    /// `CloseStdin`: the process reads end-of-file on stdin once what reached the agent is
+    /// through (a stdin path or a streamed stdin alike).
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ClientError> {
+        let req = CloseStdinRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        called("CloseStdin", self.client.close_stdin(self.call_ctx(), &req)).map(drop)
     }
 
     /// The raw generated client, for calls this wrapper does not cover yet.

@@ -36,5 +36,8 @@ pub mod proto {
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The protocol version this crate speaks.
-/// 2: stdio streams, `Stats`, `OomEvent`. 3: `MountBundle`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 2: stdio streams, `Stats`, `OomEvent`. 3: `MountBundle`. 4: `Pause`, `Resume`, `Pids`,
+/// `Update`, `ResizePty`, `CloseStdin`, a terminal with streamed stdio, bundles on the pod's
+/// virtio-fs share (`/run/strata/shared/<id>`, "virtiofs" in `Ping`'s mounts), port 1024 from
+/// the host's CID only, and the rest of a container's processes killed when its init exits.
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -1,10 +1,11 @@
-//! AF_VSOCK stream sockets for the agent's stdio streams: listen, accept (with the peer's CID),
-//! connect. The crate's only `unsafe`: nix 0.29's `accept4` returns a raw descriptor, which is
-//! wrapped into an `OwnedFd` here at once.
+//! AF_VSOCK stream sockets for the agent's port and stdio streams: listen, accept (with the
+//! peer's CID), the peer's CID of an accepted socket, connect. The crate's only `unsafe`:
+//! nix 0.29's `accept4` returns a raw descriptor, which is wrapped into an `OwnedFd` here at
+//! once.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     accept4, bind, connect as nix_connect, getpeername, listen as nix_listen, socket,
@@ -42,8 +43,14 @@ pub fn accept(listener: &OwnedFd) -> io::Result<(OwnedFd, u32)> {
     // SAFETY: accept4 succeeded, so `raw` is a new descriptor that nothing else owns; it is
     // wrapped once, here, and closed when the OwnedFd drops.
     let conn = unsafe { OwnedFd::from_raw_fd(raw) };
-    let peer = getpeername::<VsockAddr>(conn.as_raw_fd()).map_err(io_err)?;
-    Ok((conn, peer.cid()))
+    let cid = peer_cid(conn.as_raw_fd())?;
+    Ok((conn, cid))
+}
+
+/// The CID of the peer of the connected vsock socket `fd` (an error if `fd` is no vsock
+/// socket).
+pub fn peer_cid(fd: RawFd) -> io::Result<u32> {
+    Ok(getpeername::<VsockAddr>(fd).map_err(io_err)?.cid())
 }
 
 /// Connects to `cid:port`.
