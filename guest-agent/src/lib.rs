@@ -1,10 +1,15 @@
 //! Strata's guest agent: PID 1 inside the microVM.
 //!
-//! The agent mounts /proc, /sys, /dev, /run and the cgroup2 hierarchy, reaps orphans, and serves
-//! the agent protocol (`proto/agent.proto`, ttrpc) on vsock port [`AGENT_VSOCK_PORT`], or on a
-//! Unix socket when run as a host process for tests: same code, another transport. Every
-//! connection starts with `Version`. Containers are created inside the guest with the native
-//! backend's code; their stdio can stream over the transport ([`streams`]).
+//! The agent mounts /proc, /sys, /dev, /run and the cgroup2 hierarchy, and the pod's virtio-fs
+//! share ([`share`]), reaps orphans, and serves the agent protocol (`proto/agent.proto`, ttrpc)
+//! on vsock port [`AGENT_VSOCK_PORT`] to the host's CID only, or on a Unix socket when run as a
+//! host process for tests: same code, another transport. Every connection starts with
+//! `Version`. Containers are created inside the guest with the native backend's code; their
+//! stdio can stream over the transport ([`streams`]).
+//!
+//! The agent must never serve a peer other than the host (the guest's own processes reach its
+//! ports through vsock loopback), nor mount a disk for a request when it is not the guest's
+//! PID 1.
 //!
 //! The protocol, its generated code, the host's client and the vsock transport are the
 //! `strata-agent-protocol` crate's (re-exported here).
@@ -17,6 +22,7 @@ pub mod containers;
 pub mod pid1;
 pub mod selftest;
 pub mod service;
+pub mod share;
 pub mod streams;
 
 pub use strata_agent_protocol::{client, proto, vsock, AGENT_VSOCK_PORT, PROTOCOL_VERSION};

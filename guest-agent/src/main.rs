@@ -59,6 +59,13 @@ fn guest_mode() -> ! {
         Err(e) => eprintln!("strata-guest-agent: leaving the initramfs: {e}"),
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    // The pod's virtio-fs share, where the host puts the containers' bundles. Without it the
+    // agent still serves: creating a container from the share says why it is missing.
+    if let Some(tag) = strata_guest_agent::share::tag(&cmdline) {
+        if let Err(e) = strata_guest_agent::share::mount_share(tag) {
+            eprintln!("strata-guest-agent: {e}");
+        }
+    }
     let param = |name: &str| {
         cmdline
             .split_whitespace()

@@ -1,4 +1,5 @@
-//! PID 1's duties: the basic mounts and powering the VM off. (Orphans are reaped by
+//! PID 1's duties: the basic mounts and powering the VM off (the pod's share is
+//! [`crate::share`]). (Orphans are reaped by
 //! `strata-backend`'s reaper, which the service starts.)
 
 use std::os::unix::fs::MetadataExt;
@@ -70,13 +71,23 @@ pub fn mounted_basics() -> Vec<&'static str> {
         .collect()
 }
 
+/// The mounts `Ping` reports: the basic ones in place, then "virtiofs" if the pod's share is
+/// mounted ([`crate::share`]).
+pub fn mounts() -> Vec<&'static str> {
+    let mut m = mounted_basics();
+    if crate::share::mounted() {
+        m.push("virtiofs");
+    }
+    m
+}
+
 /// A one-line report of PID 1's state: its PID and which of the basic mounts are in place
 /// (`strata.selftest=1` on the kernel command line prints it and powers off).
 pub fn selftest() -> String {
     format!(
         "selftest pid={} mounts={}",
         std::process::id(),
-        mounted_basics().join(",")
+        mounts().join(",")
     )
 }
 
