@@ -2,11 +2,15 @@
 //! (`strata-native`, youki's libcontainer), run inside the guest. Exits reach `Wait` and OOM
 //! kills reach `OomEvent` through the backend's event sink; every child of the agent is reaped
 //! by `strata-backend`'s reaper. Streamed stdio is [`crate::streams`].
+//!
+//! When a container's init exits, the rest of its processes (its cgroup's) are killed before
+//! `Wait` reports the exit, as runc's shim does: the kernel does it already for a container
+//! with a PID namespace of its own, not for one that shares the guest's.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use strata_backend::{Backend, BackendEvent, CreateOpts, Error, ExecOpts, Stats, StdioPaths};
 use strata_native::NativeBackend;
@@ -36,9 +40,12 @@ struct Ooms {
     changed: Condvar,
 }
 
+/// How long `CloseStdin` waits for a streamed stdin's copier to pass on what it already read.
+const STDIN_DRAIN: Duration = Duration::from_secs(2);
+
 /// The native backend plus the exits and OOM kills it reported and the processes' streams.
 pub struct Containers {
-    backend: NativeBackend,
+    backend: Arc<NativeBackend>,
     exits: Arc<Exits>,
     ooms: Arc<Ooms>,
     transport: StreamTransport,
@@ -87,6 +94,9 @@ impl Containers {
         let exits = Arc::new(Exits::default());
         let ooms = Arc::new(Ooms::default());
         let (sink_exits, sink_ooms) = (exits.clone(), ooms.clone());
+        // The sink is the backend's, so it reaches the backend through a weak reference.
+        let backend_ref: Arc<OnceLock<Weak<NativeBackend>>> = Arc::default();
+        let sink_backend = backend_ref.clone();
         let sink: strata_backend::EventSink = Arc::new(move |ev| match ev {
             BackendEvent::Exited {
                 container_id,
@@ -94,6 +104,13 @@ impl Containers {
                 status,
                 ..
             } => {
+                if exec_id.is_none() {
+                    // The init is gone: so goes the rest of the container (the sink runs on
+                    // a thread of its own, not the reaper's).
+                    if let Some(b) = sink_backend.get().and_then(Weak::upgrade) {
+                        let _ = b.kill(&container_id, None, libc::SIGKILL, true);
+                    }
+                }
                 let mut done = sink_exits.done.lock().unwrap_or_else(|p| p.into_inner());
                 done.insert((container_id, exec_id.unwrap_or_default()), status);
                 sink_exits.changed.notify_all();
@@ -107,8 +124,10 @@ impl Containers {
                 sink_ooms.changed.notify_all();
             }
         });
+        let backend = Arc::new(NativeBackend::new(state_root, sink));
+        let _ = backend_ref.set(Arc::downgrade(&backend));
         Containers {
-            backend: NativeBackend::new(state_root, sink),
+            backend,
             exits,
             ooms,
             transport,
@@ -125,6 +144,7 @@ impl Containers {
         io: Option<&Stdio>,
     ) -> Result<(u32, StdioPorts), Error> {
         let bundle = PathBuf::from(bundle);
+        crate::share::check_bundle(&bundle)?;
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
             Error::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
@@ -164,10 +184,9 @@ impl Containers {
     }
 
     fn keep_streams(&self, id: &str, exec: &str, streams: Option<ProcessStreams>) -> StdioPorts {
-        let Some(mut ps) = streams else {
+        let Some(ps) = streams else {
             return StdioPorts::default();
         };
-        ps.opened();
         let ports = ps.ports.clone();
         self.streams
             .lock()
@@ -177,7 +196,18 @@ impl Containers {
     }
 
     pub fn start(&self, id: &str, exec: &str) -> Result<u32, Error> {
-        self.backend.start(id, exec_id(exec))
+        let pid = self.backend.start(id, exec_id(exec))?;
+        // The backend holds its own ends of the streams by now (an exec's terminal is attached
+        // at its start).
+        if let Some(ps) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&(id.to_string(), exec.to_string()))
+        {
+            ps.opened();
+        }
+        Ok(pid)
     }
 
     pub fn exec(
@@ -242,6 +272,51 @@ impl Containers {
                 None => q = self.ooms.changed.wait(q).unwrap_or_else(|p| p.into_inner()),
             }
         }
+    }
+
+    pub fn pause(&self, id: &str) -> Result<(), Error> {
+        self.backend.pause(id)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<(), Error> {
+        self.backend.resume(id)
+    }
+
+    /// The PIDs of the container's processes (its cgroup's), in the agent's PID namespace.
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, Error> {
+        self.backend.pids(id)
+    }
+
+    /// Applies `resources_json`, an OCI LinuxResources as JSON, to the container's cgroup.
+    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), Error> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_str(resources_json)
+            .map_err(|e| Error::InvalidArgument(format!("resources: {e}")))?;
+        self.backend.update(id, &resources)
+    }
+
+    /// Sets the window size of the process's terminal.
+    pub fn resize_pty(&self, id: &str, exec: &str, width: u32, height: u32) -> Result<(), Error> {
+        if width > u32::from(u16::MAX) || height > u32::from(u16::MAX) {
+            return Err(Error::InvalidArgument(format!(
+                "window size {width}x{height}: at most 65535 each way"
+            )));
+        }
+        self.backend.resize_pty(id, exec_id(exec), width, height)
+    }
+
+    /// Ends the process's stdin once what already reached the agent is through: a streamed
+    /// stdin's copier first (it ends the backend's pipe), then the backend's.
+    pub fn close_stdin(&self, id: &str, exec: &str) -> Result<(), Error> {
+        let end = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(id.to_string(), exec.to_string()))
+            .and_then(ProcessStreams::stdin);
+        if let Some(end) = end {
+            end.close(STDIN_DRAIN);
+        }
+        self.backend.close_stdin(id, exec_id(exec))
     }
 
     pub fn kill(&self, id: &str, exec: &str, signal: u32, all: bool) -> Result<(), Error> {

@@ -1,22 +1,32 @@
-//! The agent's side of the protocol: the ttrpc service and the server loop.
+//! The agent's side of the protocol: the ttrpc service and the server.
+//!
+//! On vsock only the host may talk to the agent: ttrpc's accept hook looks at each connection's
+//! peer and closes it at once unless its CID is the host's (2). Processes in the guest could
+//! reach port 1024 through vsock loopback otherwise. The in-guest self-test alone also admits
+//! the guest's own CID (1), by [`StreamTransport::Vsock`]'s `allow_local`, which nothing but
+//! [`crate::selftest`] sets.
 
-use std::sync::mpsc::{self, Sender};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ttrpc::TtrpcContext;
+use ttrpc::{AcceptHook, HookError, HookOutput, TtrpcContext};
 
 use crate::containers::{to_ttrpc, Containers};
 use crate::proto::agent::{
-    CreateContainerRequest, CreateContainerResponse, DeleteRequest, DeleteResponse, ExecRequest,
-    ExecResponse, KillRequest, KillResponse, MountBundleRequest, MountBundleResponse,
-    OomEventRequest, OomEventResponse, PingRequest, PingResponse, ShutdownRequest,
-    ShutdownResponse, StartRequest, StartResponse, StatsRequest, StatsResponse, VersionRequest,
-    VersionResponse, WaitRequest, WaitResponse,
+    CloseStdinRequest, CloseStdinResponse, CreateContainerRequest, CreateContainerResponse,
+    DeleteRequest, DeleteResponse, ExecRequest, ExecResponse, KillRequest, KillResponse,
+    MountBundleRequest, MountBundleResponse, OomEventRequest, OomEventResponse, PauseRequest,
+    PauseResponse, PidsRequest, PidsResponse, PingRequest, PingResponse, ResizePtyRequest,
+    ResizePtyResponse, ResumeRequest, ResumeResponse, ShutdownRequest, ShutdownResponse,
+    StartRequest, StartResponse, StatsRequest, StatsResponse, UpdateRequest, UpdateResponse,
+    VersionRequest, VersionResponse, WaitRequest, WaitResponse,
 };
 use crate::proto::agent_ttrpc::{create_agent, Agent};
-use crate::streams::StreamTransport;
-use crate::PROTOCOL_VERSION;
+use crate::streams::{peer_allowed, StreamTransport};
+use crate::{vsock, PROTOCOL_VERSION};
 
 /// Errors serving.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +66,7 @@ impl Agent for AgentService {
         Ok(PingResponse {
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            mounts: crate::pid1::mounted_basics()
+            mounts: crate::pid1::mounts()
                 .into_iter()
                 .map(String::from)
                 .collect(),
@@ -188,6 +198,53 @@ impl Agent for AgentService {
         })
     }
 
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<PauseResponse> {
+        self.containers.pause(&req.id).map_err(to_ttrpc)?;
+        Ok(PauseResponse::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<ResumeResponse> {
+        self.containers.resume(&req.id).map_err(to_ttrpc)?;
+        Ok(ResumeResponse::default())
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let pids = self.containers.pids(&req.id).map_err(to_ttrpc)?;
+        Ok(PidsResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateRequest) -> ttrpc::Result<UpdateResponse> {
+        self.containers
+            .update(&req.id, &req.resources_json)
+            .map_err(to_ttrpc)?;
+        Ok(UpdateResponse::default())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ResizePtyRequest,
+    ) -> ttrpc::Result<ResizePtyResponse> {
+        self.containers
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .map_err(to_ttrpc)?;
+        Ok(ResizePtyResponse::default())
+    }
+
+    fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CloseStdinRequest,
+    ) -> ttrpc::Result<CloseStdinResponse> {
+        self.containers
+            .close_stdin(&req.id, &req.exec_id)
+            .map_err(to_ttrpc)?;
+        Ok(CloseStdinResponse::default())
+    }
+
     fn oom_event(
         &self,
         ctx: &TtrpcContext,
@@ -208,51 +265,106 @@ impl Agent for AgentService {
     }
 }
 
-/// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`) until a `Shutdown`
-/// request, then returns. Container state is kept under `state_root`; stdio streams listen on
-/// the same transport (`/path_<port>` for a Unix socket; vsock ports from the host's CID only);
-/// `MountBundle` mounts under `bundles/` beside `state_root`.
+/// ttrpc's accept hook on vsock: closes a connection whose peer is not allowed
+/// ([`peer_allowed`]) before ttrpc reads a byte of it.
+#[derive(Debug)]
+struct HostOnly {
+    allow_local: bool,
+    refused: AtomicU64,
+}
+
+impl AcceptHook for HostOnly {
+    fn on_accept(&self, fd: RawFd) -> Result<HookOutput, HookError> {
+        let cid = vsock::peer_cid(fd).map_err(HookError::Io)?;
+        if peer_allowed(cid, self.allow_local) {
+            return Ok(HookOutput {
+                data: Default::default(),
+                payload_transform: None,
+            });
+        }
+        // On the console, without letting a guest process flood it: the 1st, 2nd, 4th, ...
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            println!(
+                "strata-guest-agent: refused a connection from CID {cid} (only the host's, \
+                 {}, may connect); {n} so far",
+                vsock::CID_HOST
+            );
+        }
+        Err(HookError::Rejected(format!("CID {cid}")))
+    }
+}
+
+/// The agent serving: its ttrpc server, and what `Shutdown` signals.
+pub struct Serving {
+    server: ttrpc::Server,
+    shutdown: Receiver<()>,
+}
+
+impl Serving {
+    /// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`). Container state is
+    /// kept under `state_root`; stdio streams listen on `transport` (`/path_<port>` for a Unix
+    /// socket, vsock ports otherwise); on vsock the peers are checked ([`peer_allowed`], with
+    /// `transport`'s `allow_local`); `MountBundle` mounts under `bundles/` beside `state_root`.
+    pub fn start(
+        addr: &str,
+        state_root: &std::path::Path,
+        transport: StreamTransport,
+    ) -> Result<Serving, ServeError> {
+        // Every child of the agent (container processes, orphans) is reaped in one place.
+        let _ = strata_backend::reaper::Reaper::global();
+        let (tx, rx) = mpsc::channel();
+        let allow_local = matches!(transport, StreamTransport::Vsock { allow_local: true });
+        let service = create_agent(Arc::new(AgentService {
+            started: Instant::now(),
+            shutdown: Mutex::new(Some(tx)),
+            containers: Containers::with_transport(state_root, transport),
+            bundles: state_root
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("bundles"),
+        }));
+        let mut server = ttrpc::Server::new()
+            .bind(addr)
+            .map_err(|source| ServeError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?
+            .register_service(service);
+        if addr.starts_with("vsock://") {
+            server = server.set_accept_hook(HostOnly {
+                allow_local,
+                refused: AtomicU64::new(0),
+            });
+        }
+        server.start().map_err(ServeError::Start)?;
+        Ok(Serving {
+            server,
+            shutdown: rx,
+        })
+    }
+
+    /// Serves until a `Shutdown` request, then stops.
+    pub fn until_shutdown(self) {
+        let _ = self.shutdown.recv();
+        // Let the Shutdown reply reach the host before the transport goes away.
+        std::thread::sleep(Duration::from_millis(100));
+        self.server.shutdown();
+    }
+
+    /// Stops serving now (the port is free again).
+    pub fn stop(self) {
+        self.server.shutdown();
+    }
+}
+
+/// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`, from the host's CID
+/// only) until a `Shutdown` request, then returns. See [`Serving::start`].
 pub fn serve(addr: &str, state_root: &std::path::Path) -> Result<(), ServeError> {
     let transport = match addr.strip_prefix("unix://") {
         Some(path) => StreamTransport::Unix(path.into()),
         None => StreamTransport::Vsock { allow_local: false },
     };
-    serve_with(addr, state_root, transport, None)
-}
-
-/// [`serve`] with the stream transport chosen, and `ready` told once the server listens.
-pub fn serve_with(
-    addr: &str,
-    state_root: &std::path::Path,
-    transport: StreamTransport,
-    ready: Option<Sender<()>>,
-) -> Result<(), ServeError> {
-    // Every child of the agent (container processes, orphans) is reaped in one place.
-    let _ = strata_backend::reaper::Reaper::global();
-    let (tx, rx) = mpsc::channel();
-    let service = create_agent(Arc::new(AgentService {
-        started: Instant::now(),
-        shutdown: Mutex::new(Some(tx)),
-        containers: Containers::with_transport(state_root, transport),
-        bundles: state_root
-            .parent()
-            .unwrap_or(std::path::Path::new("/"))
-            .join("bundles"),
-    }));
-    let mut server = ttrpc::Server::new()
-        .bind(addr)
-        .map_err(|source| ServeError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?
-        .register_service(service);
-    server.start().map_err(ServeError::Start)?;
-    if let Some(ready) = ready {
-        let _ = ready.send(());
-    }
-    let _ = rx.recv();
-    // Let the Shutdown reply reach the host before the transport goes away.
-    std::thread::sleep(Duration::from_millis(100));
-    server.shutdown();
+    Serving::start(addr, state_root, transport)?.until_shutdown();
     Ok(())
 }

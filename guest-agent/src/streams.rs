@@ -6,7 +6,9 @@
 //! backend opens its own end from that path (stdout/stderr as the process's fd 1/2, stdin for its
 //! copier), and a thread of the agent copies between the pipe and the connection. stdout/stderr
 //! end when every holder of the pipe's write end (the process and whatever inherited it) closed
-//! it; stdin ends when the host shuts down writing on its connection.
+//! it; stdin ends when the host shuts down writing on its connection, or on `CloseStdin` once
+//! nothing more is readable. With a terminal the backend copies between the pty master and the
+//! same paths: the master's output is the stdout stream, the stdin stream goes into the master.
 //!
 //! The connection is untrusted in both directions: bytes are copied, never parsed; on vsock only
 //! the host's CID may connect (the guest's own processes could reach the port through vsock
@@ -19,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -32,10 +34,17 @@ use crate::vsock;
 /// How the host reaches the stream ports.
 #[derive(Clone, Debug)]
 pub enum StreamTransport {
-    /// AF_VSOCK in the guest. `allow_local`: accept the guest's own CID too (self-test only).
+    /// AF_VSOCK in the guest. `allow_local`: accept the guest's own CID too, on port 1024 and
+    /// the stream ports (set by the self-test only).
     Vsock { allow_local: bool },
     /// The agent as a host process on `unix://BASE`: port P is the Unix socket `BASE_P`.
     Unix(PathBuf),
+}
+
+/// Whether a vsock peer may connect to the agent's ports (1024 and the streams'): the host,
+/// and the guest itself only where `allow_local` (the self-test).
+pub fn peer_allowed(cid: u32, allow_local: bool) -> bool {
+    cid == vsock::CID_HOST || (allow_local && cid == vsock::CID_LOCAL)
 }
 
 /// The first port handed out; the next free one above it is used.
@@ -76,9 +85,9 @@ impl Listener {
         ))
     }
 
-    /// Waits for the host's connection; None when `cancel` was set first.
-    fn accept(&self, allow_local: bool, cancel: &AtomicBool) -> Option<File> {
-        while !cancel.load(Ordering::SeqCst) {
+    /// Waits for the host's connection; None when `stop` said so first.
+    fn accept(&self, allow_local: bool, stop: impl Fn() -> bool) -> Option<File> {
+        while !stop() {
             let fd = match self {
                 Listener::Vsock(fd) => fd.as_fd(),
                 Listener::Unix(l, _) => l.as_fd(),
@@ -93,7 +102,7 @@ impl Listener {
             }
             match self {
                 Listener::Vsock(l) => match vsock::accept(l) {
-                    Ok((conn, cid)) if cid == vsock::CID_HOST || allow_local => {
+                    Ok((conn, cid)) if peer_allowed(cid, allow_local) => {
                         return Some(File::from(conn))
                     }
                     _ => continue,
@@ -125,7 +134,44 @@ pub struct ProcessStreams {
     /// Write ends of stdout/stderr: dropped once the backend opened its own (`opened`), so that
     /// the reader sees end-of-file when the process's copies close.
     until_opened: Vec<OwnedFd>,
+    /// The stdin stream's copier, when stdin is streamed.
+    stdin: Option<Arc<StdinEnd>>,
 }
+
+/// Ending a streamed stdin from the agent's side (`CloseStdin`).
+#[derive(Default)]
+pub struct StdinEnd {
+    /// Asked to end: the copier stops once nothing more is readable.
+    close: AtomicBool,
+    /// The copier has ended (the process's end-of-file is on its way).
+    done: Mutex<bool>,
+    ended: Condvar,
+}
+
+impl StdinEnd {
+    /// Asks the copier to end after what is readable now, and waits (at most `wait`) until
+    /// it has.
+    pub fn close(&self, wait: Duration) {
+        self.close.store(true, Ordering::SeqCst);
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .ended
+            .wait_timeout_while(done, wait, |d| !*d)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    fn closing(&self) -> bool {
+        self.close.load(Ordering::SeqCst)
+    }
+
+    fn finished(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.ended.notify_all();
+    }
+}
+
+/// How long the stdin copier waits for data before it looks whether it was asked to end.
+const STDIN_POLL: Duration = Duration::from_millis(50);
 
 fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
@@ -165,6 +211,35 @@ fn pump_out(mut src: File, mut conn: Option<File>) {
     }
 }
 
+/// Copies the host's `conn` into `sink` until the host ends it, or until `end` asks and
+/// nothing more is readable.
+fn pump_in(mut conn: File, mut sink: File, end: &StdinEnd) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(STDIN_POLL).unwrap_or(PollTimeout::MAX),
+        );
+        match ready {
+            Ok(0) if end.closing() => break,
+            Ok(0) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if sink.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
 impl ProcessStreams {
     /// Sets up the streams `io` asks for; returns them and the paths to give the backend.
     /// `None` when nothing is streamed.
@@ -176,9 +251,9 @@ impl ProcessStreams {
         if !(io.stream_stdin || io.stream_stdout || io.stream_stderr) {
             return Ok(None);
         }
-        if io.terminal {
+        if io.terminal && io.stream_stderr {
             return Err(Error::InvalidArgument(
-                "stdio streams with a terminal are not supported".into(),
+                "a terminal has no stderr of its own: its output is the stdout stream".into(),
             ));
         }
         let clash = (io.stream_stdin && !io.stdin.is_empty())
@@ -196,6 +271,7 @@ impl ProcessStreams {
             cancel: Arc::new(AtomicBool::new(false)),
             held: Vec::new(),
             until_opened: Vec::new(),
+            stdin: None,
         };
         if io.stream_stdin {
             let (r, w) = pipe()?;
@@ -204,13 +280,18 @@ impl ProcessStreams {
             ps.held.push(r);
             ps.ports.stdin = port;
             let cancel = ps.cancel.clone();
+            let end = Arc::new(StdinEnd::default());
+            ps.stdin = Some(end.clone());
             spawn("stdin-stream", move || {
-                let mut w = File::from(w);
-                if let Some(mut conn) = l.accept(allow_local, &cancel) {
+                let stop = || cancel.load(Ordering::SeqCst) || end.closing();
+                if let Some(conn) = l.accept(allow_local, stop) {
                     drop(l);
-                    let _ = std::io::copy(&mut conn, &mut w);
+                    pump_in(conn, File::from(w), &end);
+                } else {
+                    drop(w);
                 }
-                // Dropping `w` is the process's end-of-file.
+                // `w` is dropped by now: the process's end-of-file.
+                end.finished();
             })?;
         }
         for (which, wanted) in [(1, io.stream_stdout), (2, io.stream_stderr)] {
@@ -229,7 +310,7 @@ impl ProcessStreams {
             ps.until_opened.push(w);
             let cancel = ps.cancel.clone();
             spawn("output-stream", move || {
-                let conn = l.accept(allow_local, &cancel);
+                let conn = l.accept(allow_local, || cancel.load(Ordering::SeqCst));
                 drop(l);
                 pump_out(File::from(r), conn);
             })?;
@@ -237,9 +318,15 @@ impl ProcessStreams {
         Ok(Some((ps, paths)))
     }
 
-    /// The backend has opened its ends: drop the agent's write ends of stdout/stderr.
+    /// The backend has opened its ends (for a terminal: attached the pty, at the start of an
+    /// exec'd process): drop the agent's write ends of stdout/stderr.
     pub fn opened(&mut self) {
         self.until_opened.clear();
+    }
+
+    /// The streamed stdin's end, if stdin is streamed.
+    pub fn stdin(&self) -> Option<Arc<StdinEnd>> {
+        self.stdin.clone()
     }
 }
 
@@ -247,5 +334,22 @@ impl Drop for ProcessStreams {
     fn drop(&mut self) {
         // Listeners nobody connected to stop; established streams run to their end.
         self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_host_unless_the_self_test_allows_local() {
+        assert!(peer_allowed(vsock::CID_HOST, false));
+        assert!(peer_allowed(vsock::CID_HOST, true));
+        assert!(!peer_allowed(vsock::CID_LOCAL, false));
+        assert!(peer_allowed(vsock::CID_LOCAL, true));
+        for cid in [0, 3, 4, 1000, u32::MAX] {
+            assert!(!peer_allowed(cid, false), "{cid}");
+            assert!(!peer_allowed(cid, true), "{cid}");
+        }
     }
 }
