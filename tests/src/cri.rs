@@ -90,6 +90,27 @@ pub fn shipped_snippet(version: ContainerdVersion) -> &'static str {
     }
 }
 
+/// The shipped `configs/` as the test daemon's handlers read them, copied into `out`: the
+/// snippets and per-tier configurations unchanged, but `strata-microvm.toml` with the
+/// `[microvm]` table of this machine ([`crate::harness::microvm_test_table`]: the cached guest
+/// kernel and initramfs, `allow_tcg`).
+pub fn test_configs(out: &Path) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for entry in fs::read_dir(configs_dir())? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let mut text = fs::read_to_string(&path)?;
+        if path.file_name().and_then(|n| n.to_str()) == Some("strata-microvm.toml") {
+            text.push('\n');
+            text.push_str(&crate::harness::microvm_test_table());
+        }
+        fs::write(out.join(path.file_name().unwrap()), text)?;
+    }
+    Ok(())
+}
+
 /// The CRI runtimes section for the test daemon on containerd `version`: `runc` (the baseline)
 /// and Strata's handlers exactly as the shipped snippet for that version
 /// ([`shipped_snippet`]) has them, with `/etc/strata/` pointed at the repository's `configs/`,
@@ -280,10 +301,11 @@ impl CriEnv {
             Runtime::Strata => (
                 tier.cri_handler(),
                 crate::harness::STRATA_SHIM,
-                Some(configs_dir().join(format!("strata-{tier}.toml"))),
+                Some(dir.join("configs").join(format!("strata-{tier}.toml"))),
             ),
             Runtime::Runc => ("runc", "containerd-shim-runc-v2", None),
         };
+        test_configs(&dir.join("configs")).map_err(failed)?;
         // From here on, a failure removes the directory and the bridge.
         let mut guard = DirGuard {
             dir: dir.clone(),
@@ -316,7 +338,7 @@ impl CriEnv {
             PAUSE_IMAGE,
             options.registry_config_path.as_deref(),
         );
-        cri.push_str(&runtimes_section(containerd, &configs_dir()).map_err(failed)?);
+        cri.push_str(&runtimes_section(containerd, &dir.join("configs")).map_err(failed)?);
         let harness = Harness::start(
             testenv,
             DaemonOptions {

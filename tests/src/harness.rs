@@ -138,9 +138,13 @@ impl Tier {
         }
     }
 
-    /// Why the shared suite cannot run on this tier at all yet, if it cannot.
+    /// Why critest cannot run on this tier's handler yet, if it cannot. (The shared suites'
+    /// gate is [`tier_gate`].)
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
+            Tier::Microvm => Some(
+                "pods run on the microvm tier, but the CRI suite does not pass on it yet (issue 12): critest is not run on strata-microvm",
+            ),
             _ => None,
         }
     }
@@ -221,8 +225,11 @@ pub fn tier_gate(test: &str) -> Option<String> {
     let (Ok(Runtime::Strata), Ok(tier)) = (Runtime::from_env(), Tier::from_env()) else {
         return None;
     };
-    if let Some(why) = tier.unavailable() {
-        return Some(why.to_string());
+    let suite = test.split("::").next().unwrap_or(test);
+    if tier == Tier::Microvm && !crate::tiers::MICROVM_SUITES.contains(&suite) {
+        return Some(format!(
+            "not yet on microvm: the {suite} suite does not pass on the tier yet (issue 12; docs/microvm.md lists what was seen)"
+        ));
     }
     let name = test.rsplit("::").next().unwrap_or(test);
     crate::tiers::not_applicable_on(tier, name).map(|why| format!("not on {tier}: {why}"))
@@ -333,6 +340,20 @@ impl Harness {
             ],
             Runtime::Strata => vec!["--annotation".into(), self.tier.annotation()],
             Runtime::Runc => Vec::new(),
+        }
+    }
+
+    /// `--runtime-config-path FILE` where the tier needs a configuration of its own (microvm:
+    /// [`Harness::microvm_config`]), for `ctr run` invocations that take no [`Harness::tier_flags`]
+    /// (a whole spec carries its annotation itself).
+    pub fn runtime_config_flags(&self) -> Vec<String> {
+        if self.runtime == Runtime::Strata && self.tier == Tier::Microvm {
+            vec![
+                "--runtime-config-path".into(),
+                self.microvm_config().display().to_string(),
+            ]
+        } else {
+            Vec::new()
         }
     }
 
@@ -576,6 +597,7 @@ impl Container<'_> {
         let mut c = self.h.ctr();
         c.args(["run", "--rm", "--runtime", &self.runtime]);
         c.arg("--fifo-dir").arg(self.h.fifo_dir());
+        c.args(self.h.runtime_config_flags());
         c.args(flags).arg("--config").arg(&path).arg(&self.id);
         cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
     }

@@ -134,12 +134,22 @@ pub const SENTRY: &[(&str, &str)] = &[
     ),
 ];
 
+/// Tests the microvm tier does not pass yet: `(test function name, what was seen)`. Unlike
+/// [`WASM`] these are not "cannot apply": each is an open gap of the tier (issue 12), reported
+/// as skipped with the reason until it is fixed.
+pub const MICROVM: &[(&str, &str)] = &[];
+
+/// The shared suites that run on the microvm tier; the others are reported skipped on it, as
+/// not passing yet (isolation, robustness, user_specs, cri: see docs/microvm.md).
+pub const MICROVM_SUITES: &[&str] = &["lifecycle", "bad_input", "exec_isolation"];
+
 /// Why `test` (a function name) cannot apply on `tier`, if it is listed.
 pub fn not_applicable_on(tier: Tier, test: &str) -> Option<&'static str> {
     let table = match tier {
         Tier::Wasm => WASM,
         Tier::Sentry => SENTRY,
-        Tier::Native | Tier::Microvm => &[],
+        Tier::Microvm => MICROVM,
+        Tier::Native => &[],
     };
     table.iter().find(|(t, _)| *t == test).map(|(_, why)| *why)
 }

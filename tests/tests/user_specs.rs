@@ -53,6 +53,7 @@ fn start_spec(c: &Container<'_>, spec: &Value) -> Output {
     let mut cmd = c.h.ctr();
     cmd.args(["run", "-d", "--runtime", &c.runtime]);
     cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
+    cmd.args(c.h.runtime_config_flags());
     cmd.arg("--config").arg(&file.0).arg(&c.id);
     cmd::run(cmd, None, Duration::from_secs(60)).expect("running ctr")
 }

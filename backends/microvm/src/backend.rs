@@ -291,10 +291,7 @@ impl MicrovmBackend {
     }
 
     fn pod_dir(&self, namespace: &str, sandbox_id: &str) -> PathBuf {
-        self.settings
-            .state_dir
-            .join(strata_backend_sanitize(namespace))
-            .join(strata_backend_sanitize(sandbox_id))
+        pod_dir(&self.settings.state_dir, namespace, sandbox_id)
     }
 
     fn boot(&self, opts: &SandboxOpts) -> Result<Arc<PodVm>> {
@@ -487,6 +484,20 @@ impl MicrovmBackend {
             });
         });
     }
+}
+
+/// A pod's directory: `<state>/<namespace>/<id>`, the id shortened to a digest when it is
+/// long (CRI's are 64 characters), since the sockets inside must fit `sun_path` (107 bytes).
+fn pod_dir(state_root: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
+    let id = strata_backend_sanitize(sandbox_id);
+    let id = if id.len() > 24 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(sandbox_id.as_bytes());
+        d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    } else {
+        id
+    };
+    state_root.join(strata_backend_sanitize(namespace)).join(id)
 }
 
 /// The namespace/id sanitising the native tier uses for state directories.
@@ -769,9 +780,7 @@ impl Sandbox for SandboxHandle {
 /// Removes what a dead shim's pod left: the VM's processes, the shared directory's mounts,
 /// the state directory.
 pub fn cleanup_orphan(state_root: &Path, namespace: &str, sandbox_id: &str) {
-    let dir = state_root
-        .join(strata_backend_sanitize(namespace))
-        .join(strata_backend_sanitize(sandbox_id));
+    let dir = pod_dir(state_root, namespace, sandbox_id);
     if !dir.exists() {
         return;
     }
