@@ -27,6 +27,17 @@
 //!
 //! Returning from the script exits 0. A bad script (unknown step, missing or bad operand)
 //! says so on stderr and exits 2.
+//!
+//! Applet mode, for critest's commands ([`contest_shell_image_builder`]): when argv[0] does
+//! not end in `.wasm`, its base name is the command, as for busybox. `echo [-n] WORDS`,
+//! `true`, `:`, `false`, `sleep SECONDS` (fractions too), `top` (sleeps until killed),
+//! `touch FILES`, `test` / `[` with `-e`, `-f` or `-d PATH`, `cat [FILES]`, `exit [N]`; any
+//! other name says `sh: NAME: not found` and exits 127. `sh -c SCRIPT` runs a small shell:
+//! words with '...' and "..." quoting and `\` escapes (no expansion of any kind), commands
+//! separated by `;` or newlines, `&&`, `||`, `while LIST; do LIST; done`, `#` comments; a
+//! pipe or `&` is refused (exit 2). `sh` alone runs stdin line by line, as busybox sh does
+//! without a terminal (critest's attach spec). Paths are taken from the rootfs preopen (fd 3):
+//! critest's containers run in /. A status above 125 exits 125 (WASI's `proc_exit` range).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -101,6 +112,9 @@ pub const CONTEST_WAT: &str = r#"
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get" (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
   (memory (export "memory") 3)
   (global $io i32 (i32.const 65536))
   (global $argv i32 (i32.const 131072))
@@ -268,6 +282,7 @@ pub const CONTEST_WAT: &str = r#"
 
   (func (export "_start") (local $i i32) (local $step i32) (local $n i64) (local $k i64)
     (call $load_args)
+    (if (call $applet_mode) (then (call $applet_main)))
     (local.set $i (i32.const 1))
     (block $done (loop $next
       (br_if $done (i32.ge_u (local.get $i) (global.get $argc)))
@@ -332,6 +347,566 @@ pub const CONTEST_WAT: &str = r#"
       (br $next))))
 "#;
 
+/// The words the contest's shell compares with, each NUL-terminated at a fixed place in its
+/// memory (from 2048, 16 bytes apart) and a global `$W_<id>` holding that place.
+const SH_WORDS: &[(&str, &str)] = &[
+    ("while", "while"),
+    ("do", "do"),
+    ("done", "done"),
+    ("echo", "echo"),
+    ("dash_n", "-n"),
+    ("true", "true"),
+    ("colon", ":"),
+    ("false", "false"),
+    ("sleep", "sleep"),
+    ("top", "top"),
+    ("exit", "exit"),
+    ("touch", "touch"),
+    ("lbracket", "["),
+    ("rbracket", "]"),
+    ("test", "test"),
+    ("dash_f", "-f"),
+    ("dash_e", "-e"),
+    ("dash_d", "-d"),
+    ("cat", "cat"),
+    ("sh", "sh"),
+    ("dash_c", "-c"),
+    ("dot", "."),
+    ("dotwasm", ".wasm"),
+];
+
+/// The shell's messages: NUL-terminated from 4096, 64 bytes apart, global `$T_<id>`.
+const SH_TEXTS: &[(&str, &str)] = &[
+    ("space", " "),
+    ("nl", "\n"),
+    ("colon", ": "),
+    ("sh", "sh: "),
+    ("notfound", ": not found\n"),
+    ("badargs", ": unsupported arguments\n"),
+    ("unsupported", "unsupported shell syntax at "),
+    ("missing", "shell syntax: missing "),
+    ("quote", "closing quote"),
+    ("usage", "sh takes -c SCRIPT or a script on stdin, not "),
+    ("toolong", "a script longer than 64 KiB"),
+    ("longline", "a line of stdin longer than 64 KiB"),
+    ("badnum", "sleep: invalid number "),
+    ("errno", "errno "),
+    ("e_perm", "Operation not permitted"),
+    ("e_acces", "Permission denied"),
+    ("e_noent", "No such file or directory"),
+    ("e_rofs", "Read-only file system"),
+    ("e_exist", "File exists"),
+    ("e_isdir", "Is a directory"),
+    ("e_notdir", "Not a directory"),
+    ("e_notcapable", "Capabilities insufficient"),
+];
+
+/// The contest's applet mode (module docs): when argv[0] does not end in `.wasm`, its base
+/// name is a command, `sh` a small shell. Memory: from the end of argv's strings, 64 KiB for
+/// a line of stdin, 128 KiB of token text, the token pointers (4 bytes each) and kinds (a
+/// byte: 0 word, 1 `;` or newline, 2 `&&`, 3 `||`); an opened fd at 32, a filestat at 192.
+const CONTEST_SH_WAT: &str = r#"
+  (global $sh_line (mut i32) (i32.const 0))
+  (global $sh_text (mut i32) (i32.const 0))
+  (global $sh_ptr (mut i32) (i32.const 0))
+  (global $sh_kind (mut i32) (i32.const 0))
+  (global $sh_status (mut i32) (i32.const 0))
+
+  ;; What follows the last '/' of p.
+  (func $basename (param $p i32) (result i32) (local $r i32)
+    (local.set $r (local.get $p))
+    (block $end (loop $l
+      (br_if $end (i32.eqz (i32.load8_u (local.get $p))))
+      (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 47))
+        (then (local.set $r (i32.add (local.get $p) (i32.const 1)))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (local.get $r))
+
+  ;; argv[0] names a command (sh, echo, top...), not the module's .wasm path.
+  (func $applet_mode (result i32) (local $p i32) (local $n i32)
+    (if (i32.eqz (global.get $argc)) (then (return (i32.const 0))))
+    (local.set $p (i32.load (global.get $argv)))
+    (local.set $n (call $strlen (local.get $p)))
+    (if (i32.lt_u (local.get $n) (i32.const 5)) (then (return (i32.const 1))))
+    (i32.eqz (call $streq (i32.add (local.get $p) (i32.sub (local.get $n) (i32.const 5)))
+      (global.get $W_dotwasm))))
+
+  (func $sh_init (local $base i32)
+    (local.set $base (i32.and
+      (i32.add (i32.add (global.get $argbuf) (global.get $argbuf_len)) (i32.const 31))
+      (i32.const -16)))
+    (global.set $sh_line (local.get $base))
+    (global.set $sh_text (i32.add (local.get $base) (i32.const 65536)))
+    (global.set $sh_ptr (i32.add (local.get $base) (i32.const 196608)))
+    (global.set $sh_kind (i32.add (local.get $base) (i32.const 458752)))
+    (call $ensure (i32.add (local.get $base) (i32.const 524288))))
+
+  (func $tok (param $i i32) (result i32)
+    (i32.load (i32.add (global.get $sh_ptr) (i32.shl (local.get $i) (i32.const 2)))))
+  (func $kind (param $i i32) (result i32)
+    (i32.load8_u (i32.add (global.get $sh_kind) (local.get $i))))
+  (func $set_tok (param $i i32) (param $p i32) (param $k i32)
+    (i32.store (i32.add (global.get $sh_ptr) (i32.shl (local.get $i) (i32.const 2))) (local.get $p))
+    (i32.store8 (i32.add (global.get $sh_kind) (local.get $i)) (local.get $k)))
+  ;; Token i is the word s.
+  (func $is (param $i i32) (param $s i32) (result i32)
+    (if (result i32) (call $kind (local.get $i))
+      (then (i32.const 0))
+      (else (call $streq (call $tok (local.get $i)) (local.get $s)))))
+
+  ;; A character that ends an unquoted word.
+  (func $sh_breaks (param $c i32) (result i32)
+    (i32.or
+      (i32.or (i32.or (i32.eqz (local.get $c)) (i32.eq (local.get $c) (i32.const 32)))
+              (i32.or (i32.eq (local.get $c) (i32.const 9)) (i32.eq (local.get $c) (i32.const 10))))
+      (i32.or (i32.eq (local.get $c) (i32.const 59))
+              (i32.or (i32.eq (local.get $c) (i32.const 38)) (i32.eq (local.get $c) (i32.const 124))))))
+
+  ;; Splits the script s into tokens from index 0; their count. Words: unquoted characters,
+  ;; '...' taken as is, "..." with \" \\ \$ \` escapes, \c; no expansion of any kind.
+  (func $sh_lex (param $s i32) (result i32) (local $n i32) (local $out i32) (local $c i32) (local $q i32)
+    (local.set $out (global.get $sh_text))
+    (block $end (loop $next
+      (local.set $c (i32.load8_u (local.get $s)))
+      (br_if $end (i32.eqz (local.get $c)))
+      (if (i32.or (i32.eq (local.get $c) (i32.const 32)) (i32.eq (local.get $c) (i32.const 9)))
+        (then (local.set $s (i32.add (local.get $s) (i32.const 1))) (br $next)))
+      ;; a comment, to the end of its line
+      (if (i32.eq (local.get $c) (i32.const 35)) (then
+        (block $eol (loop $skip
+          (local.set $c (i32.load8_u (local.get $s)))
+          (br_if $eol (i32.or (i32.eqz (local.get $c)) (i32.eq (local.get $c) (i32.const 10))))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))
+          (br $skip)))
+        (br $next)))
+      (if (i32.or (i32.eq (local.get $c) (i32.const 59)) (i32.eq (local.get $c) (i32.const 10))) (then
+        (call $set_tok (local.get $n) (i32.const 0) (i32.const 1))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (local.set $s (i32.add (local.get $s) (i32.const 1)))
+        (br $next)))
+      (if (i32.or (i32.eq (local.get $c) (i32.const 38)) (i32.eq (local.get $c) (i32.const 124))) (then
+        ;; && and ||; a lone & or | (background, pipe) is not supported
+        (if (i32.ne (i32.load8_u (i32.add (local.get $s) (i32.const 1))) (local.get $c))
+          (then (call $die (global.get $T_unsupported) (local.get $s))))
+        (call $set_tok (local.get $n) (i32.const 0)
+          (if (result i32) (i32.eq (local.get $c) (i32.const 38)) (then (i32.const 2)) (else (i32.const 3))))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (local.set $s (i32.add (local.get $s) (i32.const 2)))
+        (br $next)))
+      (call $set_tok (local.get $n) (local.get $out) (i32.const 0))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (block $wend (loop $wc
+        (local.set $c (i32.load8_u (local.get $s)))
+        (br_if $wend (call $sh_breaks (local.get $c)))
+        (local.set $s (i32.add (local.get $s) (i32.const 1)))
+        (if (i32.or (i32.eq (local.get $c) (i32.const 39)) (i32.eq (local.get $c) (i32.const 34))) (then
+          (local.set $q (local.get $c))
+          (block $qend (loop $qc
+            (local.set $c (i32.load8_u (local.get $s)))
+            (if (i32.eqz (local.get $c)) (then (call $die (global.get $T_missing) (global.get $T_quote))))
+            (local.set $s (i32.add (local.get $s) (i32.const 1)))
+            (br_if $qend (i32.eq (local.get $c) (local.get $q)))
+            (if (i32.and (i32.eq (local.get $q) (i32.const 34)) (i32.eq (local.get $c) (i32.const 92))) (then
+              (local.set $c (i32.load8_u (local.get $s)))
+              (if (i32.or (i32.or (i32.eq (local.get $c) (i32.const 34)) (i32.eq (local.get $c) (i32.const 92)))
+                          (i32.or (i32.eq (local.get $c) (i32.const 36)) (i32.eq (local.get $c) (i32.const 96))))
+                (then (local.set $s (i32.add (local.get $s) (i32.const 1))))
+                (else (local.set $c (i32.const 92))))))
+            (i32.store8 (local.get $out) (local.get $c))
+            (local.set $out (i32.add (local.get $out) (i32.const 1)))
+            (br $qc)))
+          (br $wc)))
+        (if (i32.eq (local.get $c) (i32.const 92)) (then
+          (local.set $c (i32.load8_u (local.get $s)))
+          (br_if $wend (i32.eqz (local.get $c)))
+          (local.set $s (i32.add (local.get $s) (i32.const 1)))))
+        (i32.store8 (local.get $out) (local.get $c))
+        (local.set $out (i32.add (local.get $out) (i32.const 1)))
+        (br $wc)))
+      (i32.store8 (local.get $out) (i32.const 0))
+      (local.set $out (i32.add (local.get $out) (i32.const 1)))
+      (br $next)))
+    (local.get $n))
+
+  ;; Token i begins a command: the first, or after an operator, `while` or `do`.
+  (func $cmdpos (param $i i32) (result i32)
+    (if (i32.eqz (local.get $i)) (then (return (i32.const 1))))
+    (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+    (if (call $kind (local.get $i)) (then (return (i32.const 1))))
+    (i32.or (call $is (local.get $i) (global.get $W_while)) (call $is (local.get $i) (global.get $W_do))))
+
+  ;; The `do` of the `while` whose condition starts at i.
+  (func $sh_do (param $i i32) (param $b i32) (result i32)
+    (block $out (loop $l
+      (br_if $out (i32.ge_s (local.get $i) (local.get $b)))
+      (if (i32.and (call $cmdpos (local.get $i)) (call $is (local.get $i) (global.get $W_do)))
+        (then (return (local.get $i))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (call $die (global.get $T_missing) (global.get $W_do))
+    (unreachable))
+
+  ;; The `done` of the loop whose body starts at i (nested loops counted).
+  (func $sh_done (param $i i32) (param $b i32) (result i32) (local $depth i32)
+    (local.set $depth (i32.const 1))
+    (block $out (loop $l
+      (br_if $out (i32.ge_s (local.get $i) (local.get $b)))
+      (if (call $cmdpos (local.get $i)) (then
+        (if (call $is (local.get $i) (global.get $W_while))
+          (then (local.set $depth (i32.add (local.get $depth) (i32.const 1)))))
+        (if (call $is (local.get $i) (global.get $W_done)) (then
+          (local.set $depth (i32.sub (local.get $depth) (i32.const 1)))
+          (if (i32.eqz (local.get $depth)) (then (return (local.get $i))))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (call $die (global.get $T_missing) (global.get $W_done))
+    (unreachable))
+
+  ;; Where the command at i ends: after its loop's `done`, else at the next operator.
+  (func $sh_end (param $i i32) (param $b i32) (result i32)
+    (if (call $is (local.get $i) (global.get $W_while)) (then
+      (return (i32.add (i32.const 1) (call $sh_done
+        (i32.add (call $sh_do (i32.add (local.get $i) (i32.const 1)) (local.get $b)) (i32.const 1))
+        (local.get $b))))))
+    (block $out (loop $l
+      (br_if $out (i32.ge_s (local.get $i) (local.get $b)))
+      (br_if $out (call $kind (local.get $i)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (local.get $i))
+
+  ;; Runs the commands of tokens [a, b): `;` runs the next one, `&&` if the last succeeded,
+  ;; `||` if it failed; `while LIST; do LIST; done`. The status of the last one run.
+  (func $sh_list (param $a i32) (param $b i32) (result i32)
+    (local $i i32) (local $e i32) (local $d i32) (local $op i32) (local $st i32)
+    (local.set $i (local.get $a))
+    (block $out (loop $l
+      (br_if $out (i32.ge_s (local.get $i) (local.get $b)))
+      (if (call $kind (local.get $i))
+        (then (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+      (local.set $e (call $sh_end (local.get $i) (local.get $b)))
+      (if (call $is (local.get $i) (global.get $W_while))
+        (then
+          (local.set $d (call $sh_do (i32.add (local.get $i) (i32.const 1)) (local.get $b)))
+          (local.set $st (i32.const 0))
+          (block $break (loop $again
+            (br_if $break (call $sh_list (i32.add (local.get $i) (i32.const 1)) (local.get $d)))
+            (local.set $st (call $sh_list (i32.add (local.get $d) (i32.const 1))
+              (i32.sub (local.get $e) (i32.const 1))))
+            (br $again))))
+        (else (local.set $st (call $sh_cmd (local.get $i) (local.get $e)))))
+      (global.set $sh_status (local.get $st))
+      (local.set $i (local.get $e))
+      (block $run (loop $skip
+        (br_if $run (i32.ge_s (local.get $i) (local.get $b)))
+        (local.set $op (call $kind (local.get $i)))
+        (br_if $run (i32.eqz (local.get $op)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $run (i32.eq (local.get $op) (i32.const 1)))
+        (br_if $run (i32.eq (i32.eq (local.get $op) (i32.const 2)) (i32.eqz (local.get $st))))
+        (br_if $run (i32.ge_s (local.get $i) (local.get $b)))
+        (local.set $i (call $sh_end (local.get $i) (local.get $b)))
+        (br $skip)))
+      (br $l)))
+    (local.get $st))
+
+  ;; proc_exit with a shell status; WASI takes 0..=125, so 126 and above exit 125.
+  (func $sh_exit (param $code i32)
+    (call $proc_exit (if (result i32) (i32.gt_u (local.get $code) (i32.const 125))
+      (then (i32.const 125)) (else (local.get $code)))))
+
+  ;; "sh: NAME<what>" on stderr; status 2.
+  (func $sh_complain (param $name i32) (param $what i32) (result i32)
+    (call $print (i32.const 2) (global.get $T_sh))
+    (call $print (i32.const 2) (local.get $name))
+    (call $print (i32.const 2) (local.get $what))
+    (i32.const 2))
+
+  ;; The text of a WASI errno and a newline, on stderr.
+  (func $print_errno (param $e i32)
+    (block $known
+      (if (i32.eq (local.get $e) (i32.const 63)) (then (call $print (i32.const 2) (global.get $T_e_perm)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 2)) (then (call $print (i32.const 2) (global.get $T_e_acces)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 44)) (then (call $print (i32.const 2) (global.get $T_e_noent)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 69)) (then (call $print (i32.const 2) (global.get $T_e_rofs)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 20)) (then (call $print (i32.const 2) (global.get $T_e_exist)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 31)) (then (call $print (i32.const 2) (global.get $T_e_isdir)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 54)) (then (call $print (i32.const 2) (global.get $T_e_notdir)) (br $known)))
+      (if (i32.eq (local.get $e) (i32.const 76)) (then (call $print (i32.const 2) (global.get $T_e_notcapable)) (br $known)))
+      (call $print (i32.const 2) (global.get $T_errno))
+      (call $print_num (i32.const 2) (i64.extend_i32_u (local.get $e)))
+      (return))
+    (call $print (i32.const 2) (global.get $T_nl)))
+
+  ;; "CMD: PATH: <errno text>" on stderr; status 1.
+  (func $sh_fail (param $cmd i32) (param $path i32) (param $e i32) (result i32)
+    (call $print (i32.const 2) (local.get $cmd))
+    (call $print (i32.const 2) (global.get $T_colon))
+    (call $print (i32.const 2) (local.get $path))
+    (call $print (i32.const 2) (global.get $T_colon))
+    (call $print_errno (local.get $e))
+    (i32.const 1))
+
+  ;; A path relative to the root filesystem's preopen (fd 3, the first): every path, relative
+  ;; or absolute, is taken from / (critest's containers have / as their working directory).
+  (func $sh_rel (param $p i32) (result i32)
+    (block $end (loop $l
+      (br_if $end (i32.ne (i32.load8_u (local.get $p)) (i32.const 47)))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (if (result i32) (i32.load8_u (local.get $p)) (then (local.get $p)) (else (global.get $W_dot))))
+
+  ;; path_open of path with oflags and rights; the errno, the fd at 32.
+  (func $sh_open (param $path i32) (param $oflags i32) (param $rights i64) (result i32) (local $rel i32)
+    (local.set $rel (call $sh_rel (local.get $path)))
+    (call $path_open (i32.const 3) (i32.const 1) (local.get $rel) (call $strlen (local.get $rel))
+      (local.get $oflags) (local.get $rights) (i64.const 0) (i32.const 0) (i32.const 32)))
+
+  ;; echo [-n] WORDS: one write of the words, spaces between, a newline unless -n.
+  (func $sh_echo (param $p i32) (param $q i32) (result i32) (local $nl i32) (local $out i32) (local $n i32)
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (local.set $nl (i32.const 1))
+    (if (i32.lt_s (local.get $p) (local.get $q)) (then
+      (if (call $is (local.get $p) (global.get $W_dash_n)) (then
+        (local.set $nl (i32.const 0))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))))))
+    (local.set $out (global.get $io))
+    (block $end (loop $l
+      (br_if $end (i32.ge_s (local.get $p) (local.get $q)))
+      (if (i32.ne (local.get $out) (global.get $io)) (then
+        (i32.store8 (local.get $out) (i32.const 32))
+        (local.set $out (i32.add (local.get $out) (i32.const 1)))))
+      (local.set $n (call $strlen (call $tok (local.get $p))))
+      (if (i32.gt_u (i32.add (i32.sub (local.get $out) (global.get $io)) (local.get $n)) (i32.const 65000))
+        (then (call $die (global.get $T_toolong) (global.get $W_echo))))
+      (memory.copy (local.get $out) (call $tok (local.get $p)) (local.get $n))
+      (local.set $out (i32.add (local.get $out) (local.get $n)))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (if (local.get $nl) (then
+      (i32.store8 (local.get $out) (i32.const 10))
+      (local.set $out (i32.add (local.get $out) (i32.const 1)))))
+    (call $write_all (i32.const 1) (global.get $io) (i32.sub (local.get $out) (global.get $io)))
+    (i32.const 0))
+
+  ;; Milliseconds of a duration in seconds ("1", "0.25"); -1 when it is not one.
+  (func $sh_ms (param $s i32) (result i64) (local $v i64) (local $c i32) (local $frac i32) (local $scale i64)
+    (if (i32.eqz (i32.load8_u (local.get $s))) (then (return (i64.const -1))))
+    (block $end (loop $l
+      (local.set $c (i32.load8_u (local.get $s)))
+      (br_if $end (i32.eqz (local.get $c)))
+      (local.set $s (i32.add (local.get $s) (i32.const 1)))
+      (if (i32.eq (local.get $c) (i32.const 46)) (then
+        (if (local.get $frac) (then (return (i64.const -1))))
+        (local.set $frac (i32.const 1))
+        (local.set $scale (i64.const 100))
+        (br $l)))
+      (if (i32.gt_u (i32.sub (local.get $c) (i32.const 48)) (i32.const 9)) (then (return (i64.const -1))))
+      (local.set $c (i32.sub (local.get $c) (i32.const 48)))
+      (if (local.get $frac)
+        (then
+          (local.set $v (i64.add (local.get $v) (i64.mul (local.get $scale) (i64.extend_i32_u (local.get $c)))))
+          (local.set $scale (i64.div_u (local.get $scale) (i64.const 10))))
+        (else
+          (local.set $v (i64.add (i64.mul (local.get $v) (i64.const 10))
+            (i64.mul (i64.extend_i32_u (local.get $c)) (i64.const 1000))))))
+      (br $l)))
+    (local.get $v))
+
+  ;; sleep SECONDS, 100 ms at a time.
+  (func $sh_sleep (param $p i32) (param $q i32) (result i32) (local $ms i64)
+    (if (i32.ne (i32.sub (local.get $q) (local.get $p)) (i32.const 2))
+      (then (return (call $sh_complain (call $tok (local.get $p)) (global.get $T_badargs)))))
+    (local.set $ms (call $sh_ms (call $tok (i32.add (local.get $p) (i32.const 1)))))
+    (if (i64.lt_s (local.get $ms) (i64.const 0)) (then
+      (call $print (i32.const 2) (global.get $T_badnum))
+      (call $print (i32.const 2) (call $tok (i32.add (local.get $p) (i32.const 1))))
+      (call $print (i32.const 2) (global.get $T_nl))
+      (return (i32.const 1))))
+    (block $end (loop $l
+      (br_if $end (i64.eqz (local.get $ms)))
+      (if (i64.lt_u (local.get $ms) (i64.const 100)) (then
+        (call $sleep_ms (local.get $ms))
+        (br $end)))
+      (call $sleep_ms (i64.const 100))
+      (local.set $ms (i64.sub (local.get $ms) (i64.const 100)))
+      (br $l)))
+    (i32.const 0))
+
+  ;; touch FILES: each opened with O_CREAT (created if missing).
+  (func $sh_touch (param $p i32) (param $q i32) (result i32) (local $e i32) (local $st i32)
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (block $end (loop $l
+      (br_if $end (i32.ge_s (local.get $p) (local.get $q)))
+      ;; O_CREAT; rights fd_read | fd_write
+      (local.set $e (call $sh_open (call $tok (local.get $p)) (i32.const 1) (i64.const 0x42)))
+      (if (local.get $e)
+        (then (local.set $st (call $sh_fail (global.get $W_touch) (call $tok (local.get $p)) (local.get $e))))
+        (else (drop (call $fd_close (i32.load (i32.const 32))))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (local.get $st))
+
+  ;; test -e|-f|-d PATH and [ -e|-f|-d PATH ]: 0 true, 1 false, 2 anything else.
+  (func $sh_test (param $p i32) (param $q i32) (param $bracket i32) (result i32)
+    (local $op i32) (local $rel i32) (local $type i32)
+    (if (local.get $bracket) (then
+      (if (i32.eqz (call $is (i32.sub (local.get $q) (i32.const 1)) (global.get $W_rbracket)))
+        (then (return (call $sh_complain (call $tok (local.get $p)) (global.get $T_badargs)))))
+      (local.set $q (i32.sub (local.get $q) (i32.const 1)))))
+    (if (i32.ne (i32.sub (local.get $q) (local.get $p)) (i32.const 3))
+      (then (return (call $sh_complain (call $tok (local.get $p)) (global.get $T_badargs)))))
+    (local.set $op (call $tok (i32.add (local.get $p) (i32.const 1))))
+    (if (i32.eqz (i32.or (call $streq (local.get $op) (global.get $W_dash_e))
+        (i32.or (call $streq (local.get $op) (global.get $W_dash_f)) (call $streq (local.get $op) (global.get $W_dash_d)))))
+      (then (return (call $sh_complain (call $tok (local.get $p)) (global.get $T_badargs)))))
+    (local.set $rel (call $sh_rel (call $tok (i32.add (local.get $p) (i32.const 2)))))
+    (if (call $path_filestat_get (i32.const 3) (i32.const 1) (local.get $rel) (call $strlen (local.get $rel)) (i32.const 192))
+      (then (return (i32.const 1))))
+    ;; filestat: dev, ino, then the filetype byte (3 directory, 4 regular file)
+    (local.set $type (i32.load8_u (i32.const 208)))
+    (if (call $streq (local.get $op) (global.get $W_dash_f))
+      (then (return (i32.ne (local.get $type) (i32.const 4)))))
+    (if (call $streq (local.get $op) (global.get $W_dash_d))
+      (then (return (i32.ne (local.get $type) (i32.const 3)))))
+    (i32.const 0))
+
+  ;; cat FILES (stdin without any).
+  (func $sh_cat (param $p i32) (param $q i32) (result i32) (local $e i32) (local $fd i32) (local $st i32)
+    (local.set $p (i32.add (local.get $p) (i32.const 1)))
+    (if (i32.ge_s (local.get $p) (local.get $q)) (then
+      (drop (call $drain_stdin (i32.const 1)))
+      (return (i32.const 0))))
+    (block $end (loop $l
+      (br_if $end (i32.ge_s (local.get $p) (local.get $q)))
+      ;; rights fd_read
+      (local.set $e (call $sh_open (call $tok (local.get $p)) (i32.const 0) (i64.const 2)))
+      (if (local.get $e)
+        (then (local.set $st (call $sh_fail (global.get $W_cat) (call $tok (local.get $p)) (local.get $e))))
+        (else
+          (local.set $fd (i32.load (i32.const 32)))
+          (block $eof (loop $r
+            (i32.store (i32.const 0) (global.get $io))
+            (i32.store (i32.const 4) (i32.const 65536))
+            (local.set $e (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (if (local.get $e) (then
+              (local.set $st (call $sh_fail (global.get $W_cat) (call $tok (local.get $p)) (local.get $e)))
+              (br $eof)))
+            (br_if $eof (i32.eqz (i32.load (i32.const 8))))
+            (call $write_all (i32.const 1) (global.get $io) (i32.load (i32.const 8)))
+            (br $r)))
+          (drop (call $fd_close (local.get $fd)))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $l)))
+    (local.get $st))
+
+  ;; The simple command of tokens [p, q), by the base name of its first word.
+  (func $sh_cmd (param $p i32) (param $q i32) (result i32) (local $name i32)
+    (local.set $name (call $basename (call $tok (local.get $p))))
+    (if (call $streq (local.get $name) (global.get $W_echo))
+      (then (return (call $sh_echo (local.get $p) (local.get $q)))))
+    (if (i32.or (call $streq (local.get $name) (global.get $W_true)) (call $streq (local.get $name) (global.get $W_colon)))
+      (then (return (i32.const 0))))
+    (if (call $streq (local.get $name) (global.get $W_false))
+      (then (return (i32.const 1))))
+    ;; top: runs until killed
+    (if (call $streq (local.get $name) (global.get $W_top))
+      (then (loop $forever (call $sleep_ms (i64.const 100)) (br $forever))))
+    (if (call $streq (local.get $name) (global.get $W_sleep))
+      (then (return (call $sh_sleep (local.get $p) (local.get $q)))))
+    (if (call $streq (local.get $name) (global.get $W_exit)) (then
+      (call $sh_exit (if (result i32) (i32.gt_s (i32.sub (local.get $q) (local.get $p)) (i32.const 1))
+        (then (i32.wrap_i64 (call $atoi (call $tok (i32.add (local.get $p) (i32.const 1))))))
+        (else (global.get $sh_status))))))
+    (if (call $streq (local.get $name) (global.get $W_touch))
+      (then (return (call $sh_touch (local.get $p) (local.get $q)))))
+    (if (call $streq (local.get $name) (global.get $W_lbracket))
+      (then (return (call $sh_test (local.get $p) (local.get $q) (i32.const 1)))))
+    (if (call $streq (local.get $name) (global.get $W_test))
+      (then (return (call $sh_test (local.get $p) (local.get $q) (i32.const 0)))))
+    (if (call $streq (local.get $name) (global.get $W_cat))
+      (then (return (call $sh_cat (local.get $p) (local.get $q)))))
+    (drop (call $sh_complain (call $tok (local.get $p)) (global.get $T_notfound)))
+    (i32.const 127))
+
+  (func $sh_script (param $s i32) (result i32)
+    (if (i32.gt_u (call $strlen (local.get $s)) (i32.const 65535))
+      (then (call $die (global.get $T_toolong) (global.get $T_nl))))
+    (call $sh_list (i32.const 0) (call $sh_lex (local.get $s))))
+
+  ;; sh without -c: runs stdin line by line; the status of the last command at its end.
+  (func $sh_stdin (result i32) (local $fill i32) (local $nl i32) (local $e i32) (local $st i32)
+    (loop $next
+      ;; a whole line in the buffer?
+      (local.set $nl (i32.const 0))
+      (block $found (loop $scan
+        (br_if $found (i32.ge_u (local.get $nl) (local.get $fill)))
+        (br_if $found (i32.eq (i32.load8_u (i32.add (global.get $sh_line) (local.get $nl))) (i32.const 10)))
+        (local.set $nl (i32.add (local.get $nl) (i32.const 1)))
+        (br $scan)))
+      (if (i32.lt_u (local.get $nl) (local.get $fill)) (then
+        (i32.store8 (i32.add (global.get $sh_line) (local.get $nl)) (i32.const 0))
+        (local.set $st (call $sh_script (global.get $sh_line)))
+        (local.set $nl (i32.add (local.get $nl) (i32.const 1)))
+        (memory.copy (global.get $sh_line) (i32.add (global.get $sh_line) (local.get $nl))
+          (i32.sub (local.get $fill) (local.get $nl)))
+        (local.set $fill (i32.sub (local.get $fill) (local.get $nl)))
+        (br $next)))
+      (if (i32.ge_u (local.get $fill) (i32.const 65535))
+        (then (call $die (global.get $T_longline) (global.get $T_nl))))
+      (i32.store (i32.const 0) (i32.add (global.get $sh_line) (local.get $fill)))
+      (i32.store (i32.const 4) (i32.sub (i32.const 65535) (local.get $fill)))
+      (local.set $e (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (local.get $e) (then (call $die_num (i32.const 1190) (i64.extend_i32_u (local.get $e)) (i32.const 2))))
+      (if (i32.load (i32.const 8)) (then
+        (local.set $fill (i32.add (local.get $fill) (i32.load (i32.const 8))))
+        (br $next))))
+    ;; end of stdin: the last line, if it has no newline
+    (if (local.get $fill) (then
+      (i32.store8 (i32.add (global.get $sh_line) (local.get $fill)) (i32.const 0))
+      (local.set $st (call $sh_script (global.get $sh_line)))))
+    (local.get $st))
+
+  ;; Applet mode's main: sh -c SCRIPT, sh reading stdin, or the command argv is.
+  (func $applet_main (local $i i32)
+    (call $sh_init)
+    (if (call $streq (call $basename (i32.load (global.get $argv))) (global.get $W_sh)) (then
+      (if (i32.eq (global.get $argc) (i32.const 1))
+        (then (call $sh_exit (call $sh_stdin))))
+      (if (i32.and (i32.ge_u (global.get $argc) (i32.const 3))
+                   (call $streq (call $arg (i32.const 1)) (global.get $W_dash_c)))
+        (then (call $sh_exit (call $sh_script (call $arg (i32.const 2))))))
+      (call $die (global.get $T_usage) (call $arg (i32.const 1)))))
+    (block $end (loop $l
+      (br_if $end (i32.ge_u (local.get $i) (global.get $argc)))
+      (call $set_tok (local.get $i) (call $arg (local.get $i)) (i32.const 0))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (call $sh_exit (call $sh_cmd (i32.const 0) (global.get $argc))))
+"#;
+
+/// `(data ...)` and `(global ...)` of NUL-terminated `texts` from `at`, `stride` bytes apart:
+/// `$<prefix><id>` holds each one's place.
+fn wat_strings(prefix: &str, at: usize, stride: usize, texts: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (k, (id, text)) in texts.iter().enumerate() {
+        assert!(text.len() < stride, "{id}: longer than its slot");
+        let place = at + stride * k;
+        let escaped: String = text
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'"' && b != b'\\' => (b as char).to_string(),
+                _ => format!("\\{b:02x}"),
+            })
+            .collect();
+        out.push_str(&format!(
+            "(data (i32.const {place}) \"{escaped}\\00\") (global ${prefix}{id} i32 (i32.const {place}))\n"
+        ));
+    }
+    out
+}
+
 /// The contest module's bytes (compiled from [`CONTEST_WAT`] once).
 pub fn contest_module() -> &'static [u8] {
     static MODULE: OnceLock<Vec<u8>> = OnceLock::new();
@@ -343,7 +918,10 @@ pub fn contest_module() -> &'static [u8] {
                 "(data (i32.const {at}) \"{name}\\00\") (global $S_{name} i32 (i32.const {at}))\n"
             ));
         }
-        wat::parse_str(format!("(module {CONTEST_WAT} {names})")).expect("the contest WAT")
+        names.push_str(&wat_strings("W_", 2048, 16, SH_WORDS));
+        names.push_str(&wat_strings("T_", 4096, 64, SH_TEXTS));
+        wat::parse_str(format!("(module {CONTEST_WAT} {CONTEST_SH_WAT} {names})"))
+            .expect("the contest WAT")
     })
 }
 
@@ -593,6 +1171,27 @@ pub fn contest_image(h: &Harness) -> String {
             CONTEST_IMAGE.to_string()
         })
         .clone()
+}
+
+/// The names critest gives as a container's argv[0] (`sh`, `top`, `echo`, `sleep`), linked at
+/// the root of [`contest_shell_image_builder`]'s image as well as in /bin: the wasm tier takes
+/// a bare argv[0] from the working directory (/), where its ELF check (which sends the
+/// container to the wasm tier) looks it up in PATH; without them `top` is found in /bin by
+/// the one and not found by the other.
+pub const SHELL_ROOT_LINKS: &[&str] = &["sh", "top", "echo", "sleep"];
+
+/// A WebAssembly busybox: busybox's layout (/bin with a symlink to /bin/busybox for every
+/// applet, /etc/passwd, /tmp...) with the contest module as /bin/busybox, so that every
+/// command name runs the contest in applet mode; not one ELF file. In a wasm pod each of its
+/// containers runs on the wasm tier, whatever command it names (critest's `sh -c top`, `echo
+/// hello World`...).
+pub fn contest_shell_image_builder(name: &str) -> ImageBuilder {
+    let mut image = ImageBuilder::busybox(name).expect("the busybox image");
+    image.file("bin/busybox", contest_module().to_vec(), 0o755);
+    for link in SHELL_ROOT_LINKS {
+        image.symlink(link, "bin/busybox");
+    }
+    image
 }
 
 /// The rootfs of a spec made by [`Container::spec`].
