@@ -163,6 +163,7 @@ pub struct Invocation {
 /// One handler's run.
 #[derive(Debug)]
 pub struct Run {
+    /// The run's label: its handler, or a handler and its images (`strata-wasm(wasm images)`).
     pub handler: String,
     pub specs: Vec<SpecResult>,
     /// critest's own output (exit code, stdout, stderr, elapsed time).
@@ -184,8 +185,8 @@ impl Run {
 }
 
 impl Invocation {
-    /// The command line for `handler`.
-    pub fn command(&self, handler: &str) -> Command {
+    /// The command line for `handler`, its report named after `label`.
+    pub fn command(&self, label: &str, handler: &str) -> Command {
         let endpoint = format!("unix://{}", self.socket.display());
         let mut c = Command::new(&self.critest);
         if let Some(focus) = &self.focus {
@@ -198,27 +199,44 @@ impl Invocation {
             .arg(format!("--ginkgo.skip={}", self.skip))
             .arg(format!(
                 "--ginkgo.json-report={}",
-                self.report_path(handler).display()
+                self.report_path(label).display()
             ))
             .arg("--ginkgo.no-color")
             .arg("--ginkgo.timeout=40m");
         c
     }
 
-    pub fn report_path(&self, handler: &str) -> PathBuf {
-        self.report_dir.join(format!("{handler}.json"))
+    /// The JSON report of the run labelled `label` (a handler, or a handler and its images).
+    pub fn report_path(&self, label: &str) -> PathBuf {
+        let file: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.report_dir.join(format!("{file}.json"))
     }
 
     /// Runs critest on `handler` and reads its report.
     pub fn run(&self, handler: &str) -> Result<Run> {
+        self.run_labelled(handler, handler)
+    }
+
+    /// Runs critest on `handler` as the run `label` (its report file and [`Run::handler`]):
+    /// one handler may be run twice, with other images.
+    pub fn run_labelled(&self, label: &str, handler: &str) -> Result<Run> {
         fs::create_dir_all(&self.report_dir)
             .with_context(|| format!("creating {}", self.report_dir.display()))?;
-        let report = self.report_path(handler);
+        let report = self.report_path(label);
         let _ = fs::remove_file(&report);
-        let output = cmd::run(self.command(handler), None, RUN_TIMEOUT)?;
+        let output = cmd::run(self.command(label, handler), None, RUN_TIMEOUT)?;
         let json = fs::read(&report).with_context(|| {
             format!(
-                "critest on {handler} wrote no report {} ({}): {}",
+                "critest run {label} wrote no report {} ({}): {}",
                 report.display(),
                 if output.timed_out() {
                     "timed out".to_string()
@@ -231,12 +249,12 @@ impl Invocation {
         let specs = parse_report(&json)?;
         if specs.is_empty() {
             bail!(
-                "critest on {handler} reported no spec: {}",
+                "critest run {label} reported no spec: {}",
                 tail(&output.stdout, 40)
             );
         }
         Ok(Run {
-            handler: handler.to_string(),
+            handler: label.to_string(),
             specs,
             output,
         })
@@ -254,8 +272,44 @@ pub fn tail(s: &str, n: usize) -> String {
 pub struct KnownGap {
     /// A part of the spec's full text (unique among the specs).
     pub spec: &'static str,
+    /// The run's label ([`Run::handler`]).
     pub handler: &'static str,
     pub reason: &'static str,
+}
+
+/// A spec that cannot apply to a kind of container (a WebAssembly module's), and why: it is
+/// not run (its text is part of `--ginkgo.skip`) and not judged.
+#[derive(Debug, Clone, Copy)]
+pub struct NotApplicable {
+    /// A part of the spec's full text, plain (escaped for the regular expression).
+    pub spec: &'static str,
+    pub reason: &'static str,
+}
+
+/// `s` as a Go (RE2) regular expression that matches exactly `s`.
+pub fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `--ginkgo.skip` alternatives for `table`.
+pub fn not_applicable_regex(table: &[NotApplicable]) -> String {
+    table
+        .iter()
+        .map(|n| regex_escape(n.spec))
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The entry of `table` that `spec` falls under.
+pub fn not_applicable<'t>(table: &'t [NotApplicable], spec: &str) -> Option<&'t NotApplicable> {
+    table.iter().find(|n| spec.contains(n.spec))
 }
 
 /// How `run` differs from the `baseline` (runc) run.
@@ -273,9 +327,22 @@ pub struct Judgement {
 
 /// Judges `run` against `baseline` with the known `gaps`.
 pub fn judge(baseline: &Run, run: &Run, gaps: &[KnownGap]) -> Judgement {
+    judge_applicable(baseline, run, gaps, &[])
+}
+
+/// As [`judge`], leaving out the specs that `not_applicable` lists for `run` (not run there).
+pub fn judge_applicable(
+    baseline: &Run,
+    run: &Run,
+    gaps: &[KnownGap],
+    not_applicable: &[NotApplicable],
+) -> Judgement {
     let mut j = Judgement::default();
     let gaps: Vec<&KnownGap> = gaps.iter().filter(|g| g.handler == run.handler).collect();
     for base in &baseline.specs {
+        if self::not_applicable(not_applicable, &base.name).is_some() {
+            continue;
+        }
         let outcome = run
             .outcome(&base.name)
             .cloned()
@@ -313,7 +380,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:>6} {:>6} {:>7}  note",
+        "{:<24} {:>6} {:>6} {:>7}  note",
         "handler", "passed", "failed", "skipped"
     );
     for r in rows {
@@ -321,14 +388,14 @@ pub fn table(rows: &[Row]) -> String {
             Some(c) => {
                 let _ = writeln!(
                     s,
-                    "{:<16} {:>6} {:>6} {:>7}  {}",
+                    "{:<24} {:>6} {:>6} {:>7}  {}",
                     r.handler, c.passed, c.failed, c.skipped, r.note
                 );
             }
             None => {
                 let _ = writeln!(
                     s,
-                    "{:<16} {:>6} {:>6} {:>7}  {}",
+                    "{:<24} {:>6} {:>6} {:>7}  {}",
                     r.handler, "-", "-", "-", r.note
                 );
             }
@@ -458,6 +525,52 @@ mod tests {
         assert_eq!(j.known[0].2, "why");
         assert_eq!(j.better, vec!["c".to_string()]);
         assert!(j.fixed_gaps.is_empty());
+    }
+
+    #[test]
+    fn not_applicable_specs_are_skipped_and_not_judged() {
+        let table = [NotApplicable {
+            spec: "execSync [Conformance]",
+            reason: "no exec",
+        }];
+        assert_eq!(not_applicable_regex(&table), "execSync \\[Conformance\\]");
+        assert_eq!(regex_escape("a.b(c)|d"), "a\\.b\\(c\\)\\|d");
+        let base = run(
+            "runc",
+            vec![
+                spec("x should support execSync [Conformance]", Outcome::Passed),
+                spec("x starting container", Outcome::Passed),
+            ],
+        );
+        let wasm = run(
+            "strata-wasm(wasm images)",
+            vec![
+                spec("x should support execSync [Conformance]", Outcome::Skipped),
+                spec("x starting container", Outcome::Failed("f".into())),
+            ],
+        );
+        let j = judge_applicable(&base, &wasm, &[], &table);
+        assert_eq!(j.regressions.len(), 1);
+        assert_eq!(j.regressions[0].0, "x starting container");
+        assert!(not_applicable(&table, "x should support execSync [Conformance]").is_some());
+        assert!(not_applicable(&table, "x starting container").is_none());
+    }
+
+    #[test]
+    fn report_files_are_named_after_the_label() {
+        let inv = Invocation {
+            critest: PathBuf::from("critest"),
+            socket: PathBuf::from("/s"),
+            images_file: PathBuf::from("/i"),
+            skip: String::new(),
+            report_dir: PathBuf::from("/r"),
+            focus: None,
+        };
+        assert_eq!(
+            inv.report_path("strata-wasm(wasm images)"),
+            Path::new("/r/strata-wasm_wasm_images_.json")
+        );
+        assert_eq!(inv.report_path("runc"), Path::new("/r/runc.json"));
     }
 
     #[test]
