@@ -23,8 +23,9 @@ fn io_err(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// A listening socket on `port` of any CID, non-blocking (accept is polled).
-pub fn listen(port: u32) -> io::Result<OwnedFd> {
+/// A listening socket on `port` of any CID, non-blocking (accept is polled), with a backlog of
+/// `backlog` connections (a stream port takes one; the agent's port more).
+pub fn listen(port: u32, backlog: i32) -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Vsock,
         SockType::Stream,
@@ -33,7 +34,7 @@ pub fn listen(port: u32) -> io::Result<OwnedFd> {
     )
     .map_err(io_err)?;
     bind(fd.as_raw_fd(), &VsockAddr::new(CID_ANY, port)).map_err(io_err)?;
-    nix_listen(&fd, Backlog::new(1).map_err(io_err)?).map_err(io_err)?;
+    nix_listen(&fd, Backlog::new(backlog).map_err(io_err)?).map_err(io_err)?;
     Ok(fd)
 }
 

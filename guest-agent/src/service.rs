@@ -6,7 +6,7 @@
 //! the guest's own CID (1), by [`StreamTransport::Vsock`]'s `allow_local`, which nothing but
 //! [`crate::selftest`] sets.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -299,7 +299,13 @@ impl AcceptHook for HostOnly {
 pub struct Serving {
     server: ttrpc::Server,
     shutdown: Receiver<()>,
+    /// The vsock listener, the agent's own: ttrpc's server never closes a listener, so the
+    /// port is free again only when this drops, after the server stopped.
+    listener: Option<OwnedFd>,
 }
+
+/// The backlog of port 1024 (ttrpc's own listeners take 10).
+const BACKLOG: i32 = 10;
 
 impl Serving {
     /// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`). Container state is
@@ -324,23 +330,31 @@ impl Serving {
                 .unwrap_or(std::path::Path::new("/"))
                 .join("bundles"),
         }));
-        let mut server = ttrpc::Server::new()
-            .bind(addr)
-            .map_err(|source| ServeError::Listen {
-                addr: addr.to_string(),
-                source,
-            })?
-            .register_service(service);
-        if addr.starts_with("vsock://") {
-            server = server.set_accept_hook(HostOnly {
-                allow_local,
-                refused: AtomicU64::new(0),
-            });
-        }
+        let listen_err = |source| ServeError::Listen {
+            addr: addr.to_string(),
+            source,
+        };
+        let (server, listener) = match vsock_port(addr) {
+            Some(port) => {
+                let fd = vsock::listen(port, BACKLOG)
+                    .map_err(|e| listen_err(ttrpc::Error::Others(e.to_string())))?;
+                let server = ttrpc::Server::new()
+                    .add_listener(fd.as_raw_fd())
+                    .map_err(listen_err)?
+                    .set_accept_hook(HostOnly {
+                        allow_local,
+                        refused: AtomicU64::new(0),
+                    });
+                (server, Some(fd))
+            }
+            None => (ttrpc::Server::new().bind(addr).map_err(listen_err)?, None),
+        };
+        let mut server = server.register_service(service);
         server.start().map_err(ServeError::Start)?;
         Ok(Serving {
             server,
             shutdown: rx,
+            listener,
         })
     }
 
@@ -349,13 +363,23 @@ impl Serving {
         let _ = self.shutdown.recv();
         // Let the Shutdown reply reach the host before the transport goes away.
         std::thread::sleep(Duration::from_millis(100));
-        self.server.shutdown();
+        self.stop();
     }
 
-    /// Stops serving now (the port is free again).
+    /// Stops serving now; the port is free again.
     pub fn stop(self) {
         self.server.shutdown();
+        drop(self.listener);
     }
+}
+
+/// The port of a `vsock://CID:PORT` address (any CID: the agent listens on all).
+fn vsock_port(addr: &str) -> Option<u32> {
+    addr.strip_prefix("vsock://")?
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()
 }
 
 /// Serves the protocol on `addr` (`unix:///path` or `vsock://-1:1024`, from the host's CID
@@ -367,4 +391,18 @@ pub fn serve(addr: &str, state_root: &std::path::Path) -> Result<(), ServeError>
     };
     Serving::start(addr, state_root, transport)?.until_shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_of_a_vsock_address() {
+        assert_eq!(vsock_port("vsock://-1:1024"), Some(1024));
+        assert_eq!(vsock_port("vsock://3:1025"), Some(1025));
+        assert_eq!(vsock_port("vsock://-1"), None);
+        assert_eq!(vsock_port("vsock://-1:x"), None);
+        assert_eq!(vsock_port("unix:///run/a.sock"), None);
+    }
 }

@@ -64,7 +64,7 @@ impl Listener {
         for _ in 0..64 {
             let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
             let r = match t {
-                StreamTransport::Vsock { .. } => vsock::listen(port).map(Listener::Vsock),
+                StreamTransport::Vsock { .. } => vsock::listen(port, 1).map(Listener::Vsock),
                 StreamTransport::Unix(base) => {
                     let path = PathBuf::from(format!("{}_{port}", base.display()));
                     UnixListener::bind(&path).and_then(|l| {
