@@ -1,14 +1,18 @@
 //! The agent's container calls end to end, with the agent run as a host process on a Unix socket
 //! (same code as in the guest): two containers at once from OCI bundles of busybox, stdio both
 //! ways (stdin from a file, stdout to a file), an exec'd process, a signal, exit statuses through
-//! Wait, delete. Needs root (namespaces, cgroups) and a static busybox.
+//! Wait, delete; pause and resume, pids, update, kill of all processes, and the end of a
+//! container's other processes when its init exits. Needs root (namespaces, cgroups) and a
+//! static busybox.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{bundle, can_run_containers, ctx, scratch, Calls, HostAgent};
+use common::{
+    bundle, bundle_edited, can_run_containers, ctx, eventually, scratch, Calls, HostAgent,
+};
 use strata_guest_agent::client::Agent;
 use strata_guest_agent::proto::agent::{StartRequest, Stdio};
 
@@ -80,6 +84,162 @@ fn two_containers_exec_signal_wait_delete() {
         "{e}"
     );
 
+    agent.shutdown().unwrap();
+    assert!(host.child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The memory limit of `pid`'s cgroup, read from the cgroup file system (v1 or v2) itself.
+fn memory_limit_of(pid: u32) -> u64 {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = cgroups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':').skip(1);
+            f.next().zip(f.next())
+        })
+        .find(|(ctrls, _)| ctrls.split(',').any(|c| c == "memory"));
+    let text = match v1 {
+        Some((_, path)) => {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+        }
+        None => {
+            let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max"))
+        }
+    };
+    text.unwrap().trim().parse().unwrap_or(u64::MAX)
+}
+
+#[test]
+fn pause_resume_pids_update_and_kill_all() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = scratch("pause");
+    let mut host = HostAgent::start(&dir);
+    let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
+    let c = Calls(&agent);
+
+    // Ticks into /tmp/ticks twenty times a second beside two sleeps; as PID 1 of its namespace
+    // the shell ignores SIGTERM, its children do not: the shell's wait returns when they die.
+    let b = bundle(
+        &dir,
+        "ticker",
+        &[
+            "/bin/sh",
+            "-c",
+            "sleep 1000 & sleep 1000 & \
+             while [ ! -e /tmp/stop ]; do echo x >> /tmp/ticks; sleep 0.05; done; \
+             wait; echo waited > /tmp/done",
+        ],
+    );
+    let ticks_file = b.join("rootfs/tmp/ticks");
+    let ticks = || std::fs::metadata(&ticks_file).map(|m| m.len()).unwrap_or(0);
+    c.create("ticker", &b, Stdio::default());
+    let init = c.start("ticker", "");
+
+    // Pids: the shell and both sleeps (and now and then a short sleep of the loop).
+    let mut pids = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            pids = agent.pids("ticker").unwrap();
+            pids.contains(&init) && pids.len() >= 3
+        }),
+        "pids {pids:?}, init {init}"
+    );
+    assert!(agent.pids("nope").is_err());
+
+    // Paused: no tick for half a second; resumed: ticking again.
+    assert!(eventually(Duration::from_secs(10), || ticks() > 0));
+    agent.pause("ticker").unwrap();
+    let paused_at = ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ticks(), paused_at, "ticked while paused");
+    agent.resume("ticker").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || ticks() > paused_at),
+        "no tick after resume"
+    );
+
+    // A memory limit by Update, as the cgroup itself shows it and as Stats does.
+    assert_ne!(memory_limit_of(init), 96 << 20);
+    agent
+        .update("ticker", r#"{"memory": {"limit": 100663296}}"#)
+        .unwrap();
+    assert_eq!(memory_limit_of(init), 96 << 20);
+    assert_eq!(agent.stats("ticker").unwrap().memory_limit, 96 << 20);
+    let bad = agent.update("ticker", "{not json").unwrap_err();
+    assert!(bad.to_string().contains("Update"), "{bad}");
+
+    // An exec'd sleep as well; SIGTERM to all: the sleeps die of it, the shell's wait returns.
+    c.exec("ticker", "e1", "sleep 1000", Stdio::default());
+    c.start("ticker", "e1");
+    std::fs::write(b.join("rootfs/tmp/stop"), "").unwrap();
+    agent.kill("ticker", "", 15, true).unwrap();
+    assert_eq!(c.wait("ticker", "e1"), 128 + 15);
+    assert_eq!(c.wait("ticker", ""), 0);
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/tmp/done")).unwrap(),
+        "waited\n"
+    );
+    c.delete("ticker");
+    agent.shutdown().unwrap();
+    assert!(host.child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_exit_of_init_ends_the_rest_of_the_container() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = scratch("init-exit");
+    let mut host = HostAgent::start(&dir);
+    let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
+    let c = Calls(&agent);
+    let script = ["/bin/sh", "-c", "sleep 1000 & echo $! > /tmp/bg; sleep 2"];
+    // With a PID namespace of its own (the kernel ends it with its init) and in the agent's
+    // (the agent kills what is left in its cgroup).
+    let own = bundle(&dir, "own-pidns", &script);
+    let shared = bundle_edited(&dir, "shared-pidns", &script, |spec| {
+        spec["linux"]["namespaces"] =
+            serde_json::json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+    });
+    for (id, b) in [("own-pidns", &own), ("shared-pidns", &shared)] {
+        c.create(id, b, Stdio::default());
+        c.start(id, "");
+        assert!(
+            eventually(Duration::from_secs(10), || agent.pids(id).unwrap().len()
+                >= 2),
+            "{id}: the background sleep never showed"
+        );
+        assert_eq!(c.wait(id, ""), 0, "{id}");
+        let mut left = Vec::new();
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                left = agent.pids(id).unwrap();
+                left.is_empty()
+            }),
+            "{id}: left after its init exited: {left:?}"
+        );
+        if id == "shared-pidns" {
+            // Its PID is the agent's: that process is gone.
+            let bg: i32 = std::fs::read_to_string(b.join("rootfs/tmp/bg"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(
+                eventually(Duration::from_secs(5), || !std::path::Path::new(&format!(
+                    "/proc/{bg}"
+                ))
+                .exists()),
+                "the background sleep {bg} outlived its init"
+            );
+        }
+        c.delete(id);
+    }
     agent.shutdown().unwrap();
     assert!(host.child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

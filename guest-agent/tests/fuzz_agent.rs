@@ -16,8 +16,8 @@ use proptest::test_runner::{Config, TestRunner};
 use protobuf::Message;
 use strata_guest_agent::client::Agent;
 use strata_guest_agent::proto::agent::{
-    CreateContainerRequest, ExecRequest, KillRequest, StartRequest, StatsRequest, Stdio,
-    WaitRequest,
+    CloseStdinRequest, CreateContainerRequest, ExecRequest, KillRequest, PauseRequest, PidsRequest,
+    ResizePtyRequest, ResumeRequest, StartRequest, StatsRequest, Stdio, UpdateRequest, WaitRequest,
 };
 
 const SERVICE: &str = "strata.agent.v1.Agent";
@@ -34,6 +34,12 @@ const METHODS: &[&str] = &[
     "Delete",
     "Stats",
     "OomEvent",
+    "Pause",
+    "Resume",
+    "Pids",
+    "Update",
+    "ResizePty",
+    "CloseStdin",
 ];
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -157,6 +163,76 @@ fn typed_request() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
             .write_to_bytes()
             .unwrap()
         )),
+        text().prop_map(|id| (
+            "Pause",
+            PauseRequest {
+                id,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+        text().prop_map(|id| (
+            "Resume",
+            ResumeRequest {
+                id,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+        text().prop_map(|id| (
+            "Pids",
+            PidsRequest {
+                id,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+        (text(), resources()).prop_map(|(id, resources_json)| (
+            "Update",
+            UpdateRequest {
+                id,
+                resources_json,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+        (text(), text(), any::<u32>(), any::<u32>()).prop_map(|(id, exec_id, width, height)| (
+            "ResizePty",
+            ResizePtyRequest {
+                id,
+                exec_id,
+                width,
+                height,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+        (text(), text()).prop_map(|(id, exec_id)| (
+            "CloseStdin",
+            CloseStdinRequest {
+                id,
+                exec_id,
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap()
+        )),
+    ]
+}
+
+/// An Update's resources: JSON of the right shape with wild numbers, or anything.
+fn resources() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<(i64, i64, u64)>().prop_map(|(limit, swap, shares)| format!(
+            r#"{{"memory": {{"limit": {limit}, "swap": {swap}}}, "cpu": {{"shares": {shares}}}}}"#
+        )),
+        Just("{}".to_string()),
+        any::<String>(),
     ]
 }
 

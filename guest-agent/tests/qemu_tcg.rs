@@ -428,3 +428,114 @@ fn streams_stats_and_oom_over_vsock_inside_the_guest_under_qemu_tcg() {
         ],
     );
 }
+
+/// virtiofsd (the Rust one, as scripts/install-deps installs it), or a skip.
+fn virtiofsd() -> Option<PathBuf> {
+    let cached = Path::new("/var/cache/strata/tools/bin/virtiofsd");
+    let found = if cached.is_file() {
+        Some(cached.to_path_buf())
+    } else {
+        which("virtiofsd").ok()
+    };
+    if found.is_none() {
+        skip("virtiofsd is not installed (scripts/install-deps)");
+    }
+    found
+}
+
+/// The pod's virtio-fs share (`strata.share=strata`): virtiofsd shares a directory holding a
+/// bundle (`c1/config.json`, `c1/rootfs/`) as the microvm tier lays it out; PID 1 mounts it at
+/// /run/strata/shared and reports "virtiofs" in Ping's mounts, and the self-test creates the
+/// container from `/run/strata/shared/c1` (libcontainer's rootfs on virtio-fs), its output over
+/// vsock. What the container writes in its rootfs reaches the host's directory. Port 1024 first
+/// refuses the guest's own CID, as it does outside the self-test.
+#[test]
+fn a_bundle_on_the_virtiofs_share_runs_inside_the_guest_under_qemu_tcg() {
+    if !static_busybox() {
+        return;
+    }
+    let Some(virtiofsd) = virtiofsd() else {
+        return;
+    };
+    let Some(g) = Guest::new("virtiofs") else {
+        return;
+    };
+    // scripts/build-guest-kernel keeps the kernel's .config beside it.
+    let config =
+        std::fs::read_to_string(format!("{}.config", g.kernel.display())).unwrap_or_default();
+    if !config.lines().any(|l| l == "CONFIG_VIRTIO_FS=y") {
+        return skip(
+            "the cached guest kernel has no CONFIG_VIRTIO_FS (scripts/build-guest-kernel)",
+        );
+    }
+    let share = g.dir.join("share");
+    let b = bundle(
+        &share,
+        "c1",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo hello from the share; hostname; echo written-in-the-guest > /from-guest",
+        ],
+    );
+    let sock = g.dir.join("virtiofsd.sock");
+    let mut daemon = Command::new(virtiofsd)
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&share)
+        .args(["--cache", "never", "--sandbox", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if t0.elapsed() > Duration::from_secs(10) || daemon.try_wait().unwrap().is_some() {
+            let _ = daemon.kill();
+            let out = daemon.wait_with_output().unwrap();
+            panic!(
+                "virtiofsd did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // vhost-user needs the guest's memory shared with virtiofsd.
+    let out = g
+        .qemu()
+        .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
+        .args(["-machine", "memory-backend=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=vfs,path={}", sock.display()))
+        .args(["-device", "vhost-user-fs-device,chardev=vfs,tag=strata"])
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 quiet strata.selftest=agent strata.share=strata",
+        ])
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    for l in console
+        .lines()
+        .filter(|l| l.contains("strata-guest-agent:"))
+    {
+        eprintln!("{l}");
+    }
+    assert_console_has(
+        &console,
+        &[
+            "port 1024 refused the guest's own CID (1)",
+            "mounts proc,sysfs,devtmpfs,tmpfs,cgroup2,virtiofs",
+            r#"shared bundle c1 stdout="hello from the share\nc1\n" stderr="" status=0"#,
+            "vsock self-test passed",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/from-guest")).unwrap(),
+        "written-in-the-guest\n",
+        "the container's write did not reach the host's directory"
+    );
+}

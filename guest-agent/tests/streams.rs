@@ -1,6 +1,7 @@
-//! Stdio as streams over the agent's transport, stats and OOM notices, with the agent run as a
-//! host process on a Unix socket (the same code serves vsock ports in the guest: port P is the
-//! socket `agent.sock_P` here). Needs root and a static busybox.
+//! Stdio as streams over the agent's transport, stats and OOM notices, CloseStdin (a stdin path
+//! and a streamed stdin), a terminal over the streams with its window resized, with the agent
+//! run as a host process on a Unix socket (the same code serves vsock ports in the guest: port P
+//! is the socket `agent.sock_P` here). Needs root and a static busybox.
 
 mod common;
 
@@ -114,6 +115,17 @@ fn stdio_streams_both_ways_with_stdin_eof() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("cannot also have a path"), "{e}");
+    let term_stderr = Stdio {
+        terminal: true,
+        stream_stdout: true,
+        stream_stderr: true,
+        ..Default::default()
+    };
+    let e = agent
+        .create_container("c3", &b3.display().to_string(), term_stderr)
+        .unwrap_err();
+    assert!(e.to_string().contains("CreateContainer"), "{e}");
+    assert!(format!("{e:?}").contains("no stderr of its own"), "{e:?}");
 
     // Ports nobody connected to are closed when their container goes.
     let b4 = bundle(&dir, "c4", &["/bin/echo", "unread"]);
@@ -173,6 +185,144 @@ fn oom_kill_in_a_container_is_a_notice() {
         Some("hog")
     );
     c.delete("hog");
+    agent.shutdown().unwrap();
+    assert!(host.child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads `s` until what came contains `want`; all of it.
+fn read_until(s: &mut StdioStream, want: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "ended without {want:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn close_stdin_ends_a_stdin_path_and_a_streamed_stdin() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = scratch("close-stdin");
+    let mut host = HostAgent::start(&dir);
+    let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
+    let c = Calls(&agent);
+
+    // stdin from a FIFO whose writer stays open (as containerd's): only CloseStdin ends cat.
+    let fifo = dir.join("c1.stdin");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = dir.join("c1.out");
+    let b1 = bundle(&dir, "c1", &["/bin/cat"]);
+    let io = Stdio {
+        stdin: fifo.display().to_string(),
+        stdout: out.display().to_string(),
+        ..Default::default()
+    };
+    c.create("c1", &b1, io);
+    c.start("c1", "");
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    writer.write_all(b"through the FIFO\n").unwrap();
+    agent.close_stdin("c1", "").unwrap();
+    assert_eq!(c.wait("c1", ""), 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "through the FIFO\n");
+    drop(writer);
+
+    // A streamed stdin the host keeps open: CloseStdin ends it after what was sent. In an
+    // exec'd cat, so the container lives on.
+    let b2 = bundle(&dir, "c2", &["/bin/sleep", "1000"]);
+    c.create("c2", &b2, Stdio::default());
+    c.start("c2", "");
+    let ports = c.exec("c2", "cat", "cat", streamed(true));
+    let mut stdin = agent.open_stream(ports.stdin).unwrap();
+    let stdout = drain(agent.open_stream(ports.stdout).unwrap());
+    let _stderr = drain(agent.open_stream(ports.stderr).unwrap());
+    c.start("c2", "cat");
+    stdin.write_all(b"over the stream\n").unwrap();
+    agent.close_stdin("c2", "cat").unwrap();
+    assert_eq!(c.wait("c2", "cat"), 0);
+    assert_eq!(stdout.join().unwrap(), b"over the stream\n");
+    assert!(agent.close_stdin("c2", "nope").is_err());
+    assert!(agent.close_stdin("nope", "").is_err());
+
+    c.kill("c2", 9);
+    assert_eq!(c.wait("c2", ""), 137);
+    c.delete("c1");
+    c.delete("c2");
+    agent.shutdown().unwrap();
+    assert!(host.child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_terminal_over_the_streams_with_its_window_resized() {
+    if !can_run_containers() {
+        return;
+    }
+    let dir = scratch("terminal");
+    let mut host = HostAgent::start(&dir);
+    let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
+    let c = Calls(&agent);
+    let term = || Stdio {
+        terminal: true,
+        stream_stdin: true,
+        stream_stdout: true,
+        ..Default::default()
+    };
+    // The init with a terminal: tty names a pty; after the resize stty sees the new size.
+    let script = "tty; read line; echo got $line; stty size; sleep 1000";
+    let b = terminal_bundle(&dir, "t1", &["/bin/sh", "-c", script]);
+    let ports = c.create("t1", &b, term());
+    assert!(ports.stdin > 0 && ports.stdout > 0, "{ports:?}");
+    assert_eq!(ports.stderr, 0, "a terminal has no stderr");
+    let mut stdin = agent.open_stream(ports.stdin).unwrap();
+    let mut stdout = agent.open_stream(ports.stdout).unwrap();
+    c.start("t1", "");
+    let first = read_until(&mut stdout, "/dev/pts/");
+    assert!(first.contains("/dev/pts/"), "{first:?}");
+    agent.resize_pty("t1", "", 100, 40).unwrap();
+    stdin.write_all(b"typed\n").unwrap();
+    let rest = read_until(&mut stdout, "40 100");
+    assert!(rest.contains("got typed"), "{rest:?}");
+
+    // An exec'd process with a terminal of its own, in the same container.
+    let ports = c.exec("t1", "e1", "tty; read line; stty size", term());
+    let mut e_stdin = agent.open_stream(ports.stdin).unwrap();
+    let mut e_stdout = agent.open_stream(ports.stdout).unwrap();
+    c.start("t1", "e1");
+    let tty = read_until(&mut e_stdout, "/dev/pts/");
+    agent.resize_pty("t1", "e1", 132, 50).unwrap();
+    e_stdin.write_all(b"\n").unwrap();
+    read_until(&mut e_stdout, "50 132");
+    assert_eq!(c.wait("t1", "e1"), 0);
+    // Its output ends with the process.
+    let mut tail = Vec::new();
+    e_stdout
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    e_stdout.read_to_end(&mut tail).unwrap();
+    assert!(tty.contains("/dev/pts/"), "{tty:?}");
+
+    // No terminal, no resize.
+    let b2 = bundle(&dir, "plain", &["/bin/sleep", "1000"]);
+    c.create("plain", &b2, Stdio::default());
+    let e = agent.resize_pty("plain", "", 80, 25).unwrap_err();
+    assert!(format!("{e:?}").contains("no terminal"), "{e:?}");
+    let e = agent.resize_pty("t1", "", 70_000, 25).unwrap_err();
+    assert!(format!("{e:?}").contains("65535"), "{e:?}");
+
+    c.kill("t1", 9);
+    assert_eq!(c.wait("t1", ""), 137);
+    c.delete("t1");
+    c.delete("plain");
     agent.shutdown().unwrap();
     assert!(host.child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

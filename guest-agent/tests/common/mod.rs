@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strata_guest_agent::client::Agent;
-use strata_guest_agent::proto::agent::{ExecRequest, KillRequest, Stdio, StdioPorts};
+use strata_guest_agent::proto::agent::{Stdio, StdioPorts};
 
 /// Skips (or fails under CI=true) with `why`; returns true to make the caller return.
 pub fn skip(why: &str) -> bool {
@@ -29,6 +29,19 @@ pub fn can_run_containers() -> bool {
 
 /// An OCI bundle of busybox running `args`; `resources` goes to `linux.resources`.
 pub fn bundle_with(dir: &Path, name: &str, args: &[&str], resources: serde_json::Value) -> PathBuf {
+    bundle_edited(dir, name, args, |spec| {
+        spec["linux"]["resources"] = resources
+    })
+}
+
+/// An OCI bundle of busybox running `args`, its config.json changed by `edit` before it is
+/// written.
+pub fn bundle_edited(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
     let b = dir.join(name);
     let bin = b.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -36,10 +49,12 @@ pub fn bundle_with(dir: &Path, name: &str, args: &[&str], resources: serde_json:
         std::fs::create_dir_all(b.join("rootfs").join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "hostname", "dd", "tr", "wc"] {
+    for applet in [
+        "sh", "echo", "cat", "sleep", "hostname", "dd", "tr", "wc", "tty", "stty",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -58,9 +73,10 @@ pub fn bundle_with(dir: &Path, name: &str, args: &[&str], resources: serde_json:
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "resources": resources
+            "resources": {}
         }
     });
+    edit(&mut spec);
     std::fs::write(
         b.join("config.json"),
         serde_json::to_vec_pretty(&spec).unwrap(),
@@ -71,6 +87,35 @@ pub fn bundle_with(dir: &Path, name: &str, args: &[&str], resources: serde_json:
 
 pub fn bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     bundle_with(dir, name, args, serde_json::json!({}))
+}
+
+/// A bundle of busybox whose process has a terminal (and /dev/pts a devpts of its own).
+pub fn terminal_bundle(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    bundle_edited(dir, name, args, |spec| {
+        spec["process"]["terminal"] = true.into();
+        spec["process"]["env"] = serde_json::json!(["PATH=/bin", "TERM=xterm"]);
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+            }));
+    })
+}
+
+/// Polls `f` every 20 ms until it is true; false after `within`.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The agent run as a host process on `<dir>/agent.sock`; killed (with its containers) if a
@@ -90,11 +135,13 @@ impl HostAgent {
             .arg(dir.join("state"))
             .spawn()
             .unwrap();
+        // Connectable, not merely there: the socket's file exists from bind(2) on, before the
+        // agent listens.
         let t0 = Instant::now();
-        while !sock.exists() {
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "agent socket never appeared"
+                "agent socket never accepted a connection"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -142,40 +189,16 @@ impl Calls<'_> {
     /// `sh -c script` exec'd in the container `id` as `exec`, not started; its stream ports.
     pub fn exec(&self, id: &str, exec: &str, script: &str, io: Stdio) -> StdioPorts {
         let process = serde_json::json!({
-            "terminal": false,
+            "terminal": io.terminal,
             "user": {"uid": 0, "gid": 0},
             "args": ["/bin/sh", "-c", script],
             "env": ["PATH=/bin"],
             "cwd": "/"
         });
-        self.0
-            .raw()
-            .exec(
-                ctx(),
-                &ExecRequest {
-                    id: id.into(),
-                    exec_id: exec.into(),
-                    process_json: process.to_string(),
-                    stdio: Some(io).into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .stdio_ports
-            .unwrap_or_default()
+        self.0.exec(id, exec, &process.to_string(), io).unwrap()
     }
     pub fn kill(&self, id: &str, signal: u32) {
-        self.0
-            .raw()
-            .kill(
-                ctx(),
-                &KillRequest {
-                    id: id.into(),
-                    signal,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        self.0.kill(id, "", signal, false).unwrap()
     }
     pub fn delete(&self, id: &str) {
         self.0.delete(id, "").unwrap()
