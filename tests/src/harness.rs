@@ -225,12 +225,6 @@ pub fn tier_gate(test: &str) -> Option<String> {
     let (Ok(Runtime::Strata), Ok(tier)) = (Runtime::from_env(), Tier::from_env()) else {
         return None;
     };
-    let suite = test.split("::").next().unwrap_or(test);
-    if tier == Tier::Microvm && !crate::tiers::MICROVM_SUITES.contains(&suite) {
-        return Some(format!(
-            "not yet on microvm: the {suite} suite does not pass on the tier yet (issue 12; docs/microvm.md lists what was seen)"
-        ));
-    }
     let name = test.rsplit("::").next().unwrap_or(test);
     crate::tiers::not_applicable_on(tier, name).map(|why| format!("not on {tier}: {why}"))
 }

@@ -47,7 +47,14 @@ fn agent_err(what: &str, e: ClientError) -> Error {
         } => Some(s.code()),
         _ => None,
     };
-    let msg = format!("{what}: {}", chain(&e));
+    // The agent's own message as it wrote it (a status's Debug form would escape its quotes).
+    let msg = match &e {
+        ClientError::Call {
+            source: ttrpc::Error::RpcStatus(s),
+            ..
+        } => format!("{what}: {}", s.message()),
+        _ => format!("{what}: {}", chain(&e)),
+    };
     match code {
         Some(ttrpc::Code::NOT_FOUND) => Error::NotFound(msg),
         Some(ttrpc::Code::INVALID_ARGUMENT) => Error::InvalidArgument(msg),

@@ -19,11 +19,50 @@ use nix::sys::signal::Signal;
 
 use crate::{Error, VmRecord};
 
+/// A spawn request for the [`spawner`] thread.
+type SpawnRequest = (
+    Command,
+    Option<PathBuf>,
+    std::sync::mpsc::Sender<std::io::Result<Child>>,
+);
+
+/// The thread that spawns every VM process of this process. It never ends, so the children's
+/// parent-death signal (which the kernel ties to the thread that forked them) fires only when
+/// the whole process (the shim) dies: a shim that is SIGKILLed, or torn down with its containerd
+/// without any `delete`, takes its VMs with it instead of leaving them running unseen.
+fn spawner() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("strata-vm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, cgroup, reply) in rx {
+                    let _ = reply.send(spawn_here(&mut cmd, cgroup.as_deref()));
+                }
+            })
+            .expect("starting the VM spawner thread");
+        std::sync::Mutex::new(tx)
+    })
+}
+
 /// Spawns `cmd` in a session of its own (a signal to the shim's process group does not reach
 /// it), in `cgroup` when given: the child writes `0` to `<cgroup>/cgroup.procs` before `exec`,
-/// so nothing of the program runs outside the cgroup. No parent-death signal: the shim is
-/// multi-threaded, and the VM must outlive a shim that is killed until `delete` cleans up.
-pub fn spawn(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
+/// so nothing of the program runs outside the cgroup. The child gets SIGKILL when this process
+/// dies (forked by the [`spawner`] thread, which lives as long as the process).
+pub fn spawn(cmd: Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, cgroup.map(Path::to_path_buf), tx))
+        .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?
+}
+
+fn spawn_here(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
     let procs = match cgroup {
         Some(dir) => {
             let path = dir.join("cgroup.procs");
@@ -39,13 +78,23 @@ pub fn spawn(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child>
         None => None,
     };
     let fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
-    // functions (setsid, write) on memory that is valid in the child (a static byte string and
+    // functions (setsid, prctl, write) on memory that is valid in the child (a static byte string and
     // a descriptor the parent keeps open until spawn returns); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the signal was armed: do not start an orphan.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the shim exited while starting the VM",
+                ));
             }
             if let Some(fd) = fd {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -232,11 +281,9 @@ mod tests {
 
     #[test]
     fn a_child_is_named_by_start_time_and_killed_with_its_children() {
-        let mut child = spawn(
-            Command::new("/bin/sh").args(["-c", "sleep 60 & sleep 60; wait"]),
-            None,
-        )
-        .unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 60 & sleep 60; wait"]);
+        let mut child = spawn(cmd, None).unwrap();
         let pid = child.id();
         let t = start_time(pid).unwrap();
         assert!(is_alive(pid, t));

@@ -239,12 +239,9 @@ impl Parts {
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(file).stderr(err);
-        let child = process::spawn(&mut cmd, self.cgroup.as_deref()).map_err(|e| {
-            format!(
-                "starting {name} ({}): {e}",
-                cmd.get_program().to_string_lossy()
-            )
-        })?;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = process::spawn(cmd, self.cgroup.as_deref())
+            .map_err(|e| format!("starting {name} ({program}): {e}"))?;
         let pid = child.id();
         // A child that already died has no stat; its start time does not matter then.
         let start_time = process::start_time(pid).unwrap_or(0);
