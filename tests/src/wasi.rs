@@ -1225,6 +1225,7 @@ pub fn spawn_spec(c: &Container, spec: &Value) -> (Background, PathBuf) {
     let mut cmd = c.h.ctr();
     cmd.args(["run", "--rm", "--runtime", &c.runtime]);
     cmd.arg("--fifo-dir").arg(c.h.fifo_dir());
+    cmd.args(c.h.runtime_config_flags());
     cmd.arg("--config").arg(&path).arg(&c.id);
     (Background::spawn(cmd).expect("starting ctr"), path)
 }
