@@ -27,14 +27,4 @@ pub mod streams;
 
 pub use strata_agent_protocol::{client, proto, vsock, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
 
-/// An error and its sources, `: `-separated.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use strata_backend::chain;

@@ -58,3 +58,29 @@ pub trait Backend: Send + Sync {
     /// Closes a process's stdin so that it reads end-of-file.
     fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()>;
 }
+
+/// A name made safe to be one path component (namespaces, ids): every character but ASCII
+/// letters, digits, `-`, `_` and `.` becomes `_`.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// An error and its sources, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -24,8 +24,8 @@ use strata_agent_protocol::client::{Agent, ClientError, StdioStream};
 use strata_agent_protocol::proto::agent::Stdio as AgentStdio;
 use strata_agent_protocol::AGENT_VSOCK_PORT;
 use strata_backend::{
-    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Sandbox,
-    SandboxOpts, Stats, StdioPaths,
+    chain, sanitize, Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts,
+    Result, Sandbox, SandboxOpts, Stats, StdioPaths,
 };
 
 use crate::hypervisor::{Accel, Hypervisor, Vm, VmSpec};
@@ -67,17 +67,6 @@ fn agent_err(what: &str, e: ClientError) -> Error {
 fn is_deadline(e: &ClientError) -> bool {
     matches!(e, ClientError::Call { source: ttrpc::Error::RpcStatus(s), .. }
         if s.code() == ttrpc::Code::DEADLINE_EXCEEDED)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn vm_err(e: VmError) -> Error {
@@ -496,7 +485,7 @@ impl MicrovmBackend {
 /// A pod's directory: `<state>/<namespace>/<id>`, the id shortened to a digest when it is
 /// long (CRI's are 64 characters), since the sockets inside must fit `sun_path` (107 bytes).
 fn pod_dir(state_root: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
-    let id = strata_backend_sanitize(sandbox_id);
+    let id = sanitize(sandbox_id);
     let id = if id.len() > 24 {
         use sha2::Digest;
         let d = sha2::Sha256::digest(sandbox_id.as_bytes());
@@ -504,20 +493,7 @@ fn pod_dir(state_root: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
     } else {
         id
     };
-    state_root.join(strata_backend_sanitize(namespace)).join(id)
-}
-
-/// The namespace/id sanitising the native tier uses for state directories.
-fn strata_backend_sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    state_root.join(sanitize(namespace)).join(id)
 }
 
 /// The host cgroup (v2) the VM's processes join: the sandbox container's cgroup path when it

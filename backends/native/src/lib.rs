@@ -75,18 +75,7 @@ impl NativeBackend {
     }
 }
 
-/// A name made safe to be one path component (namespaces, ids).
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+pub use strata_backend::sanitize;
 
 impl Backend for NativeBackend {
     fn kind(&self) -> BackendKind {
