@@ -177,6 +177,13 @@ fn run_tier(h: &Harness, tier: &Tier) -> Outcome {
         for a in tier.annotations {
             flags.extend(["--annotation", a]);
         }
+        // The microvm column runs under the shipped strata-microvm.toml plus this machine's
+        // [microvm] table (the cached guest kernel and initramfs; QEMU TCG where /dev/kvm
+        // cannot run Linux, which the pod's log and docs/microvm.md say is no security boundary).
+        let microvm_config = h.microvm_config().display().to_string();
+        if tier.annotations.contains(&"strata.dev/backend=microvm") {
+            flags.extend(["--runtime-config-path", &microvm_config]);
+        }
         let out = if tier.wasm {
             let mut spec = c.spec(&["/app.wasm"]);
             let root = PathBuf::from(spec["root"]["path"].as_str().unwrap_or_default());
