@@ -1173,13 +1173,6 @@ pub fn contest_image(h: &Harness) -> String {
         .clone()
 }
 
-/// The names critest gives as a container's argv[0] (`sh`, `top`, `echo`, `sleep`), linked at
-/// the root of [`contest_shell_image_builder`]'s image as well as in /bin: the wasm tier takes
-/// a bare argv[0] from the working directory (/), where its ELF check (which sends the
-/// container to the wasm tier) looks it up in PATH; without them `top` is found in /bin by
-/// the one and not found by the other.
-pub const SHELL_ROOT_LINKS: &[&str] = &["sh", "top", "echo", "sleep"];
-
 /// A WebAssembly busybox: busybox's layout (/bin with a symlink to /bin/busybox for every
 /// applet, /etc/passwd, /tmp...) with the contest module as /bin/busybox, so that every
 /// command name runs the contest in applet mode; not one ELF file. In a wasm pod each of its
@@ -1188,9 +1181,6 @@ pub const SHELL_ROOT_LINKS: &[&str] = &["sh", "top", "echo", "sleep"];
 pub fn contest_shell_image_builder(name: &str) -> ImageBuilder {
     let mut image = ImageBuilder::busybox(name).expect("the busybox image");
     image.file("bin/busybox", contest_module().to_vec(), 0o755);
-    for link in SHELL_ROOT_LINKS {
-        image.symlink(link, "bin/busybox");
-    }
     image
 }
 

@@ -263,13 +263,101 @@ fn wasm_writes_to_a_mount_and_a_read_only_mount_is_refused() {
     let mut spec = wasm_spec(&c, &file_op(5, "f.txt", true), &["/app.wasm"]);
     mounts(&mut spec);
     let out = c.run_spec(&spec, &[]);
-    assert_ne!(out.code, 0, "writing to a read-only mount succeeded: {out}");
+    // The exit status is the WASI errno of the open: 69 is `rofs`, the kernel's EROFS of the
+    // runner's read-only bind mount (not 63, `perm`, of a preopen without write permission).
+    assert_eq!(
+        out.code,
+        69,
+        "writing to a read-only mount: {out}\n{}",
+        c.log()
+    );
     assert!(
         !ro.join("f.txt").exists(),
         "the read-only mount was written"
     );
     c.remove_and_check();
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// `readonlyRootfs`: a module writing into its root filesystem gets the kernel's EROFS, as
+/// under runc (critest's ReadOnlyRootfs spec reads `touch`'s message), not WASI's EPERM of a
+/// preopen without write permission; with a writable rootfs the same command creates the file.
+/// Nothing of the runner's read-only bind mount is left in the host's mount table.
+#[test]
+fn wasm_read_only_rootfs_write_is_erofs() {
+    use strata_tests::wasi::contest_module;
+
+    let h = harness!();
+    strata_only!(h);
+    for readonly in [true, false] {
+        let c = h.container("wasm-rofs");
+        // The contest in applet mode (argv[0] `touch`), at /wasm/touch: busybox's own
+        // /bin/touch stays as it is.
+        let mut spec = c.spec(&["/wasm/touch", "/created"]);
+        std::fs::create_dir_all(rootfs(&spec).join("wasm")).unwrap();
+        put_module(&spec, "/wasm/touch", contest_module());
+        spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+        spec["root"]["readonly"] = json!(readonly);
+        let root = rootfs(&spec);
+        let out = c.run_spec(&spec, &[]);
+        if readonly {
+            assert_eq!(
+                (out.code, out.stderr.as_str()),
+                (1, "touch: /created: Read-only file system\n"),
+                "{out}\n{}",
+                c.log()
+            );
+            assert!(
+                !root.join("created").exists(),
+                "the read-only rootfs was written"
+            );
+        } else {
+            assert!(out.success(), "{out}\n{}", c.log());
+            assert!(root.join("created").is_file(), "touch made no file: {out}");
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&*root.to_string_lossy()),
+            "the runner's mount of {} leaked into the host:\n{mounts}",
+            root.display()
+        );
+        c.remove_and_check();
+    }
+}
+
+/// A bare argv[0] is looked up in the spec's PATH inside the rootfs (as runc and runwasi do),
+/// by the ELF check and the wasm tier alike: a module only at /bin/NAME runs as `NAME`. A bare
+/// name on no directory of PATH fails, and the error names the PATH it was looked up in.
+#[test]
+fn wasm_bare_argv0_is_looked_up_in_path() {
+    let h = harness!();
+    strata_only!(h);
+    let c = h.container("wasm-path");
+    let mut spec = c.spec(&["strata-hello", "arg"]);
+    put_module(&spec, "/bin/strata-hello", &dump_args_env());
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    spec["process"]["env"] = json!(["PATH=/usr/local/bin:/usr/bin:/bin"]);
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(
+        out.stdout,
+        "strata-hello\0arg\0|PATH=/usr/local/bin:/usr/bin:/bin\0"
+    );
+    c.remove_and_check();
+
+    // On disk, but not on PATH (nor taken from the cwd, /bin).
+    let c = h.container("wasm-nopath");
+    let mut spec = c.spec(&["strata-hello"]);
+    put_module(&spec, "/bin/strata-hello", &dump_args_env());
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    spec["process"]["env"] = json!(["PATH=/usr/local/bin:/usr/bin"]);
+    spec["process"]["cwd"] = json!("/bin");
+    let out = c.run_spec(&spec, &[]);
+    assert_fails_with(
+        &out,
+        "the module strata-hello (looked up in PATH=/usr/local/bin:/usr/bin) does not exist",
+    );
+    c.remove_and_check();
 }
 
 #[test]

@@ -12,6 +12,8 @@
 
 pub mod cache;
 pub mod module;
+mod readonly;
+mod rofs;
 pub mod runner;
 mod sys;
 mod task;

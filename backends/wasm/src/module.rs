@@ -136,28 +136,79 @@ fn spec_cwd(spec: &oci_spec::runtime::Spec) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
-/// The host path of the file the spec's entrypoint names, looked up like `execvp` does for a
-/// bare name (the spec's `PATH`), all inside the rootfs.
+/// The entrypoint names no file of the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the module {} does not exist in the container's root filesystem", self.described())]
+pub enum NotFound {
+    /// A path (it has a `/`): absolute, or relative to the cwd.
+    Path(String),
+    /// A bare name, looked up in each directory of `search` (the spec's `PATH`).
+    NotOnPath { name: String, search: String },
+}
+
+impl NotFound {
+    /// What was looked for and where: `/nope.wasm`, or `top (looked up in PATH=/usr/bin:/bin)`.
+    pub fn described(&self) -> String {
+        match self {
+            NotFound::Path(p) => p.clone(),
+            NotFound::NotOnPath { name, search } => {
+                format!("{name} (looked up in PATH={search})")
+            }
+        }
+    }
+}
+
+/// The (first) `PATH` of a `KEY=VALUE` environment, as `getenv` finds it, else
+/// [`DEFAULT_PATH`].
+pub fn search_path(env: &[String]) -> &str {
+    env.iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+}
+
+/// Finds the file `path` (`process.args[0]` without `#export`) names, inside `root`, as
+/// runc's `execvp` and runwasi do: an absolute path as is, a path with a `/` relative to
+/// `cwd`, a bare name in each directory of `search` (the spec's `PATH`) in turn, never in the
+/// cwd. Every lookup goes through [`resolve_in_root`]: symbolic links and `..` never leave
+/// the rootfs. Returns the host path of a regular file.
+pub fn find_entrypoint(
+    root: &Path,
+    cwd: &str,
+    path: &str,
+    search: &str,
+) -> Result<PathBuf, NotFound> {
+    if path.contains('/') {
+        return resolve_in_root(root, cwd, path)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| NotFound::Path(path.to_string()));
+    }
+    search
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| resolve_in_root(root, cwd, &format!("{d}/{path}")))
+        .find(|p| p.is_file())
+        .ok_or_else(|| NotFound::NotOnPath {
+            name: path.to_string(),
+            search: search.to_string(),
+        })
+}
+
+/// The host path of the file the spec's entrypoint names ([`find_entrypoint`]).
 pub fn entrypoint_file(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
     let process = spec.process().as_ref()?;
     let arg0 = process.args().as_ref()?.first()?;
     let (path, _) = split_entrypoint(arg0);
-    let root = rootfs_of(bundle, spec);
-    let cwd = spec_cwd(spec);
-    if path.contains('/') {
-        return resolve_in_root(&root, &cwd, path).filter(|p| p.is_file());
+    if path.is_empty() {
+        return None;
     }
-    let search = process
-        .env()
-        .as_ref()
-        .and_then(|env| env.iter().find_map(|e| e.strip_prefix("PATH=")))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    search
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .filter_map(|d| resolve_in_root(&root, "/", &format!("{d}/{path}")))
-        .find(|p| p.is_file())
+    let env = process.env().clone().unwrap_or_default();
+    find_entrypoint(
+        &rootfs_of(bundle, spec),
+        &spec_cwd(spec),
+        path,
+        search_path(&env),
+    )
+    .ok()
 }
 
 /// True when the spec's entrypoint is an ELF executable: in a wasm pod such a container (the
@@ -258,6 +309,45 @@ mod tests {
             &spec(&["/app.wasm#main"])
         ));
         assert!(!entrypoint_is_elf(Path::new("/"), &spec(&["/nope"])));
+
+        // One lookup for the ELF check and the tier: a bare name only through PATH.
+        std::fs::write(root.join("bin/app.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        std::os::unix::fs::symlink("/../../bin/app.wasm", root.join("bin/tool")).unwrap();
+        let path = "/usr/bin:/bin";
+        assert_eq!(
+            find_entrypoint(&root, "/", "tool", path),
+            Ok(root.join("bin/app.wasm"))
+        );
+        assert_eq!(
+            find_entrypoint(&root, "/bin", "app.wasm", path),
+            Ok(root.join("bin/app.wasm"))
+        );
+        // Never from the cwd: /app.wasm is there, but not on PATH.
+        let err = find_entrypoint(&root, "/", "app.wasm", "/usr/bin").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the module app.wasm (looked up in PATH=/usr/bin) does not exist in the container's root filesystem"
+        );
+        assert_eq!(
+            find_entrypoint(&root, "/", "./app.wasm", "/usr/bin"),
+            Ok(root.join("app.wasm"))
+        );
+        assert_eq!(
+            find_entrypoint(&root, "/", "up", "/bin"),
+            Err(NotFound::NotOnPath {
+                name: "up".into(),
+                search: "/bin".into()
+            })
+        );
+        assert_eq!(
+            find_entrypoint(&root, "/", "/nope", path),
+            Err(NotFound::Path("/nope".into()))
+        );
+        assert_eq!(
+            search_path(&["A=1".into(), "PATH=/x".into(), "PATH=/y".into()]),
+            "/x"
+        );
+        assert_eq!(search_path(&[]), DEFAULT_PATH);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -46,6 +46,12 @@ pub struct Preopen {
     pub host: PathBuf,
     pub guest: String,
     pub readonly: bool,
+    /// Set by the runner (never sent) once `host` is a read-only mount in its own mount
+    /// namespace ([`crate::readonly`]): the module then gets write permission and the kernel
+    /// answers a write with EROFS. Otherwise a read-only preopen has no write permission
+    /// (wasmtime-wasi answers EPERM).
+    #[serde(skip)]
+    pub read_only_mount: bool,
 }
 
 /// Where the module's bytes come from.
@@ -67,7 +73,9 @@ pub struct ImageRef {
     pub address: String,
     pub namespace: String,
     pub container: String,
-    /// What `process.args[0]` named (without `#export`), for error messages; may be empty.
+    /// What `process.args[0]` named (without `#export`) and, for a bare name, the `PATH` it
+    /// was looked up in ([`crate::module::NotFound::described`]), for error messages; may be
+    /// empty.
     pub wanted: String,
 }
 
@@ -160,6 +168,7 @@ impl ResourceLimiter for Limits {
 pub struct P1State {
     wasi: WasiP1Ctx,
     limits: Limits,
+    pub(crate) originals: crate::rofs::Originals,
 }
 
 /// A preview 2 component's store data.
@@ -201,11 +210,14 @@ pub enum Exit {
     Trapped(String),
 }
 
-fn wasi_builder(cfg: &TaskConfig) -> wasmtime::Result<WasiCtxBuilder> {
+/// The WASI context of `cfg`. With `kernel_ro`, a read-only preopen that is a read-only mount
+/// gets write permission, so that a write fails in the kernel (EROFS, which [`crate::rofs`]
+/// passes on as `rofs`); otherwise it has none (wasmtime-wasi answers `perm`).
+fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&cfg.args).envs(&cfg.env);
     for p in &cfg.preopens {
-        let perms = if p.readonly {
+        let perms = if p.readonly && !(kernel_ro && p.read_only_mount) {
             FsPerms::ReadOnly
         } else {
             FsPerms::ReadWrite
@@ -300,14 +312,28 @@ pub fn prepare_bytes(
             }
             let mut linker: Linker<P1State> = Linker::new(engine);
             wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
+            // Preview 1 numbers the preopens from 3, in order.
+            let ro_fds: Vec<i32> = (3..)
+                .zip(&cfg.preopens)
+                .filter(|(_, p)| p.readonly && p.read_only_mount)
+                .map(|(fd, _)| fd)
+                .collect();
+            crate::rofs::shadow(&mut linker, &ro_fds)?;
             let pre = linker.instantiate_pre(&module).map_err(|e| {
                 wasmtime::format_err!(
                     "{} imports what WASI preview 1 does not provide: {e:#}",
                     name
                 )
             })?;
-            let wasi = wasi_builder(cfg)?.build_p1();
-            let mut store = Store::new(engine, P1State { wasi, limits });
+            let wasi = wasi_builder(cfg, true)?.build_p1();
+            let mut store = Store::new(
+                engine,
+                P1State {
+                    wasi,
+                    limits,
+                    originals: Default::default(),
+                },
+            );
             store.limiter(|s| &mut s.limits);
             Prepared::Module { store, pre, export }
         }
@@ -329,7 +355,9 @@ pub fn prepare_bytes(
                         name
                     )
                 })?;
-            let ctx = wasi_builder(cfg)?.build();
+            // wasmtime-wasi's preview 2 also answers EROFS with `io`; a component keeps
+            // preopens without write permission (`not-permitted`).
+            let ctx = wasi_builder(cfg, false)?.build();
             let mut store = Store::new(
                 engine,
                 P2State {
@@ -439,6 +467,8 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
             return 1;
         }
     };
+    // Before any thread exists (a mount namespace of its own needs a single thread).
+    let ro = read_only_mounts(&mut cfg.preopens);
     // Phase times go into the "ok" line (the shim logs it at debug): where a start's time goes.
     let t0 = std::time::Instant::now();
     let engine = match engine() {
@@ -460,7 +490,7 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
             report(
                 &mut status,
                 &format!(
-                    "ok {outcome:?} engine={:.2}ms read={:.2}ms prepare={:.2}ms\n",
+                    "ok {outcome:?} engine={:.2}ms read={:.2}ms prepare={:.2}ms{ro}\n",
                     ms(t0, t1),
                     ms(t1, t2),
                     ms(t2, t3)
@@ -509,6 +539,29 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
             eprintln!("Error: {msg}");
             TRAP_EXIT
         }
+    }
+}
+
+/// Makes the read-only preopens read-only mounts of the runner's own mount namespace, so that
+/// a write gets the kernel's EROFS as under runc. If that fails (no CAP_SYS_ADMIN), they stay
+/// preopens without write permission (EPERM); the returned note (for the "ok" line) says why.
+fn read_only_mounts(preopens: &mut [Preopen]) -> String {
+    let dirs: Vec<&std::path::Path> = preopens
+        .iter()
+        .filter(|p| p.readonly)
+        .map(|p| p.host.as_path())
+        .collect();
+    if dirs.is_empty() {
+        return String::new();
+    }
+    match crate::readonly::make_read_only(&dirs) {
+        Ok(()) => {
+            for p in preopens.iter_mut().filter(|p| p.readonly) {
+                p.read_only_mount = true;
+            }
+            " readonly=mount".into()
+        }
+        Err(e) => format!(" readonly=wasi ({e})"),
     }
 }
 

@@ -95,13 +95,13 @@ pub fn task_config(
     };
     let root = module::rootfs_of(&opts.bundle, spec);
     let cwd = process.cwd().to_string_lossy().into_owned();
-    let host = (!path.is_empty())
-        .then(|| module::resolve_in_root(&root, &cwd, path))
-        .flatten()
-        .filter(|p| p.is_file());
+    let spec_env = process.env().clone().unwrap_or_default();
+    // The same lookup as the ELF check that sent the container here (`entrypoint_is_elf`).
+    let found = (!path.is_empty())
+        .then(|| module::find_entrypoint(&root, &cwd, path, module::search_path(&spec_env)));
     let source =
-        match (host, containerd) {
-            (Some(host), _) => {
+        match (found, containerd) {
+            (Some(Ok(host)), _) => {
                 let mut header = Vec::with_capacity(8);
                 File::open(&host)
                     .and_then(|f| f.take(8).read_to_end(&mut header))
@@ -109,29 +109,25 @@ pub fn task_config(
                 module::kind_of(&header).map_err(|e| invalid(format!("the module {path}: {e}")))?;
                 Source::File(host)
             }
-            (None, Some(address)) => Source::Image(ImageRef {
+            (missing, Some(address)) => Source::Image(ImageRef {
                 address: address.to_string(),
                 namespace: opts.namespace.clone(),
                 container: opts.id.clone(),
-                wanted: path.to_string(),
+                wanted: missing
+                    .and_then(|m| m.err())
+                    .map(|e| e.described())
+                    .unwrap_or_default(),
             }),
-            (None, None) if path.is_empty() => return Err(invalid(
+            (None, None) => return Err(invalid(
                 "the OCI spec's process has no args: args[0] must name the module, e.g. /app.wasm",
             )),
-            (None, None) => {
-                return Err(invalid(format!(
-                    "the module {path} does not exist in the container's root filesystem"
-                )))
-            }
+            (Some(Err(e)), None) => return Err(invalid(e.to_string())),
         };
     let mut wasm_args = args.clone();
     if let Some(a0) = wasm_args.first_mut() {
         *a0 = path.to_string();
     }
-    let env = process
-        .env()
-        .clone()
-        .unwrap_or_default()
+    let env = spec_env
         .into_iter()
         .map(|e| match e.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
@@ -147,6 +143,7 @@ pub fn task_config(
         host: root.clone(),
         guest: "/".into(),
         readonly: readonly_root,
+        read_only_mount: false,
     }];
     if cwd != "/" && !cwd.is_empty() {
         if let Some(dir) = module::resolve_in_root(&root, "/", &cwd).filter(|p| p.is_dir()) {
@@ -154,6 +151,7 @@ pub fn task_config(
                 host: dir,
                 guest: ".".into(),
                 readonly: readonly_root,
+                read_only_mount: false,
             });
         }
     }
@@ -173,6 +171,7 @@ pub fn task_config(
             host: source,
             guest: m.destination().to_string_lossy().into_owned(),
             readonly: options.iter().any(|o| o == "ro"),
+            read_only_mount: false,
         });
     }
     let memory_limit = spec
