@@ -89,18 +89,9 @@ const SKIP: &[(&str, &str)] = &[
 /// table was measured). strata-wasm: none; with busybox every container (ELF) runs on the native
 /// tier inside the wasm pod (docs/wasm.md, "Pods: ELF containers run native";
 /// tests/tests/wasm.rs `wasm_elf_entrypoint_runs_native`): that run checks the wasm handler's
-/// pod and CRI plumbing. strata-wasm(wasm images), where the containers are modules: one.
+/// pod and CRI plumbing. strata-wasm(wasm images), where the containers are modules: none (its
+/// EPERM where a read-only rootfs gives EROFS was fixed before this table was measured).
 const KNOWN_GAPS: &[KnownGap] = &[
-    KnownGap {
-        spec: "should support that ReadOnlyRootfs is true",
-        handler: WASM_IMAGES_RUN,
-        reason: "`touch test.go` in the read-only root filesystem fails with EPERM \
-                 (\"Operation not permitted\") where the spec expects the kernel's EROFS \
-                 (\"Read-only file system\"): the wasm tier makes the rootfs read-only as a WASI \
-                 preopen without write permission, and wasmtime-wasi answers a write there \
-                 with NotPermitted (WASI errno `perm`), not `rofs`; the wasm tier's to fix (a \
-                 read-only mount of the rootfs for the runner would give the kernel's EROFS)",
-    },
     KnownGap {
         spec: "should support HostNetwork is true",
         handler: "strata-sentry",
