@@ -212,51 +212,53 @@ fn close_stdin_ends_a_stdin_path_and_a_streamed_stdin() {
     if !can_run_containers() {
         return;
     }
+    // Container ids of their own: the agents of this file's tests share the native state and
+    // cgroup names, and an init's exit kills what is left in its container's cgroup.
     let dir = scratch("close-stdin");
     let mut host = HostAgent::start(&dir);
     let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
     let c = Calls(&agent);
 
     // stdin from a FIFO whose writer stays open (as containerd's): only CloseStdin ends cat.
-    let fifo = dir.join("c1.stdin");
+    let fifo = dir.join("cs1.stdin");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let out = dir.join("c1.out");
-    let b1 = bundle(&dir, "c1", &["/bin/cat"]);
+    let out = dir.join("cs1.out");
+    let b1 = bundle(&dir, "cs1", &["/bin/cat"]);
     let io = Stdio {
         stdin: fifo.display().to_string(),
         stdout: out.display().to_string(),
         ..Default::default()
     };
-    c.create("c1", &b1, io);
-    c.start("c1", "");
+    c.create("cs1", &b1, io);
+    c.start("cs1", "");
     let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     writer.write_all(b"through the FIFO\n").unwrap();
-    agent.close_stdin("c1", "").unwrap();
-    assert_eq!(c.wait("c1", ""), 0);
+    agent.close_stdin("cs1", "").unwrap();
+    assert_eq!(c.wait("cs1", ""), 0);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "through the FIFO\n");
     drop(writer);
 
     // A streamed stdin the host keeps open: CloseStdin ends it after what was sent. In an
     // exec'd cat, so the container lives on.
-    let b2 = bundle(&dir, "c2", &["/bin/sleep", "1000"]);
-    c.create("c2", &b2, Stdio::default());
-    c.start("c2", "");
-    let ports = c.exec("c2", "cat", "cat", streamed(true));
+    let b2 = bundle(&dir, "cs2", &["/bin/sleep", "1000"]);
+    c.create("cs2", &b2, Stdio::default());
+    c.start("cs2", "");
+    let ports = c.exec("cs2", "cat", "cat", streamed(true));
     let mut stdin = agent.open_stream(ports.stdin).unwrap();
     let stdout = drain(agent.open_stream(ports.stdout).unwrap());
     let _stderr = drain(agent.open_stream(ports.stderr).unwrap());
-    c.start("c2", "cat");
+    c.start("cs2", "cat");
     stdin.write_all(b"over the stream\n").unwrap();
-    agent.close_stdin("c2", "cat").unwrap();
-    assert_eq!(c.wait("c2", "cat"), 0);
+    agent.close_stdin("cs2", "cat").unwrap();
+    assert_eq!(c.wait("cs2", "cat"), 0);
     assert_eq!(stdout.join().unwrap(), b"over the stream\n");
-    assert!(agent.close_stdin("c2", "nope").is_err());
+    assert!(agent.close_stdin("cs2", "nope").is_err());
     assert!(agent.close_stdin("nope", "").is_err());
 
-    c.kill("c2", 9);
-    assert_eq!(c.wait("c2", ""), 137);
-    c.delete("c1");
-    c.delete("c2");
+    c.kill("cs2", 9);
+    assert_eq!(c.wait("cs2", ""), 137);
+    c.delete("cs1");
+    c.delete("cs2");
     agent.shutdown().unwrap();
     assert!(host.child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
