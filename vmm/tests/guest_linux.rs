@@ -25,7 +25,7 @@ use strata_vmm::devices::virtio::vsock::VsockConfig;
 use strata_vmm::{Exit, Machine, MachineConfig};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// A static busybox, or None.
