@@ -143,10 +143,6 @@ pub const MICROVM: &[(&str, &str)] = &[
         "cgroup_limits_are_applied",
         "reads the host cgroup of the container's pid (QEMU's); in a VM the limits are the guest's cgroup's (lifecycle::update_memory_limit checks them through the task's metrics)",
     ),
-    (
-        "namespaces_are_the_specs",
-        "the guest kernel shows sit0 beside lo in a new network namespace (IPv6 SIT built in): the kernel fragment must drop it",
-    ),
     // robustness
     (
         "shim_killed_mid_run_is_cleaned_up",
