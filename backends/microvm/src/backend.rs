@@ -143,11 +143,11 @@ impl Io {
         }
     }
 
+    /// Ends stdin after what containerd already wrote into the FIFO: the copier drains the
+    /// FIFO, then shuts the stream for writing (the process reads end-of-file).
     fn close_stdin(&self) {
         self.stdin_closed.store(true, Ordering::SeqCst);
-        if let Some(s) = self.stdin.lock().unwrap().take() {
-            let _ = s.lock().unwrap().close_write();
-        }
+        self.stdin.lock().unwrap().take();
     }
 
     /// Waits for stdout/stderr to be copied out (they end when the process's holders close
@@ -205,14 +205,18 @@ fn attach(
         let closed = io.stdin_closed.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
-            while !closed.load(Ordering::SeqCst) {
+            loop {
                 // Poll, so that CloseIO ends this thread although the FIFO (opened read-write,
-                // as containerd's writer may come and go) never reads end-of-file.
+                // as containerd's writer may come and go) never reads end-of-file. Once it is
+                // closed, what is still in the FIFO is copied (no wait), then the stream ends.
+                let closing = closed.load(Ordering::SeqCst);
+                let wait = if closing { 0u16 } else { 200u16 };
                 let mut fds = [nix::poll::PollFd::new(
                     fifo.as_fd(),
                     nix::poll::PollFlags::POLLIN,
                 )];
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait)) {
+                    Ok(0) if closing => break,
                     Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(_) => break,
                     Ok(_) => {}
