@@ -361,7 +361,7 @@ impl TaskService {
             Some(pod) => pod,
             None => chosen,
         };
-        let backend = self.backend(kind, &cfg)?;
+        let pod_backend = self.backend(kind, &cfg)?;
 
         crate::rootfs::mount(&bundle, &req.rootfs)?;
         if let Some(root) = spec.root() {
@@ -380,7 +380,7 @@ impl TaskService {
         {
             self.backend(BackendKind::Native, &cfg)?
         } else {
-            backend
+            pod_backend.clone()
         };
         let record = BundleRecord {
             backend: kind.to_string(),
@@ -396,7 +396,6 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let pod_backend = self.backend(kind, &cfg)?;
         let sandbox_id =
             match self.join_sandbox(&req.id, &annotations, &pod_backend, || SandboxOpts {
                 sandbox_id: req.id.clone(),

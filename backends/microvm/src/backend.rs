@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_agent_protocol::client::{Agent, ClientError, StdioStream};
+use strata_agent_protocol::client::{Agent, ClientError};
 use strata_agent_protocol::proto::agent::Stdio as AgentStdio;
 use strata_agent_protocol::AGENT_VSOCK_PORT;
 use strata_backend::{
@@ -130,7 +130,6 @@ impl Sandbox for PodVm {
 /// Copies between containerd's FIFOs and a process's streams.
 struct Io {
     stdin_closed: Arc<AtomicBool>,
-    stdin: Mutex<Option<Arc<Mutex<StdioStream>>>>,
     copiers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -138,7 +137,6 @@ impl Io {
     fn new() -> Io {
         Io {
             stdin_closed: Arc::new(AtomicBool::new(false)),
-            stdin: Mutex::new(None),
             copiers: Mutex::new(Vec::new()),
         }
     }
@@ -147,7 +145,6 @@ impl Io {
     /// FIFO, then shuts the stream for writing (the process reads end-of-file).
     fn close_stdin(&self) {
         self.stdin_closed.store(true, Ordering::SeqCst);
-        self.stdin.lock().unwrap().take();
     }
 
     /// Waits for stdout/stderr to be copied out (they end when the process's holders close
@@ -199,9 +196,7 @@ fn attach(
         });
         io.copiers.lock().unwrap().push(h);
     }
-    if let Some((stream, mut fifo)) = stdin {
-        let stream = Arc::new(Mutex::new(stream));
-        *io.stdin.lock().unwrap() = Some(stream.clone());
+    if let Some((mut stream, mut fifo)) = stdin {
         let closed = io.stdin_closed.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
@@ -224,13 +219,13 @@ fn attach(
                 match fifo.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if stream.lock().unwrap().write_all(&buf[..n]).is_err() {
+                        if stream.write_all(&buf[..n]).is_err() {
                             break;
                         }
                     }
                 }
             }
-            let _ = stream.lock().unwrap().close_write();
+            let _ = stream.close_write();
         });
     }
     Ok(())
