@@ -175,27 +175,7 @@ impl Agent for AgentService {
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let s = self.containers.stats(&req.id).map_err(to_ttrpc)?;
-        Ok(StatsResponse {
-            cgroup_version: s.cgroup_version.into(),
-            memory_usage: s.memory_usage,
-            memory_limit: s.memory_limit,
-            memory_max_usage: s.memory_max_usage,
-            memory_failcnt: s.memory_failcnt,
-            memory_cache: s.memory_cache,
-            memory_rss: s.memory_rss,
-            memory_oom_kills: s.memory_oom_kills,
-            cpu_usage_total_ns: s.cpu_usage_total_ns,
-            cpu_usage_user_ns: s.cpu_usage_user_ns,
-            cpu_usage_kernel_ns: s.cpu_usage_kernel_ns,
-            cpu_periods: s.cpu_periods,
-            cpu_throttled_periods: s.cpu_throttled_periods,
-            cpu_throttled_ns: s.cpu_throttled_ns,
-            pids_current: s.pids_current,
-            pids_limit: s.pids_limit,
-            io_read_bytes: s.io_read_bytes,
-            io_write_bytes: s.io_write_bytes,
-            ..Default::default()
-        })
+        Ok(StatsResponse::from(&s))
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<PauseResponse> {

@@ -689,26 +689,7 @@ impl Backend for MicrovmBackend {
             .agent
             .stats(id)
             .map_err(|e| agent_err(&format!("stats of {id}"), e))?;
-        Ok(Stats {
-            cgroup_version: s.cgroup_version as u8,
-            memory_usage: s.memory_usage,
-            memory_limit: s.memory_limit,
-            memory_max_usage: s.memory_max_usage,
-            memory_failcnt: s.memory_failcnt,
-            memory_cache: s.memory_cache,
-            memory_rss: s.memory_rss,
-            memory_oom_kills: s.memory_oom_kills,
-            cpu_usage_total_ns: s.cpu_usage_total_ns,
-            cpu_usage_user_ns: s.cpu_usage_user_ns,
-            cpu_usage_kernel_ns: s.cpu_usage_kernel_ns,
-            cpu_periods: s.cpu_periods,
-            cpu_throttled_periods: s.cpu_throttled_periods,
-            cpu_throttled_ns: s.cpu_throttled_ns,
-            pids_current: s.pids_current,
-            pids_limit: s.pids_limit,
-            io_read_bytes: s.io_read_bytes,
-            io_write_bytes: s.io_write_bytes,
-        })
+        Ok(Stats::from(&s))
     }
 
     fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
