@@ -196,9 +196,10 @@ impl Containers {
     }
 
     pub fn start(&self, id: &str, exec: &str) -> Result<u32, Error> {
-        let pid = self.backend.start(id, exec_id(exec))?;
+        let started = self.backend.start(id, exec_id(exec));
         // The backend holds its own ends of the streams by now (an exec's terminal is attached
-        // at its start).
+        // at its start); a start that failed holds none, and the host's copiers must see the
+        // end of the streams, else its `ctr exec` waits for output for ever.
         if let Some(ps) = self
             .streams
             .lock()
@@ -207,7 +208,7 @@ impl Containers {
         {
             ps.opened();
         }
-        Ok(pid)
+        started
     }
 
     pub fn exec(

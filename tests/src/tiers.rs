@@ -153,10 +153,6 @@ pub const MICROVM: &[(&str, &str)] = &[
         "rshared_propagation_goes_both_ways",
         "a mount made in the guest cannot propagate to the host through virtio-fs (by design of a VM)",
     ),
-    (
-        "no_path_and_an_absolute_program_runs_in_exec",
-        "bug: an exec whose program cannot start (no PATH, bare name) hangs in the VM instead of failing",
-    ),
     // cri
     (
         "cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing",

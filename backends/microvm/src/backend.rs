@@ -64,9 +64,20 @@ fn agent_err(what: &str, e: ClientError) -> Error {
     }
 }
 
+/// Whether a blocking call only ran out of time: the agent's "not yet", or the client's own
+/// timeout when the answer was late (a busy or emulated guest).
 fn is_deadline(e: &ClientError) -> bool {
-    matches!(e, ClientError::Call { source: ttrpc::Error::RpcStatus(s), .. }
-        if s.code() == ttrpc::Code::DEADLINE_EXCEEDED)
+    match e {
+        ClientError::Call {
+            source: ttrpc::Error::RpcStatus(s),
+            ..
+        } => s.code() == ttrpc::Code::DEADLINE_EXCEEDED,
+        ClientError::Call {
+            source: ttrpc::Error::Others(m),
+            ..
+        } => m.starts_with("Receive packet from Receiver timeout"),
+        _ => false,
+    }
 }
 
 fn vm_err(e: VmError) -> Error {

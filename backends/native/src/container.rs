@@ -299,7 +299,11 @@ impl Container {
             &req,
             &exec.proc.io,
             &self.keep_fds,
-        )?;
+        )
+        .inspect_err(|_| {
+            // Nothing runs: the exec can be deleted (as with runc), not "still running".
+            exec.proc.exited.store(true, Ordering::SeqCst);
+        })?;
         exec.proc.pid.store(pid, Ordering::SeqCst);
         if let Some(console) = console {
             console
