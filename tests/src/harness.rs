@@ -730,6 +730,21 @@ impl Container<'_> {
         shims[0].0
     }
 
+    /// The host processes that run this container's workload: its own processes where they
+    /// are the host's, else (microvm) the pod VM's: QEMU and its helper daemons, found by the
+    /// pod's state directory (which carries the id) on their command lines.
+    pub fn host_pids(&self) -> Vec<u32> {
+        if self.h.processes_on_the_host() {
+            return self.pids().unwrap_or_default();
+        }
+        let shim = self.shim_pid();
+        crate::daemon::pids_with_cmdline(&format!("/{}/vm/", self.id))
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|&pid| pid != shim)
+            .collect()
+    }
+
     /// Fails the test if anything of this container is left. See [`Harness::assert_no_leaks`].
     pub fn assert_no_leaks(&self) {
         self.h.assert_no_leaks(&[&self.id]);

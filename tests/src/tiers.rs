@@ -143,11 +143,6 @@ pub const MICROVM: &[(&str, &str)] = &[
         "cgroup_limits_are_applied",
         "reads the host cgroup of the container's pid (QEMU's); in a VM the limits are the guest's cgroup's (lifecycle::update_memory_limit checks them through the task's metrics)",
     ),
-    // robustness
-    (
-        "shim_killed_mid_run_is_cleaned_up",
-        "checks the workload's pids from ctr task ps on the host; in a VM they are the guest's (the VM itself dies with its shim: its processes carry a parent-death signal)",
-    ),
     // user_specs
     (
         "rshared_propagation_goes_both_ways",
