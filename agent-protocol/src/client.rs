@@ -229,15 +229,27 @@ impl Agent {
 
     /// `Ping`: the agent's PID, uptime and mounts.
     pub fn ping(&self) -> Result<PingResponse, ClientError> {
-        let r = self.client.ping(self.call_ctx(), &PingRequest::default());
+        self.ping_within(self.timeout)
+    }
+
+    /// `Ping` with a deadline of its own (a health check's, shorter than the calls').
+    pub fn ping_within(&self, timeout: Duration) -> Result<PingResponse, ClientError> {
+        let r = self
+            .client
+            .ping(Self::ctx(timeout), &PingRequest::default());
         called("Ping", r)
     }
 
     /// `Shutdown`: the agent answers, then powers the VM off.
     pub fn shutdown(&self) -> Result<(), ClientError> {
+        self.shutdown_within(self.timeout)
+    }
+
+    /// `Shutdown` with a deadline of its own (the caller stops the VM anyway after it).
+    pub fn shutdown_within(&self, timeout: Duration) -> Result<(), ClientError> {
         let r = self
             .client
-            .shutdown(self.call_ctx(), &ShutdownRequest::default());
+            .shutdown(Self::ctx(timeout), &ShutdownRequest::default());
         called("Shutdown", r).map(drop)
     }
 

@@ -38,6 +38,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const WAIT_SLICE: Duration = Duration::from_secs(10);
 /// How long the guest may take to power off before its processes are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the pod's watchdog looks at its VM and pings its agent.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 fn agent_err(what: &str, e: ClientError) -> Error {
     let code = match &e {
@@ -111,8 +113,40 @@ impl PodVm {
             return Ok(());
         }
         // The guest powers off after answering; the driver kills whatever remains.
-        let _ = self.agent.shutdown();
-        let r = self.vm.stop(SHUTDOWN_GRACE);
+        let _ = self.agent.shutdown_within(SHUTDOWN_GRACE);
+        self.tear_down(SHUTDOWN_GRACE)
+    }
+
+    /// The pod cannot go on (its VM ended on its own, or its agent stopped answering): the VM
+    /// and its helpers are killed without asking the agent, and every container's wait ends
+    /// with the VM (137). Containerd's deletes then find nothing left to do in it.
+    fn fail(&self, why: &str) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::error!(
+            sandbox = %self.id,
+            "{why}: the pod's VM is stopped and its containers are reported killed"
+        );
+        // One record per console line, each naming the pod, as a log search by pod finds them.
+        for line in self.vm.console_tail().lines() {
+            tracing::error!(sandbox = %self.id, "guest console: {line}");
+        }
+        let _ = self.tear_down(Duration::ZERO);
+    }
+
+    /// Whether the VM has ended without being stopped (a guest panic, a killed QEMU); if so,
+    /// the pod is failed, once, with the console's last lines in the log.
+    fn ended_on_its_own(&self) -> bool {
+        if self.vm.is_running() {
+            return false;
+        }
+        self.fail("the pod's VM ended on its own (see the console's last lines)");
+        true
+    }
+
+    fn tear_down(&self, grace: Duration) -> Result<()> {
+        let r = self.vm.stop(grace);
         let _ = crate::share::release(&self.shared);
         // The pod's directory (`vm/` and `shared/`), then its namespace's if that was the last.
         if let Some(dir) = self.state.parent() {
@@ -349,7 +383,7 @@ impl MicrovmBackend {
             shared_dir: shared.clone(),
             cgroup: cgroup.clone(),
             allow_tcg: self.settings.allow_tcg,
-            extra_cmdline: String::new(),
+            extra_cmdline: self.settings.kernel_params.clone(),
         };
         let cleanup = || {
             let _ = crate::share::release(&shared);
@@ -429,7 +463,52 @@ impl MicrovmBackend {
             stopped: AtomicBool::new(false),
         });
         self.watch_oom(&pod);
+        self.watch_health(&pod);
         Ok(pod)
+    }
+
+    /// The pod's watchdog: a VM that ends on its own (a guest panic, a killed QEMU) or an agent
+    /// that answers no `Ping` for `agent_dead_after_secs` fails the pod ([`PodVm::fail`]), so
+    /// that no container waits for ever on a guest that is gone or hung.
+    fn watch_health(&self, pod: &Arc<PodVm>) {
+        let weak = Arc::downgrade(pod);
+        let dead_after = self.settings.agent_dead_after();
+        std::thread::spawn(move || {
+            let mut answered = Instant::now();
+            loop {
+                std::thread::sleep(HEALTH_EVERY);
+                let Some(pod) = weak.upgrade() else { return };
+                if pod.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                if pod.ended_on_its_own() {
+                    return;
+                }
+                let Some(dead_after) = dead_after else {
+                    continue;
+                };
+                match pod
+                    .agent
+                    .ping_within(HEALTH_EVERY.max(Duration::from_secs(5)))
+                {
+                    Ok(_) => answered = Instant::now(),
+                    Err(e) if answered.elapsed() >= dead_after => {
+                        // Stopped meanwhile (the pod's delete): not a failure.
+                        if !pod.stopped.load(Ordering::SeqCst) {
+                            pod.fail(&format!(
+                                "the guest agent answered no health check for {} s (last: {})",
+                                dead_after.as_secs(),
+                                chain(&e)
+                            ));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %pod.id, error = %chain(&e), "guest agent health check")
+                    }
+                }
+            }
+        });
     }
 
     /// The agent's OOM notices, as events, until the VM stops.
@@ -472,7 +551,7 @@ impl MicrovmBackend {
                     Ok(s) => break s,
                     Err(err) if is_deadline(&err) => continue,
                     Err(err) => {
-                        if pod.stopped.load(Ordering::SeqCst) || !pod.vm.is_running() {
+                        if pod.stopped.load(Ordering::SeqCst) || pod.ended_on_its_own() {
                             // The VM is gone: so is the process.
                             break 128 + libc::SIGKILL as u32;
                         }

@@ -39,6 +39,12 @@ pub struct Settings {
     pub allow_tcg: bool,
     /// How long a VM may take from start until its agent answers.
     pub boot_timeout_secs: u64,
+    /// A running pod whose agent has answered no health check (`Ping`) for this long is
+    /// declared dead: its VM is stopped and its containers reported exited (137). 0: never.
+    pub agent_dead_after_secs: u64,
+    /// Appended to the guest kernel's command line (after Strata's own parameters), as Kata's
+    /// `kernel_params`: e.g. `quiet`, or a debugging switch.
+    pub kernel_params: String,
     /// Where each pod's VM keeps its sockets, console log and shared directory.
     pub state_dir: PathBuf,
     /// Helper binaries; unset: `/var/cache/strata/tools/bin`, then `PATH`.
@@ -59,6 +65,8 @@ impl Default for Settings {
             max_memory_mib: 4096,
             allow_tcg: false,
             boot_timeout_secs: 60,
+            agent_dead_after_secs: 60,
+            kernel_params: String::new(),
             state_dir: PathBuf::from("/run/strata/microvm"),
             qemu: None,
             virtiofsd: None,
@@ -86,7 +94,19 @@ impl Settings {
                 s.memory_mib, s.max_memory_mib
             ));
         }
+        if let Some(bad) = s.kernel_params.split_whitespace().find(|p| {
+            p.starts_with("strata.") || p.starts_with("init=") || p.starts_with("rdinit=")
+        }) {
+            return Err(format!(
+                "[microvm]: kernel_params may not set {bad:?}: the agent's own parameters are Strata's"
+            ));
+        }
         Ok(s)
+    }
+
+    /// `None`: the health check never gives up.
+    pub fn agent_dead_after(&self) -> Option<Duration> {
+        (self.agent_dead_after_secs > 0).then(|| Duration::from_secs(self.agent_dead_after_secs))
     }
 
     pub fn boot_timeout(&self) -> Duration {
@@ -141,6 +161,17 @@ mod tests {
         assert!(e.contains("allow_tgc"), "{e}");
         let e = Settings::from_table(&table("vcpus = 8")).unwrap_err();
         assert!(e.contains("max_vcpus"), "{e}");
+        let s = Settings::from_table(&table("kernel_params = \"quiet loglevel=3\"")).unwrap();
+        assert_eq!(s.kernel_params, "quiet loglevel=3");
+        let e =
+            Settings::from_table(&table("kernel_params = \"quiet strata.share=x\"")).unwrap_err();
+        assert!(e.contains("strata.share=x"), "{e}");
+        assert_eq!(
+            Settings::default().agent_dead_after(),
+            Some(Duration::from_secs(60))
+        );
+        let s = Settings::from_table(&table("agent_dead_after_secs = 0")).unwrap();
+        assert_eq!(s.agent_dead_after(), None);
     }
 
     #[test]
