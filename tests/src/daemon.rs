@@ -383,7 +383,31 @@ impl Daemon {
             std::process::id().to_string(),
         )?;
         fs::write(&info.config, config_toml(info, opts))?;
-        let log = fs::File::create(&info.log)?;
+        let child = Self::spawn_containerd(info, opts)?;
+        let tarball = info.state.join("busybox.oci.tar");
+        ImageBuilder::busybox(&info.image)?.write_oci_tar(&tarball)?;
+        let mut c = info.ctr();
+        c.args(["images", "import"]).arg(&tarball);
+        let out = cmd::run(c, None, Duration::from_secs(120))?;
+        if !out.success() {
+            bail!("importing the busybox image failed: {out}");
+        }
+        let mut c = info.ctr();
+        c.args(["images", "ls", "-q"]);
+        let out = cmd::run(c, None, Duration::from_secs(30))?;
+        if !out.stdout.lines().any(|l| l.trim() == info.image) {
+            bail!("image {} missing after import: {out}", info.image);
+        }
+        Ok(child)
+    }
+
+    /// Starts containerd on the daemon's configuration (its log appended to) and waits until
+    /// it answers.
+    fn spawn_containerd(info: &mut DaemonInfo, opts: &DaemonOptions) -> Result<Child> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&info.log)?;
         // The shims containerd starts are found on its PATH: Strata's first, then the runc shim
         // of the containerd version under test.
         let mut path =
@@ -433,21 +457,18 @@ impl Daemon {
             );
         }
 
-        let tarball = info.state.join("busybox.oci.tar");
-        ImageBuilder::busybox(&info.image)?.write_oci_tar(&tarball)?;
-        let mut c = info.ctr();
-        c.args(["images", "import"]).arg(&tarball);
-        let out = cmd::run(c, None, Duration::from_secs(120))?;
-        if !out.success() {
-            bail!("importing the busybox image failed: {out}");
-        }
-        let mut c = info.ctr();
-        c.args(["images", "ls", "-q"]);
-        let out = cmd::run(c, None, Duration::from_secs(30))?;
-        if !out.stdout.lines().any(|l| l.trim() == info.image) {
-            bail!("image {} missing after import: {out}", info.image);
-        }
         Ok(child)
+    }
+
+    /// Restarts containerd as `systemctl restart` would (SIGTERM, then a new one on the same
+    /// configuration, socket and state), leaving the shims and their containers running.
+    pub fn restart_containerd(&mut self, opts: &DaemonOptions) -> Result<()> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = cmd::wait_deadline(&mut self.child, Duration::from_secs(30));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn_containerd(&mut self.info, opts)?;
+        Ok(())
     }
 
     /// Imports another image tarball into the namespace.
@@ -739,18 +760,32 @@ pub fn sweep_stale() -> Vec<String> {
 
 /// The supervisor's main loop: start the daemon, print its [`DaemonInfo`] as one JSON line
 /// (or `{"error": ...}`), wait for stdin to close, tear down.
+/// The supervisor's command that restarts containerd ([`Daemon::restart_containerd`]).
+pub const SUPERVISOR_RESTART: &str = "restart-containerd";
+
 pub fn supervise(opts: &DaemonOptions) -> i32 {
     let mut stdout = std::io::stdout();
     match Daemon::start(opts) {
-        Ok(d) => {
+        Ok(mut d) => {
             let _ = writeln!(
                 stdout,
                 "{}",
                 serde_json::to_string(&d.info).unwrap_or_default()
             );
             let _ = stdout.flush();
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            // Commands, one per line, each answered with one line; the end of stdin stops all.
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                let answer = match line.trim() {
+                    SUPERVISOR_RESTART => match d.restart_containerd(opts) {
+                        Ok(()) => format!("ok {}", d.info.containerd_pid),
+                        Err(e) => format!("error {e:#}").replace('\n', " "),
+                    },
+                    other => format!("error unknown command {other:?}"),
+                };
+                let _ = writeln!(stdout, "{answer}");
+                let _ = stdout.flush();
+            }
             d.stop();
             0
         }

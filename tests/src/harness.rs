@@ -1,10 +1,10 @@
 //! The test-side handle on a private containerd, and per-test containers with unique ids.
 
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -238,6 +238,8 @@ pub struct Harness {
     pub tier: Tier,
     pub shim_dir: PathBuf,
     supervisor: Mutex<Option<(Child, ChildStdin)>>,
+    /// The supervisor's answers to commands after its first line.
+    answers: Mutex<Option<BufReader<ChildStdout>>>,
     next_id: AtomicU32,
     base_spec: OnceLock<serde_json::Value>,
 }
@@ -287,6 +289,7 @@ impl Harness {
             tier,
             shim_dir,
             supervisor: Mutex::new(Some((child, stdin))),
+            answers: Mutex::new(Some(out)),
             next_id: AtomicU32::new(1),
             base_spec: OnceLock::new(),
         })
@@ -306,6 +309,25 @@ impl Harness {
                 None
             }
             Err(e) => panic!("{test}: {e}"),
+        }
+    }
+
+    /// Restarts containerd (SIGTERM, then a new one on the same socket, configuration and
+    /// state), as `systemctl restart containerd` does; shims and containers keep running.
+    pub fn restart_containerd(&self) -> std::result::Result<(), String> {
+        let mut sup = self.supervisor.lock().unwrap();
+        let (_, stdin) = sup.as_mut().ok_or("the daemon is stopped")?;
+        writeln!(stdin, "{}", crate::daemon::SUPERVISOR_RESTART)
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("asking the supervisor: {e}"))?;
+        let mut answers = self.answers.lock().unwrap();
+        let out = answers.as_mut().ok_or("the supervisor's output is gone")?;
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .map_err(|e| format!("reading the supervisor's answer: {e}"))?;
+        match line.trim().strip_prefix("ok ") {
+            Some(_) => Ok(()),
+            None => Err(format!("restarting containerd: {}", line.trim())),
         }
     }
 

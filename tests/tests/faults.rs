@@ -1,0 +1,211 @@
+//! Faults around a running container: containerd restarted under it (every tier and runc), and,
+//! for a pod in a VM, a guest kernel that panics and a guest agent that stops answering.
+//!
+//! The restart takes containerd away from every test of this binary, so it holds [`DAEMON`]
+//! exclusively; the other tests hold it shared.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use strata_tests::cmd::poll;
+use strata_tests::harness;
+use strata_tests::harness::{microvm_test_table, not_applicable, Container, Harness};
+use strata_tests::wasi::{self, Workload, WorkloadRun};
+
+static DAEMON: RwLock<()> = RwLock::new(());
+
+#[test]
+fn containerd_restarted_under_a_running_container_keeps_it() {
+    let h = harness!();
+    let _only = DAEMON.write().unwrap_or_else(|p| p.into_inner());
+    let c = h.container("ctrd-restart");
+    c.start_workload(&[], &Workload::new().sleep());
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "{}",
+        c.log()
+    );
+    let shim = c.shim_pid();
+
+    h.restart_containerd().expect("restarting containerd");
+
+    // The same shim serves the task to the new containerd.
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "the task is not RUNNING after containerd's restart: {:?}\n{}",
+        c.status(),
+        c.log()
+    );
+    assert_eq!(c.shim_pid(), shim, "the shim was replaced");
+    if !wasi::runs_wasm(h) {
+        // A WASI task takes no exec (tiers::WASM); on every other target exec works as before.
+        let out = c.exec("after-restart", &["/bin/sh", "-c", "echo still-here"]);
+        assert!(
+            out.success(),
+            "exec after containerd's restart: {out}\n{}",
+            c.log()
+        );
+        assert_eq!(out.stdout, "still-here\n", "{out}");
+    }
+    let out = c.kill("SIGKILL");
+    assert!(out.success(), "kill after containerd's restart: {out}");
+    assert!(
+        c.wait_status("STOPPED", Duration::from_secs(30)),
+        "{}",
+        c.log()
+    );
+    c.remove_and_check();
+}
+
+/// A `[microvm]` configuration for the fault tests: the suite's, plus a guest kernel that
+/// panics on an NMI (QEMU's `inject-nmi` reaches the guest as an unrecovered NMI) and a health
+/// check that gives up after 6 s.
+fn fault_config(h: &Harness) -> PathBuf {
+    let path = h.info.state.join("strata-microvm-faults.toml");
+    if !path.exists() {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/strata-microvm.toml"),
+        )
+        .expect("reading configs/strata-microvm.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{shipped}\n{}kernel_params = \"sysctl.kernel.panic_on_unrecovered_nmi=1\"\nagent_dead_after_secs = 6\n",
+                microvm_test_table()
+            ),
+        )
+        .expect("writing the fault configuration");
+    }
+    path
+}
+
+/// Whether the suite runs pods in VMs; else the test is reported not applicable.
+fn runs_in_a_vm(h: &Harness, test: &str) -> bool {
+    if h.processes_on_the_host() {
+        not_applicable(
+            test,
+            "no guest kernel or agent: the target runs containers as host processes",
+        );
+        return false;
+    }
+    true
+}
+
+/// Starts a pod of one sleeping container under [`fault_config`].
+fn start_pod<'h>(h: &'h Harness, name: &str) -> Container<'h> {
+    let c = h.container(name);
+    let config = fault_config(h);
+    c.start(
+        &["--runtime-config-path", &config.display().to_string()],
+        &["/bin/sleep", "600"],
+    );
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(60)),
+        "{}",
+        c.log()
+    );
+    c
+}
+
+/// The pod's state directory, where its VM's QMP socket is.
+fn vm_dir(c: &Container) -> PathBuf {
+    let vm = c.host_pids();
+    let qemu = vm
+        .iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .find(|c| c.contains("qemu-system"))
+        .unwrap_or_else(|| panic!("no QEMU among {vm:?}"));
+    let qmp = qemu
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("unix:"))
+        .and_then(|a| a.split(',').next())
+        .expect("QEMU's -qmp unix:PATH");
+    Path::new(qmp).parent().unwrap().to_path_buf()
+}
+
+/// One QMP command on a fresh connection (after the greeting and `qmp_capabilities`).
+fn qmp(socket: &Path, command: &str) -> String {
+    let s = UnixStream::connect(socket).expect("connecting to QMP");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("QMP greeting");
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\": \"{cmd}\"}}").unwrap();
+        line.clear();
+        r.read_line(&mut line).expect("QMP answer");
+    }
+    line
+}
+
+/// The pod is gone from the host, the task is STOPPED with SIGKILL's status, the log says
+/// why; removing it leaves nothing.
+fn assert_pod_failed(c: &Container, why: &str) {
+    let stopped = c.wait_status("STOPPED", Duration::from_secs(60));
+    assert!(
+        stopped,
+        "the task is {:?}, not STOPPED\n{}",
+        c.status(),
+        c.log()
+    );
+    let ls = c.h.ctr_run(&["task", "ls"]);
+    let vm_left = poll(Duration::from_secs(20), || {
+        c.host_pids().is_empty().then_some(())
+    });
+    assert!(vm_left.is_some(), "VM processes left: {:?}", c.host_pids());
+    let log = c.h.log_lines(&c.id, 200);
+    assert!(
+        log.contains(why),
+        "the log does not say {why:?}:\n{log}\n{ls}"
+    );
+    let out = c.h.ctr_run(&["task", "rm", &c.id]);
+    assert!(
+        out.success() || out.stderr.contains("exit code 137"),
+        "{out}"
+    );
+    c.remove_and_check();
+}
+
+#[test]
+fn a_guest_kernel_panic_ends_the_pod_and_leaves_nothing() {
+    let h = harness!();
+    if !runs_in_a_vm(h, "a_guest_kernel_panic_ends_the_pod_and_leaves_nothing") {
+        return;
+    }
+    let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
+    let c = start_pod(h, "guest-panic");
+    let answer = qmp(&vm_dir(&c).join("qmp.sock"), "inject-nmi");
+    assert!(answer.contains("return"), "QMP inject-nmi: {answer}");
+    assert_pod_failed(&c, "Kernel panic");
+}
+
+#[test]
+fn a_guest_agent_that_stops_answering_ends_the_pod() {
+    let h = harness!();
+    if !runs_in_a_vm(h, "a_guest_agent_that_stops_answering_ends_the_pod") {
+        return;
+    }
+    let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
+    let c = start_pod(h, "agent-hang");
+    // The whole guest stops, so its agent answers nothing (and no guest process can answer
+    // for it); the watchdog must give up on it, not wait for ever.
+    let qemu = c
+        .host_pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("the pod's QEMU");
+    kill(Pid::from_raw(qemu as i32), Signal::SIGSTOP).unwrap();
+    // A call meanwhile fails rather than hangs.
+    let out = c.exec("while-hung", &["/bin/true"]);
+    assert!(!out.success(), "exec into a hung guest succeeded: {out}");
+    assert_pod_failed(&c, "answered no health check");
+}
