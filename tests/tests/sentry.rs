@@ -334,7 +334,15 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Attempts every tier may or may not stop; under sentry all must fail.
+/// Attempts that the default policy leaves to the kernel, as runc does, with the reason: the
+/// sentry must answer them as native does.
+const KERNEL_DECIDES: &[(&str, &str)] = &[(
+    "raw_socket",
+    "raw IP sockets (ping) are the kernel's to allow: CAP_NET_RAW, which containerd's default set holds; a policy without network.raw refuses them",
+)];
+
+/// Attempts every tier may or may not stop; under sentry all must fail (but those in
+/// [`KERNEL_DECIDES`], under the default policy).
 const ATTEMPTS: &[&str] = &[
     "proc1_root_host_file",
     "dotdot_host_file",
@@ -396,6 +404,61 @@ fn escape_binary(h: &Harness, test: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// A tight policy for the tests of what a policy refuses (the default policy before it was
+/// made to run what runc runs): the rootfs read-only but for the usual scratch and state
+/// directories, the default device nodes only, exec from the standard bin directories only, IP
+/// on loopback only.
+const CONFINED: &str = r#"[files]
+read = ["/"]
+read_write = [
+  "/tmp", "/var/tmp", "/run", "/var/run", "/var/log", "/var/cache", "/var/lib",
+  "/root", "/home", "/srv", "/data", "/dev/shm", "/dev/pts",
+  "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx",
+]
+deny = [
+  "/dev",                       # only the device nodes above
+  "/proc/kcore", "/proc/kmsg", "/proc/sysrq-trigger", "/proc/kallsyms", "/proc/keys",
+  "/proc/timer_list", "/proc/sched_debug", "/proc/config.gz",
+  "/proc/*/mem", "/proc/*/task/*/mem", "/proc/*/map_files",
+  "/sys/firmware", "/sys/kernel", "/sys/fs/bpf", "/sys/module",
+]
+
+# Programs the workload may execute (prefixes of the resolved file's path).
+[exec]
+allow = ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/usr/libexec",
+         "/pause"]  # the CRI pod sandbox's pause binary
+
+# none: no IP sockets at all; loopback: connect and bind on 127.0.0.0/8 and ::1 only;
+# cidr: loopback plus the `connect` and `bind` lists ("CIDR" or "CIDR:PORT").
+[network]
+mode = "loopback"
+"#;
+
+/// The annotation that picks [`CONFINED`].
+const CONFINED_POLICY: &str = "strata.dev/sentry-policy=confined";
+
+/// A Strata configuration (sentry only) whose pods may pick [`CONFINED`]; its path.
+fn confined_config(h: &Harness) -> String {
+    static CFG: OnceLock<PathBuf> = OnceLock::new();
+    CFG.get_or_init(|| {
+        runtime_config(
+            h,
+            "sentry-confined",
+            SENTRY_ONLY,
+            &[
+                (
+                    "sentry.toml",
+                    "allowed_policies = [\"default\", \"confined\"]\n",
+                ),
+                ("confined.toml", CONFINED),
+            ],
+        )
+    })
+    .to_str()
+    .unwrap()
+    .to_string()
 }
 
 /// The shared harness and the escape program; returns from the test (skipped) when the suite
@@ -510,8 +573,16 @@ fn escape_suite_fails_under_sentry_and_is_compared_with_native() {
     let sentry = &results["sentry"];
     let escaped: Vec<_> = ATTEMPTS
         .iter()
+        .filter(|a| !KERNEL_DECIDES.iter().any(|(k, _)| k == *a))
         .filter(|a| !sentry.get(**a).is_some_and(|v| v.starts_with("denied")))
         .collect();
+    for (a, why) in KERNEL_DECIDES {
+        assert_eq!(
+            sentry.get(*a),
+            results["native"].get(*a),
+            "{a} must be answered as native ({why})"
+        );
+    }
     assert!(
         escaped.is_empty(),
         "not stopped by sentry: {escaped:?}\n{sentry:?}"
@@ -588,13 +659,21 @@ fn exec_outside_the_allowlist_and_denied_paths_fail() {
     let h = harness!();
     strata_only!(h);
     let c = h.container("sentry-deny");
+    let cfg = confined_config(h);
     let out = c.run_with(
-        &["--annotation", SENTRY],
+        &[
+            "--runtime-config-path",
+            &cfg,
+            "--annotation",
+            SENTRY,
+            "--annotation",
+            CONFINED_POLICY,
+        ],
         &[
             "sh",
             "-c",
             "cp /bin/busybox /tmp/bb && /tmp/bb echo escaped; echo exec=$?; \
-             cat /proc/kcore >/dev/null; echo kcore=$?; echo x > /etc/passwd; echo etc=$?; \
+             cat /proc/kallsyms >/dev/null; echo kallsyms=$?; echo x > /etc/passwd; echo etc=$?; \
              /bin/echo allowed",
         ],
         None,
@@ -604,7 +683,7 @@ fn exec_outside_the_allowlist_and_denied_paths_fail() {
         "{out}"
     );
     assert!(
-        out.stdout.contains("kcore=1") && out.stdout.contains("etc=1"),
+        out.stdout.contains("kallsyms=1") && out.stdout.contains("etc=1"),
         "{out}"
     );
     assert!(out.stdout.contains("allowed\n"), "{out}");
@@ -612,12 +691,13 @@ fn exec_outside_the_allowlist_and_denied_paths_fail() {
 }
 
 #[test]
-fn loopback_server_and_client_under_the_default_policy() {
+fn loopback_server_and_client_under_a_loopback_policy() {
     let h = harness!();
     strata_only!(h);
     let c = h.container("sentry-net");
-    // Host network: ctr gives a fresh network namespace no loopback; the policy still allows
-    // loopback only.
+    let cfg = confined_config(h);
+    // Host network: ctr gives a fresh network namespace no loopback; the policy allows
+    // loopback only (the default policy gives the pod's network: sentry_diff.rs).
     let port = 20000 + std::process::id() % 20000;
     let script = format!(
         "mkdir -p /tmp/www && echo page > /tmp/www/index.html && \
@@ -628,7 +708,15 @@ fn loopback_server_and_client_under_the_default_policy() {
         port + 1
     );
     let out = c.run_with(
-        &["--annotation", SENTRY, "--net-host"],
+        &[
+            "--runtime-config-path",
+            &cfg,
+            "--annotation",
+            SENTRY,
+            "--annotation",
+            CONFINED_POLICY,
+            "--net-host",
+        ],
         &["sh", "-c", &script],
         None,
     );
@@ -687,7 +775,7 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
         &[
             "sh",
             "-c",
-            "cat /dev/mem; mount -t tmpfs none /mnt; cat /etc/passwd >/dev/null; echo done",
+            "cat /proc/kallsyms; mount -t tmpfs none /mnt; cat /etc/passwd >/dev/null; echo done",
         ],
     );
     assert!(out.stdout.contains("done"), "{out}");
@@ -709,12 +797,12 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     // The exec'd process runs under the filter too (busybox sh runs applets as /proc/self/exe).
     assert!(has("execve", "allow", Some("/bin/sh")), "{recs:?}");
     assert!(has("execve", "allow", Some("/proc/self/exe")), "{recs:?}");
-    assert!(has("openat", "deny", Some("/dev/mem")), "{recs:?}");
+    assert!(has("openat", "deny", Some("/proc/kallsyms")), "{recs:?}");
     assert!(has("mount", "deny", None), "{recs:?}");
     assert!(has("openat", "allow", Some("/etc/passwd")), "{recs:?}");
     let out = strata_cli(h, &["audit", "-n", &h.info.namespace, &c.id]);
     assert!(
-        out.stdout.contains("openat /dev/mem") && out.stdout.contains("mount"),
+        out.stdout.contains("openat /proc/kallsyms") && out.stdout.contains("mount"),
         "{out}"
     );
     c.remove_and_check();
@@ -1138,14 +1226,17 @@ fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
 fn landlock_closes_the_exec_toctou_window() {
     let (h, probe) = harness_with_probe!("exec_toctou");
     let c = h.container("sentry-exectoctou");
-    let spec = spec_with_probe(
+    let mut spec = spec_with_probe(
         &c,
         &probe,
         &["/usr/local/bin/escape", "exectoctou"],
         "sentry",
     );
+    // An exec allowlist that leaves /tmp out (the default policy allows every program).
+    spec["annotations"]["strata.dev/sentry-policy"] = "confined".into();
     let root = PathBuf::from(spec["root"]["path"].as_str().unwrap());
-    run_spec_detached(h, &c, &spec, &[]);
+    let cfg = confined_config(h);
+    run_spec_detached(h, &c, &spec, &["--runtime-config-path", &cfg]);
     let line = std::fs::read_to_string(root.join("tmp/exectoctou.out"))
         .unwrap_or_else(|e| panic!("no result from the probe ({e}): {}", c.log()));
     let n = |k: &str| count(&line, k);

@@ -16,7 +16,9 @@
 //! - execute: beneath the policy's exec allowlist and the usual ELF-interpreter directories,
 //!   or everywhere in recording mode (the supervisor still judges every exec).
 //!
-//! Never granted: creating device nodes. Not handled (left to the supervisor and the device
+//! Creating device nodes goes with write (as under runc, where `CAP_MKNOD` lets `mknod`
+//! succeed and the device cgroup refuses the open): every open is the supervisor's, which
+//! opens only the default devices. Not handled (left to the supervisor and the device
 //! cgroup): device ioctls, and TCP ports (the supervisor judges addresses, which Landlock
 //! cannot).
 //!
@@ -55,8 +57,7 @@ fn read() -> BitFlags<AccessFs> {
 }
 
 fn write() -> BitFlags<AccessFs> {
-    AccessFs::from_write(TARGET_ABI)
-        & !(AccessFs::IoctlDev | AccessFs::MakeChar | AccessFs::MakeBlock)
+    AccessFs::from_write(TARGET_ABI) & !AccessFs::IoctlDev
 }
 
 /// The exec allowlist as the hook reads it back from the annotation: `None` for everywhere.
@@ -159,7 +160,8 @@ mod tests {
         assert_eq!(get("/sys"), read());
         assert!(get("/bin").contains(AccessFs::Execute));
         assert!(!get("/").contains(AccessFs::Execute));
-        assert!(!write().contains(AccessFs::MakeChar));
+        assert!(write().contains(AccessFs::MakeChar));
+        assert!(!write().contains(AccessFs::IoctlDev));
         assert!(!handled().contains(AccessFs::IoctlDev));
         let r = rules(&spec, None);
         assert!(r

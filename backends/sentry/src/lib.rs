@@ -6,15 +6,18 @@
 //! records each in a per-container audit log.
 //!
 //! What this crate must never do: answer CONTINUE to a decision that rests on memory the
-//! workload can still change (the single, documented exception is exec; see
-//! `docs/sentry.md`), or leave a trapped call unanswered in a way that lets it run unchecked:
-//! when the supervisor is gone the kernel fails every trapped call with ENOSYS.
+//! workload can still change, unless the kernel itself enforces, on what the call really
+//! reaches, a rule at least as strict as the decision (an `O_PATH` open gives no access to
+//! data; exec is the one documented residual risk; see `docs/sentry.md`), or leave a trapped
+//! call unanswered in a way that lets it run unchecked: when the supervisor is gone the kernel
+//! fails every trapped call with ENOSYS.
 
 pub mod audit;
 mod confine;
 mod cpu_cgroup;
 mod exec_filter;
 pub mod filter;
+mod names;
 pub mod policy;
 pub mod record;
 mod supervisor;

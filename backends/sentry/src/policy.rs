@@ -55,6 +55,9 @@ pub enum NetMode {
     /// Connect and bind on loopback addresses only.
     #[default]
     Loopback,
+    /// The pod's network, as under runc: any address the container's own network namespace
+    /// reaches (no decision rests on the address, so the kernel performs the call).
+    Pod,
     /// Loopback plus the listed CIDRs (and ports).
     Cidr,
 }
@@ -255,6 +258,13 @@ fn check_path(key: &str, p: &str) -> Result<Vec<String>, String> {
     if c.iter().any(|c| c == "..") {
         return Err(format!("{key}: {p:?} must not contain '..'"));
     }
+    if p.chars().any(crate::names::is_escape) {
+        // The supervisor's escape for bytes that are not UTF-8 (names.rs): a rule must
+        // never equal an escaped component.
+        return Err(format!(
+            "{key}: {p:?} holds a character of U+10FF00..U+10FFFF, which rules cannot name"
+        ));
+    }
     Ok(c)
 }
 
@@ -412,6 +422,11 @@ impl Policy {
         self.exec.iter().any(|rule| matches_prefix(rule, &comps))
     }
 
+    /// Whether every address is allowed (connect, bind and listen are then the kernel's).
+    pub fn any_address(&self) -> bool {
+        self.net_mode == NetMode::Pod
+    }
+
     /// Whether IP sockets may be created at all.
     pub fn ip_allowed(&self) -> bool {
         self.net_mode != NetMode::None
@@ -422,6 +437,7 @@ impl Policy {
         match self.net_mode {
             NetMode::None => false,
             NetMode::Loopback => is_loopback(sa),
+            NetMode::Pod => true,
             NetMode::Cidr => is_loopback(sa) || self.connect.iter().any(|r| r.matches(sa)),
         }
     }
@@ -431,6 +447,7 @@ impl Policy {
         match self.net_mode {
             NetMode::None => false,
             NetMode::Loopback => is_loopback(sa),
+            NetMode::Pod => true,
             NetMode::Cidr => is_loopback(sa) || self.bind.iter().any(|r| r.matches(sa)),
         }
     }
@@ -551,22 +568,41 @@ mod tests {
 
     #[test]
     fn default_policy_rules() {
+        // What runc runs: the root writable (a read-only root is the kernel's EROFS), device
+        // nodes left to the supervisor's device list, any program, the pod's network.
         let d = Policy::builtin_default();
-        assert_eq!(d.file_access("/etc/passwd"), Access::Read);
+        assert_eq!(d.file_access("/etc/passwd"), Access::ReadWrite);
         assert_eq!(d.file_access("/tmp/x"), Access::ReadWrite);
         assert_eq!(d.file_access("/dev/null"), Access::ReadWrite);
-        assert_eq!(d.file_access("/dev/mem"), Access::Deny);
-        assert_eq!(d.file_access("/dev/sda"), Access::Deny);
         assert_eq!(d.file_access("/proc/1/mem"), Access::Deny);
-        assert_eq!(d.file_access("/proc/1/status"), Access::Read);
-        assert_eq!(d.file_access("/proc/sysrq-trigger"), Access::Deny);
-        assert_eq!(d.file_access("/"), Access::Read);
+        assert_eq!(d.file_access("/proc/1/task/1/mem"), Access::Deny);
+        assert_eq!(d.file_access("/proc/1/status"), Access::ReadWrite);
+        assert_eq!(d.file_access("/proc/kallsyms"), Access::Deny);
+        assert_eq!(d.file_access("/sys/kernel/notes"), Access::Deny);
+        assert_eq!(d.file_access("/"), Access::ReadWrite);
         assert!(d.exec_allowed("/bin/busybox"));
-        assert!(!d.exec_allowed("/tmp/evil"));
-        assert!(!d.exec_allowed("/binx/evil"));
-        assert!(d.connect_allowed(&"127.0.0.1:80".parse().unwrap()));
-        assert!(!d.connect_allowed(&"10.0.0.1:80".parse().unwrap()));
-        assert!(!d.bind_allowed(&"0.0.0.0:80".parse().unwrap()));
+        assert!(d.exec_allowed("/usr/lib/x/helper"));
+        assert!(d.exec_allowed("/tmp/prog"));
+        assert!(d.any_address());
+        assert!(d.connect_allowed(&"10.0.0.1:80".parse().unwrap()));
+        assert!(d.bind_allowed(&"0.0.0.0:80".parse().unwrap()));
+        assert!(d.raw_sockets);
+    }
+
+    #[test]
+    fn rules_cannot_name_the_escape_of_non_utf8_bytes() {
+        let e = p("[files]\nread = [\"/data/\u{10FF41}\"]\n").unwrap_err();
+        assert!(e.to_string().contains("U+10FF00"), "{e}");
+        let ok = p("[files]\nread = [\"/data/caf\u{e9}\"]\n").unwrap();
+        assert_eq!(ok.file_access("/data/caf\u{e9}/x"), Access::Read);
+        // A non-UTF-8 name (escaped by the supervisor) is judged by the rules above it.
+        let escaped = crate::names::from_bytes(b"/data/caf\xe9");
+        assert_eq!(ok.file_access(&escaped), Access::Deny);
+        let ok = p("[files]\nread = [\"/data\"]\ndeny = [\"/data/*/secret\"]\n").unwrap();
+        let escaped = crate::names::from_bytes(b"/data/\xff/secret");
+        assert_eq!(ok.file_access(&escaped), Access::Deny);
+        let escaped = crate::names::from_bytes(b"/data/\xff/other");
+        assert_eq!(ok.file_access(&escaped), Access::Read);
     }
 
     #[test]

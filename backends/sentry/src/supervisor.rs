@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -35,6 +36,7 @@ use nix::sys::stat::SFlag;
 use crate::audit::{AuditLog, Record};
 use crate::cpu_cgroup::CpuCgroups;
 use crate::filter;
+use crate::names;
 use crate::policy::{normalize, Access, ExtraAction, Policy};
 use crate::sys::{self, Creds, Notif};
 
@@ -341,6 +343,8 @@ const ERROR_REASONS: &[&str] = &[
     "unreadable address",
     "unreadable open_how",
     "bad open_how size",
+    "bad openat2 flags or mode",
+    "the task cannot take the descriptor",
     "bad address",
     "bad utsname buffer",
     "cannot place a relative path",
@@ -500,6 +504,7 @@ fn finish(call: Call<'_>, outcome: Outcome) {
         Outcome::Deferred => return,
         Outcome::Gone => ("gone", None, "task gone before the answer"),
     };
+    let adds_fd = matches!(outcome, Outcome::Fd(..) | Outcome::Emulated(..));
     let sent = match outcome {
         Outcome::Errno(e, _) => sys::respond_errno(raw, id, e),
         Outcome::Continue => sys::respond_continue(raw, id),
@@ -514,9 +519,21 @@ fn finish(call: Call<'_>, outcome: Outcome) {
     // Now that the task runs again: restore the supervisor's credentials, close what the
     // open left (see `after_answer`).
     AFTER_ANSWER.with(|a| a.borrow_mut().clear());
-    if let Err(e) = sent {
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            tracing::debug!(id = %call.ctx.id, error = %e, "answering a trapped call");
+    let (mut decision, mut errno, mut reason) = (decision, errno, reason);
+    match sent.as_ref().map_err(|e| e.raw_os_error()) {
+        // The task is gone (or its call was interrupted): nobody waits for an answer.
+        Ok(()) | Err(Some(libc::ENOENT)) => {}
+        Err(Some(e)) if adds_fd => {
+            // The task could not install the descriptor (EMFILE at its RLIMIT_NOFILE, ...):
+            // the kernel has put the call back to be answered, and waits. The open fails
+            // with that errno, as it would have in the kernel.
+            let _ = sys::respond_errno(raw, id, e);
+            (decision, errno, reason) = ("error", Some(e), "the task cannot take the descriptor");
+        }
+        Err(_) => {
+            if let Err(e) = &sent {
+                tracing::debug!(id = %call.ctx.id, error = %e, "answering a trapped call");
+            }
         }
     }
     let decision = if call.n.data.nr as libc::c_long == libc::SYS_uname {
@@ -802,7 +819,7 @@ fn read_cstr(pid: u32, addr: u64) -> Result<String, i32> {
         }
         if let Some(end) = chunk[..got].iter().position(|b| *b == 0) {
             out.extend_from_slice(&chunk[..end]);
-            return String::from_utf8(out).map_err(|_| libc::EACCES);
+            return Ok(names::from_bytes(&out));
         }
         out.extend_from_slice(&chunk[..got]);
         off += got as u64;
@@ -827,7 +844,7 @@ fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
 fn readlink(p: &str) -> Result<String, i32> {
     std::fs::read_link(p)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-        .and_then(|l| l.into_os_string().into_string().map_err(|_| libc::EACCES))
+        .map(|l| names::from_bytes(l.as_os_str().as_bytes()))
 }
 
 /// The container path a descriptor of the supervisor refers to. The container's root is out
@@ -921,10 +938,13 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
             normalize(&format!("{dreal}/{name}"))
         };
         let mut stat = None;
+        let cname = names::to_c(name)?;
         if name != "." {
-            if let Ok(st) =
-                nix::sys::stat::fstatat(Some(dfd.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            {
+            if let Ok(st) = nix::sys::stat::fstatat(
+                Some(dfd.as_raw_fd()),
+                cname.as_c_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
                 stat = Some(st);
                 if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK && follow
                 {
@@ -955,10 +975,9 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
                             return Ok(Resolved::OwnFd { host, real: target });
                         }
                     }
-                    let target = nix::fcntl::readlinkat(Some(dfd.as_raw_fd()), name)
-                        .map_err(|e| e as i32)?
-                        .into_string()
-                        .map_err(|_| libc::EACCES)?;
+                    let target = nix::fcntl::readlinkat(Some(dfd.as_raw_fd()), cname.as_c_str())
+                        .map_err(|e| e as i32)?;
+                    let target = names::from_bytes(target.as_bytes());
                     path = if target.starts_with('/') {
                         rewrite_self(t, &target)
                     } else {
@@ -985,7 +1004,7 @@ fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolve
 /// kernel follows the symlinks (RESOLVE_IN_ROOT keeps them inside the root) and the path is
 /// read back from the descriptor.
 fn open_dir(root: &OwnedFd, dir: &str) -> Result<(OwnedFd, String), i32> {
-    let cdir = CString::new(dir).map_err(|_| libc::EINVAL)?;
+    let cdir = names::to_c(dir)?;
     let open = |resolve| {
         sys::openat2(
             root.as_raw_fd(),
@@ -1063,7 +1082,7 @@ fn openat(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd,
 }
 
 fn openat_raw(dir: RawFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
-    let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let c = names::to_c(name).map_err(Errno::from_raw)?;
     let known = libc::O_ACCMODE
         | libc::O_CREAT
         | libc::O_EXCL
@@ -1082,7 +1101,11 @@ fn openat_raw(dir: RawFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd
         | libc::O_CLOEXEC
         | libc::O_PATH
         | libc::O_TMPFILE;
-    let flags = flags.bits() & known;
+    let mut flags = flags.bits() & known;
+    if flags & libc::O_PATH != 0 {
+        // open(2) keeps only these with O_PATH; openat2(2) refuses the others (EINVAL).
+        flags &= O_PATH_FLAGS;
+    }
     let mode = if flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE {
         mode & 0o7777
     } else {
@@ -1162,6 +1185,35 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
         Err(e) => return Outcome::Errno(e, "unreadable open_how"),
     };
     let word = |i: usize| u64::from_ne_bytes(how[i * 8..i * 8 + 8].try_into().unwrap());
+    // openat2(2)'s own checks, which open(2) does not make (it ignores what it does not know).
+    let (flags, mode) = (word(0), word(1));
+    let known = (libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_SYNC
+        | libc::O_ASYNC
+        | libc::O_DIRECT
+        | libc::O_LARGEFILE
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_PATH
+        | libc::O_TMPFILE) as u64;
+    let creates = flags & libc::O_CREAT as u64 != 0
+        || flags & libc::O_TMPFILE as u64 == libc::O_TMPFILE as u64;
+    if flags & !known != 0
+        || (flags & libc::O_PATH as u64 != 0 && flags & !(O_PATH_FLAGS as u64) != 0)
+        || (!creates && mode != 0)
+        || mode & !0o7777 != 0
+    {
+        return Outcome::Errno(libc::EINVAL, "bad openat2 flags or mode");
+    }
     if word(2) != 0 {
         // The task's own RESOLVE_* flags would have to be combined with RESOLVE_IN_ROOT.
         return Outcome::Errno(libc::EOPNOTSUPP, "openat2 resolve flags are not emulated");
@@ -1169,8 +1221,17 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
     open_call(call, a[0] as i32, a[1], word(0) as i32, word(1) as u32, 0)
 }
 
+/// The flags open(2) keeps beside `O_PATH` (it drops the others; openat2(2) refuses them).
+const O_PATH_FLAGS: i32 = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
 fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _r: u64) -> Outcome {
     call.arg("flags", flags_text(flags));
+    // As open(2): with O_PATH the access mode, O_CREAT, O_TRUNC... mean nothing.
+    let flags = if flags & libc::O_PATH != 0 {
+        flags & O_PATH_FLAGS
+    } else {
+        flags
+    };
     let creates =
         flags & (libc::O_CREAT | libc::O_TRUNC) != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let need = if creates { Need::All } else { Need::Creds };
@@ -1192,7 +1253,18 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         Ok(g) => g,
         Err(_) => return Outcome::Errno(libc::EACCES, "cannot take the workload's credentials"),
     };
-    let follow = flags & libc::O_NOFOLLOW == 0;
+    // A trailing slash asks for a directory, as the kernel reads it: O_CREAT is then EISDIR,
+    // a file ENOTDIR, and a symlink is followed even with O_NOFOLLOW.
+    let dir_only = abs.ends_with('/');
+    if dir_only && flags & libc::O_CREAT != 0 {
+        return Outcome::Errno(libc::EISDIR, "open failed");
+    }
+    let flags = if dir_only {
+        flags | libc::O_DIRECTORY
+    } else {
+        flags
+    };
+    let follow = flags & libc::O_NOFOLLOW == 0 || dir_only;
     let resolved = match resolve(&t, &root, &abs, follow) {
         Ok(r) => r,
         Err(e) => return Outcome::Errno(e, "resolution failed"),
@@ -1208,6 +1280,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     // the very file description (a duplicate taken now, which the open then goes through), not
     // by path rules (its path may be outside the container, as containerd's FIFOs are).
     let mut held = None;
+    let mut only_null = false;
     if let Resolved::OwnFd { host, .. } = &resolved {
         call.arg("own_fd", "true");
         match own_fd_for(&t, host, flags, write) {
@@ -1222,8 +1295,23 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
             Access::ReadWrite => true,
         };
         if !ok {
-            return Outcome::Errno(libc::EACCES, "path rule");
+            match refused_open(&resolved, flags) {
+                Refused::Missing => return Outcome::Errno(libc::ENOENT, "no such file"),
+                // Checked again on what is opened: the name may change meanwhile.
+                Refused::NullDevice => only_null = true,
+                Refused::ByPolicy => return Outcome::Errno(libc::EACCES, "path rule"),
+            }
         }
+    }
+    if flags & libc::O_PATH != 0 {
+        // The kernel opens it (its own answers: EMFILE, ELOOP, ENOTDIR...), because a
+        // descriptor opened with O_PATH cannot be handed over (SECCOMP_IOCTL_NOTIF_ADDFD
+        // refuses one: EBADF) and carries no access to data: reading or writing through it
+        // needs a reopen, by /proc/self/fd/N (trapped, and refused for more access than the
+        // descriptor has: none) or by a path (trapped and judged). What it gives beyond that
+        // is metadata (fstat), which the untrapped stat gives as well. So a task that changes
+        // its path after this check gains nothing the policy refuses (docs/sentry.md).
+        return Outcome::Continue;
     }
     if let Some(text) = emulated_file(&real, flags) {
         return match memfd_with(&real, &text) {
@@ -1248,6 +1336,24 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     let oflags = OFlag::from_bits_truncate(
         (flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) & !libc::O_NOFOLLOW,
     );
+    if let Resolved::At { stat: Some(st), .. } = &resolved {
+        if !nonblock
+            && flags & libc::O_ACCMODE == libc::O_RDONLY
+            && SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
+        {
+            // A blocking read-open of a FIFO waits for a writer in the kernel; opened without
+            // waiting, the reader would see end-of-file before the writer came (and the
+            // writer then wait for a reader forever). Wait for one on a worker thread.
+            return fifo_wait(
+                call,
+                resolved,
+                oflags & !OFlag::O_NONBLOCK,
+                mode,
+                t.creds.clone(),
+                cloexec,
+            );
+        }
+    }
     let opened = match &resolved {
         Resolved::At { dir, name, .. } => {
             let nofollow = if name == "." {
@@ -1277,6 +1383,9 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         }
         Err(e) => return Outcome::Errno(e as i32, "open failed"),
     };
+    if only_null && !is_null_device(&file) {
+        return Outcome::Errno(libc::EACCES, "path rule");
+    }
     let hold = match check_opened(&file, flags, nonblock) {
         Ok(dev) => dev.is_none_or(|d| !on_procfs(d, &file)),
         Err(e) => return Outcome::Errno(e, "device not allowed"),
@@ -1284,6 +1393,59 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec, hold)
+}
+
+fn is_null_device(file: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(file.as_raw_fd()).is_ok_and(|st| {
+        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+            && st.st_rdev == libc::makedev(1, 3)
+    })
+}
+
+/// How an open that the path rules refuse is answered.
+enum Refused {
+    /// No such file (and no O_CREAT): the kernel's ENOENT, not the policy's EACCES (`stat`,
+    /// which is not trapped, tells as much).
+    Missing,
+    /// The null device, which a runtime binds over a masked path (`/proc/kcore`,
+    /// `/proc/timer_list`...): it holds nothing to refuse, and is opened as under runc.
+    NullDevice,
+    /// The policy's EACCES.
+    ByPolicy,
+}
+
+fn refused_open(resolved: &Resolved, flags: i32) -> Refused {
+    let Resolved::At {
+        dir, name, stat, ..
+    } = resolved
+    else {
+        return Refused::ByPolicy;
+    };
+    match stat {
+        None if name != "." && flags & libc::O_CREAT == 0 => {
+            let Ok(cname) = names::to_c(name) else {
+                return Refused::ByPolicy;
+            };
+            // Looked at again for the errno: with the workload's credentials, a directory
+            // it cannot search is its EACCES.
+            match nix::sys::stat::fstatat(
+                Some(dir.as_raw_fd()),
+                cname.as_c_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Err(Errno::ENOENT) => Refused::Missing,
+                _ => Refused::ByPolicy,
+            }
+        }
+        Some(st)
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+                && st.st_rdev == libc::makedev(1, 3) =>
+        {
+            // What is opened is checked again on its descriptor (device_allowed).
+            Refused::NullDevice
+        }
+        _ => Refused::ByPolicy,
+    }
 }
 
 /// What an open needs to know of the trapped task: its credentials, its root, and the
@@ -1305,6 +1467,9 @@ fn read_open_call(
         Err(e) => return Err(Outcome::Errno(e, "unreadable path")),
     };
     call.arg("path", path.clone());
+    if path.is_empty() {
+        return Err(Outcome::Errno(libc::ENOENT, "no such file"));
+    }
     let abs = match absolute(&t, dirfd, &path) {
         Ok(p) => p,
         Err(e) => return Err(Outcome::Errno(e, "cannot place a relative path")),
@@ -1479,9 +1644,13 @@ fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -> Outcome {
             Ok(Resolved::At {
                 dir, name, real, ..
             }) => {
+                let cname = match names::to_c(&name) {
+                    Ok(c) => c,
+                    Err(e) => return Outcome::Errno(e, "resolution failed"),
+                };
                 match nix::sys::stat::fstatat(
                     Some(dir.as_raw_fd()),
-                    name.as_str(),
+                    cname.as_c_str(),
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 ) {
                     Ok(st)
@@ -1620,6 +1789,15 @@ fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
     if !call.valid() {
         return Outcome::Gone;
     }
+    if call.ctx.policy.any_address() {
+        // No decision rests on the address (read for the audit only): the kernel does the
+        // call in the workload's own network namespace, with its own answers (capability
+        // checks, EINPROGRESS, ECONNREFUSED, AF_UNSPEC, a bad length...).
+        if let Ok(Some(sa)) = parse_sockaddr(&bytes) {
+            call.arg("addr", sa.to_string());
+        }
+        return Outcome::Continue;
+    }
     let sa = match parse_sockaddr(&bytes) {
         Ok(Some(sa)) => sa,
         Ok(None) if !bind => {
@@ -1693,7 +1871,7 @@ fn listen_call(call: &mut Call<'_>) -> Outcome {
         Some(sa) => {
             call.arg("addr", sa.to_string());
             // Unbound, listen() binds the wildcard address: the policy must allow that.
-            if call.ctx.policy.bind_allowed(&sa) {
+            if call.ctx.policy.any_address() || call.ctx.policy.bind_allowed(&sa) {
                 Outcome::Continue
             } else {
                 Outcome::Errno(libc::EACCES, "listen address refused by policy")
