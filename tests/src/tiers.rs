@@ -112,27 +112,13 @@ pub const WASM: &[(&str, &str)] = &[
     ),
 ];
 
-/// Tests whose checks the sentry's default policy answers differently from the kernel (and
-/// runc): measured here, listed with what differs, and the sentry issue's to fix (issue 13:
-/// "a default policy that runs what runc runs"). Not bugs of this suite or of the harness.
-pub const SENTRY: &[(&str, &str)] = &[
-    (
-        "only_the_default_devices",
-        "sentry policy (issue 13): listing /dev and mknod are refused (EACCES), where runc lets mknod succeed and the device cgroup refuse the read",
-    ),
-    (
-        "rlimits_masked_and_readonly_paths",
-        "sentry policy (issue 13): opening the masked /proc/timer_list is refused, where runc gives an empty file (a bind of /dev/null)",
-    ),
-    (
-        "seccomp_profile_is_applied",
-        "by design: the sentry always filters, so a spec without a seccomp profile still gets one (Seccomp: 2); issue 13 lists seccomp \"unconfined\" as by design",
-    ),
-    (
-        "loopback_is_up_in_a_new_network_namespace",
-        "sentry policy (issue 13): raw sockets (ping) and bind/listen are refused under the default network mode",
-    ),
-];
+/// Tests whose checks the sentry answers differently from the kernel (and runc) by design:
+/// measured here, listed with what differs and why (docs/sentry.md). Not bugs of this suite or
+/// of the harness.
+pub const SENTRY: &[(&str, &str)] = &[(
+    "seccomp_profile_is_applied",
+    "by design: the sentry always filters, so a spec without a seccomp profile still gets one (Seccomp: 2); issue 13 lists seccomp \"unconfined\" as by design",
+)];
 
 /// Tests the microvm tier does not pass yet: `(test function name, what was seen)`. Unlike
 /// [`WASM`] these are not "cannot apply": each is an open gap of the tier (issue 12), reported
