@@ -610,6 +610,27 @@ static void sockets(void) {
     rc("tcp6_bind_loopback", bind(s6, (struct sockaddr *)&a6, sizeof a6), 0);
     close(s6);
 
+    /* A listening port shows in /proc/net/tcp (a symlink to self/net: the task's own). */
+    l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in lp = {.sin_family = AF_INET, .sin_port = htons(7781)};
+    lp.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(l, (struct sockaddr *)&lp, sizeof lp);
+    listen(l, 1);
+    int nt = open("/proc/net/tcp", O_RDONLY);
+    if (nt < 0) {
+        line("proc_net_tcp_lists_the_port", "err %s", en(errno));
+    } else {
+        static char tcp[65536];
+        long got = 0, r;
+        while ((r = read(nt, tcp + got, sizeof tcp - 1 - got)) > 0) got += r;
+        tcp[got] = 0;
+        line("proc_net_tcp_lists_the_port", "%d", strstr(tcp, "0100007F:1E65") != NULL);
+        close(nt);
+    }
+    close(l);
+    op("proc_net_dir", open("/proc/net", O_RDONLY | O_DIRECTORY));
+    head("proc_mounts", "/proc/mounts");
+
     /* Families and types */
     int r = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
     rc("raw_icmp_socket", r, 0);

@@ -199,3 +199,43 @@ fn a_read_only_root_fails_writes_with_erofs_on_both_tiers() {
         "{sentry:?}"
     );
 }
+
+/// The files of `/proc/sys` that the kernel answers from the opener's namespaces (IPC, network,
+/// UTS) read the container's values on the sentry as on native: its own sysctls from the spec
+/// and its host name, not the shim's (the supervisor opens them from the task's namespaces).
+#[test]
+fn namespaced_sysctls_read_the_containers_own_values() {
+    let h = harness!();
+    strata_only!(h);
+    let read = "cat /proc/sys/fs/mqueue/msg_max /proc/sys/kernel/shm_rmid_forced \
+                /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/hostname";
+    let mut outs = Vec::new();
+    for backend in ["native", "sentry"] {
+        let c = h.container(&format!("sysctl-{backend}"));
+        let mut spec = c.spec(&["sh", "-c", read]);
+        spec["annotations"]["strata.dev/backend"] = backend.into();
+        spec["hostname"] = "strata-sysctl".into();
+        spec["linux"]["sysctl"] = serde_json::json!({
+            "fs.mqueue.msg_max": "100",
+            "kernel.shm_rmid_forced": "1",
+            "net.ipv4.ip_unprivileged_port_start": "80",
+        });
+        // The spec's own namespaces: a new IPC, network and UTS namespace each.
+        for ns in ["ipc", "network", "uts"] {
+            let list = spec["linux"]["namespaces"].as_array_mut().unwrap();
+            if !list.iter().any(|n| n["type"] == ns) {
+                list.push(serde_json::json!({ "type": ns }));
+            }
+        }
+        let out = c.run_spec(&spec, &[]);
+        assert!(out.success(), "{backend}: {out}");
+        outs.push(out.stdout.clone());
+        c.remove_and_check();
+    }
+    assert_eq!(
+        outs[0], "100\n1\n80\nstrata-sysctl\n",
+        "native: {}",
+        outs[0]
+    );
+    assert_eq!(outs[1], outs[0], "sentry differs from native");
+}

@@ -886,6 +886,14 @@ fn rewrite_self(t: &Task, path: &str) -> String {
     let who = match it.next() {
         Some("self") => t.ns_tgid.to_string(),
         Some("thread-self") => format!("{}/task/{}", t.ns_tgid, t.ns_tid),
+        // A symlink to `self/net`, and a directory on the way: the kernel would follow it
+        // to the supervisor's own (or, outside the task's pid namespace, no) process.
+        Some("net") => {
+            return match it.next() {
+                Some(rest) => format!("/proc/{}/net/{rest}", t.ns_tgid),
+                None => format!("/proc/{}/net", t.ns_tgid),
+            }
+        }
         _ => return path.to_string(),
     };
     match it.next() {
@@ -1355,13 +1363,36 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         }
     }
     let opened = match &resolved {
-        Resolved::At { dir, name, .. } => {
+        Resolved::At {
+            dir, name, real, ..
+        } => {
             let nofollow = if name == "." {
                 OFlag::empty()
             } else {
                 OFlag::O_NOFOLLOW
             };
-            openat(dir, name, oflags | nofollow, mode)
+            if is_namespaced_sysctl(real, dir) {
+                // The kernel answers these from the opener's namespaces: open it from the
+                // task's (its net, IPC and UTS), not the shim's. The directory too: one that
+                // is a namespace's own (fs/mqueue, net/...) is found only from inside it.
+                let dir_path = match real.rsplit_once('/') {
+                    Some((p, _)) if name != "." => p,
+                    _ => real.as_str(),
+                };
+                let root: &OwnedFd = &root;
+                match sys::pidfd_open(t.tgid).and_then(|pidfd| {
+                    sys::in_namespaces_of(&pidfd, || {
+                        let (d, _) =
+                            open_dir(root, dir_path).map_err(io::Error::from_raw_os_error)?;
+                        openat(&d, name, oflags | nofollow, mode).map_err(io::Error::from)
+                    })
+                }) {
+                    Ok(f) => Ok(f),
+                    Err(e) => Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+                }
+            } else {
+                openat(dir, name, oflags | nofollow, mode)
+            }
         }
         Resolved::OwnFd { host, .. } => match &held {
             Some(d) => open_path(&format!("/proc/self/fd/{}", d.as_raw_fd()), oflags, mode),
@@ -1393,6 +1424,12 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec, hold)
+}
+
+/// Whether `real` (in directory `dir`) is a file of `/proc/sys` on a procfs: its value may be
+/// the opener's namespace's (network, IPC, UTS), so it is opened from the task's.
+fn is_namespaced_sysctl(real: &str, dir: &OwnedFd) -> bool {
+    real.starts_with("/proc/sys/") && is_procfs(dir)
 }
 
 fn is_null_device(file: &OwnedFd) -> bool {
@@ -1984,6 +2021,9 @@ mod tests {
         );
         assert_eq!(rewrite_self(&t, "/proc/self"), "/proc/7");
         assert_eq!(rewrite_self(&t, "/proc/selfish"), "/proc/selfish");
+        assert_eq!(rewrite_self(&t, "/proc/net/tcp"), "/proc/7/net/tcp");
+        assert_eq!(rewrite_self(&t, "/proc/net"), "/proc/7/net");
+        assert_eq!(rewrite_self(&t, "/proc/network"), "/proc/network");
         assert_eq!(rewrite_self(&t, "/etc/self"), "/etc/self");
     }
 

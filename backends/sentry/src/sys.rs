@@ -560,6 +560,36 @@ fn capset_effective(caps: &[CapData; 2], eff: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a short-lived thread that has joined the network, IPC and UTS namespaces of the
+/// task `pidfd` refers to, with the credentials the calling thread has (a workload's, taken
+/// with [`AsWorkload`]): for the files of `/proc/sys` that the kernel answers from the
+/// opener's own namespaces (`net.*`, `kernel.shm*`, `fs.mqueue.*`, `kernel.hostname`...),
+/// which the supervisor's thread would read and write in the shim's. The thread takes its
+/// permitted capabilities back for `setns` only, and is gone when `f` returns: no other call
+/// ever runs in the workload's namespaces.
+pub fn in_namespaces_of<T: Send>(
+    pidfd: &OwnedFd,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // The new thread has the calling thread's credentials (fsuid, fsgid, groups, the
+            // workload's effective capabilities), not its thread-local record of them.
+            let caps = capget()?;
+            let eff = u64::from(caps[0].effective) | (u64::from(caps[1].effective) << 32);
+            capset_effective(&caps, u64::MAX)?;
+            let flags = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+            // SAFETY: setns(2) on a pidfd with namespace flags changes only this thread's
+            // namespaces (network, IPC and UTS may differ between threads).
+            check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) } as libc::c_long)?;
+            capset_effective(&caps, eff)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
 /// While alive, the calling thread acts with a workload's credentials.
 ///
 /// Leaving restores the effective capabilities, fsuid 0 and fsgid 0; the supplementary
