@@ -55,13 +55,51 @@ pub struct Containers {
     cgroups: Mutex<HashMap<String, PathBuf>>,
 }
 
+/// The backend's stdio for a process: a stream the host does not give is `/dev/null`, as
+/// runc's shim gives it, never the agent's own (in the guest, PID 1's `/dev/console`: a
+/// container must not read or write the VM's serial console, nor take it for a terminal). A
+/// process with a terminal has the pty as all three.
 fn stdio(s: Option<&Stdio>) -> StdioPaths {
     let s = s.cloned().unwrap_or_default();
+    let or_null = |p: String| {
+        if p.is_empty() && !s.terminal {
+            DEV_NULL.to_string()
+        } else {
+            p
+        }
+    };
     StdioPaths {
-        stdin: s.stdin,
-        stdout: s.stdout,
-        stderr: s.stderr,
+        stdin: or_null(s.stdin.clone()),
+        stdout: or_null(s.stdout.clone()),
+        stderr: or_null(s.stderr.clone()),
         terminal: s.terminal,
+    }
+}
+
+const DEV_NULL: &str = "/dev/null";
+
+/// How long `Start` waits for the process to be its program ([`wait_for_exec`]).
+const EXEC_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until process `pid` runs its own program, no longer the agent's binary (the helper
+/// that set it up), or is gone, for at most `limit`. `Start` answers only then: a signal
+/// sent right after it (CRI's `StopContainer` just after `StartContainer`) would otherwise
+/// reach a container init that has not exec'd yet and has no handler installed, which the
+/// kernel discards for a PID namespace's init, so the stop waited for its SIGKILL. Under
+/// emulation that window is hundreds of milliseconds; on the host (runc, the native tier)
+/// it is short enough that nobody sees it.
+fn wait_for_exec(pid: u32, limit: Duration) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let Ok(agent) = id("/proc/self/exe") else {
+        return;
+    };
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        match id(&format!("/proc/{pid}/exe")) {
+            Ok(exe) if exe == agent => std::thread::sleep(Duration::from_millis(5)),
+            _ => return,
+        }
     }
 }
 
@@ -207,6 +245,9 @@ impl Containers {
             .get_mut(&(id.to_string(), exec.to_string()))
         {
             ps.opened();
+        }
+        if let Ok(pid) = started {
+            wait_for_exec(pid, EXEC_WAIT);
         }
         started
     }

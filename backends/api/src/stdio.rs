@@ -32,7 +32,10 @@ pub struct ProcessIo {
     output_copier: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn open_output(path: &str) -> Result<Option<OwnedFd>> {
+/// Opens a process's stdout or stderr as containerd names it: a FIFO (read-write, so that it
+/// never blocks on a reader), or a file (`file://PATH` or a plain path: created, appended to);
+/// `None` for an empty path.
+pub fn open_output(path: &str) -> Result<Option<OwnedFd>> {
     if path.is_empty() {
         return Ok(None);
     }

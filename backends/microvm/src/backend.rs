@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,8 @@ pub struct PodVm {
     shared: PathBuf,
     cgroup: Option<PathBuf>,
     stopped: AtomicBool,
+    /// The guest PID of the sandbox container's init, once started (0 before).
+    init_pid: AtomicU32,
 }
 
 impl PodVm {
@@ -222,8 +224,12 @@ fn attach(
         let stream = agent
             .open_stream(port)
             .map_err(|e| format!("connecting stream port {port}: {}", chain(&e)))?;
-        let fifo = open_fifo_rw(path).map_err(|e| format!("opening {path}: {e}"))?;
-        out.push((stream, fifo));
+        // A FIFO as ctr and CRI give, or a file (`ctr run --log-uri file://...`).
+        let sink = strata_backend::stdio::open_output(path)
+            .map_err(|e| chain(&e))?
+            .map(File::from)
+            .ok_or_else(|| format!("no output at {path:?}"))?;
+        out.push((stream, sink));
     }
     let stdin = if stdin_port != 0 && !paths.stdin.is_empty() {
         let stream = agent
@@ -461,6 +467,7 @@ impl MicrovmBackend {
             shared,
             cgroup,
             stopped: AtomicBool::new(false),
+            init_pid: AtomicU32::new(0),
         });
         self.watch_oom(&pod);
         self.watch_health(&pod);
@@ -630,9 +637,12 @@ impl Backend for MicrovmBackend {
                     opts.sandbox_id
                 ))
             })?;
-        guest_spec::prepare(&pod.shared, &opts.id, &opts.bundle, &opts.spec).map_err(|e| {
-            Error::InvalidArgument(format!("preparing {} for the VM: {e}", opts.id))
-        })?;
+        // The pod's other containers join the namespaces of its sandbox container's init.
+        let pod_init =
+            Some(pod.init_pid.load(Ordering::SeqCst)).filter(|&p| p != 0 && opts.id != pod.id);
+        guest_spec::prepare(&pod.shared, &opts.id, &opts.bundle, &opts.spec, pod_init).map_err(
+            |e| Error::InvalidArgument(format!("preparing {} for the VM: {e}", opts.id)),
+        )?;
         let created = pod.agent.create_container(
             &opts.id,
             &guest_spec::guest_bundle(&opts.id),
@@ -674,10 +684,14 @@ impl Backend for MicrovmBackend {
             .get(key)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("exec {key} in container {id}")))?;
-        ctr.pod
+        let guest_pid = ctr
+            .pod
             .agent
             .start(id, key)
             .map_err(|e| agent_err(&format!("starting {id} in the VM"), e))?;
+        if exec_id.is_none() && id == ctr.pod.id {
+            ctr.pod.init_pid.store(guest_pid, Ordering::SeqCst);
+        }
         self.watch_exit(id, exec_id, &ctr, proc);
         Ok(ctr.host_pid)
     }

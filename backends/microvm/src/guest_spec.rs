@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::{LinuxNamespace, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 use crate::hypervisor::GUEST_SHARE_DIR;
 use crate::Error;
@@ -72,15 +72,27 @@ pub fn remove(shared: &Path, id: &str) {
 
 /// Binds the container's rootfs and bind-mount sources into the shared directory and writes
 /// the guest's config.json there. On failure nothing stays mounted.
-pub fn prepare(shared: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<(), Error> {
-    let r = prepare_inner(shared, id, bundle, spec);
+pub fn prepare(
+    shared: &Path,
+    id: &str,
+    bundle: &Path,
+    spec: &Spec,
+    pod_init: Option<u32>,
+) -> Result<(), Error> {
+    let r = prepare_inner(shared, id, bundle, spec, pod_init);
     if r.is_err() {
         remove(shared, id);
     }
     r
 }
 
-fn prepare_inner(shared: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<(), Error> {
+fn prepare_inner(
+    shared: &Path,
+    id: &str,
+    bundle: &Path,
+    spec: &Spec,
+    pod_init: Option<u32>,
+) -> Result<(), Error> {
     let dir = host_dir(shared, id);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let root = spec
@@ -94,7 +106,7 @@ fn prepare_inner(shared: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<
         bundle.join(root)
     };
     bind(&root, &dir.join("rootfs"))?;
-    let guest = rewrite(spec, id, |n, src| {
+    let guest = rewrite(spec, id, pod_init, |n, src| {
         let dst = dir.join("mounts").join(n.to_string());
         bind(src, &dst)?;
         Ok(format!("{}/mounts/{n}", guest_bundle(id)))
@@ -108,9 +120,16 @@ fn prepare_inner(shared: &Path, id: &str, bundle: &Path, spec: &Spec) -> Result<
 /// The spec for the guest: rootfs `rootfs` in the bundle, bind sources moved into the share
 /// (`share(n, host source) -> guest path`), no host namespace paths, hooks, AppArmor or SELinux
 /// labels (they name the host's), and a cgroup path of the guest's.
+///
+/// A namespace the host names by path is the pod's (CRI: the pause container's PID, IPC and
+/// UTS namespaces, the pod's network namespace). With `pod_init`, the guest PID of the pod's
+/// sandbox container's init, a container joins that init's namespace of the same kind in the
+/// guest, as its containers share them on the host; without it (the sandbox container itself),
+/// the namespace is a new one in the guest: the VM is the pod's boundary.
 pub fn rewrite(
     spec: &Spec,
     id: &str,
+    pod_init: Option<u32>,
     mut share: impl FnMut(usize, &Path) -> Result<String, Error>,
 ) -> Result<Spec, Error> {
     let mut g = spec.clone();
@@ -149,19 +168,33 @@ pub fn rewrite(
         linux.set_cgroups_path(Some(PathBuf::from(format!("/strata/{id}"))));
         linux.set_mount_label(None);
         if let Some(ns) = linux.namespaces().clone() {
-            // A namespace the host names by path (CRI's pod network namespace, a pod's IPC
-            // and UTS) is a new one in the guest: the VM is the pod's boundary.
-            let ns: Vec<LinuxNamespace> = ns
-                .into_iter()
-                .map(|mut n| {
-                    n.set_path(None);
-                    n
-                })
-                .collect();
+            let ns: Vec<LinuxNamespace> =
+                ns.into_iter()
+                    .map(|mut n| {
+                        if n.path().is_some() {
+                            n.set_path(pod_init.zip(proc_ns_name(n.typ())).map(|(pid, name)| {
+                                PathBuf::from(format!("/proc/{pid}/ns/{name}"))
+                            }));
+                        }
+                        n
+                    })
+                    .collect();
             linux.set_namespaces(Some(ns));
         }
     }
     Ok(g)
+}
+
+/// The `/proc/PID/ns/` entry of the namespaces a pod's containers share; `None` for the
+/// others (mount, user, cgroup, time: a container's own in the guest).
+fn proc_ns_name(t: LinuxNamespaceType) -> Option<&'static str> {
+    match t {
+        LinuxNamespaceType::Pid => Some("pid"),
+        LinuxNamespaceType::Network => Some("net"),
+        LinuxNamespaceType::Ipc => Some("ipc"),
+        LinuxNamespaceType::Uts => Some("uts"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -186,7 +219,7 @@ mod tests {
         }"#;
         let spec: Spec = serde_json::from_str(text).unwrap();
         let mut shared = Vec::new();
-        let g = rewrite(&spec, "c1", |n, src| {
+        let g = rewrite(&spec, "c1", None, |n, src| {
             shared.push((n, src.to_path_buf()));
             Ok(format!("/run/strata/shared/c1/mounts/{n}"))
         })
@@ -215,11 +248,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_container_joins_the_sandbox_init_namespaces_in_the_guest() {
+        let text = r#"{"ociVersion": "1.0.2", "linux": {"namespaces": [
+            {"type": "pid", "path": "/proc/4242/ns/pid"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+            {"type": "uts", "path": "/proc/4242/ns/uts"},
+            {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "cgroup", "path": "/proc/4242/ns/cgroup"}]}}"#;
+        let spec: Spec = serde_json::from_str(text).unwrap();
+        let g = rewrite(&spec, "c2", Some(17), |_, _| Ok(String::new())).unwrap();
+        let paths: Vec<_> = g
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.path().as_ref().map(|p| p.display().to_string()))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                Some("/proc/17/ns/pid".into()),
+                Some("/proc/17/ns/ipc".into()),
+                Some("/proc/17/ns/uts".into()),
+                None,
+                Some("/proc/17/ns/net".into()),
+                None,
+            ]
+        );
+    }
+
+    #[test]
     fn a_missing_bind_source_is_an_error() {
         let text = r#"{"ociVersion": "1.0.2", "mounts": [
             {"destination": "/data", "type": "bind", "source": "/nonexistent/strata-test"}]}"#;
         let spec: Spec = serde_json::from_str(text).unwrap();
-        let e = rewrite(&spec, "c", |_, _| Ok(String::new())).unwrap_err();
+        let e = rewrite(&spec, "c", None, |_, _| Ok(String::new())).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/strata-test"), "{e}");
     }
 }
