@@ -138,15 +138,10 @@ impl Tier {
         }
     }
 
-    /// Why critest cannot run on this tier's handler yet, if it cannot. (The shared suites'
-    /// gate is [`tier_gate`].)
+    /// Why critest cannot run on this tier's handler yet, if it cannot (every tier can now).
+    /// (The shared suites' gate is [`tier_gate`].)
     pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Tier::Microvm => Some(
-                "pods run on the microvm tier, but the CRI suite does not pass on it yet (issue 12): critest is not run on strata-microvm",
-            ),
-            _ => None,
-        }
+        None
     }
 }
 

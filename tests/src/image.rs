@@ -50,6 +50,19 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
+/// `pgrep PATTERN`: the pids of the processes whose name contains PATTERN, not its own.
+const PGREP: &str = r#"#!/bin/sh
+[ $# -eq 1 ] || { echo "usage: pgrep PATTERN" >&2; exit 2; }
+found=1
+for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    [ "$pid" = "$$" ] && continue
+    name=$(cat "$d/comm" 2>/dev/null) || continue
+    case "$name" in *"$1"*) echo "$pid"; found=0 ;; esac
+done
+exit $found
+"#;
+
 impl ImageBuilder {
     /// A busybox image: `/bin/busybox` from the host, a symlink in `/bin` for every applet, an
     /// `/etc/passwd` with root and `strata` (1000:1000, also in group `audio` 2000), `/tmp`.
@@ -81,10 +94,17 @@ impl ImageBuilder {
         b.dir("tmp", 0o1777, 0);
         b.dir("home/strata", 0o755, u64::from(TEST_UID));
         b.file("bin/busybox", busybox, 0o755);
-        for applet in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let applets = String::from_utf8_lossy(&out.stdout).into_owned();
+        for applet in applets.split_whitespace() {
             if applet != "busybox" {
                 b.symlink(&format!("bin/{applet}"), "busybox");
             }
+        }
+        // Debian's busybox-static has no pgrep, which critest's busybox:1.29 image has and its
+        // "execSync with timeout" spec runs (`sh -c "pgrep sleep || true"`, which must print
+        // nothing once the timed-out exec is gone): a script with pgrep's plain form stands in.
+        if !applets.split_whitespace().any(|a| a == "pgrep") {
+            b.file("bin/pgrep", PGREP.as_bytes().to_vec(), 0o755);
         }
         b.file(
             "etc/passwd",
