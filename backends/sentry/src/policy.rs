@@ -416,6 +416,32 @@ impl Policy {
             .unwrap_or(Access::Deny)
     }
 
+    /// The access the rules grant on `tree` (an absolute, normalised container path) and on
+    /// every path beneath it, if it is the same throughout: no rule beneath `tree` (or one
+    /// whose `*` components could match beneath it) grants anything else. `None` when the
+    /// tree is not uniform, or is denied. The first step of the kernel-enforced opens of issue
+    /// 13: only such a tree can become one Landlock rule with the same rights, and only an
+    /// open whose path falls in one may ever be left to the kernel (conservative: a rule of
+    /// the same access nested under one of another also makes the tree non-uniform).
+    pub fn uniform_access(&self, tree: &str) -> Option<Access> {
+        let comps: Vec<&str> = tree.split('/').filter(|c| !c.is_empty()).collect();
+        let access = self.file_access(tree);
+        if access == Access::Deny {
+            return None;
+        }
+        let beneath = |rule: &[String]| {
+            rule.len() > comps.len() && rule.iter().zip(&comps).all(|(r, c)| r == "*" || r == c)
+        };
+        if self
+            .files
+            .iter()
+            .any(|(rule, a)| *a != access && beneath(rule))
+        {
+            return None;
+        }
+        Some(access)
+    }
+
     /// Whether the file at `path` (resolved) may be executed.
     pub fn exec_allowed(&self, path: &str) -> bool {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -587,6 +613,33 @@ mod tests {
         assert!(d.connect_allowed(&"10.0.0.1:80".parse().unwrap()));
         assert!(d.bind_allowed(&"0.0.0.0:80".parse().unwrap()));
         assert!(d.raw_sockets);
+    }
+
+    #[test]
+    fn uniform_trees() {
+        let d = Policy::builtin_default();
+        assert_eq!(d.uniform_access("/etc"), Some(Access::ReadWrite));
+        assert_eq!(d.uniform_access("/usr/lib"), Some(Access::ReadWrite));
+        // Exceptions inside: the root, /proc (kallsyms, */mem), /sys (kernel, firmware).
+        assert_eq!(d.uniform_access("/"), None);
+        assert_eq!(d.uniform_access("/proc"), None);
+        assert_eq!(d.uniform_access("/proc/1"), None);
+        assert_eq!(d.uniform_access("/sys"), None);
+        assert_eq!(d.uniform_access("/sys/kernel"), None);
+        assert_eq!(d.uniform_access("/sys/class"), Some(Access::ReadWrite));
+        let strict = p(
+            "[files]\nread = [\"/usr\", \"/etc\"]\nread_write = [\"/tmp\"]\n\
+                        deny = [\"/etc/shadow\", \"/usr/*/secret\"]\n",
+        )
+        .unwrap();
+        assert_eq!(strict.uniform_access("/tmp"), Some(Access::ReadWrite));
+        assert_eq!(strict.uniform_access("/etc"), None);
+        assert_eq!(strict.uniform_access("/etc/ssl"), Some(Access::Read));
+        assert_eq!(strict.uniform_access("/usr"), None);
+        assert_eq!(strict.uniform_access("/usr/lib"), None);
+        assert_eq!(strict.uniform_access("/usr/lib/x"), Some(Access::Read));
+        assert_eq!(strict.uniform_access("/var"), None);
+        assert_eq!(strict.uniform_access("/etc/shadow"), None);
     }
 
     #[test]
