@@ -22,6 +22,12 @@ fn main() {
             }
         }
     }
+    if args.get(1).map(String::as_str) == Some("--vsock-probe") {
+        // A test's probe, run in a container of the pod: does the agent at ADDR answer it?
+        std::process::exit(vsock_probe(
+            args.get(2).map(String::as_str).unwrap_or_default(),
+        ));
+    }
     if let Some(i) = args.iter().position(|a| a == "--listen-unix") {
         let Some(path) = args.get(i + 1) else {
             eprintln!("strata-guest-agent: --listen-unix needs a path");
@@ -42,6 +48,31 @@ fn main() {
         return;
     }
     guest_mode()
+}
+
+/// `--vsock-probe vsock://CID:PORT`: connects as the host would and asks `Version`. Prints
+/// `answered` (exit 1) if the agent answered, `refused: ...` (exit 0) if the connection was
+/// refused or closed before an answer, as the agent must do to anyone but the host.
+fn vsock_probe(addr: &str) -> i32 {
+    use strata_agent_protocol::client::{Agent, ClientError};
+    let t0 = std::time::Instant::now();
+    let r = Agent::connect(addr, std::time::Duration::from_secs(5));
+    // Closed at once, not held open until the call's deadline.
+    let at_once = t0.elapsed() < std::time::Duration::from_secs(4);
+    match r {
+        Ok(_) => {
+            println!("answered: {addr}");
+            1
+        }
+        Err(e @ (ClientError::Call { .. } | ClientError::Connect { .. })) if at_once => {
+            println!("refused: {addr}: {}", strata_backend::chain(&e));
+            0
+        }
+        Err(e) => {
+            println!("error: {addr}: {}", strata_backend::chain(&e));
+            2
+        }
+    }
 }
 
 fn guest_mode() -> ! {

@@ -342,3 +342,55 @@ fn loopback_is_up_in_a_new_network_namespace() {
     assert_eq!(lines.get(2), Some(&"hi"), "TCP over 127.0.0.1: {out}");
     c.assert_no_leaks();
 }
+
+/// The static guest agent `scripts/build-initramfs` built (it has a `--vsock-probe` mode).
+fn guest_agent_binary() -> std::path::PathBuf {
+    let dir = std::env::var_os("STRATA_GUEST_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/strata/target-guest".into());
+    dir.join("x86_64-unknown-linux-gnu/release/strata-guest-agent")
+}
+
+/// In a VM the guest is hostile: a container process that reaches the guest agent's port
+/// through the guest's own vsock (loopback CID 1, or the guest's CID 3) must be refused before
+/// any call is answered; only the host (CID 2) is served.
+#[test]
+fn a_container_cannot_reach_the_guest_agent() {
+    let h = harness!();
+    if h.processes_on_the_host() {
+        harness::not_applicable(
+            "a_container_cannot_reach_the_guest_agent",
+            "no guest agent: the target runs containers as host processes",
+        );
+        return;
+    }
+    let probe = guest_agent_binary();
+    assert!(
+        probe.exists(),
+        "{} is missing: scripts/build-initramfs builds it",
+        probe.display()
+    );
+    let c = h.container("agent-probe");
+    let mount = format!(
+        "type=bind,src={},dst=/strata-probe,options=rbind:ro",
+        probe.display()
+    );
+    for addr in ["vsock://1:1024", "vsock://3:1024"] {
+        let out = c.run_with(
+            &["--mount", &mount],
+            &["/strata-probe", "--vsock-probe", addr],
+            None,
+        );
+        // Connected (the agent listens there), then closed before `Version` was answered:
+        // refused by the agent, not a port nobody listens on (which fails at connect).
+        assert!(
+            out.success()
+                && out.stdout.starts_with("refused")
+                && out.stdout.contains("agent call Version failed"),
+            "a container reached the guest agent at {addr}, or the probe did not reach it: \
+             {out}\n{}",
+            c.log()
+        );
+    }
+    c.assert_no_leaks();
+}
