@@ -63,8 +63,9 @@ fn containerd_restarted_under_a_running_container_keeps_it() {
 }
 
 /// A `[microvm]` configuration for the fault tests: the suite's, plus a guest kernel that
-/// panics on an NMI (QEMU's `inject-nmi` reaches the guest as an unrecovered NMI) and a health
-/// check that gives up after 6 s.
+/// panics on an NMI (QEMU's `inject-nmi` reaches the guest as an unrecovered NMI), a health
+/// check that gives up after 6 s, and a `state_dir` of its own (not the default, which is all
+/// a dead shim's clean-up could know without the pod's record in the bundle).
 fn fault_config(h: &Harness) -> PathBuf {
     let path = h.info.state.join("strata-microvm-faults.toml");
     if !path.exists() {
@@ -75,13 +76,18 @@ fn fault_config(h: &Harness) -> PathBuf {
         std::fs::write(
             &path,
             format!(
-                "{shipped}\n{}kernel_params = \"sysctl.kernel.panic_on_unrecovered_nmi=1\"\nagent_dead_after_secs = 6\n",
-                microvm_test_table()
+                "{shipped}\n{}kernel_params = \"sysctl.kernel.panic_on_unrecovered_nmi=1\"\nagent_dead_after_secs = 6\nstate_dir = {:?}\n",
+                microvm_test_table(),
+                fault_state_dir(h)
             ),
         )
         .expect("writing the fault configuration");
     }
     path
+}
+
+fn fault_state_dir(h: &Harness) -> PathBuf {
+    h.info.state.join("microvm")
 }
 
 /// Whether the suite runs pods in VMs; else the test is reported not applicable.
@@ -208,4 +214,41 @@ fn a_guest_agent_that_stops_answering_ends_the_pod() {
     let out = c.exec("while-hung", &["/bin/true"]);
     assert!(!out.success(), "exec into a hung guest succeeded: {out}");
     assert_pod_failed(&c, "answered no health check");
+}
+
+#[test]
+fn a_killed_shims_vm_under_another_state_dir_is_cleaned_up() {
+    let h = harness!();
+    if !runs_in_a_vm(h, "a_killed_shims_vm_under_another_state_dir_is_cleaned_up") {
+        return;
+    }
+    let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
+    let c = start_pod(h, "shimkill-dir");
+    let vm = c.host_pids();
+    assert!(vm.len() >= 3, "expected QEMU and its helpers: {vm:?}");
+    let pod_dir = vm_dir(&c).parent().unwrap().to_path_buf();
+    assert!(
+        pod_dir.starts_with(fault_state_dir(h)),
+        "{}",
+        pod_dir.display()
+    );
+    kill(Pid::from_raw(c.shim_pid() as i32), Signal::SIGKILL).unwrap();
+    let gone = poll(Duration::from_secs(30), || {
+        (c.status().as_deref() != Some("RUNNING")).then_some(())
+    });
+    assert!(gone.is_some(), "the task is still RUNNING\n{}", c.log());
+    let _ = c.h.ctr_run(&["task", "rm", "-f", &c.id]);
+    let rm = c.h.ctr_run(&["containers", "rm", &c.id]);
+    assert!(rm.success(), "{rm}\n{}", c.log());
+    let left = poll(Duration::from_secs(20), || {
+        vm.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "VM processes outlived their shim's clean-up: {vm:?}"
+    );
+    assert!(!pod_dir.exists(), "{} is left", pod_dir.display());
+    c.assert_no_leaks();
 }

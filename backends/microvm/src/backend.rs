@@ -378,6 +378,12 @@ impl MicrovmBackend {
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        // Where the pod lives, for `cleanup_orphan` after a shim SIGKILL: the dead shim's
+        // configuration (its `state_dir`) is not known to containerd's `delete`.
+        let _ = std::fs::write(
+            opts.bundle.join(POD_DIR_RECORD),
+            dir.as_os_str().as_encoded_bytes(),
+        );
         let cgroup = pod_cgroup(&opts.spec);
         let spec = VmSpec {
             id: opts.sandbox_id.clone(),
@@ -844,10 +850,24 @@ impl Sandbox for SandboxHandle {
     }
 }
 
+/// The file in the sandbox container's bundle that names the pod's directory.
+const POD_DIR_RECORD: &str = "strata-microvm-pod";
+
 /// Removes what a dead shim's pod left: the VM's processes, the shared directory's mounts,
-/// the state directory.
-pub fn cleanup_orphan(state_root: &Path, namespace: &str, sandbox_id: &str) {
-    let dir = pod_dir(state_root, namespace, sandbox_id);
+/// the state directory. The directory is the one the bundle's record names (any `state_dir`),
+/// else the one under `state_root`.
+pub fn cleanup_orphan(bundle: &Path, state_root: &Path, namespace: &str, sandbox_id: &str) {
+    let recorded = std::fs::read_to_string(bundle.join(POD_DIR_RECORD))
+        .ok()
+        .map(PathBuf::from)
+        // Only a pod directory of this pod: a record cannot send the clean-up elsewhere.
+        .filter(|d| {
+            d.is_absolute()
+                && d.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new(namespace))
+                && d.file_name() == pod_dir(Path::new("/"), namespace, sandbox_id).file_name()
+        });
+    let dir = recorded.unwrap_or_else(|| pod_dir(state_root, namespace, sandbox_id));
+    let _ = std::fs::remove_file(bundle.join(POD_DIR_RECORD));
     if !dir.exists() {
         return;
     }

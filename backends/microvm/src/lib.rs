@@ -66,7 +66,12 @@ impl Tier for MicrovmTier {
             return Ok(());
         }
         let settings = Settings::default();
-        backend::cleanup_orphan(&settings.state_dir, orphan.namespace, orphan.id);
+        backend::cleanup_orphan(
+            orphan.bundle,
+            &settings.state_dir,
+            orphan.namespace,
+            orphan.id,
+        );
         Ok(())
     }
 }
