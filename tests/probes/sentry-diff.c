@@ -302,6 +302,29 @@ static void files(void) {
     op("fifo_nonblock_read", open(p("fifo"), O_RDONLY | O_NONBLOCK));
     op("fifo_nonblock_write_no_reader", open(p("fifo"), O_WRONLY | O_NONBLOCK));
     ls("dev_listing", "/dev");
+    /* Reopening one's own write end of a FIFO whose reader has gone: the reopen waits for
+       the next reader (whenever it comes), then writes to it. */
+    mkfifo(p("fifo2"), 0600);
+    pid_t rd = fork();
+    if (rd == 0) { open(p("fifo2"), O_RDONLY); _exit(0); }
+    int wfd = open(p("fifo2"), O_WRONLY);
+    waitpid(rd, NULL, 0);
+    rd = fork();
+    if (rd == 0) {
+        usleep(200000);
+        int r = open(p("fifo2"), O_RDONLY);
+        char b[8] = {0};
+        long n = read(r, b, 7);
+        line("fifo_reopen_own_write_end_read", "%ld %s", n, b);
+        _exit(0);
+    }
+    char own[64];
+    snprintf(own, sizeof own, "/proc/self/fd/%d", wfd);
+    int again = open(own, O_WRONLY);
+    rc("fifo_reopen_own_write_end", again, 1);
+    if (again >= 0) { if (write(again, "through", 7) != 7) perror("write"); close(again); }
+    waitpid(rd, NULL, 0);
+    close(wfd);
 
     /* Permissions */
     put(p("root-only"), "secret\n", 0600);

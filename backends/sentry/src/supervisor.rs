@@ -1355,6 +1355,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
             return fifo_wait(
                 call,
                 resolved,
+                None,
                 oflags & !OFlag::O_NONBLOCK,
                 mode,
                 t.creds.clone(),
@@ -1406,6 +1407,7 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
             return fifo_wait(
                 call,
                 resolved,
+                held.take(),
                 oflags & !OFlag::O_NONBLOCK,
                 mode,
                 t.creds.clone(),
@@ -1571,9 +1573,13 @@ fn on_procfs(dev: u64, file: &OwnedFd) -> bool {
     PROCFS.with(|m| *m.borrow_mut().entry(dev).or_insert_with(|| is_procfs(file)))
 }
 
+/// Finishes an open of a FIFO that must wait for its other end on a worker thread. `held`:
+/// the duplicate of the task's own descriptor a reopen was judged on (the open goes through
+/// it, as on the supervisor's thread, not through `/proc/<pid>/fd/N` again).
 fn fifo_wait(
     call: &mut Call<'_>,
     resolved: Resolved,
+    held: Option<OwnedFd>,
     oflags: OFlag,
     mode: u32,
     creds: Creds,
@@ -1594,7 +1600,10 @@ fn fifo_wait(
         };
         let r = match &resolved {
             Resolved::At { dir, name, .. } => openat(dir, name, oflags | OFlag::O_NOFOLLOW, mode),
-            Resolved::OwnFd { host, .. } => open_path(host, oflags, mode),
+            Resolved::OwnFd { host, .. } => match &held {
+                Some(d) => open_path(&format!("/proc/self/fd/{}", d.as_raw_fd()), oflags, mode),
+                None => open_path(host, oflags, mode),
+            },
         };
         match r {
             Ok(f) => match check_opened(&f, oflags.bits(), true) {
