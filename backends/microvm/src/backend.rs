@@ -103,7 +103,7 @@ pub struct PodVm {
     agent: Arc<Agent>,
     state: PathBuf,
     shared: PathBuf,
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
     stopped: AtomicBool,
     /// The guest PID of the sandbox container's init, once started (0 before).
     init_pid: AtomicU32,
@@ -157,7 +157,7 @@ impl PodVm {
                 let _ = std::fs::remove_dir(ns);
             }
         }
-        if let Some(cg) = &self.cgroup {
+        for cg in &self.cgroups {
             let _ = std::fs::remove_dir(cg);
         }
         tracing::info!(sandbox = %self.id, "VM stopped");
@@ -384,7 +384,7 @@ impl MicrovmBackend {
             opts.bundle.join(POD_DIR_RECORD),
             dir.as_os_str().as_encoded_bytes(),
         );
-        let cgroup = pod_cgroup(&opts.spec);
+        let cgroups = pod_cgroups(&opts.spec);
         let spec = VmSpec {
             id: opts.sandbox_id.clone(),
             state_dir: state.clone(),
@@ -393,7 +393,7 @@ impl MicrovmBackend {
             vcpus,
             memory_mib,
             shared_dir: shared.clone(),
-            cgroup: cgroup.clone(),
+            cgroups: cgroups.clone(),
             allow_tcg: self.settings.allow_tcg,
             extra_cmdline: self.settings.kernel_params.clone(),
         };
@@ -403,7 +403,7 @@ impl MicrovmBackend {
             if let Some(ns) = dir.parent() {
                 let _ = std::fs::remove_dir(ns);
             }
-            if let Some(cg) = &cgroup {
+            for cg in &cgroups {
                 let _ = std::fs::remove_dir(cg);
             }
         };
@@ -471,7 +471,7 @@ impl MicrovmBackend {
             agent: Arc::new(agent),
             state,
             shared,
-            cgroup,
+            cgroups,
             stopped: AtomicBool::new(false),
             init_pid: AtomicU32::new(0),
         });
@@ -598,16 +598,39 @@ fn pod_dir(state_root: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
     state_root.join(sanitize(namespace)).join(id)
 }
 
-/// The host cgroup (v2) the VM's processes join: the sandbox container's cgroup path when it
-/// is a cgroupfs path (`/a/b`); systemd-style paths (`slice:prefix:name`) get none here.
-fn pod_cgroup(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
-    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
-    if !path.is_absolute() || !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        return None;
-    }
-    let dir = Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").ok()?);
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+/// The v1 hierarchies a pod's VM joins on a v1 or hybrid host: what accounts for and limits a
+/// VM's host processes (cpuset is left out: a new cpuset cgroup has no CPUs until set).
+const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The host cgroups the VM's processes join: the sandbox container's cgroup path, when it is a
+/// cgroupfs path (`/a/b`), in the unified hierarchy on a cgroup v2 host, else in each v1
+/// hierarchy of [`V1_CONTROLLERS`] this host mounts (a hybrid host's unified hierarchy has
+/// no controllers). Systemd-style paths (`slice:prefix:name`) get none here.
+fn pod_cgroups(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
+    let Some(rel) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .filter(|p| p.is_absolute())
+        .and_then(|p| p.strip_prefix("/").ok().map(Path::to_path_buf))
+    else {
+        return Vec::new();
+    };
+    let root = Path::new("/sys/fs/cgroup");
+    let roots: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        V1_CONTROLLERS
+            .iter()
+            .map(|c| root.join(c))
+            .filter(|d| d.join("cgroup.procs").exists())
+            .collect()
+    };
+    roots
+        .into_iter()
+        .map(|r| r.join(&rel))
+        .filter(|d| std::fs::create_dir_all(d).is_ok())
+        .collect()
 }
 
 impl Backend for MicrovmBackend {

@@ -57,8 +57,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Shared with the guest through virtio-fs as [`SHARE_TAG`].
     pub shared_dir: PathBuf,
-    /// A cgroup v2 directory that every process of the VM joins (the pod's), if any.
-    pub cgroup: Option<PathBuf>,
+    /// The cgroup directories every process of the VM joins (the pod's): one on a cgroup v2
+    /// host, one per controller hierarchy on a v1 or hybrid host; none to stay in the shim's.
+    pub cgroups: Vec<PathBuf>,
     /// Whether QEMU may emulate (TCG) where /dev/kvm cannot run a Linux guest.
     pub allow_tcg: bool,
     /// Appended to the kernel command line.
@@ -71,7 +72,8 @@ pub struct VmRecord {
     /// (pid, start time in clock ticks from /proc/PID/stat field 22): a pid is only signalled
     /// while its start time still matches, so a reused pid is never hit.
     pub processes: Vec<(u32, u64)>,
-    pub cgroup: Option<PathBuf>,
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A VM that has booted far enough for its agent socket to exist.

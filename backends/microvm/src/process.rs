@@ -19,10 +19,13 @@ use nix::sys::signal::Signal;
 
 use crate::{Error, VmRecord};
 
+/// The most cgroup directories a VM process joins (one per v1 controller hierarchy).
+const MAX_CGROUPS: usize = 8;
+
 /// A spawn request for the [`spawner`] thread.
 type SpawnRequest = (
     Command,
-    Option<PathBuf>,
+    Vec<PathBuf>,
     std::sync::mpsc::Sender<std::io::Result<Child>>,
 );
 
@@ -39,7 +42,7 @@ fn spawner() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>
             .name("strata-vm-spawner".into())
             .spawn(move || {
                 for (mut cmd, cgroup, reply) in rx {
-                    let _ = reply.send(spawn_here(&mut cmd, cgroup.as_deref()));
+                    let _ = reply.send(spawn_here(&mut cmd, &cgroup));
                 }
             })
             .expect("starting the VM spawner thread");
@@ -48,36 +51,40 @@ fn spawner() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>
 }
 
 /// Spawns `cmd` in a session of its own (a signal to the shim's process group does not reach
-/// it), in `cgroup` when given: the child writes `0` to `<cgroup>/cgroup.procs` before `exec`,
-/// so nothing of the program runs outside the cgroup. The child gets SIGKILL when this process
+/// it), in each of `cgroups`: the child writes `0` to `<dir>/cgroup.procs` before `exec`, so
+/// nothing of the program runs outside them. The child gets SIGKILL when this process
 /// dies (forked by the [`spawner`] thread, which lives as long as the process).
-pub fn spawn(cmd: Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
+pub fn spawn(cmd: Command, cgroups: &[PathBuf]) -> std::io::Result<Child> {
     let (tx, rx) = std::sync::mpsc::channel();
     spawner()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .send((cmd, cgroup.map(Path::to_path_buf), tx))
+        .send((cmd, cgroups.to_vec(), tx))
         .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?;
     rx.recv()
         .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?
 }
 
-fn spawn_here(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child> {
-    let procs = match cgroup {
-        Some(dir) => {
+fn spawn_here(cmd: &mut Command, cgroups: &[PathBuf]) -> std::io::Result<Child> {
+    // std opens with O_CLOEXEC: the descriptors do not outlive the exec.
+    let procs = cgroups
+        .iter()
+        .take(MAX_CGROUPS)
+        .map(|dir| {
             let path = dir.join("cgroup.procs");
-            // std opens with O_CLOEXEC: the descriptor does not outlive the exec.
-            let f = std::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .map_err(|e| {
                     std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
-                })?;
-            Some(f)
-        }
-        None => None,
-    };
-    let fd = procs.as_ref().map(|f| f.as_raw_fd());
+                })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // A fixed array: the child may not allocate.
+    let mut fds = [-1; MAX_CGROUPS];
+    for (slot, f) in fds.iter_mut().zip(&procs) {
+        *slot = f.as_raw_fd();
+    }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
     // functions (setsid, prctl, write) on memory that is valid in the child (a static byte string and
@@ -96,7 +103,7 @@ fn spawn_here(cmd: &mut Command, cgroup: Option<&Path>) -> std::io::Result<Child
                     "the shim exited while starting the VM",
                 ));
             }
-            if let Some(fd) = fd {
+            for &fd in fds.iter().filter(|&&fd| fd >= 0) {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -283,7 +290,7 @@ mod tests {
     fn a_child_is_named_by_start_time_and_killed_with_its_children() {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "sleep 60 & sleep 60; wait"]);
-        let mut child = spawn(cmd, None).unwrap();
+        let mut child = spawn(cmd, &[]).unwrap();
         let pid = child.id();
         let t = start_time(pid).unwrap();
         assert!(is_alive(pid, t));
@@ -320,12 +327,12 @@ mod tests {
         assert!(read_record(&path).unwrap().is_none());
         let rec = VmRecord {
             processes: vec![(1, 2), (3, 4)],
-            cgroup: Some("/sys/fs/cgroup/x".into()),
+            cgroups: vec!["/sys/fs/cgroup/x".into()],
         };
         write_record(&path, &rec).unwrap();
         let back = read_record(&path).unwrap().unwrap();
         assert_eq!(back.processes, rec.processes);
-        assert_eq!(back.cgroup, rec.cgroup);
+        assert_eq!(back.cgroups, rec.cgroups);
 
         let log = dir.join("console.log");
         let text: String = (0..100).map(|i| format!("line {i}\r\n")).collect();

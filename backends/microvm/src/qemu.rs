@@ -197,7 +197,7 @@ impl Helper {
 /// The processes of one VM and what else the driver set up for it.
 struct Parts {
     paths: Paths,
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
     /// vhost-device-vsock and virtiofsd, in start order.
     daemons: Vec<Helper>,
     qemu: Option<Helper>,
@@ -225,7 +225,7 @@ impl Parts {
                 .map(|h| (h.pid, h.start_time))
                 .chain(self.descendants.iter().copied())
                 .collect(),
-            cgroup: self.cgroup.clone(),
+            cgroups: self.cgroups.clone(),
         }
     }
 
@@ -240,7 +240,7 @@ impl Parts {
             .map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(file).stderr(err);
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = process::spawn(cmd, self.cgroup.as_deref())
+        let child = process::spawn(cmd, &self.cgroups)
             .map_err(|e| format!("starting {name} ({program}): {e}"))?;
         let pid = child.id();
         // A child that already died has no stat; its start time does not matter then.
@@ -509,7 +509,7 @@ impl Hypervisor for Qemu {
         }
         let mut parts = Parts {
             paths,
-            cgroup: spec.cgroup.clone(),
+            cgroups: spec.cgroups.clone(),
             daemons: Vec::new(),
             qemu: None,
             descendants: Vec::new(),
@@ -652,7 +652,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 256,
             shared_dir: "/s".into(),
-            cgroup: None,
+            cgroups: Vec::new(),
             allow_tcg: true,
             extra_cmdline: " quiet ".into(),
         }

@@ -135,7 +135,7 @@ fn spec(s: &Scratch, kernel: &Path, initrd: &Path) -> VmSpec {
         vcpus: 1,
         memory_mib: 256,
         shared_dir: s.shared(),
-        cgroup: None,
+        cgroups: Vec::new(),
         allow_tcg: true,
         extra_cmdline: "quiet".into(),
     }
@@ -428,16 +428,6 @@ fn bad_starts_fail_clearly_and_leave_nothing() {
     }
 }
 
-/// The first cgroup2 mount of this host, if any.
-fn cgroup2_root() -> Option<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()?
-        .lines()
-        .find(|l| l.contains(" - cgroup2 "))
-        .and_then(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-}
-
 /// A VM dropped without `stop` (its shim was SIGKILLed): `cleanup_orphan` ends every recorded
 /// process from the state directory alone and removes it. The processes were in the given
 /// cgroup from their start.
@@ -450,28 +440,42 @@ fn cleanup_orphan_ends_a_vm_whose_shim_was_killed() {
     };
     let s = Scratch::new("orphan");
     let mut spec = spec(&s, &kernel, &initrd);
-    let cgroup = cgroup2_root().map(|r| r.join(format!("strata-mq-{}", std::process::id())));
-    if let Some(cg) = &cgroup {
+    // The pod's cgroups as the tier picks them: the unified hierarchy on a cgroup v2 host,
+    // else one directory per v1 controller (this machine is hybrid: memory and pids here).
+    let name = format!("strata-mq-{}", std::process::id());
+    let root = Path::new("/sys/fs/cgroup");
+    let cgroups: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.join(&name)]
+    } else {
+        ["memory", "pids"]
+            .iter()
+            .map(|c| root.join(c))
+            .filter(|d| d.join("cgroup.procs").exists())
+            .map(|d| d.join(&name))
+            .collect()
+    };
+    for cg in &cgroups {
         std::fs::create_dir_all(cg).unwrap();
-        spec.cgroup = Some(cg.clone());
     }
+    spec.cgroups = cgroups.clone();
     let vm = Qemu::default().start(&spec).unwrap();
     let rec = record(&s.state());
-    assert_eq!(rec.cgroup, spec.cgroup);
-    if let Some(cg) = &cgroup {
-        let name = cg.file_name().unwrap().to_string_lossy().into_owned();
-        for &(pid, _) in &rec.processes {
-            let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-            assert!(
-                line.lines()
-                    .any(|l| l.starts_with("0::") && l.ends_with(&name)),
-                "pid {pid} ({}) is not in {}: {line}",
-                comm(pid),
-                cg.display()
-            );
-        }
-    } else {
-        eprintln!("qemu test: no cgroup2 mount here: cgroup placement not checked");
+    assert_eq!(rec.cgroups, spec.cgroups);
+    if cgroups.is_empty() {
+        eprintln!("qemu test: no cgroup hierarchy here: cgroup placement not checked");
+    }
+    for &(pid, _) in &rec.processes {
+        let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let joined = lines
+            .lines()
+            .filter(|l| l.ends_with(&format!("/{name}")))
+            .count();
+        assert_eq!(
+            joined,
+            cgroups.len(),
+            "pid {pid} ({}) is not in every one of {cgroups:?}: {lines}",
+            comm(pid)
+        );
     }
     drop(vm);
     for &(pid, t) in &rec.processes {
@@ -491,7 +495,7 @@ fn cleanup_orphan_ends_a_vm_whose_shim_was_killed() {
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
     }
-    if let Some(cg) = &cgroup {
+    for cg in &cgroups {
         std::fs::remove_dir(cg).unwrap();
     }
 }
