@@ -35,6 +35,18 @@ fn push_valid(out: &mut String, s: &str) {
     }
 }
 
+/// [`from_bytes`] of an owned buffer: valid UTF-8 without a 0xF4 byte (which every escape
+/// character's encoding starts with), the common case, is taken as it is, without a copy.
+pub fn from_vec(bytes: Vec<u8>) -> String {
+    if bytes.contains(&0xF4) {
+        return from_bytes(&bytes);
+    }
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => from_bytes(e.as_bytes()),
+    }
+}
+
 /// A name (or path) of bytes as the supervisor's string.
 pub fn from_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
@@ -98,6 +110,7 @@ mod tests {
         for c in cases {
             let s = from_bytes(c);
             assert_eq!(to_bytes(&s), *c, "{c:?} -> {s:?}");
+            assert_eq!(from_vec(c.to_vec()), s, "{c:?}");
             assert!(seen.insert(s.clone()), "{c:?}");
         }
         assert_eq!(from_bytes(b"plain"), "plain");

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -819,7 +819,7 @@ fn read_cstr(pid: u32, addr: u64) -> Result<String, i32> {
         }
         if let Some(end) = chunk[..got].iter().position(|b| *b == 0) {
             out.extend_from_slice(&chunk[..end]);
-            return Ok(names::from_bytes(&out));
+            return Ok(names::from_vec(out));
         }
         out.extend_from_slice(&chunk[..got]);
         off += got as u64;
@@ -844,7 +844,7 @@ fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
 fn readlink(p: &str) -> Result<String, i32> {
     std::fs::read_link(p)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-        .map(|l| names::from_bytes(l.as_os_str().as_bytes()))
+        .map(|l| names::from_vec(l.into_os_string().into_vec()))
 }
 
 /// The container path a descriptor of the supervisor refers to. The container's root is out
