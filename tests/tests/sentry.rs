@@ -269,6 +269,23 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "affinity") == 0) return affinity_after_open();
     if (argc > 1 && strcmp(argv[1], "creds") == 0) return creds_open();
     if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "unspec") == 0) {
+        /* A UDP socket connected on loopback, then dissolved with AF_UNSPEC, then connected
+           outside loopback (refused by a loopback policy). */
+        int u = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        report("udp_connect_loopback", connect(u, (struct sockaddr *)&a, sizeof a));
+        struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+        report("udp_connect_unspec", connect(u, &unspec, sizeof unspec));
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof peer;
+        report("udp_no_peer_after_unspec", getpeername(u, (struct sockaddr *)&peer, &pl) == 0 ? -1 : 0);
+        struct sockaddr_in far = {.sin_family = AF_INET, .sin_port = htons(9)};
+        far.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1 */
+        report("udp_connect_outside", connect(u, (struct sockaddr *)&far, sizeof far));
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "chroot") == 0) return chroot_open();
     if (argc > 1 && strcmp(argv[1], "exectoctou") == 0) return exec_toctou();
     if (argc > 1 && strcmp(argv[1], "ident") == 0) { puts("probe-ident"); return 0; }
@@ -742,6 +759,42 @@ fn loopback_server_and_client_under_a_loopback_policy() {
         "binding the wildcard address must fail: {out}"
     );
     c.assert_no_leaks();
+}
+
+/// `connect(AF_UNSPEC)` on a UDP socket (dissolving its association, reaching no address) is
+/// done as the kernel does it under a policy that judges addresses (it was EAFNOSUPPORT), while
+/// a connect outside loopback stays refused.
+#[test]
+fn udp_disconnect_under_a_loopback_policy() {
+    let (h, probe) = harness_with_probe!("unspec");
+    let c = h.container("sentry-unspec");
+    let mut spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "unspec"], "sentry");
+    spec["annotations"]["strata.dev/sentry-policy"] = "confined".into();
+    let cfg = confined_config(h);
+    let out = c.run_spec(&spec, &["--runtime-config-path", &cfg]);
+    assert!(out.success(), "{out}");
+    let r = parse(&out.stdout);
+    assert_eq!(
+        r.get("udp_connect_loopback").map(String::as_str),
+        Some("allowed"),
+        "{out}"
+    );
+    assert_eq!(
+        r.get("udp_connect_unspec").map(String::as_str),
+        Some("allowed"),
+        "{out}"
+    );
+    assert_eq!(
+        r.get("udp_no_peer_after_unspec").map(String::as_str),
+        Some("allowed"),
+        "{out}"
+    );
+    assert_eq!(
+        r.get("udp_connect_outside").map(String::as_str),
+        Some("denied EACCES"),
+        "{out}"
+    );
+    c.remove_and_check();
 }
 
 /// The audit records of `id` once `done` holds of them, or as they are after 10 s: the

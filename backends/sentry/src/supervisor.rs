@@ -1847,8 +1847,13 @@ fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
     let sa = match parse_sockaddr(&bytes) {
         Ok(Some(sa)) => sa,
         Ok(None) if !bind => {
-            // AF_UNSPEC (dissolving a UDP association) would need a raw sockaddr.
-            return Outcome::Errno(libc::EAFNOSUPPORT, "AF_UNSPEC connect is not emulated");
+            // AF_UNSPEC: dissolves a datagram socket's association, reaching no address.
+            // Done on the duplicate (the same socket), so that the family judged is the one
+            // the kernel acts on.
+            return match sys::connect_unspec(sock.as_raw_fd()) {
+                Ok(()) => Outcome::Value(0),
+                Err(e) => Outcome::Errno(e.raw_os_error().unwrap_or(libc::EIO), "connect failed"),
+            };
         }
         Ok(None) => return Outcome::Errno(libc::EAFNOSUPPORT, "bind to AF_UNSPEC"),
         Err(e) => return Outcome::Errno(e, "bad address"),

@@ -560,6 +560,22 @@ fn capset_effective(caps: &[CapData; 2], eff: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// connect(2) of socket `fd` to an `AF_UNSPEC` address: dissolves a datagram socket's
+/// association (and fails as the kernel decides for others). No address is reached.
+pub fn connect_unspec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr is a valid `struct sockaddr` with family AF_UNSPEC (0).
+    let sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    // SAFETY: `sa` is a live sockaddr of the size passed; connect reads no more than that.
+    check(unsafe {
+        libc::connect(
+            fd,
+            &sa as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    } as libc::c_long)?;
+    Ok(())
+}
+
 /// Runs `f` on a short-lived thread that has joined the network, IPC and UTS namespaces of the
 /// task `pidfd` refers to, with the credentials the calling thread has (a workload's, taken
 /// with [`AsWorkload`]): for the files of `/proc/sys` that the kernel answers from the
