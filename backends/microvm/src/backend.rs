@@ -107,11 +107,16 @@ pub struct PodVm {
     stopped: AtomicBool,
     /// The guest PID of the sandbox container's init, once started (0 before).
     init_pid: AtomicU32,
+    /// Held while [`PodVm::fail`] tears the pod down.
+    tearing_down: Mutex<()>,
 }
 
 impl PodVm {
     fn stop(&self) -> Result<()> {
         if self.stopped.swap(true, Ordering::SeqCst) {
+            // Failed meanwhile ([`PodVm::fail`]): its tear-down may still run on the watchdog's
+            // thread; the pod is gone only when that is done (the shim may exit next).
+            drop(self.tearing_down.lock());
             return Ok(());
         }
         // The guest powers off after answering; the driver kills whatever remains.
@@ -123,6 +128,7 @@ impl PodVm {
     /// and its helpers are killed without asking the agent, and every container's wait ends
     /// with the VM (137). Containerd's deletes then find nothing left to do in it.
     fn fail(&self, why: &str) {
+        let _tearing_down = self.tearing_down.lock();
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -157,9 +163,7 @@ impl PodVm {
                 let _ = std::fs::remove_dir(ns);
             }
         }
-        for cg in &self.cgroups {
-            let _ = std::fs::remove_dir(cg);
-        }
+        crate::process::remove_cgroups(&self.cgroups);
         tracing::info!(sandbox = %self.id, "VM stopped");
         r.map_err(vm_err)
     }
@@ -403,9 +407,7 @@ impl MicrovmBackend {
             if let Some(ns) = dir.parent() {
                 let _ = std::fs::remove_dir(ns);
             }
-            for cg in &cgroups {
-                let _ = std::fs::remove_dir(cg);
-            }
+            crate::process::remove_cgroups(&cgroups);
         };
         let t0 = Instant::now();
         let vm = match self.hypervisor.start(&spec) {
@@ -474,6 +476,7 @@ impl MicrovmBackend {
             cgroups,
             stopped: AtomicBool::new(false),
             init_pid: AtomicU32::new(0),
+            tearing_down: Mutex::new(()),
         });
         self.watch_oom(&pod);
         self.watch_health(&pod);

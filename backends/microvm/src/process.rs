@@ -19,6 +19,26 @@ use nix::sys::signal::Signal;
 
 use crate::{Error, VmRecord};
 
+/// Removes the pod's cgroups once the VM's processes are gone: a cgroup stays busy until their
+/// zombies are reaped too (by the shim's reaper, or whoever inherited a dead shim's), so a few
+/// tries, for at most 5 s.
+pub fn remove_cgroups(cgroups: &[PathBuf]) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut left: Vec<&PathBuf> = cgroups.iter().collect();
+    while !left.is_empty() {
+        left.retain(|cg| {
+            matches!(std::fs::remove_dir(cg), Err(e) if e.kind() != std::io::ErrorKind::NotFound)
+        });
+        if left.is_empty() || std::time::Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for cg in left {
+        tracing::warn!(cgroup = %cg.display(), "the pod's cgroup could not be removed");
+    }
+}
+
 /// The most cgroup directories a VM process joins (one per v1 controller hierarchy).
 const MAX_CGROUPS: usize = 8;
 

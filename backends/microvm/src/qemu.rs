@@ -630,6 +630,7 @@ pub fn cleanup_orphan(state_dir: &Path) -> Result<(), Error> {
                 state_dir.join(VM_RECORD_FILE).display()
             )));
         }
+        process::remove_cgroups(&rec.cgroups);
     }
     let marker = state_dir.join(SHARED_MOUNT_FILE);
     if let Ok(dir) = std::fs::read(&marker) {
