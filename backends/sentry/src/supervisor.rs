@@ -1089,26 +1089,29 @@ fn openat(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd,
     openat_raw(dir.as_raw_fd(), name, flags, mode)
 }
 
+/// The open(2) flags the kernel knows; others are ignored by open(2), refused by openat2(2).
+const KNOWN_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_ASYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC
+    | libc::O_PATH
+    | libc::O_TMPFILE;
+
 fn openat_raw(dir: RawFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
     let c = names::to_c(name).map_err(Errno::from_raw)?;
-    let known = libc::O_ACCMODE
-        | libc::O_CREAT
-        | libc::O_EXCL
-        | libc::O_NOCTTY
-        | libc::O_TRUNC
-        | libc::O_APPEND
-        | libc::O_NONBLOCK
-        | libc::O_DSYNC
-        | libc::O_SYNC
-        | libc::O_ASYNC
-        | libc::O_DIRECT
-        | libc::O_LARGEFILE
-        | libc::O_DIRECTORY
-        | libc::O_NOFOLLOW
-        | libc::O_NOATIME
-        | libc::O_CLOEXEC
-        | libc::O_PATH
-        | libc::O_TMPFILE;
+    let known = KNOWN_OPEN_FLAGS;
     let mut flags = flags.bits() & known;
     if flags & libc::O_PATH != 0 {
         // open(2) keeps only these with O_PATH; openat2(2) refuses the others (EINVAL).
@@ -1195,24 +1198,7 @@ fn openat2_call(call: &mut Call<'_>) -> Outcome {
     let word = |i: usize| u64::from_ne_bytes(how[i * 8..i * 8 + 8].try_into().unwrap());
     // openat2(2)'s own checks, which open(2) does not make (it ignores what it does not know).
     let (flags, mode) = (word(0), word(1));
-    let known = (libc::O_ACCMODE
-        | libc::O_CREAT
-        | libc::O_EXCL
-        | libc::O_NOCTTY
-        | libc::O_TRUNC
-        | libc::O_APPEND
-        | libc::O_NONBLOCK
-        | libc::O_DSYNC
-        | libc::O_SYNC
-        | libc::O_ASYNC
-        | libc::O_DIRECT
-        | libc::O_LARGEFILE
-        | libc::O_DIRECTORY
-        | libc::O_NOFOLLOW
-        | libc::O_NOATIME
-        | libc::O_CLOEXEC
-        | libc::O_PATH
-        | libc::O_TMPFILE) as u64;
+    let known = KNOWN_OPEN_FLAGS as u64;
     let creates = flags & libc::O_CREAT as u64 != 0
         || flags & libc::O_TMPFILE as u64 == libc::O_TMPFILE as u64;
     if flags & !known != 0
