@@ -99,13 +99,14 @@ def main(results):
     if os.path.exists(critest):
         print()
         print("== critest (cri-tools v1.26.1) per handler")
-        print(f"{'handler':<16} {'containerd':<11} {'passed':>6} {'failed':>6} {'skipped':>7}")
         with open(critest) as f:
-            for line in f:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) == 6 and parts[0] == "critest":
-                    _, h, c, p, fl, s = parts
-                    print(f"{h:<16} {c:<11} {p:>6} {fl:>6} {s:>7}")
+            rows = [p for p in (l.rstrip("\n").split("\t") for l in f)
+                    if len(p) == 6 and p[0] == "critest"]
+        # As wide as the longest run's name (`strata-wasm(wasm images)`).
+        w = max([len("handler")] + [len(r[1]) for r in rows])
+        print(f"{'handler':<{w}} {'containerd':<11} {'passed':>6} {'failed':>6} {'skipped':>7}")
+        for _, h, c, p, fl, s in rows:
+            print(f"{h:<{w}} {c:<11} {p:>6} {fl:>6} {s:>7}")
 
     if skips:
         print()
