@@ -178,6 +178,13 @@ impl Agent {
         Self::handshake(AgentClient::new(c), timeout, Transport::Hybrid(uds.into()))
     }
 
+    /// This connection with `timeout` as every later call's deadline (the connect may have used
+    /// a shorter one: a boot-time probe that must not wait long for a guest not yet up).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Connects to a Unix socket path (the agent run as a host process).
     pub fn connect_unix(path: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let s = UnixStream::connect(path).map_err(|source| ClientError::Connect {

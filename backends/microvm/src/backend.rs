@@ -38,7 +38,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const WAIT_SLICE: Duration = Duration::from_secs(10);
 /// How long the guest may take to power off before its processes are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How often the pod's watchdog looks at its VM and pings its agent.
+/// How long one boot-time try to reach the agent may take.
+const CONNECT_TRY: Duration = Duration::from_secs(3);
+/// How often the pod's watchdog looks at its VM.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 fn agent_err(what: &str, e: ClientError) -> Error {
@@ -425,8 +427,10 @@ impl MicrovmBackend {
         }
         let deadline = t0 + self.settings.boot_timeout();
         let agent = loop {
-            match Agent::connect_hybrid_vsock(vm.vsock_socket(), AGENT_VSOCK_PORT, CALL_TIMEOUT) {
-                Ok(a) => break a,
+            // Each try with a short deadline: a CONNECT that reaches the guest before its vsock
+            // is up may never be answered, and must not hold the boot for a call's deadline.
+            match Agent::connect_hybrid_vsock(vm.vsock_socket(), AGENT_VSOCK_PORT, CONNECT_TRY) {
+                Ok(a) => break a.with_call_timeout(CALL_TIMEOUT),
                 Err(e) => {
                     let why = if !vm.is_running() {
                         Some(format!(
@@ -489,8 +493,12 @@ impl MicrovmBackend {
     fn watch_health(&self, pod: &Arc<PodVm>) {
         let weak = Arc::downgrade(pod);
         let dead_after = self.settings.agent_dead_after();
+        // A ping a sixth of the allowed silence apart (10 s for the default 60 s), at least
+        // HEALTH_EVERY: the agent's channel carries the pod's calls and streams.
+        let ping_every = dead_after.map(|d| (d / 6).max(HEALTH_EVERY));
         std::thread::spawn(move || {
             let mut answered = Instant::now();
+            let mut pinged = Instant::now();
             loop {
                 std::thread::sleep(HEALTH_EVERY);
                 let Some(pod) = weak.upgrade() else { return };
@@ -500,9 +508,13 @@ impl MicrovmBackend {
                 if pod.ended_on_its_own() {
                     return;
                 }
-                let Some(dead_after) = dead_after else {
+                let (Some(dead_after), Some(ping_every)) = (dead_after, ping_every) else {
                     continue;
                 };
+                if pinged.elapsed() < ping_every {
+                    continue;
+                }
+                pinged = Instant::now();
                 match pod
                     .agent
                     .ping_within(HEALTH_EVERY.max(Duration::from_secs(5)))
