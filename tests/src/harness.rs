@@ -20,6 +20,9 @@ use crate::leaks;
 pub const STRATA_SHIM: &str = "containerd-shim-strata-v2";
 /// How long one `ctr` call may take before the test calls it hung.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same for a pod in a VM under emulation (QEMU TCG here), whose boot may take most of a
+/// minute when several VMs boot at once on two cores.
+pub const CTR_TIMEOUT_VM: Duration = Duration::from_secs(180);
 
 /// Which runtime the suite drives: Strata, or runc as the baseline that validates the harness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,6 +371,16 @@ impl Harness {
         }
     }
 
+    /// How long one `ctr` call may take on this suite's target ([`CTR_TIMEOUT_VM`] for pods
+    /// in VMs, which boot in it).
+    pub fn ctr_timeout(&self) -> Duration {
+        if self.processes_on_the_host() {
+            CTR_TIMEOUT
+        } else {
+            CTR_TIMEOUT_VM
+        }
+    }
+
     /// Whether the container's processes (and their cgroups) are the host's: not in a VM, where
     /// the pids `ctr task ps` lists and the cgroups are the guest's.
     pub fn processes_on_the_host(&self) -> bool {
@@ -401,7 +414,7 @@ impl Harness {
     pub fn ctr_run(&self, args: &[&str]) -> Output {
         let mut c = self.ctr();
         c.args(args);
-        cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(c, None, self.ctr_timeout()).expect("running ctr")
     }
 
     /// A fresh, unique container id for the test `name`.
@@ -561,7 +574,12 @@ impl Container<'_> {
 
     /// `ctr run --rm` with extra `flags`, feeding `stdin`.
     pub fn run_with(&self, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Output {
-        cmd::run(self.run_cmd(false, flags, args), stdin, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(
+            self.run_cmd(false, flags, args),
+            stdin,
+            self.h.ctr_timeout(),
+        )
+        .expect("running ctr")
     }
 
     /// The `ctr run --rm` command line, to spawn it yourself (pty, streaming output).
@@ -610,19 +628,19 @@ impl Container<'_> {
         c.arg("--fifo-dir").arg(self.h.fifo_dir());
         c.args(self.h.runtime_config_flags());
         c.args(flags).arg("--config").arg(&path).arg(&self.id);
-        cmd::run(c, None, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(c, None, self.h.ctr_timeout()).expect("running ctr")
     }
 
     /// `ctr run -d`: starts the container in the background. Panics if that fails.
     pub fn start(&self, flags: &[&str], args: &[&str]) {
-        let out =
-            cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr");
+        let out = cmd::run(self.run_cmd(true, flags, args), None, self.h.ctr_timeout())
+            .expect("running ctr");
         assert!(out.success(), "starting {} failed: {out}", self.id);
     }
 
     /// `ctr run -d` returning what ctr said, for tests that expect a failure.
     pub fn try_start(&self, flags: &[&str], args: &[&str]) -> Output {
-        cmd::run(self.run_cmd(true, flags, args), None, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(self.run_cmd(true, flags, args), None, self.h.ctr_timeout()).expect("running ctr")
     }
 
     /// `ctr task exec --exec-id EXEC ID ARGS`.
@@ -638,7 +656,12 @@ impl Container<'_> {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Output {
-        cmd::run(self.exec_command(exec_id, flags, args), stdin, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(
+            self.exec_command(exec_id, flags, args),
+            stdin,
+            self.h.ctr_timeout(),
+        )
+        .expect("running ctr")
     }
 
     /// The `ctr task exec` command line.

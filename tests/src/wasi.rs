@@ -48,7 +48,7 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::Value;
 
 use crate::cmd::{self, Background};
-use crate::harness::{Container, CTR_TIMEOUT};
+use crate::harness::Container;
 use crate::image::ImageBuilder;
 use crate::{Harness, Output, Runtime, Tier};
 
@@ -1258,7 +1258,12 @@ impl WorkloadRun for Container<'_> {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             return self.run_with(flags, &argv, stdin);
         }
-        cmd::run(contest_run(self, false, flags, w), stdin, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(
+            contest_run(self, false, flags, w),
+            stdin,
+            self.h.ctr_timeout(),
+        )
+        .expect("running ctr")
     }
 
     fn spawn_workload(&self, flags: &[&str], w: &Workload) -> Background {
@@ -1281,7 +1286,12 @@ impl WorkloadRun for Container<'_> {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             return self.try_start(flags, &argv);
         }
-        cmd::run(contest_run(self, true, flags, w), None, CTR_TIMEOUT).expect("running ctr")
+        cmd::run(
+            contest_run(self, true, flags, w),
+            None,
+            self.h.ctr_timeout(),
+        )
+        .expect("running ctr")
     }
 
     fn workload_spec(&self, w: &Workload) -> Value {
