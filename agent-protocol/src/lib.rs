@@ -43,60 +43,81 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A container's figures as the agent sends them (`Stats` in the guest) and as the host's
-/// backend reports them: the two directions of one field list, kept side by side.
+/// backend reports them: both directions from one field list.
 mod stats {
     use strata_backend::Stats;
 
     use crate::proto::agent::StatsResponse;
 
-    impl From<&Stats> for StatsResponse {
-        fn from(s: &Stats) -> Self {
-            StatsResponse {
-                cgroup_version: s.cgroup_version.into(),
-                memory_usage: s.memory_usage,
-                memory_limit: s.memory_limit,
-                memory_max_usage: s.memory_max_usage,
-                memory_failcnt: s.memory_failcnt,
-                memory_cache: s.memory_cache,
-                memory_rss: s.memory_rss,
-                memory_oom_kills: s.memory_oom_kills,
-                cpu_usage_total_ns: s.cpu_usage_total_ns,
-                cpu_usage_user_ns: s.cpu_usage_user_ns,
-                cpu_usage_kernel_ns: s.cpu_usage_kernel_ns,
-                cpu_periods: s.cpu_periods,
-                cpu_throttled_periods: s.cpu_throttled_periods,
-                cpu_throttled_ns: s.cpu_throttled_ns,
-                pids_current: s.pids_current,
-                pids_limit: s.pids_limit,
-                io_read_bytes: s.io_read_bytes,
-                io_write_bytes: s.io_write_bytes,
-                ..Default::default()
+    /// `From` both ways for the fields `Stats` and `StatsResponse` share by name and type; the
+    /// cgroup version (a `u8` here, a `u32` on the wire) is given apart.
+    macro_rules! both_ways {
+        ($($field:ident),* $(,)?) => {
+            impl From<&Stats> for StatsResponse {
+                fn from(s: &Stats) -> Self {
+                    StatsResponse {
+                        cgroup_version: s.cgroup_version.into(),
+                        $($field: s.$field,)*
+                        ..Default::default()
+                    }
+                }
             }
-        }
+
+            impl From<&StatsResponse> for Stats {
+                fn from(s: &StatsResponse) -> Self {
+                    Stats {
+                        cgroup_version: s.cgroup_version as u8,
+                        $($field: s.$field,)*
+                    }
+                }
+            }
+        };
     }
 
-    impl From<&StatsResponse> for Stats {
-        fn from(s: &StatsResponse) -> Self {
-            Stats {
-                cgroup_version: s.cgroup_version as u8,
-                memory_usage: s.memory_usage,
-                memory_limit: s.memory_limit,
-                memory_max_usage: s.memory_max_usage,
-                memory_failcnt: s.memory_failcnt,
-                memory_cache: s.memory_cache,
-                memory_rss: s.memory_rss,
-                memory_oom_kills: s.memory_oom_kills,
-                cpu_usage_total_ns: s.cpu_usage_total_ns,
-                cpu_usage_user_ns: s.cpu_usage_user_ns,
-                cpu_usage_kernel_ns: s.cpu_usage_kernel_ns,
-                cpu_periods: s.cpu_periods,
-                cpu_throttled_periods: s.cpu_throttled_periods,
-                cpu_throttled_ns: s.cpu_throttled_ns,
-                pids_current: s.pids_current,
-                pids_limit: s.pids_limit,
-                io_read_bytes: s.io_read_bytes,
-                io_write_bytes: s.io_write_bytes,
-            }
-        }
+    both_ways!(
+        memory_usage,
+        memory_limit,
+        memory_max_usage,
+        memory_failcnt,
+        memory_cache,
+        memory_rss,
+        memory_oom_kills,
+        cpu_usage_total_ns,
+        cpu_usage_user_ns,
+        cpu_usage_kernel_ns,
+        cpu_periods,
+        cpu_throttled_periods,
+        cpu_throttled_ns,
+        pids_current,
+        pids_limit,
+        io_read_bytes,
+        io_write_bytes,
+    );
+
+    #[cfg(test)]
+    #[test]
+    fn a_round_trip_keeps_every_figure() {
+        let s = Stats {
+            cgroup_version: 2,
+            memory_usage: 1,
+            memory_limit: 2,
+            memory_max_usage: 3,
+            memory_failcnt: 4,
+            memory_cache: 5,
+            memory_rss: 6,
+            memory_oom_kills: 7,
+            cpu_usage_total_ns: 8,
+            cpu_usage_user_ns: 9,
+            cpu_usage_kernel_ns: 10,
+            cpu_periods: 11,
+            cpu_throttled_periods: 12,
+            cpu_throttled_ns: 13,
+            pids_current: 14,
+            pids_limit: 15,
+            io_read_bytes: 16,
+            io_write_bytes: 17,
+        };
+        let back = Stats::from(&StatsResponse::from(&s));
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
 }
