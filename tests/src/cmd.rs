@@ -272,3 +272,30 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// Compiles the C program `source` statically (`cc -static -O2 FLAGS`) into `dir/NAME`, its
+/// source kept beside it as `dir/NAME.c`; the error says what to install.
+pub fn build_static_c(
+    dir: &std::path::Path,
+    name: &str,
+    source: &str,
+    flags: &[&str],
+) -> std::result::Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(name);
+    std::fs::write(&src, source).map_err(|e| e.to_string())?;
+    let mut c = Command::new("cc");
+    c.args(["-static", "-O2"])
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src);
+    match run(c, None, Duration::from_secs(120)) {
+        Ok(o) if o.success() => Ok(out),
+        Ok(o) => Err(format!(
+            "cc -static failed (install gcc and libc6-dev): {o}"
+        )),
+        Err(e) => Err(format!("cc not runnable (install gcc): {e}")),
+    }
+}

@@ -406,22 +406,12 @@ const SENTRY_ONLY: &str = "default_backend = \"sentry\"\nallowed_backends = [\"s
 fn escape_binary(h: &Harness, test: &str) -> Option<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let r = BIN.get_or_init(|| {
-        let dir = h.info.state.join("sentry-probe");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let src = dir.join("escape.c");
-        let out = dir.join("escape");
-        std::fs::write(&src, ESCAPE_C).map_err(|e| e.to_string())?;
-        let mut c = std::process::Command::new("cc");
-        c.args(["-static", "-O2", "-pthread", "-o"])
-            .arg(&out)
-            .arg(&src);
-        match cmd::run(c, None, Duration::from_secs(120)) {
-            Ok(o) if o.success() => Ok(out),
-            Ok(o) => Err(format!(
-                "cc -static failed (install gcc and libc6-dev): {o}"
-            )),
-            Err(e) => Err(format!("cc not runnable (install gcc): {e}")),
-        }
+        cmd::build_static_c(
+            &h.info.state.join("sentry-probe"),
+            "escape",
+            ESCAPE_C,
+            &["-pthread"],
+        )
     });
     match r {
         Ok(p) => Some(p.clone()),

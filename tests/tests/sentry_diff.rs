@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use strata_tests::{cmd, harness, skip, strata_only, Harness};
 
@@ -73,19 +72,7 @@ fn probe(h: &Harness, test: &str) -> Option<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let r = BIN.get_or_init(|| {
         let dir = h.info.state.join("sentry-diff");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let src = dir.join("sentry-diff.c");
-        let out = dir.join("sentry-diff");
-        std::fs::write(&src, PROBE_C).map_err(|e| e.to_string())?;
-        let mut c = std::process::Command::new("cc");
-        c.args(["-static", "-O2", "-o"]).arg(&out).arg(&src);
-        match cmd::run(c, None, Duration::from_secs(120)) {
-            Ok(o) if o.success() => Ok(dir),
-            Ok(o) => Err(format!(
-                "cc -static failed (install gcc and libc6-dev): {o}"
-            )),
-            Err(e) => Err(format!("cc not runnable (install gcc): {e}")),
-        }
+        cmd::build_static_c(&dir, "sentry-diff", PROBE_C, &[]).map(|_| dir)
     });
     match r {
         Ok(p) => Some(p.clone()),
