@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::agent::{
-    CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, DeleteRequest, ExecRequest,
-    KillRequest, MountBundleRequest, MountBundleResponse, OomEventRequest, PauseRequest,
-    PidsRequest, PingRequest, PingResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest,
-    StartRequest, StatsRequest, StatsResponse, Stdio, StdioPorts, UpdateRequest, VersionRequest,
-    WaitRequest,
+    CloseStdinRequest, ConfigureNetworkRequest, CreateContainerRequest, CreateContainerResponse,
+    DeleteRequest, ExecRequest, KillRequest, MountBundleRequest, MountBundleResponse,
+    OomEventRequest, PauseRequest, PidsRequest, PingRequest, PingResponse, ResizePtyRequest,
+    ResumeRequest, ShutdownRequest, StartRequest, StatsRequest, StatsResponse, Stdio, StdioPorts,
+    UpdateRequest, VersionRequest, WaitRequest,
 };
 use crate::proto::agent_ttrpc::AgentClient;
 use crate::PROTOCOL_VERSION;
@@ -483,6 +483,19 @@ impl Agent {
             ..Default::default()
         };
         called("CloseStdin", self.client.close_stdin(self.call_ctx(), &req)).map(drop)
+    }
+
+    /// `ConfigureNetwork`: the guest's interfaces (found by MAC address) and routes; returns
+    /// the guest's interface names in the request's order.
+    pub fn configure_network(
+        &self,
+        req: &ConfigureNetworkRequest,
+    ) -> Result<Vec<String>, ClientError> {
+        called(
+            "ConfigureNetwork",
+            self.client.configure_network(self.call_ctx(), req),
+        )
+        .map(|r| r.names)
     }
 
     /// The raw generated client, for calls this wrapper does not cover yet.

@@ -40,7 +40,8 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// `Update`, `ResizePty`, `CloseStdin`, a terminal with streamed stdio, bundles on the pod's
 /// virtio-fs share (`/run/strata/shared/<id>`, "virtiofs" in `Ping`'s mounts), port 1024 from
 /// the host's CID only, and the rest of a container's processes killed when its init exits.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `ConfigureNetwork`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A container's figures as the agent sends them (`Stats` in the guest) and as the host's
 /// backend reports them: both directions from one field list.

@@ -16,13 +16,13 @@ use ttrpc::{AcceptHook, HookError, HookOutput, TtrpcContext};
 
 use crate::containers::{to_ttrpc, Containers};
 use crate::proto::agent::{
-    CloseStdinRequest, CloseStdinResponse, CreateContainerRequest, CreateContainerResponse,
-    DeleteRequest, DeleteResponse, ExecRequest, ExecResponse, KillRequest, KillResponse,
-    MountBundleRequest, MountBundleResponse, OomEventRequest, OomEventResponse, PauseRequest,
-    PauseResponse, PidsRequest, PidsResponse, PingRequest, PingResponse, ResizePtyRequest,
-    ResizePtyResponse, ResumeRequest, ResumeResponse, ShutdownRequest, ShutdownResponse,
-    StartRequest, StartResponse, StatsRequest, StatsResponse, UpdateRequest, UpdateResponse,
-    VersionRequest, VersionResponse, WaitRequest, WaitResponse,
+    CloseStdinRequest, CloseStdinResponse, ConfigureNetworkRequest, ConfigureNetworkResponse,
+    CreateContainerRequest, CreateContainerResponse, DeleteRequest, DeleteResponse, ExecRequest,
+    ExecResponse, KillRequest, KillResponse, MountBundleRequest, MountBundleResponse,
+    OomEventRequest, OomEventResponse, PauseRequest, PauseResponse, PidsRequest, PidsResponse,
+    PingRequest, PingResponse, ResizePtyRequest, ResizePtyResponse, ResumeRequest, ResumeResponse,
+    ShutdownRequest, ShutdownResponse, StartRequest, StartResponse, StatsRequest, StatsResponse,
+    UpdateRequest, UpdateResponse, VersionRequest, VersionResponse, WaitRequest, WaitResponse,
 };
 use crate::proto::agent_ttrpc::{create_agent, Agent};
 use crate::streams::{peer_allowed, StreamTransport};
@@ -227,6 +227,18 @@ impl Agent for AgentService {
             .close_stdin(&req.id, &req.exec_id)
             .map_err(to_ttrpc)?;
         Ok(CloseStdinResponse::default())
+    }
+
+    fn configure_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<ConfigureNetworkResponse> {
+        let names = crate::network::configure(&req).map_err(to_ttrpc)?;
+        Ok(ConfigureNetworkResponse {
+            names,
+            ..Default::default()
+        })
     }
 
     fn oom_event(

@@ -21,8 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_agent_protocol::client::{Agent, ClientError};
-use strata_agent_protocol::proto::agent::Stdio as AgentStdio;
+use strata_agent_protocol::proto::agent::{
+    ConfigureNetworkRequest, Interface, Route as AgentRoute, Stdio as AgentStdio,
+};
 use strata_agent_protocol::AGENT_VSOCK_PORT;
+
+use crate::network::{pod_netns, PodNetwork};
 use strata_backend::{
     chain, sanitize, Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts,
     Result, Sandbox, SandboxOpts, Stats, StdioPaths,
@@ -111,6 +115,8 @@ pub struct PodVm {
     init_pid: AtomicU32,
     /// Held while [`PodVm::fail`] tears the pod down.
     tearing_down: Mutex<()>,
+    /// The pod network's redirects in the pod's network namespace, if it has one.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 impl PodVm {
@@ -157,6 +163,14 @@ impl PodVm {
 
     fn tear_down(&self, grace: Duration) -> Result<()> {
         let r = self.vm.stop(grace);
+        if let Some(mut net) = self
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            net.detach();
+        }
         let _ = crate::share::release(&self.shared);
         // The pod's directory (`vm/` and `shared/`), then its namespace's if that was the last.
         if let Some(dir) = self.state.parent() {
@@ -391,6 +405,18 @@ impl MicrovmBackend {
             dir.as_os_str().as_encoded_bytes(),
         );
         let cgroups = pod_cgroups(&opts.spec);
+        let mut network = match pod_netns(&opts.spec).map(|ns| crate::network::attach(&ns, &dir)) {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Some(ns) = dir.parent() {
+                    let _ = std::fs::remove_dir(ns);
+                }
+                crate::process::remove_cgroups(&cgroups);
+                return Err(Error::Other(format!("the pod network: {e}")));
+            }
+            None => None,
+        };
         let spec = VmSpec {
             id: opts.sandbox_id.clone(),
             state_dir: state.clone(),
@@ -402,8 +428,12 @@ impl MicrovmBackend {
             cgroups: cgroups.clone(),
             allow_tcg: self.settings.allow_tcg,
             extra_cmdline: self.settings.kernel_params.clone(),
+            taps: network.as_ref().map(PodNetwork::taps).unwrap_or_default(),
         };
-        let cleanup = || {
+        let cleanup = |network: &mut Option<PodNetwork>| {
+            if let Some(net) = network.as_mut() {
+                net.detach();
+            }
             let _ = crate::share::release(&shared);
             let _ = std::fs::remove_dir_all(&dir);
             if let Some(ns) = dir.parent() {
@@ -415,10 +445,14 @@ impl MicrovmBackend {
         let vm = match self.hypervisor.start(&spec) {
             Ok(vm) => vm,
             Err(e) => {
-                cleanup();
+                cleanup(&mut network);
                 return Err(vm_err(e));
             }
         };
+        // The VMM holds its own descriptors: a tap now goes away with it.
+        if let Some(net) = network.as_mut() {
+            net.release_taps();
+        }
         if vm.accel() == Accel::Tcg {
             tracing::warn!(
                 sandbox = %opts.sandbox_id,
@@ -449,7 +483,7 @@ impl MicrovmBackend {
                     if let Some(reason) = why {
                         let tail = vm.console_tail();
                         let _ = vm.stop(Duration::ZERO);
-                        cleanup();
+                        cleanup(&mut network);
                         return Err(Error::Other(
                             VmError::Boot {
                                 reason,
@@ -462,6 +496,13 @@ impl MicrovmBackend {
                 }
             }
         };
+        if let Some(net) = &network {
+            if let Err(e) = agent.configure_network(&network_request(net)) {
+                let _ = vm.stop(Duration::ZERO);
+                cleanup(&mut network);
+                return Err(agent_err("configuring the pod network in the VM", e));
+            }
+        }
         tracing::info!(
             sandbox = %opts.sandbox_id,
             driver = vm.driver(),
@@ -481,6 +522,7 @@ impl MicrovmBackend {
             stopped: AtomicBool::new(false),
             init_pid: AtomicU32::new(0),
             tearing_down: Mutex::new(()),
+            network: Mutex::new(network),
         });
         self.watch_oom(&pod);
         self.watch_health(&pod);
@@ -611,6 +653,34 @@ fn pod_dir(state_root: &Path, namespace: &str, sandbox_id: &str) -> PathBuf {
         id
     };
     state_root.join(sanitize(namespace)).join(id)
+}
+
+/// What the agent needs of the pod network: the links' MAC addresses, MTUs, addresses, and
+/// the routes.
+fn network_request(net: &PodNetwork) -> ConfigureNetworkRequest {
+    ConfigureNetworkRequest {
+        interfaces: net
+            .links
+            .iter()
+            .map(|l| Interface {
+                mac: l.mac.clone(),
+                mtu: l.mtu,
+                addresses: l.addresses.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        routes: net
+            .routes
+            .iter()
+            .map(|r| AgentRoute {
+                destination: r.destination.clone(),
+                gateway: r.gateway.clone(),
+                mac: r.mac.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// The v1 hierarchies a pod's VM joins on a v1 or hybrid host: what accounts for and limits a
@@ -912,6 +982,7 @@ pub fn cleanup_orphan(bundle: &Path, state_root: &Path, namespace: &str, sandbox
     if let Err(e) = crate::qemu::cleanup_orphan(&dir.join("vm")) {
         tracing::warn!(sandbox = %sandbox_id, error = %e, "ending a dead shim's VM");
     }
+    crate::network::cleanup_orphan(&dir);
     let shared = dir.join("shared");
     if let Ok(entries) = std::fs::read_dir(&shared) {
         for e in entries.flatten() {

@@ -125,7 +125,9 @@ fn prepare_inner(
 /// UTS namespaces, the pod's network namespace). With `pod_init`, the guest PID of the pod's
 /// sandbox container's init, a container joins that init's namespace of the same kind in the
 /// guest, as its containers share them on the host; without it (the sandbox container itself),
-/// the namespace is a new one in the guest: the VM is the pod's boundary.
+/// the namespace is a new one in the guest: the VM is the pod's boundary. The pod's network
+/// namespace is the exception: every container of the pod uses the guest's root one, which
+/// holds the pod's interfaces.
 pub fn rewrite(
     spec: &Spec,
     id: &str,
@@ -170,6 +172,9 @@ pub fn rewrite(
         if let Some(ns) = linux.namespaces().clone() {
             let ns: Vec<LinuxNamespace> =
                 ns.into_iter()
+                    // The pod's network namespace is the guest's own, where the agent set up
+                    // the pod's interfaces (crate::network): no new one in the guest.
+                    .filter(|n| !(n.typ() == LinuxNamespaceType::Network && n.path().is_some()))
                     .map(|mut n| {
                         if n.path().is_some() {
                             n.set_path(pod_init.zip(proc_ns_name(n.typ())).map(|(pid, name)| {
@@ -244,7 +249,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .all(|n| n.path().is_none()));
+            .all(|n| n.path().is_none() && n.typ() != LinuxNamespaceType::Network));
     }
 
     #[test]
@@ -275,7 +280,6 @@ mod tests {
                 Some("/proc/17/ns/ipc".into()),
                 Some("/proc/17/ns/uts".into()),
                 None,
-                Some("/proc/17/ns/net".into()),
                 None,
             ]
         );

@@ -64,6 +64,9 @@ pub struct VmSpec {
     pub allow_tcg: bool,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
+    /// The pod's network: one virtio-net device per (tap descriptor, MAC address), in order.
+    /// The descriptors stay the caller's; the VMM gets copies.
+    pub taps: Vec<(std::os::fd::RawFd, String)>,
 }
 
 /// The processes and sockets of a running VM, written to [`VM_RECORD_FILE`].

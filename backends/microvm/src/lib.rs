@@ -10,6 +10,7 @@ pub mod backend;
 pub mod error;
 pub mod guest_spec;
 pub mod hypervisor;
+pub mod network;
 pub mod process;
 pub mod qemu;
 pub mod settings;

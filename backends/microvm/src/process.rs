@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -134,6 +134,23 @@ fn spawn_here(cmd: &mut Command, cgroups: &[PathBuf]) -> std::io::Result<Child> 
     let child = cmd.spawn();
     drop(procs);
     child
+}
+
+/// Lets the child that `cmd` starts inherit `fds` (the caller's, open until it is spawned),
+/// at the same numbers: their close-on-exec flag is cleared in the child only.
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: fcntl is async-signal-safe; the vector was allocated before the fork and is
+    // only read in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `/proc/PID/stat`: the state letter (field 3) and the start time in clock ticks (field 22).

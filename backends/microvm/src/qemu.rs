@@ -406,6 +406,14 @@ impl Qemu {
             "-device",
             &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
         ]);
+        for (n, (fd, mac)) in spec.taps.iter().enumerate() {
+            push(&[
+                "-netdev",
+                &format!("tap,id=net{n},fd={fd}"),
+                "-device",
+                &format!("virtio-net-device,netdev=net{n},mac={mac}"),
+            ]);
+        }
         push(&[
             "-qmp",
             &format!("unix:{},server=on,wait=off", opt_escape(&paths.qmp)),
@@ -460,6 +468,7 @@ impl Qemu {
 
         let mut cmd = Command::new(&qemu);
         cmd.args(Self::qemu_args(spec, accel, &parts.paths));
+        process::inherit_fds(&mut cmd, spec.taps.iter().map(|(fd, _)| *fd).collect());
         parts.spawn(QEMU_NAME, cmd)?;
         parts.wait_running(deadline)?;
 
@@ -656,6 +665,7 @@ mod tests {
             cgroups: Vec::new(),
             allow_tcg: true,
             extra_cmdline: " quiet ".into(),
+            taps: vec![(7, "02:00:00:00:00:01".into())],
         }
     }
 
@@ -675,6 +685,7 @@ mod tests {
             "socket,id=vs,path=/run/strata/a,,b/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vs",
             "socket,id=fs,path=/run/strata/a,,b/virtiofs.sock -device vhost-user-fs-device,chardev=fs,tag=strata",
             "-qmp unix:/run/strata/a,,b/qmp.sock,server=on,wait=off",
+            "-netdev tap,id=net0,fd=7 -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
         ] {
             assert!(a.contains(want), "{want:?} not in {a}");
         }

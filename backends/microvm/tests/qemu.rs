@@ -138,6 +138,7 @@ fn spec(s: &Scratch, kernel: &Path, initrd: &Path) -> VmSpec {
         cgroups: Vec::new(),
         allow_tcg: true,
         extra_cmdline: "quiet".into(),
+        taps: Vec::new(),
     }
 }
 
