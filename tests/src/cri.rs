@@ -241,7 +241,7 @@ pub struct CriEnv {
     pub dir: PathBuf,
     pub network: String,
     pub bridge: String,
-    /// The pods' subnet, e.g. `10.201.37.0/24`.
+    /// The pods' subnet, e.g. `198.19.37.0/24`.
     pub subnet: String,
     /// Where host-local keeps its leases (one file per address handed out).
     pub ipam_dir: PathBuf,
@@ -324,7 +324,10 @@ impl CriEnv {
         let pause = build_pause(&dir)?;
 
         let network = format!("{DIR_PREFIX}{pid}-{n}");
-        let subnet = format!("10.{}.{}.0/24", 200 + (n % 50), pid % 256);
+        // In 198.19.0.0/16, half of the benchmarking range (RFC 2544) that no host routes:
+        // test traffic goes only to addresses the tests made (the other half is
+        // crate::netns's).
+        let subnet = format!("198.19.{}.0/24", (pid as usize * 8 + n as usize) % 256);
         fs::write(
             net_dir.join("10-strata-test.conflist"),
             conflist(&network, &bridge, &subnet, &ipam_dir),

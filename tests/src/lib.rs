@@ -23,6 +23,7 @@ pub mod events;
 pub mod harness;
 pub mod image;
 pub mod leaks;
+pub mod netns;
 pub mod pty;
 pub mod registry;
 pub mod tiers;

@@ -72,6 +72,10 @@ pub const WASM: &[(&str, &str)] = &[
         "loopback_is_up_in_a_new_network_namespace",
         "a wasm task has no network (no socket is allowed) and no namespace",
     ),
+    (
+        "the_pod_network_namespace_is_reachable_both_ways",
+        "a wasm task has no network (no socket is allowed) and no namespace",
+    ),
     // user_specs
     (
         "a_missing_absolute_program_fails_at_create",
