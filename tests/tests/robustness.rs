@@ -14,7 +14,15 @@ fn shim_killed_mid_run_is_cleaned_up() {
     let c = h.container("shimkill");
     // A child beside the init where the workload is a process (a WASI module is one).
     let children = if wasi::runs_wasm(h) { 0 } else { 1 };
-    c.start_workload(&[], &Workload::new().children(children).sleep());
+    // In a pod network (a wasm task has none): under microvm the namespace then holds the
+    // VM's tap and redirects, which the dead shim's clean-up must remove.
+    let net = (!wasi::runs_wasm(h))
+        .then(|| strata_tests::netns::TestNet::new().expect("making a test network"));
+    let ns = net
+        .as_ref()
+        .map(|n| format!("network:{}", n.path().display()));
+    let flags: Vec<&str> = ns.iter().flat_map(|f| ["--with-ns", f.as_str()]).collect();
+    c.start_workload(&flags, &Workload::new().children(children).sleep());
     // Start returns once the init may exec; on a loaded machine the shell forks later.
     let workload = poll(Duration::from_secs(20), || {
         c.pids().ok().filter(|p| p.len() == 1 + children)
@@ -61,6 +69,13 @@ fn shim_killed_mid_run_is_cleaned_up() {
         );
     }
     c.assert_no_leaks();
+    if let Some(net) = &net {
+        assert_eq!(
+            net.leftovers(),
+            Vec::<String>::new(),
+            "left in the pod's network namespace after the shim's clean-up"
+        );
+    }
     // containerd still works.
     let c2 = h.container("aftershimkill");
     let out = c2.run_workload(&Workload::new().out("still-fine\n"));
