@@ -143,7 +143,8 @@ pub fn runtimes_section(version: ContainerdVersion, configs: &Path) -> Result<St
 }
 
 /// A bridge + host-local conflist on `bridge`, addresses from `subnet`, leases kept in
-/// `ipam_dir`; no gateway address on the host, no masquerade.
+/// `ipam_dir`; the gateway's address (the first of the subnet) on the bridge, so that the
+/// node reaches its pods as on a Kubernetes node; no masquerade.
 pub fn conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "1.0.0",
@@ -151,7 +152,7 @@ pub fn conflist(name: &str, bridge: &str, subnet: &str, ipam_dir: &Path) -> Stri
         "plugins": [ {
             "type": "bridge",
             "bridge": bridge,
-            "isGateway": false,
+            "isGateway": true,
             "ipMasq": false,
             "hairpinMode": false,
             "ipam": {

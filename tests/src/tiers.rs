@@ -138,11 +138,6 @@ pub const MICROVM: &[(&str, &str)] = &[
         "rshared_propagation_goes_both_ways",
         "a mount made in the guest cannot propagate to the host through virtio-fs (by design of a VM)",
     ),
-    // cri
-    (
-        "cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing",
-        "checks that the containers' host network namespace is the pod's; a VM's network is the microVM network issue's (issue 14)",
-    ),
 ];
 
 /// Why `test` (a function name) cannot apply on `tier`, if it is listed.

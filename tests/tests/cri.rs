@@ -59,6 +59,7 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
     // native tier there (docs/wasm.md). A module takes no exec, so the ExecSync checks of the
     // pod's namespaces are for the other tiers; on wasm each container is a wasm runner.
     let wasm = env.handler == Tier::Wasm.cri_handler();
+    let in_vm = env.handler == Tier::Microvm.cri_handler();
     if wasm {
         env.import(&wasi::contest_image_builder())
             .expect("importing the contest image");
@@ -159,15 +160,19 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
                 .await
                 .expect("ExecSync");
             assert_eq!((r.exit_code, r.stderr.as_str()), (3, "oops\n"), "{r:?}");
-            let r = c
-                .exec_sync(id, &["readlink", "/proc/self/ns/net"])
-                .await
-                .expect("ExecSync");
-            assert_eq!(
-                r.stdout.trim(),
-                netns_link,
-                "container {id} is not in the pod's netns"
-            );
+            if !in_vm {
+                // In a VM the pod's namespace holds the tap; the guest's interface (below)
+                // has the pod's address.
+                let r = c
+                    .exec_sync(id, &["readlink", "/proc/self/ns/net"])
+                    .await
+                    .expect("ExecSync");
+                assert_eq!(
+                    r.stdout.trim(),
+                    netns_link,
+                    "container {id} is not in the pod's netns"
+                );
+            }
             let r = c.exec_sync(id, &["hostname"]).await.expect("ExecSync");
             assert_eq!(r.stdout.trim(), "strata-smoke", "{r:?}");
             let r = c
@@ -407,4 +412,119 @@ fn shipped_cri_configs_agree() {
     let example = configs.join("strata.toml");
     strata_shim::config::Config::parse(&read("strata.toml"), &example)
         .unwrap_or_else(|e| panic!("the shim rejects {}: {e}", example.display()));
+}
+
+/// Pods on the pod network, as Kubernetes users expect of any RuntimeClass: two pods on the
+/// handler under test and one on `runc`, on the same bridge; each pod reaches each other pod
+/// by its IP (a TCP server in each answers with its pod's hostname), and the node reaches
+/// each. Under microvm the two pods are VMs, their addresses the guests'.
+#[test]
+fn cri_pods_reach_each_other_and_the_node_reaches_them() {
+    use std::io::Read;
+    let Some(env) = env("cri_pods_reach_each_other_and_the_node_reaches_them") else {
+        return;
+    };
+    if env.handler == Tier::Wasm.cri_handler() {
+        not_applicable(
+            "cri::cri_pods_reach_each_other_and_the_node_reaches_them",
+            "a wasm task has no network (no socket is allowed)",
+        );
+        return;
+    }
+    const SERVE: &str = "hostname > /tmp/name; while true; do nc -l -p 7777 < /tmp/name; done";
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        // (hostname, handler, pod id, container id, IP)
+        let mut pods = Vec::new();
+        for (name, handler) in [
+            ("podnet-a", env.handler),
+            ("podnet-b", env.handler),
+            ("podnet-runc", "runc"),
+        ] {
+            let pod_config = env.pod_config(name, HashMap::new());
+            let pod = match c.run_pod(&pod_config, handler).await {
+                Ok(id) => id,
+                Err(s) => panic!(
+                    "RunPodSandbox {name} with handler {handler}: {s}\ncontainerd log:\n{}",
+                    env.harness.log_lines("", 40)
+                ),
+            };
+            let (status, _) = c.pod_status(&pod).await.expect("PodSandboxStatus");
+            let ip = status.network.map(|n| n.ip).unwrap_or_default();
+            assert!(env.in_subnet(&ip), "pod {name}: IP {ip:?} not in {}", env.subnet);
+            let cfg = env.container_config("server", &["sh", "-c", SERVE]);
+            let ctr = match c.start_container(&pod, &cfg, &pod_config).await {
+                Ok(id) => id,
+                Err(s) => panic!(
+                    "starting the server in {name}: {s}\ncontainerd log:\n{}",
+                    env.harness.log_lines(&pod, 40)
+                ),
+            };
+            pods.push((name, handler, pod, ctr, ip));
+        }
+        eprintln!(
+            "pods: {:?}",
+            pods.iter()
+                .map(|(n, h, _, _, ip)| format!("{n} ({h}) at {ip}"))
+                .collect::<Vec<_>>()
+        );
+
+        // Each pod reaches each other pod.
+        for (from, _, _, ctr, _) in &pods {
+            for (to, _, _, _, ip) in &pods {
+                if from == to {
+                    continue;
+                }
+                let script = format!(
+                    "i=0; while [ $i -lt 100 ]; do r=$(nc {ip} 7777 </dev/null) && \
+                     [ -n \"$r\" ] && echo \"$r\" && exit 0; i=$((i+1)); sleep 0.2; done; exit 1"
+                );
+                let r = c
+                    .exec_sync(ctr, &["sh", "-c", &script])
+                    .await
+                    .expect("ExecSync");
+                assert_eq!(
+                    (r.exit_code, r.stdout.trim()),
+                    (0, *to),
+                    "{from} -> {to} at {ip}: {r:?}"
+                );
+            }
+        }
+
+        // The node reaches each pod.
+        for (name, _, _, _, ip) in &pods {
+            let addr: std::net::SocketAddr = format!("{ip}:7777").parse().unwrap();
+            let got = poll(Duration::from_secs(30), || {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                let mut got = String::new();
+                let _ = s.read_to_string(&mut got);
+                (!got.is_empty()).then_some(got)
+            });
+            assert_eq!(
+                got.as_deref().map(str::trim),
+                Some(*name),
+                "the node -> {name} at {ip}"
+            );
+        }
+
+        for (_, _, pod, _, _) in &pods {
+            c.stop_pod(pod).await.expect("StopPodSandbox");
+            c.remove_pod(pod).await.expect("RemovePodSandbox");
+        }
+        let ids: Vec<&str> = pods
+            .iter()
+            .flat_map(|(_, _, p, c, _)| [p.as_str(), c.as_str()])
+            .collect();
+        assert_clean("the pods", || {
+            let mut left = leaks::processes(&ids);
+            left.extend(leaks::mounts(&ids));
+            left.extend(leaks::cgroups(&ids));
+            left.extend(leaks::state_dirs(&env.harness, &ids));
+            left.extend(env.own_netns().into_iter().map(|n| format!("network namespace {n}")));
+            left.extend(env.bridge_ports().into_iter().map(|p| format!("bridge port {p}")));
+            left
+        });
+    });
 }
