@@ -1008,7 +1008,11 @@ fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
 /// allows the rest of the root read-write), once in `/proc` (`/proc/1/status` and
 /// `/proc/kallsyms`, the default policy). Checked against a deliberately wrong build (every
 /// allowed open answered CONTINUE): 3,940 of the 100,000 opens of the first case reached the
-/// denied file, and the test failed there.
+/// denied file, and the test failed there. Then twice under a policy that compiles into
+/// Landlock (`confine::compile`), whose opens of `/srv/ok` are left to the kernel (CONTINUE,
+/// seen in the audit log): flipped with `/srv/secret` beside it and with `/proc/kallsyms`.
+/// Checked against a wrong build whose compiled ruleset also granted read on `/`: 5,945 and
+/// 19,278 opens of the first (two runs), 14,495 of the second reached the denied file.
 #[test]
 fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     let (h, probe) = harness_with_probe!("toctou");
@@ -1019,12 +1023,20 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         &[
             (
                 "sentry.toml",
-                "allowed_policies = [\"default\", \"racy\"]\n",
+                "allowed_policies = [\"default\", \"racy\", \"kernel\"]\n",
             ),
             (
                 "racy.toml",
                 "[files]\nread_write = [\"/\"]\ndeny = [\"/srv/secret\"]\n\
                  [exec]\nallow = [\"/\"]\n[network]\nmode = \"pod\"\n",
+            ),
+            // Compiled into Landlock (confine::compile): /srv/ok is a uniform tree, so its
+            // opens are left to the kernel (CONTINUE); /srv and /proc are not.
+            (
+                "kernel.toml",
+                "[files]\nread = [\"/srv/ok\", \"/usr\", \"/bin\", \"/etc\", \"/proc/self\"]\n\
+                 read_write = [\"/tmp\"]\ndeny = [\"/srv/secret\", \"/proc/*/mem\"]\n\
+                 [exec]\nallow = [\"/usr/local/bin\", \"/bin\"]\n[network]\nmode = \"none\"\n",
             ),
         ],
     );
@@ -1032,6 +1044,9 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     for (name, policy, allowed, denied) in [
         ("tree", "racy", "/srv/ok", "/srv/secret"),
         ("proc", "default", "/proc/1/status", "/proc/kallsyms"),
+        // The allowed file's opens answered CONTINUE, the denied one beside it and in /proc.
+        ("kernel-tree", "kernel", "/srv/ok", "/srv/secret"),
+        ("kernel-proc", "kernel", "/srv/ok", "/proc/kallsyms"),
     ] {
         let c = h.container(&format!("sentry-toctou-{name}"));
         let mut spec = spec_with_probe(
@@ -1045,8 +1060,37 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         std::fs::create_dir_all(root.join("srv")).unwrap();
         std::fs::write(root.join("srv/ok"), "ok\n").unwrap();
         std::fs::write(root.join("srv/secret"), "secret\n").unwrap();
+        // The kernel-enforced path must really be taken: watch the audit log while the
+        // container runs (`ctr run --rm` deletes it with the container).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = {
+            let (stop, log) = (
+                stop.clone(),
+                PathBuf::from("/run/strata/sentry")
+                    .join(&h.info.namespace)
+                    .join(&c.id)
+                    .join("audit.jsonl"),
+            );
+            std::thread::spawn(move || loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("\"kernel\":\"landlock\"") {
+                    return true;
+                }
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            })
+        };
         let out = c.run_spec(&spec, &["--runtime-config-path", cfg]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let left_to_kernel = watch.join().unwrap();
         assert!(out.success(), "{name}: {out}");
+        assert_eq!(
+            left_to_kernel,
+            policy == "kernel",
+            "{name}: opens left to the kernel under policy {policy}"
+        );
         let line = out
             .stdout
             .lines()

@@ -52,14 +52,20 @@ impl PreExec for ExecFilter {
             .get(EXEC_FILTER_ANNOTATION)
             .and_then(|v| serde_json::from_str(v).ok())
             .ok_or("sentry: no filter for this exec")?;
-        crate::confine::apply(spec)?;
+        let confined = crate::confine::apply(spec)?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("sentry: no_new_privs: {e}"))?;
         let notify = libcontainer::seccomp::initialize_seccomp(&filter)
             .map_err(|e| format!("sentry: install the filter: {e}"))?
             .ok_or("sentry: the filter has no notification fd")?;
+        // The trees the supervisor may leave to the kernel: only those this very process's
+        // Landlock domain grants (confine::Applied), told with the fd they belong to.
+        let message = match &confined.kernel_trees {
+            Some(trees) => format!("exec {}", serde_json::to_string(trees).unwrap_or_default()),
+            None => "exec".to_string(),
+        };
         let sent = sendmsg::<UnixAddr>(
             fd,
-            &[IoSlice::new(b"exec")],
+            &[IoSlice::new(message.as_bytes())],
             &[ControlMessage::ScmRights(&[notify])],
             MsgFlags::empty(),
             None,

@@ -187,6 +187,12 @@ impl SentryBackend {
             confine::EXEC_ANNOTATION.into(),
             serde_json::json!(confine::exec_annotation(policy.exec_prefixes().as_deref())),
         );
+        if let Some(compiled) = confine::compile(&policy) {
+            ann.insert(
+                confine::COMPILED_ANNOTATION.into(),
+                serde_json::json!(serde_json::to_string(&compiled).unwrap_or_default()),
+            );
+        }
         // The rewritten spec lives in the sentry directory, which becomes the bundle
         // libcontainer reads (also for every exec): the root must not be relative to it.
         if let Some(p) = spec.pointer_mut("/root/path") {

@@ -442,6 +442,40 @@ impl Policy {
         Some(access)
     }
 
+    /// The trees a Landlock rule may stand for (issue 13, docs/sentry.md "Kernel-enforced
+    /// opens"): each rule of the policy that names a plain path (no `*`), allows something,
+    /// and is [uniform](Self::uniform_access) with exactly that access; never the root, nor
+    /// anything at or beneath `/proc`, `/sys` or `/dev`, whose files the supervisor answers
+    /// itself (the task's own `/proc/self`, emulated files, namespaced sysctls, the device
+    /// list). Sorted and without duplicates. Empty for the recording policy, which must see
+    /// every open.
+    pub fn kernel_trees(&self) -> Vec<(String, Access)> {
+        if self.record {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, Access)> = self
+            .files
+            .iter()
+            .filter(|(rule, a)| *a != Access::Deny && !rule.iter().any(|c| c == "*"))
+            .map(|(rule, _)| format!("/{}", rule.join("/")))
+            .filter(|p| !kernel_excluded(p))
+            .filter_map(|p| self.uniform_access(&p).map(|a| (p, a)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The access the policy allows uniformly on `tree` (see [`Self::uniform_access`]) where
+    /// a Landlock rule may stand for it, i.e. outside the trees [`Self::kernel_trees`] never
+    /// takes.
+    pub fn kernel_access(&self, tree: &str) -> Option<Access> {
+        if self.record || kernel_excluded(&normalize(tree)) {
+            return None;
+        }
+        self.uniform_access(tree)
+    }
+
     /// Whether the file at `path` (resolved) may be executed.
     pub fn exec_allowed(&self, path: &str) -> bool {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -477,6 +511,13 @@ impl Policy {
             NetMode::Cidr => is_loopback(sa) || self.bind.iter().any(|r| r.matches(sa)),
         }
     }
+}
+
+/// Whether `path` (normalised) is the root or at or beneath `/proc`, `/sys` or `/dev`: never
+/// left to Landlock (see [`Policy::kernel_trees`]).
+fn kernel_excluded(path: &str) -> bool {
+    let first = path.split('/').find(|c| !c.is_empty());
+    matches!(first, None | Some("proc") | Some("sys") | Some("dev"))
 }
 
 fn is_loopback(sa: &SocketAddr) -> bool {
@@ -640,6 +681,67 @@ mod tests {
         assert_eq!(strict.uniform_access("/usr/lib/x"), Some(Access::Read));
         assert_eq!(strict.uniform_access("/var"), None);
         assert_eq!(strict.uniform_access("/etc/shadow"), None);
+    }
+
+    #[test]
+    fn kernel_trees_are_the_uniform_rules_outside_proc_sys_dev() {
+        // The default policy: `/` has exceptions inside (/proc, /sys): nothing.
+        assert!(Policy::builtin_default().kernel_trees().is_empty());
+        assert!(Policy::recording().kernel_trees().is_empty());
+        let strict = p(&std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/sentry/strict.toml"
+        ))
+        .unwrap())
+        .unwrap();
+        let t = strict.kernel_trees();
+        let s = |v: &[(&str, Access)]| -> Vec<(String, Access)> {
+            v.iter().map(|(p, a)| (p.to_string(), *a)).collect()
+        };
+        // /proc/self (a deny rule with `*` beneath) and the device files are not taken.
+        assert_eq!(
+            t,
+            s(&[
+                ("/bin", Access::Read),
+                ("/etc", Access::Read),
+                ("/lib", Access::Read),
+                ("/lib64", Access::Read),
+                ("/sbin", Access::Read),
+                ("/tmp", Access::ReadWrite),
+                ("/usr", Access::Read),
+            ])
+        );
+        // Nested rules: a tree with a narrower or wider rule inside is not uniform, the inner
+        // one is; a denied file or a `*` rule inside excludes its tree.
+        let nested = p("[files]\nread = [\"/srv\", \"/data\", \"/opt\"]\n\
+                        read_write = [\"/srv/cache\", \"/var\"]\n\
+                        deny = [\"/data/secret\", \"/opt/*/key\", \"/proc/kcore\"]\n")
+        .unwrap();
+        assert_eq!(
+            nested.kernel_trees(),
+            s(&[
+                ("/srv/cache", Access::ReadWrite),
+                ("/var", Access::ReadWrite)
+            ])
+        );
+        assert_eq!(
+            nested.kernel_access("/srv/cache/x"),
+            Some(Access::ReadWrite)
+        );
+        assert_eq!(nested.kernel_access("/srv/other"), Some(Access::Read));
+        assert_eq!(nested.kernel_access("/srv"), None);
+        assert_eq!(nested.kernel_access("/data"), None);
+        assert_eq!(nested.kernel_access("/data/public"), Some(Access::Read));
+        assert_eq!(nested.kernel_access("/opt"), None);
+        assert_eq!(nested.kernel_access("/etc"), None);
+        // Never the root, /proc, /sys or /dev, however uniform the policy is there.
+        let open = p("[files]\nread_write = [\"/\", \"/proc\", \"/dev/null\"]\n").unwrap();
+        assert!(open.kernel_trees().is_empty());
+        assert_eq!(open.kernel_access("/"), None);
+        assert_eq!(open.kernel_access("/proc/1"), None);
+        assert_eq!(open.kernel_access("/sys/class"), None);
+        assert_eq!(open.kernel_access("/dev/null"), None);
+        assert_eq!(open.kernel_access("/devices"), Some(Access::ReadWrite));
     }
 
     #[test]

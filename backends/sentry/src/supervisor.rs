@@ -34,6 +34,7 @@ use nix::sys::socket::{self, SockaddrLike, SockaddrStorage};
 use nix::sys::stat::SFlag;
 
 use crate::audit::{AuditLog, Record};
+use crate::confine::Tree;
 use crate::cpu_cgroup::CpuCgroups;
 use crate::filter;
 use crate::names;
@@ -202,11 +203,11 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
 }
 
-fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd) {
+fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd, kernel: Vec<Tree>) {
     let c = ctx.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("sentry-{}", short(&ctx.id)))
-        .spawn(move || supervise(Arc::new(fd), c));
+        .spawn(move || supervise(Arc::new(fd), c, kernel));
     if let Err(e) = spawned {
         // The fd is dropped with the closure: the workload's trapped calls fail (ENOSYS),
         // never run unchecked.
@@ -231,7 +232,7 @@ fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
             .is_some_and(|r| r.contains(PollFlags::POLLIN))
         {
             match receive_fd(exec_ours.as_raw_fd()) {
-                Ok(fd) => spawn_supervisor(&ctx, fd),
+                Ok((fd, kernel)) => spawn_supervisor(&ctx, fd, kernel),
                 Err(e) => {
                     tracing::warn!(id = %ctx.id, error = %e, "bad message from a container process")
                 }
@@ -240,8 +241,13 @@ fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
     }
 }
 
-/// Reads a container process's message with its notification fd attached (SCM_RIGHTS).
-fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
+/// Reads a container process's message with its notification fd attached (SCM_RIGHTS): the
+/// fd, and the trees its Landlock domain grants as compiled from the policy (`exec` alone: none;
+/// `exec <JSON>`: those, see `confine::Applied`). The message comes from the pre-exec hook,
+/// before the user's program runs; no task can install a second notifying filter of its own
+/// (the kernel allows one listener per filter chain), so no message of a workload's comes
+/// with a valid fd.
+fn receive_fd(sock: RawFd) -> io::Result<(OwnedFd, Vec<Tree>)> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -257,6 +263,7 @@ fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
             fds.extend(r);
         }
     }
+    let len = msg.bytes;
     let mut owned: Vec<OwnedFd> = fds.into_iter().map(sys::own_fd).collect();
     if owned.len() != 1 {
         return Err(io::Error::other(format!(
@@ -264,10 +271,16 @@ fn receive_fd(sock: RawFd) -> io::Result<OwnedFd> {
             owned.len()
         )));
     }
-    Ok(owned.remove(0))
+    let fd = owned.remove(0);
+    // Anything but a well-formed list leaves every open to the supervisor.
+    let kernel = buf[..len]
+        .strip_prefix(b"exec ")
+        .and_then(|j| serde_json::from_slice(j).ok())
+        .unwrap_or_default();
+    Ok((fd, kernel))
 }
 
-fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
+fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>, kernel: Vec<Tree>) {
     // Own umask for this thread: files are created with each workload's umask.
     if let Err(e) = sys::unshare_fs() {
         tracing::error!(id = %ctx.id, error = %e, "unshare(CLONE_FS) in the supervisor; closing the filter (fail closed)");
@@ -277,7 +290,7 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
     let _ = sys::set_sync_wakeup(fd.as_raw_fd());
     // Best effort too: only the order in which the task and its supervisor run changes.
     let _ = sys::batch_policy();
-    tracing::debug!(id = %ctx.id, "supervising");
+    tracing::info!(id = %ctx.id, kernel_trees = kernel.len(), "supervising");
     let mut joined = false;
     loop {
         if ctx.stop.load(Ordering::SeqCst) {
@@ -326,7 +339,7 @@ fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>) {
             ctx.join_cpu_cgroups(fd.as_raw_fd(), n.id, n.pid);
             joined = ctx.cpu_cgroups.get().is_some();
         }
-        handle(&ctx, &fd, n);
+        handle(&ctx, &fd, &kernel, n);
     }
     ctx.audit.flush();
     tracing::debug!(id = %ctx.id, "supervisor done");
@@ -374,6 +387,9 @@ enum Outcome {
 struct Call<'a> {
     ctx: &'a Arc<Ctx>,
     fd: &'a Arc<OwnedFd>,
+    /// The trees the calling task's Landlock domain grants as the policy does (see
+    /// `kernel_backed`); empty where it grants none, or more than the policy allows.
+    kernel: &'a [Tree],
     n: Notif,
     args: BTreeMap<String, String>,
 }
@@ -398,10 +414,11 @@ impl Call<'_> {
     }
 }
 
-fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, n: Notif) {
+fn handle(ctx: &Arc<Ctx>, fd: &Arc<OwnedFd>, kernel: &[Tree], n: Notif) {
     let mut call = Call {
         ctx,
         fd,
+        kernel,
         n,
         args: BTreeMap::new(),
     };
@@ -584,6 +601,7 @@ fn defer(call: Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcom
                 let c = Call {
                     ctx: &ctx,
                     fd: &fd,
+                    kernel: &[],
                     n,
                     args,
                 };
@@ -1307,6 +1325,21 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
         // its path after this check gains nothing the policy refuses (docs/sentry.md).
         return Outcome::Continue;
     }
+    // Only where the flags the kernel will use are the ones judged: `openat2` reads its
+    // `open_how` again after CONTINUE. And never a creating open: making a file is a right
+    // the compiled ruleset grants wherever the spec allows (confine::other_write_rights).
+    if !creates
+        && call.n.data.nr as libc::c_long != libc::SYS_openat2
+        && kernel_backed(call.kernel, &resolved, write)
+    {
+        // Left to the kernel: the task's own open, under its Landlock domain, which grants
+        // this access only on trees where the policy allows it on every path beneath. Whatever
+        // the path buffer says when the kernel reads it again, the object the kernel reaches
+        // with this access is one the policy allows (docs/sentry.md, "Kernel-enforced opens").
+        call.arg("kernel", "landlock");
+        after_answer((creds, resolved));
+        return Outcome::Continue;
+    }
     if let Some(text) = emulated_file(&real, flags) {
         return match memfd_with(&real, &text) {
             Ok(f) => Outcome::Emulated(f, flags & libc::O_CLOEXEC != 0),
@@ -1412,6 +1445,36 @@ fn open_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32, mode: u32, _
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec, hold)
+}
+
+/// Whether an open the policy allowed may be left to the kernel: the calling task's Landlock
+/// domain grants the access on a tree that holds the resolved path (for safety, the trees of
+/// `kernel` are enough, whatever path is judged: Landlock judges the object the kernel really
+/// reaches; the path only picks the opens the kernel will then allow, so that an open the
+/// policy allows is not refused by Landlock: a symlink leading out of the tree is resolved
+/// here first). Never for a device node (the supervisor's device list, which is stricter than
+/// a privileged container's device cgroup) nor for a reopen of the task's own descriptor.
+fn kernel_backed(kernel: &[Tree], resolved: &Resolved, write: bool) -> bool {
+    if kernel.is_empty() {
+        return false;
+    }
+    let Resolved::At { real, stat, .. } = resolved else {
+        return false;
+    };
+    if let Some(st) = stat {
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if fmt == SFlag::S_IFCHR || fmt == SFlag::S_IFBLK {
+            return false;
+        }
+    }
+    kernel
+        .iter()
+        .any(|t| (t.write || !write) && within(real, &t.path))
+}
+
+/// Whether the normalised path `p` is `tree` or beneath it.
+fn within(p: &str, tree: &str) -> bool {
+    tree == "/" || p == tree || (p.starts_with(tree) && p.as_bytes().get(tree.len()) == Some(&b'/'))
 }
 
 /// Whether `real` (in directory `dir`) is a file of `/proc/sys` on a procfs: its value may be
@@ -1574,6 +1637,7 @@ fn fifo_wait(
     let c = Call {
         ctx: call.ctx,
         fd: call.fd,
+        kernel: call.kernel,
         n: call.n,
         args: std::mem::take(&mut call.args),
     };
@@ -1873,6 +1937,7 @@ fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
         let c = Call {
             ctx: call.ctx,
             fd: call.fd,
+            kernel: call.kernel,
             n: call.n,
             args: std::mem::take(&mut call.args),
         };
@@ -2002,6 +2067,54 @@ fn uname_call(call: &mut Call<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_opens_within_a_granted_tree_are_left_to_the_kernel() {
+        let at = |real: &str, mode: Option<u32>| Resolved::At {
+            dir: open_path("/", OFlag::O_PATH | OFlag::O_CLOEXEC, 0).unwrap(),
+            name: ".".into(),
+            real: real.into(),
+            stat: mode.map(|m| {
+                // SAFETY: libc::stat is plain old data; all zeroes is a valid value.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                st.st_mode = m;
+                st
+            }),
+        };
+        let trees = vec![
+            Tree {
+                path: "/srv/ok".into(),
+                write: false,
+            },
+            Tree {
+                path: "/tmp".into(),
+                write: true,
+            },
+        ];
+        let file = Some(libc::S_IFREG | 0o644);
+        assert!(kernel_backed(&trees, &at("/srv/ok", file), false));
+        assert!(kernel_backed(&trees, &at("/srv/ok/a/b", file), false));
+        assert!(!kernel_backed(&trees, &at("/srv/ok", file), true));
+        assert!(!kernel_backed(&trees, &at("/srv/okay", file), false));
+        assert!(!kernel_backed(&trees, &at("/srv", file), false));
+        assert!(kernel_backed(&trees, &at("/tmp/new", None), true));
+        assert!(!kernel_backed(
+            &trees,
+            &at("/tmp/dev", Some(libc::S_IFCHR)),
+            false
+        ));
+        assert!(!kernel_backed(
+            &trees,
+            &at("/tmp/dev", Some(libc::S_IFBLK)),
+            true
+        ));
+        assert!(!kernel_backed(&[], &at("/tmp/x", file), false));
+        let own = Resolved::OwnFd {
+            host: "/proc/self/fd/0".into(),
+            real: "/tmp/x".into(),
+        };
+        assert!(!kernel_backed(&trees, &own, false));
+    }
 
     #[test]
     fn self_is_rewritten() {
