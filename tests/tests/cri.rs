@@ -451,7 +451,11 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
             };
             let (status, _) = c.pod_status(&pod).await.expect("PodSandboxStatus");
             let ip = status.network.map(|n| n.ip).unwrap_or_default();
-            assert!(env.in_subnet(&ip), "pod {name}: IP {ip:?} not in {}", env.subnet);
+            assert!(
+                env.in_subnet(&ip),
+                "pod {name}: IP {ip:?} not in {}",
+                env.subnet
+            );
             let cfg = env.container_config("server", &["sh", "-c", SERVE]);
             let ctr = match c.start_container(&pod, &cfg, &pod_config).await {
                 Ok(id) => id,
@@ -522,9 +526,180 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
             left.extend(leaks::mounts(&ids));
             left.extend(leaks::cgroups(&ids));
             left.extend(leaks::state_dirs(&env.harness, &ids));
-            left.extend(env.own_netns().into_iter().map(|n| format!("network namespace {n}")));
-            left.extend(env.bridge_ports().into_iter().map(|p| format!("bridge port {p}")));
+            left.extend(
+                env.own_netns()
+                    .into_iter()
+                    .map(|n| format!("network namespace {n}")),
+            );
+            left.extend(
+                env.bridge_ports()
+                    .into_iter()
+                    .map(|p| format!("bridge port {p}")),
+            );
             left
         });
     });
+}
+
+/// Volumes as the kubelet sets them up, in a pod of two containers: an emptyDir on disk and
+/// one in memory (a tmpfs the kubelet mounts on the host) shared by both, `/dev/shm` shared by
+/// both, a configMap directory written the kubelet's way (files behind a `..data` symlink that
+/// an update swaps) whose update the containers see, a read-only hostPath that refuses
+/// writes, and a hostPath file.
+#[test]
+fn cri_volumes_as_the_kubelet_mounts_them() {
+    let Some(env) = env("cri_volumes_as_the_kubelet_mounts_them") else {
+        return;
+    };
+    if env.handler == Tier::Wasm.cri_handler() {
+        not_applicable(
+            "cri::cri_volumes_as_the_kubelet_mounts_them",
+            "busybox shells share the volumes here; wasm::wasm_mounts_rw_and_ro covers a module's volumes",
+        );
+        return;
+    }
+    let vols = env.dir.join("volumes");
+    let (disk, memory, config, ro, file) = (
+        vols.join("empty-disk"),
+        vols.join("empty-memory"),
+        vols.join("config"),
+        vols.join("readonly"),
+        vols.join("hostfile"),
+    );
+    for d in [&disk, &memory, &config, &ro] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let tmpfs = nix::mount::mount(
+        Some("tmpfs"),
+        &memory,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m"),
+    );
+    tmpfs.expect("mounting the memory emptyDir's tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(memory.clone());
+    // The kubelet's atomic writer: <dir>/..<ts>/key, ..data -> ..<ts>, key -> ..data/key.
+    let write_config = |version: &str| {
+        let ts = config.join(format!("..{version}"));
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::write(ts.join("key"), format!("{version}\n")).unwrap();
+        let tmp = config.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, config.join("..data")).unwrap();
+        let key = config.join("key");
+        if std::fs::symlink_metadata(&key).is_err() {
+            std::os::unix::fs::symlink("..data/key", &key).unwrap();
+        }
+    };
+    write_config("v1");
+    std::fs::write(ro.join("fixed"), "fixed\n").unwrap();
+    std::fs::write(&file, "host-file\n").unwrap();
+
+    let mount = |host: &std::path::Path, path: &str, readonly: bool| k8s_cri::v1::Mount {
+        container_path: path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    };
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("volumes", HashMap::new());
+        let pod = c
+            .run_pod(&pod_config, env.handler)
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let mut ids = Vec::new();
+        for name in ["writer", "reader"] {
+            let mut cfg = env.container_config(name, &["sleep", "3600"]);
+            cfg.mounts = vec![
+                mount(&disk, "/data", false),
+                mount(&memory, "/cache", false),
+                mount(&config, "/etc/config", true),
+                mount(&ro, "/ro", true),
+                mount(&file, "/etc/host-file", true),
+            ];
+            let id = c
+                .start_container(&pod, &cfg, &pod_config)
+                .await
+                .unwrap_or_else(|s| {
+                    panic!("starting {name}: {s}\n{}", env.harness.log_lines(&pod, 40))
+                });
+            ids.push(id);
+        }
+        let (writer, reader) = (&ids[0], &ids[1]);
+
+        let r = sh(
+            &mut c,
+            writer,
+            "echo disk > /data/f && echo mem > /cache/f && echo shm > /dev/shm/f && echo ok",
+        )
+        .await;
+        assert_eq!(
+            (r.exit_code, r.stdout.as_str()),
+            (0, "ok\n"),
+            "writer: {r:?}"
+        );
+        let r = sh(
+            &mut c,
+            reader,
+            "cat /data/f /cache/f /dev/shm/f /etc/config/key /ro/fixed /etc/host-file",
+        )
+        .await;
+        assert_eq!(
+            (r.exit_code, r.stdout.as_str()),
+            (0, "disk\nmem\nshm\nv1\nfixed\nhost-file\n"),
+            "the reader sees the writer's files and the volumes: {r:?}"
+        );
+        // The disk emptyDir is the host's directory; the memory one is the host's tmpfs.
+        assert_eq!(std::fs::read_to_string(disk.join("f")).unwrap(), "disk\n");
+        assert_eq!(std::fs::read_to_string(memory.join("f")).unwrap(), "mem\n");
+
+        let r = sh(&mut c, reader, "echo x > /ro/new; echo rc=$?").await;
+        assert!(
+            r.stdout.contains("rc=1") && r.stderr.contains("Read-only file system"),
+            "a write to a read-only mount: {r:?}"
+        );
+        assert!(!ro.join("new").exists(), "the read-only mount was written");
+
+        write_config("v2");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = sh(&mut c, reader, "cat /etc/config/key").await;
+            if r.stdout == "v2\n" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the configMap update is not seen: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        c.stop_pod(&pod).await.expect("StopPodSandbox");
+        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+        let mut all: Vec<&str> = vec![pod.as_str()];
+        all.extend(ids.iter().map(String::as_str));
+        assert_clean("the pod", || {
+            let mut left = leaks::processes(&all);
+            left.extend(leaks::mounts(&all));
+            left.extend(leaks::cgroups(&all));
+            left.extend(leaks::state_dirs(&env.harness, &all));
+            left
+        });
+    });
+    // The volumes are the kubelet's: still there, with what the pod wrote.
+    assert_eq!(std::fs::read_to_string(disk.join("f")).unwrap(), "disk\n");
+}
+
+async fn sh(c: &mut cri::Cri, id: &str, script: &str) -> cri::ExecResult {
+    c.exec_sync(id, &["sh", "-c", script])
+        .await
+        .expect("ExecSync")
 }
