@@ -52,7 +52,11 @@ impl TestNet {
             gateway: format!("198.18.{third}.1"),
             address: format!("198.18.{third}.2"),
         };
-        let (ns, br, hv) = (net.name.as_str(), net.bridge.as_str(), net.host_veth.as_str());
+        let (ns, br, hv) = (
+            net.name.as_str(),
+            net.bridge.as_str(),
+            net.host_veth.as_str(),
+        );
         let gw = format!("{}/24", net.gateway);
         let addr = format!("{}/24", net.address);
         let steps: [&[&str]; 10] = [
@@ -60,7 +64,9 @@ impl TestNet {
             &["link", "add", br, "type", "bridge"],
             &["addr", "add", &gw, "dev", br],
             &["link", "set", br, "up"],
-            &["link", "add", hv, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            &[
+                "link", "add", hv, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
             &["link", "set", hv, "master", br, "up"],
             &["-n", ns, "link", "set", "eth0", "up"],
             &["-n", ns, "link", "set", "lo", "up"],

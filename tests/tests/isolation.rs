@@ -437,13 +437,18 @@ fn the_pod_network_namespace_is_reachable_both_ways() {
         }
     };
     conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     let mut got = String::new();
     let _ = conn.read_to_string(&mut got);
     // The pod's nc waits for this side to close before it goes on to listen.
     drop(conn);
     assert_eq!(got, "from-pod\n");
-    assert_eq!(peer.ip().to_string(), net.address, "the pod's source address");
+    assert_eq!(
+        peer.ip().to_string(),
+        net.address,
+        "the pod's source address"
+    );
 
     // The host reaches the pod at the namespace's address.
     let mut reply = String::new();
@@ -452,7 +457,8 @@ fn the_pod_network_namespace_is_reachable_both_ways() {
             &format!("{}:7777", net.address).parse().unwrap(),
             std::time::Duration::from_secs(5),
         ) {
-            s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
             // Nothing is sent: the server closes once it has replied, and data arriving after
             // that would reset the connection and could discard the reply.
             reply.clear();
@@ -471,7 +477,15 @@ fn the_pod_network_namespace_is_reachable_both_ways() {
         "the pod's eth0: {out}"
     );
     let _ = c.kill("SIGKILL");
-    assert!(c.wait_status("STOPPED", std::time::Duration::from_secs(60)), "{}", c.log());
+    assert!(
+        c.wait_status("STOPPED", std::time::Duration::from_secs(60)),
+        "{}",
+        c.log()
+    );
     c.remove_and_check();
-    assert_eq!(net.leftovers(), Vec::<String>::new(), "left in the pod's network namespace");
+    assert_eq!(
+        net.leftovers(),
+        Vec::<String>::new(),
+        "left in the pod's network namespace"
+    );
 }
