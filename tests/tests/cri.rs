@@ -408,6 +408,22 @@ fn shipped_cri_configs_agree() {
         );
     }
     assert_eq!(classes.matches("kind: RuntimeClass").count(), 4);
+    // strata-microvm's overhead covers at least its VM's default guest memory (the pod's
+    // cgroup holds the VM; below that the tier refuses the pod).
+    let microvm = classes
+        .split("---")
+        .find(|c| c.contains("handler: strata-microvm"))
+        .expect("the strata-microvm RuntimeClass");
+    let mib: u64 = microvm
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|v| v.trim_matches('"').strip_suffix("Mi")?.parse().ok())
+        .expect("strata-microvm has an overhead memory in Mi");
+    let guest = u64::from(strata_microvm::settings::Settings::default().memory_mib);
+    assert!(
+        mib > guest,
+        "strata-microvm's overhead ({mib} MiB) does not cover its guest memory ({guest} MiB)"
+    );
 
     let example = configs.join("strata.toml");
     strata_shim::config::Config::parse(&read("strata.toml"), &example)
@@ -702,4 +718,154 @@ async fn sh(c: &mut cri::Cri, id: &str, script: &str) -> cri::ExecResult {
     c.exec_sync(id, &["sh", "-c", script])
         .await
         .expect("ExecSync")
+}
+
+/// The pod's cgroup, which the kubelet limits (its containers' limits plus the RuntimeClass's
+/// overhead), holds every host process that serves the pod (the shim aside, as under runc): the
+/// containers on the host tiers, the VM's QEMU, virtiofsd and vsock device under microvm, whose
+/// memory (guest memory included) is then charged to the pod. Under microvm a pod whose limit
+/// is below its VM's guest memory is refused with the reason, leaving nothing.
+#[test]
+fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
+    let Some(env) = env("cri_the_pod_cgroup_holds_what_serves_the_pod") else {
+        return;
+    };
+    if env.handler == Tier::Wasm.cri_handler() {
+        not_applicable(
+            "cri::cri_the_pod_cgroup_holds_what_serves_the_pod",
+            "the wasm pod's busybox container would run on the native tier (wasm::wasm_pids_and_stats_come_from_its_own_cgroup covers a module's cgroup)",
+        );
+        return;
+    }
+    let in_vm = env.handler == Tier::Microvm.cri_handler();
+    // The pod's cgroup as the kubelet makes it before RunPodSandbox, with its limit.
+    let pod_cgroup = |cfg: &k8s_cri::v1::PodSandboxConfig, limit: u64| {
+        let parent = cfg.linux.as_ref().unwrap().cgroup_parent.clone();
+        let dir = Path::new("/sys/fs/cgroup/memory").join(parent.trim_start_matches('/'));
+        if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            return None;
+        }
+        std::fs::create_dir_all(&dir).expect("creating the pod's memory cgroup");
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())
+            .expect("limiting the pod's memory cgroup");
+        Some(dir)
+    };
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("limited", HashMap::new());
+        let Some(dir) = pod_cgroup(&pod_config, 1 << 30) else {
+            skip(
+                "cri::cri_the_pod_cgroup_holds_what_serves_the_pod",
+                "this host has no cgroup v1 memory hierarchy (the test limits the pod there)",
+            );
+            return;
+        };
+        let pod = c
+            .run_pod(&pod_config, env.handler)
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let cfg = env.container_config("work", &["sleep", "3600"]);
+        let ctr = c
+            .start_container(&pod, &cfg, &pod_config)
+            .await
+            .unwrap_or_else(|s| panic!("starting: {s}\n{}", env.harness.log_lines(&pod, 40)));
+        let shims = env.shim_processes();
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        let shim = shims[0].0;
+        let served: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| cri::ppid(p) == Some(shim))
+            .collect();
+        assert!(
+            served.len() >= if in_vm { 3 } else { 2 },
+            "the shim's children: {served:?}"
+        );
+        let mut in_pod: Vec<u32> = Vec::new();
+        for sub in walk(&dir) {
+            let text = std::fs::read_to_string(sub.join("cgroup.procs")).unwrap_or_default();
+            in_pod.extend(text.lines().filter_map(|l| l.parse::<u32>().ok()));
+        }
+        for p in &served {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            assert!(
+                in_pod.contains(p),
+                "process {p} ({}) serves the pod but is not in its cgroup {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " "),
+                dir.display()
+            );
+        }
+        if in_vm {
+            // The guest's memory that the VM touched is charged to the pod.
+            let usage: u64 = std::fs::read_to_string(dir.join("memory.usage_in_bytes"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let shmem: u64 = served
+                .iter()
+                .filter_map(|p| {
+                    let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("RssShmem:"))?
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+                * 1024;
+            assert!(
+                shmem > 0 && usage >= shmem,
+                "the pod's memory usage {usage} does not cover the guest memory its VM touched ({shmem})"
+            );
+        }
+        let _ = ctr;
+        c.stop_pod(&pod).await.expect("StopPodSandbox");
+        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+
+        if in_vm {
+            let small = env.pod_config("too-small", HashMap::new());
+            let small_dir = pod_cgroup(&small, 64 << 20).unwrap();
+            let err = c
+                .run_pod(&small, env.handler)
+                .await
+                .expect_err("a pod whose limit is below its VM's memory ran");
+            assert!(
+                err.message().contains("memory limit (64 MiB")
+                    && err.message().contains("guest memory"),
+                "{err:?}"
+            );
+            assert_clean("the refused pod", || {
+                let mut left: Vec<String> = env
+                    .shim_processes()
+                    .into_iter()
+                    .map(|(p, c)| format!("shim {p}: {c}"))
+                    .collect();
+                left.extend(env.own_netns().into_iter().map(|n| format!("network namespace {n}")));
+                left.extend(
+                    walk(&small_dir)
+                        .into_iter()
+                        .skip(1)
+                        .map(|d| format!("cgroup {}", d.display())),
+                );
+                left
+            });
+        }
+    });
+}
+
+/// `dir` and every cgroup beneath it.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        i += 1;
+    }
+    out
 }

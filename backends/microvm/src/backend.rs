@@ -405,6 +405,20 @@ impl MicrovmBackend {
             dir.as_os_str().as_encoded_bytes(),
         );
         let cgroups = pod_cgroups(&opts.spec);
+        if let Some(limit) = pod_memory_limit(&cgroups) {
+            let guest = u64::from(memory_mib) << 20;
+            if limit < guest {
+                crate::process::remove_cgroups(&cgroups);
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Some(ns) = dir.parent() {
+                    let _ = std::fs::remove_dir(ns);
+                }
+                return Err(Error::InvalidArgument(format!(
+                    "the pod's memory limit ({} MiB, its cgroup's) is below its VM's guest memory                      ({memory_mib} MiB), so the host would OOM-kill the VM: give the pod more                      memory, or its RuntimeClass an overhead that covers the VM (docs/microvm.md,                      \"Sizing a pod\")",
+                    limit >> 20
+                )));
+            }
+        }
         let mut network = match pod_netns(&opts.spec).map(|ns| crate::network::attach(&ns, &dir)) {
             Some(Ok(n)) => n,
             Some(Err(e)) => {
@@ -681,6 +695,28 @@ fn network_request(net: &PodNetwork) -> ConfigureNetworkRequest {
             .collect(),
         ..Default::default()
     }
+}
+
+/// The lowest memory limit over the VM's memory cgroup and its ancestors (the kubelet limits
+/// the pod's cgroup, a parent of the sandbox container's), if any is set.
+fn pod_memory_limit(cgroups: &[PathBuf]) -> Option<u64> {
+    let root = Path::new("/sys/fs/cgroup");
+    let (dir, file, top) = cgroups.iter().find_map(|d| {
+        if d.starts_with(root.join("memory")) {
+            Some((d, "memory.limit_in_bytes", root.join("memory")))
+        } else if root.join("cgroup.controllers").exists() && d.starts_with(root) {
+            Some((d, "memory.max", root.to_path_buf()))
+        } else {
+            None
+        }
+    })?;
+    dir.ancestors()
+        .take_while(|a| a.starts_with(&top) && *a != top.as_path())
+        .filter_map(|a| std::fs::read_to_string(a.join(file)).ok())
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        // v1's "no limit" is the largest page-aligned i64.
+        .filter(|&v| v < 1 << 62)
+        .min()
 }
 
 /// The v1 hierarchies a pod's VM joins on a v1 or hybrid host: what accounts for and limits a
