@@ -24,6 +24,11 @@
 //! `strata-bench-sentry [--runs N] [--files N] [--runsc-platform P] [--write FILE]`: prints
 //! the figures; with `--write` also puts them into FILE (docs/benchmarks.md) between its
 //! sentry result markers.
+//!
+//! `--policy FILE` measures the open-heavy workload only, on native, on the sentry's default
+//! policy and on the sentry policy in FILE (named after the file), interleaved, and prints
+//! the figures (`--write` is then refused): for the kernel-enforced opens of issue 13, which
+//! only a policy that compiles into Landlock gets (docs/sentry.md).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +61,8 @@ enum Tier {
     Native,
     Sentry,
     Runsc,
+    /// The sentry on the policy given with `--policy`.
+    SentryPolicy,
 }
 
 impl Tier {
@@ -64,6 +71,7 @@ impl Tier {
             Tier::Native => "strata native",
             Tier::Sentry => "strata sentry",
             Tier::Runsc => "gVisor runsc",
+            Tier::SentryPolicy => "strata sentry (--policy)",
         }
     }
 }
@@ -72,6 +80,9 @@ struct Bench<'a> {
     h: &'a Harness,
     runsc_wrapper: PathBuf,
     tree: PathBuf,
+    /// For [`Tier::SentryPolicy`]: a Strata configuration whose sentry directory allows the
+    /// policy, and the policy's name.
+    policy: Option<(String, String)>,
 }
 
 impl Bench<'_> {
@@ -84,7 +95,14 @@ impl Bench<'_> {
             self.tree.display()
         );
         let mut flags: Vec<&str> = vec!["--mount", &mount];
+        let pick;
         match tier {
+            Tier::SentryPolicy => {
+                let (cfg, name) = self.policy.as_ref().context("no --policy")?;
+                pick = format!("strata.dev/sentry-policy={name}");
+                flags.extend(["--annotation", "strata.dev/backend=sentry"]);
+                flags.extend(["--annotation", &pick, "--runtime-config-path", cfg]);
+            }
             Tier::Native => flags.extend(["--annotation", "strata.dev/backend=native"]),
             Tier::Sentry => flags.extend(["--annotation", "strata.dev/backend=sentry"]),
             Tier::Runsc => {
@@ -146,6 +164,7 @@ struct Args {
     files: usize,
     platform: String,
     write: Option<PathBuf>,
+    policy: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -154,6 +173,7 @@ fn args() -> Result<Args> {
         files: 3000,
         platform: "ptrace".into(),
         write: None,
+        policy: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -163,13 +183,17 @@ fn args() -> Result<Args> {
             "--files" => a.files = value()?.parse()?,
             "--runsc-platform" => a.platform = value()?,
             "--write" => a.write = Some(value()?.into()),
+            "--policy" => a.policy = Some(value()?.into()),
             _ => bail!(
-                "usage: strata-bench-sentry [--runs N] [--files N] [--runsc-platform P] [--write FILE]"
+                "usage: strata-bench-sentry [--runs N] [--files N] [--runsc-platform P] [--write FILE] [--policy FILE]"
             ),
         }
     }
     if a.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if a.policy.is_some() && a.write.is_some() {
+        bail!("--policy measures one workload only; its figures are not written with --write");
     }
     Ok(a)
 }
@@ -203,11 +227,39 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
         &wrapper,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
+    let policy = match &a.policy {
+        Some(file) => {
+            let name = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .context("--policy FILE: a file named NAME.toml")?
+                .to_string();
+            let dir = h.info.state.join("bench-policy");
+            std::fs::create_dir_all(dir.join("sentry"))?;
+            std::fs::copy(file, dir.join("sentry").join(format!("{name}.toml")))
+                .with_context(|| format!("{}", file.display()))?;
+            std::fs::write(
+                dir.join("sentry/sentry.toml"),
+                format!("allowed_policies = [\"default\", \"{name}\"]\n"),
+            )?;
+            let cfg = dir.join("strata.toml");
+            std::fs::write(
+                &cfg,
+                "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
+            )?;
+            Some((cfg.display().to_string(), name))
+        }
+        None => None,
+    };
     let b = Bench {
         h,
         runsc_wrapper: wrapper,
         tree,
+        policy,
     };
+    if let Some((_, name)) = &b.policy {
+        return policy_open_heavy(&b, a, name);
+    }
 
     // runsc, if it can run here at all.
     let runsc_error = if !Path::new(RUNSC).exists() {
@@ -347,6 +399,41 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     }
     t.pop();
     t.push_str(".\n");
+    Ok(t)
+}
+
+/// `--policy`: the open-heavy workload on native, the sentry's default policy and the given
+/// policy, interleaved.
+fn policy_open_heavy(b: &Bench<'_>, a: &Args, name: &str) -> Result<String> {
+    let tiers = [Tier::Native, Tier::Sentry, Tier::SentryPolicy];
+    eprintln!("open-heavy workload, {} runs, policy {name}", a.runs);
+    let v = interleaved(&tiers, a.runs, |t| b.workload(t, OPEN_HEAVY))?;
+    let mut t = format!(
+        "Measured {date} on {cpus} CPUs, kernel {kernel}; shim built with the `{profile}` \
+         profile; open-heavy workload (`find`, `stat` of every file, `tar` of the tree, 3 \
+         rounds; tree of {files} files), median of {runs} interleaved runs.\n\n\
+         | | strata native | sentry, default policy | sentry, policy `{name}` |\n|---|---|---|---|\n",
+        date = first_line("date", &["-u"]),
+        cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel = first_line("uname", &["-r"]),
+        profile = shim_profile(b.h),
+        files = a.files,
+        runs = a.runs,
+    );
+    let med: Vec<Duration> = v.iter().map(|x| median(&mut x.clone())).collect();
+    t.push_str(&format!(
+        "| median | {} | {} | {} |\n| ratio to native | 1.00x | {} | {} |\n",
+        ms(med[0]),
+        ms(med[1]),
+        ms(med[2]),
+        ratio(med[1], med[0]),
+        ratio(med[2], med[0]),
+    ));
+    let (m1, lo1, hi1) = paired(&v[0], &v[1]);
+    let (m2, lo2, hi2) = paired(&v[0], &v[2]);
+    t.push_str(&format!(
+        "| per round, to native (median, IQR) | | {m1:.2}x ({lo1:.2}-{hi1:.2}x) | {m2:.2}x ({lo2:.2}-{hi2:.2}x) |\n"
+    ));
     Ok(t)
 }
 
