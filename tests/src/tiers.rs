@@ -73,6 +73,10 @@ pub const WASM: &[(&str, &str)] = &[
         "a wasm task has no network (no socket is allowed) and no namespace",
     ),
     (
+        "host_network_is_the_hosts_or_refused_with_the_reason",
+        "a wasm task has no network namespace to share or not (no socket is allowed)",
+    ),
+    (
         "the_pod_network_namespace_is_reachable_both_ways",
         "a wasm task has no network (no socket is allowed) and no namespace",
     ),

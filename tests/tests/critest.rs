@@ -139,8 +139,9 @@ const KNOWN_GAPS: &[KnownGap] = &[
     KnownGap {
         spec: "should support HostNetwork is true",
         handler: "strata-microvm",
-        reason: "the pod's VM has no network device yet: a host-network pod's container \
-                 cannot list the host's ports (the microVM networking issue, 14)",
+        reason: "by design of a VM: it cannot share the node's network, so the tier refuses \
+                 a host-network pod at its create with that reason (as the spec's pod fails; \
+                 isolation::host_network_is_the_hosts_or_refused_with_the_reason)",
     },
 ];
 

@@ -489,3 +489,25 @@ fn the_pod_network_namespace_is_reachable_both_ways() {
         "left in the pod's network namespace"
     );
 }
+
+/// `ctr run --net-host` (a Kubernetes hostNetwork pod): the host tiers run the container in the
+/// host's network namespace, as runc does; a VM cannot share it, so microvm refuses the pod at
+/// create with the reason and leaves nothing.
+#[test]
+fn host_network_is_the_hosts_or_refused_with_the_reason() {
+    let h = harness!();
+    let c = h.container("hostnet");
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let out = c.run_with(&["--net-host"], &["readlink", "/proc/self/ns/net"], None);
+    if h.processes_on_the_host() {
+        assert!(out.success(), "{out}");
+        assert_eq!(out.stdout.trim(), host_ns.to_string_lossy(), "{out}");
+    } else {
+        assert!(!out.success(), "a VM ran a host-network pod: {out}");
+        assert!(
+            out.stderr.contains("node's network") && out.stderr.contains("hostNetwork"),
+            "the reason: {out}"
+        );
+    }
+    c.remove_and_check();
+}

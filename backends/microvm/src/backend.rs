@@ -383,6 +383,14 @@ impl MicrovmBackend {
                 });
             }
         }
+        if shares_the_hosts_network(&opts.spec) {
+            return Err(Error::InvalidArgument(
+                "the pod asks for the node's network (hostNetwork, `ctr run --net-host`: no \
+                 network namespace in its spec), which a VM cannot share: run it on another \
+                 RuntimeClass, or give it a network namespace"
+                    .into(),
+            ));
+        }
         let dir = self.pod_dir(&opts.namespace, &opts.sandbox_id);
         if dir.exists() {
             return Err(Error::AlreadyExists(format!(
@@ -695,6 +703,18 @@ fn network_request(net: &PodNetwork) -> ConfigureNetworkRequest {
             .collect(),
         ..Default::default()
     }
+}
+
+/// Whether the spec runs in the host's network namespace: it lists no network namespace.
+fn shares_the_hosts_network(spec: &oci_spec::runtime::Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
 }
 
 /// The lowest memory limit over the VM's memory cgroup and its ancestors (the kubelet limits
