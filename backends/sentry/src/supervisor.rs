@@ -19,7 +19,6 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -40,6 +39,10 @@ use crate::filter;
 use crate::names;
 use crate::policy::{normalize, Access, ExtraAction, Policy};
 use crate::sys::{self, Creds, Notif};
+
+mod paths;
+
+use paths::{absolute, is_procfs, open_dir, readlink, resolve, Resolved};
 
 /// Calls a container may have in flight on worker threads (blocking connects, FIFO opens).
 const MAX_WORKERS: usize = 32;
@@ -855,201 +858,6 @@ fn read_bytes(pid: u32, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
         }
     }
     Ok(buf)
-}
-
-// ----- paths -----------------------------------------------------------------------------
-
-fn readlink(p: &str) -> Result<String, i32> {
-    std::fs::read_link(p)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-        .map(|l| names::from_vec(l.into_os_string().into_vec()))
-}
-
-/// The container path a descriptor of the supervisor refers to. The container's root is out
-/// of the supervisor's reach, so the kernel prints it relative to the container's root.
-fn fd_path(fd: &OwnedFd) -> Result<String, i32> {
-    readlink(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-/// The absolute container path the task means by (`dirfd`, `path`).
-fn absolute(t: &Task, dirfd: i32, path: &str) -> Result<String, i32> {
-    if path.starts_with('/') {
-        return Ok(path.to_string());
-    }
-    let base = if dirfd == libc::AT_FDCWD {
-        readlink(&format!("/proc/{}/cwd", t.pid))?
-    } else {
-        readlink(&format!("/proc/{}/fd/{dirfd}", t.pid)).map_err(|_| libc::EBADF)?
-    };
-    if !base.starts_with('/') {
-        return Err(libc::ENOTDIR);
-    }
-    if base.ends_with(" (deleted)") {
-        return Err(libc::ENOENT);
-    }
-    if path.is_empty() {
-        return Ok(base);
-    }
-    Ok(format!("{}/{path}", base.trim_end_matches('/')))
-}
-
-/// `/proc/self` and `/proc/thread-self` name the supervisor when it resolves them: rewrite
-/// them to the task's own pid in its pid namespace.
-fn rewrite_self(t: &Task, path: &str) -> String {
-    let norm = normalize(path);
-    let mut it = norm.splitn(4, '/').skip(1);
-    if it.next() != Some("proc") {
-        return path.to_string();
-    }
-    let who = match it.next() {
-        Some("self") => t.ns_tgid.to_string(),
-        Some("thread-self") => format!("{}/task/{}", t.ns_tgid, t.ns_tid),
-        // A symlink to `self/net`, and a directory on the way: the kernel would follow it
-        // to the supervisor's own (or, outside the task's pid namespace, no) process.
-        Some("net") => {
-            return match it.next() {
-                Some(rest) => format!("/proc/{}/net/{rest}", t.ns_tgid),
-                None => format!("/proc/{}/net", t.ns_tgid),
-            }
-        }
-        _ => return path.to_string(),
-    };
-    match it.next() {
-        Some(rest) => format!("/proc/{who}/{rest}"),
-        None => format!("/proc/{who}"),
-    }
-}
-
-fn is_procfs(fd: &OwnedFd) -> bool {
-    nix::sys::statfs::fstatfs(fd)
-        .map(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Where a path ends after resolution: a directory of the container and a name in it.
-enum Resolved {
-    At {
-        dir: OwnedFd,
-        name: String,
-        real: String,
-        /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` as resolution saw it (None: no such
-        /// file, or `name` is `.`). Only for decisions taken before opening: what is
-        /// opened is checked again on its descriptor.
-        stat: Option<libc::stat>,
-    },
-    /// A `/proc/<own pid>/fd/N` magic link: reopen the task's own descriptor.
-    OwnFd { host: String, real: String },
-}
-
-/// Resolves `path` (absolute, in the container) inside the container's root: every
-/// component but the last by the kernel (openat2 with RESOLVE_IN_ROOT), the last one here
-/// so that the caller can open it with O_NOFOLLOW (no race on symlinks) and judge it first.
-fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolved, i32> {
-    let mut path = rewrite_self(t, path);
-    for _ in 0..MAX_LINKS {
-        let trimmed = path.trim_end_matches('/');
-        let (dir, name) = match trimmed.rfind('/') {
-            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-            None => ("", trimmed),
-        };
-        let (dir, name) = if matches!(name, "" | "." | "..") {
-            (if trimmed.is_empty() { "/" } else { trimmed }, ".")
-        } else {
-            (if dir.is_empty() { "/" } else { dir }, name)
-        };
-        let (dfd, dreal) = open_dir(root, dir)?;
-        let real = if name == "." {
-            dreal.clone()
-        } else {
-            normalize(&format!("{dreal}/{name}"))
-        };
-        let mut stat = None;
-        let cname = names::to_c(name)?;
-        if name != "." {
-            if let Ok(st) = nix::sys::stat::fstatat(
-                Some(dfd.as_raw_fd()),
-                cname.as_c_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
-                stat = Some(st);
-                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK && follow
-                {
-                    if is_procfs(&dfd) {
-                        // A magic link. The task's own descriptors are reopened through
-                        // the host's procfs (the kernel's rules for reopening apply); other
-                        // magic links are followed by their text, inside the container.
-                        let parts: Vec<&str> = dreal.split('/').collect();
-                        let own = |p: &str| p == t.ns_tgid.to_string();
-                        let fd_dir = match parts.as_slice() {
-                            ["", "proc", p, "fd"] if own(p) => Some(format!("/proc/{}/fd", t.tgid)),
-                            ["", "proc", p, "task", tid, "fd"] if own(p) => {
-                                let host_tid = if *tid == t.ns_tid.to_string() {
-                                    t.pid
-                                } else {
-                                    return Err(libc::EACCES);
-                                };
-                                Some(format!("/proc/{}/task/{host_tid}/fd", t.tgid))
-                            }
-                            ["", "proc", _, "fd"] | ["", "proc", _, "task", _, "fd"] => {
-                                return Err(libc::EACCES)
-                            }
-                            _ => None,
-                        };
-                        if let Some(d) = fd_dir {
-                            let host = format!("{d}/{name}");
-                            let target = readlink(&host)?;
-                            return Ok(Resolved::OwnFd { host, real: target });
-                        }
-                    }
-                    let target = nix::fcntl::readlinkat(Some(dfd.as_raw_fd()), cname.as_c_str())
-                        .map_err(|e| e as i32)?;
-                    let target = names::from_bytes(target.as_bytes());
-                    path = if target.starts_with('/') {
-                        rewrite_self(t, &target)
-                    } else {
-                        rewrite_self(t, &format!("{dreal}/{target}"))
-                    };
-                    continue;
-                }
-            }
-        }
-        return Ok(Resolved::At {
-            dir: dfd,
-            name: name.to_string(),
-            real,
-            stat,
-        });
-    }
-    Err(libc::ELOOP)
-}
-
-/// Opens directory `dir` (absolute, in the container) inside the container's root: a
-/// descriptor of it and the container path it has. Without a symlink on the way (the common
-/// case, tried first: RESOLVE_NO_SYMLINKS) that path is `dir` itself, normalised (`..` taken
-/// lexically is what the kernel did, every component being a real directory); otherwise the
-/// kernel follows the symlinks (RESOLVE_IN_ROOT keeps them inside the root) and the path is
-/// read back from the descriptor.
-fn open_dir(root: &OwnedFd, dir: &str) -> Result<(OwnedFd, String), i32> {
-    let cdir = names::to_c(dir)?;
-    let open = |resolve| {
-        sys::openat2(
-            root.as_raw_fd(),
-            &cdir,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-            sys::RESOLVE_IN_ROOT | resolve,
-        )
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-    };
-    match open(sys::RESOLVE_NO_SYMLINKS) {
-        Ok(fd) => Ok((fd, normalize(dir))),
-        Err(libc::ELOOP) => {
-            let fd = open(sys::RESOLVE_NO_MAGICLINKS)?;
-            let real = fd_path(&fd)?;
-            Ok((fd, real))
-        }
-        Err(e) => Err(e),
-    }
 }
 
 thread_local! {
@@ -2114,30 +1922,6 @@ mod tests {
             real: "/tmp/x".into(),
         };
         assert!(!kernel_backed(&trees, &own, false));
-    }
-
-    #[test]
-    fn self_is_rewritten() {
-        let t = Task {
-            pid: 4000,
-            tgid: 4000,
-            ns_tgid: 7,
-            ns_tid: 9,
-            ppid: 1,
-            threads: 1,
-            creds: Creds::default(),
-        };
-        assert_eq!(rewrite_self(&t, "/proc/self/status"), "/proc/7/status");
-        assert_eq!(
-            rewrite_self(&t, "/proc/thread-self/comm"),
-            "/proc/7/task/9/comm"
-        );
-        assert_eq!(rewrite_self(&t, "/proc/self"), "/proc/7");
-        assert_eq!(rewrite_self(&t, "/proc/selfish"), "/proc/selfish");
-        assert_eq!(rewrite_self(&t, "/proc/net/tcp"), "/proc/7/net/tcp");
-        assert_eq!(rewrite_self(&t, "/proc/net"), "/proc/7/net");
-        assert_eq!(rewrite_self(&t, "/proc/network"), "/proc/network");
-        assert_eq!(rewrite_self(&t, "/etc/self"), "/etc/self");
     }
 
     #[test]
