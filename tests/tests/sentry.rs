@@ -1114,6 +1114,129 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     }
 }
 
+/// The audit log of a container that runs with `ctr run --rm` (which deletes it with the
+/// container), read over and over while it runs: the last text read, once `stop` is set.
+fn audit_while_running(
+    h: &Harness,
+    id: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<String>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = PathBuf::from("/run/strata/sentry")
+        .join(&h.info.namespace)
+        .join(id)
+        .join("audit.jsonl");
+    let s = stop.clone();
+    let watch = std::thread::spawn(move || {
+        let mut last = String::new();
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&log) {
+                if !t.is_empty() {
+                    last = t;
+                }
+            }
+            if s.load(std::sync::atomic::Ordering::SeqCst) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (stop, watch)
+}
+
+/// Under a policy that compiles into Landlock (confine::compile), ordinary work runs as the
+/// policy says, and the opens that read or write within its uniform trees are left to the
+/// kernel (audited `kernel: landlock`), while the rest stays with the supervisor: a creating
+/// open, a symlink out of a tree (to `/opt`, which the policy lets be read but not uniformly,
+/// so Landlock has no rule there and would refuse it), `/dev/null`.
+/// `mkdir` and `mv` (rights no open uses) still work; a write into a read-only tree and a
+/// denied file beside a tree are refused.
+#[test]
+fn opens_in_trees_a_policy_compiles_are_left_to_the_kernel() {
+    let h = harness!();
+    strata_only!(h);
+    let cfg = runtime_config(
+        h,
+        "sentry-kernel",
+        SENTRY_ONLY,
+        &[
+            (
+                "sentry.toml",
+                "allowed_policies = [\"default\", \"kernel\"]\n",
+            ),
+            (
+                "kernel.toml",
+                "[files]\nread = [\"/srv/ok\", \"/bin\", \"/usr\", \"/etc\", \"/opt\"]\n\
+                 read_write = [\"/tmp\", \"/dev/null\"]\n\
+                 deny = [\"/srv/secret\", \"/opt/secret\"]\n\
+                 [exec]\nallow = [\"/bin\"]\n[network]\nmode = \"none\"\n",
+            ),
+        ],
+    );
+    let c = h.container("sentry-kernel-opens");
+    let script = "cat /srv/ok/a; echo read=$?; \
+         cat /srv/ok/link; \
+         (echo x > /srv/ok/a) 2>/dev/null; echo write=$?; \
+         cat /srv/secret 2>/dev/null; echo secret=$?; \
+         echo t > /tmp/t && cat /tmp/t && mkdir /tmp/d && mv /tmp/t /tmp/d/t && cat /tmp/d/t; \
+         ls /srv/ok | tr '\\n' ' '; echo; echo done; sleep 1";
+    let mut spec = spec_on(&c, &["sh", "-c", script], "sentry");
+    spec["annotations"]["strata.dev/sentry-policy"] = "kernel".into();
+    let root = rootfs(&spec);
+    std::fs::create_dir_all(root.join("srv/ok")).unwrap();
+    std::fs::write(root.join("srv/ok/a"), "content-a\n").unwrap();
+    std::fs::write(root.join("srv/secret"), "secret\n").unwrap();
+    std::fs::create_dir_all(root.join("opt")).unwrap();
+    std::fs::write(root.join("opt/file"), "opt-file\n").unwrap();
+    std::os::unix::fs::symlink("/opt/file", root.join("srv/ok/link")).unwrap();
+    let (stop, watch) = audit_while_running(h, &c.id);
+    let out = c.run_spec(&spec, &["--runtime-config-path", cfg.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let log = watch.join().unwrap();
+    assert!(out.success(), "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "content-a",
+            "read=0",
+            "opt-file",
+            "write=1",
+            "secret=1",
+            "t",
+            "t",
+            "a link ",
+            "done"
+        ],
+        "{out}"
+    );
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let kernel = |path: &str| {
+        recs.iter().any(|r| {
+            r["args"]["path"] == path
+                && r["decision"] == "allow"
+                && r["args"]["kernel"] == "landlock"
+        })
+    };
+    let supervisor = |path: &str| {
+        recs.iter().any(|r| {
+            r["args"]["path"] == path && r["decision"] == "allow" && r["args"]["kernel"].is_null()
+        })
+    };
+    assert!(kernel("/srv/ok/a"), "{log}");
+    assert!(kernel("/tmp/d/t"), "{log}");
+    assert!(kernel("/srv/ok"), "{log}");
+    assert!(supervisor("/srv/ok/link"), "{log}");
+    assert!(supervisor("/tmp/t"), "{log}");
+    assert!(supervisor("/dev/null"), "{log}");
+    c.remove_and_check();
+}
+
 #[test]
 fn opens_after_a_chroot_resolve_in_the_new_root() {
     // The supervisor keeps the container's root open between calls; a chroot that goes through
