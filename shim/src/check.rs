@@ -442,6 +442,16 @@ fn assess_sentry(host: &Host, native: &Assessment) -> Assessment {
         ),
     }
     match (&host.landlock.probe, host.landlock.abi) {
+        // Below ABI 3 Landlock cannot refuse truncation, so no ruleset is fully enforced and
+        // the supervisor keeps every open (docs/sentry.md, "Kernel-enforced opens").
+        (Probe::Yes, Some(abi)) if abi < 3 => f.add(
+            Verdict::Degraded,
+            format!(
+                "Landlock ABI {abi} (below 3, no truncate right): opens are never left to the \
+                 kernel, even under policies compiled into Landlock; every open costs a \
+                 supervisor round trip"
+            ),
+        ),
         (Probe::Yes, Some(_)) => {}
         (Probe::No(why), _) | (Probe::Skipped(why), _) => f.add(
             Verdict::Degraded,
@@ -1538,6 +1548,22 @@ irqbypass 16384 1 kvm, Live 0x0000000000000000
             Verdict::Unavailable
         );
         assert_eq!(verdict(&r, BackendKind::Native).verdict, Verdict::Available);
+    }
+
+    #[test]
+    fn an_old_landlock_abi_degrades_sentry() {
+        let mut host = full_host();
+        host.landlock = Landlock {
+            abi: Some(2),
+            probe: Probe::Yes,
+        };
+        let r = assess(&host, &BackendKind::ALL);
+        let s = verdict(&r, BackendKind::Sentry);
+        assert_eq!(s.verdict, Verdict::Degraded);
+        assert!(s.reasons[0].contains("ABI 2"), "{:?}", s.reasons);
+        host.landlock.abi = Some(3);
+        let r = assess(&host, &BackendKind::ALL);
+        assert_eq!(verdict(&r, BackendKind::Sentry).verdict, Verdict::Available);
     }
 
     #[test]
