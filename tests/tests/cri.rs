@@ -869,3 +869,95 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// What the kubelet reads of a container's end, as for any RuntimeClass: its output in the CRI
+/// log file (`crictl logs`), its exit code, and `OOMKilled` for a container killed at its
+/// memory limit (under microvm: the guest's cgroup, reported by the agent's OOM event).
+#[test]
+fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
+    let Some(env) = env("cri_logs_exit_codes_and_oom_kills_reach_the_kubelet") else {
+        return;
+    };
+    if env.handler == Tier::Wasm.cri_handler() {
+        not_applicable(
+            "cri::cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
+            "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_exits_134_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
+        );
+        return;
+    }
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("ends", HashMap::new());
+        let pod = c
+            .run_pod(&pod_config, env.handler)
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let logger = env.container_config(
+            "logger",
+            &["sh", "-c", "echo out-line; echo err-line >&2; exit 3"],
+        );
+        let mut hog = env.container_config(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        );
+        hog.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+            resources: Some(k8s_cri::v1::LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut ids = Vec::new();
+        for cfg in [&logger, &hog] {
+            let id = c
+                .start_container(&pod, cfg, &pod_config)
+                .await
+                .unwrap_or_else(|s| panic!("starting: {s}\n{}", env.harness.log_lines(&pod, 40)));
+            ids.push(id);
+        }
+        let mut ends = Vec::new();
+        for id in &ids {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let st = loop {
+                let (st, _) = c.container_status(id).await.expect("ContainerStatus");
+                if st.state == ContainerState::ContainerExited as i32 {
+                    break st;
+                }
+                assert!(std::time::Instant::now() < deadline, "{id} did not exit: {st:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            ends.push((st.exit_code, st.reason.clone()));
+        }
+        assert_eq!(ends[0].0, 3, "the logger's exit: {ends:?}");
+        assert_eq!(ends[1], (137, "OOMKilled".to_string()), "the hog's end");
+
+        let log_dir = Path::new(&pod_config.log_directory);
+        let log = std::fs::read_to_string(log_dir.join(&logger.log_path)).unwrap_or_default();
+        // The CRI log format: "<RFC 3339 time> <stream> <F|P> <line>".
+        let lines: Vec<(String, String)> = log
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let (_, stream, _, text) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                Some((stream.to_string(), text.to_string()))
+            })
+            .collect();
+        for want in [("stdout", "out-line"), ("stderr", "err-line")] {
+            assert!(
+                lines.iter().any(|(s, t)| s == want.0 && t == want.1),
+                "{want:?} not in the CRI log:\n{log}"
+            );
+        }
+
+        c.stop_pod(&pod).await.expect("StopPodSandbox");
+        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+        let mut all: Vec<&str> = vec![pod.as_str()];
+        all.extend(ids.iter().map(String::as_str));
+        assert_clean("the pod", || {
+            let mut left = leaks::processes(&all);
+            left.extend(leaks::mounts(&all));
+            left.extend(leaks::cgroups(&all));
+            left
+        });
+    });
+}
