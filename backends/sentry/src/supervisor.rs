@@ -7,11 +7,15 @@
 //! - An argument behind a pointer is read once (`process_vm_readv`), then the notification
 //!   id is checked to be still valid (the pid might have been reused by another task); what
 //!   else is read through the pid (credentials, root, cwd) is read before that check.
-//! - A decision that rests on such an argument never ends in CONTINUE, with one exception,
-//!   exec, which the kernel must do itself (see `exec` below and docs/sentry.md).
-//!   Opens are done here, resolved inside the container's root with the workload's own
-//!   credentials, and the descriptor is injected (SECCOMP_IOCTL_NOTIF_ADDFD, SEND flag);
-//!   IP connect and bind are done here on a duplicate of the workload's socket.
+//! - A decision that rests on such an argument ends in CONTINUE only where the kernel itself
+//!   enforces, on the object the call really reaches, a rule at least as strict: exec, which
+//!   the kernel must do itself (Landlock's execute rule; see `exec` below), and an open that
+//!   creates nothing within a tree that the task's Landlock domain, compiled from the policy,
+//!   grants as the policy does (`kernel_backed`; docs/sentry.md, "Kernel-enforced opens").
+//!   Other opens are done here, resolved inside the container's root (`paths`) with the
+//!   workload's own credentials, and the descriptor is injected
+//!   (SECCOMP_IOCTL_NOTIF_ADDFD, SEND flag); IP connect and bind are done here on a
+//!   duplicate of the workload's socket.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
