@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::machine::{Exit, Machine, MachineConfig, DEFAULT_CMDLINE};
 use crate::Error;
@@ -26,6 +27,9 @@ pub struct VmRunArgs {
     pub disks: Vec<String>,
     /// The host Unix socket of the vsock device.
     pub vsock: Option<PathBuf>,
+    /// Network devices, each `FD,MAC` or `tap=FD,mac=MAC` (`--net`): a tap descriptor this
+    /// process inherited, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, and the guest's MAC.
+    pub nets: Vec<String>,
     /// The guest's vsock CID.
     pub guest_cid: u64,
     /// Give up (and report the console's tail) after this long.
@@ -45,14 +49,16 @@ impl VmRunArgs {
             vcpus: 1,
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
             guest_cid: 3,
             timeout: None,
             console_input: true,
         }
     }
 
-    /// The machine these arguments describe, its console echoed to stdout.
-    pub fn machine_config(&self) -> MachineConfig {
+    /// The machine these arguments describe, its console echoed to stdout. A malformed `--net`
+    /// is an error here; a descriptor that is not a tap, when the machine starts.
+    pub fn machine_config(&self) -> Result<MachineConfig, Error> {
         let mut cfg = MachineConfig::new(&self.kernel);
         cfg.initrd = self.initrd.clone();
         cfg.cmdline = self
@@ -66,15 +72,20 @@ impl VmRunArgs {
             guest_cid: self.guest_cid,
             uds_path,
         });
+        cfg.nets = self
+            .nets
+            .iter()
+            .map(|n| NetConfig::parse(n))
+            .collect::<Result<_, _>>()?;
         cfg.console_echo = Some(Box::new(std::io::stdout()));
-        cfg
+        Ok(cfg)
     }
 }
 
 /// Boots the machine and waits for it. `Ok(0)` when the guest shut down cleanly; an error (with
 /// the console's tail where there is one) otherwise.
 pub fn vm_run(args: &VmRunArgs) -> Result<i32, Error> {
-    let mut machine = Machine::start(args.machine_config())?;
+    let mut machine = Machine::start(args.machine_config()?)?;
     if args.console_input {
         let input = machine.console_input();
         // Detached: it ends with stdin's EOF or with the process.

@@ -20,6 +20,7 @@ use crate::devices::i8042::{ResetTrigger, I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::{Vsock, VsockConfig};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::EventFdTrigger;
@@ -45,6 +46,9 @@ pub struct MachineConfig {
     pub vcpus: u8,
     pub disks: Vec<DiskConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Network devices, each on a tap descriptor open in this process (which keeps it; the
+    /// device works on a duplicate), after the disks and vsock on the MMIO bus.
+    pub nets: Vec<NetConfig>,
     /// Where the console is echoed, besides the ring buffer.
     pub console_echo: Option<Box<dyn Write + Send>>,
     /// Load the VMM threads' seccomp filters ([`crate::seccomp`]). On by default.
@@ -62,6 +66,7 @@ impl MachineConfig {
             vcpus: 1,
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
             console_echo: None,
             seccomp: true,
         }
@@ -116,7 +121,7 @@ pub struct Machine {
     started_at: Instant,
     first_vcpu_entry: Arc<Mutex<Option<Instant>>>,
     devices: Vec<Arc<Mutex<MmioTransport>>>,
-    /// Host-side workers (vsock) stopped with the machine.
+    /// Host-side workers (vsock, net) stopped with the machine.
     workers: Vec<Box<dyn crate::devices::virtio::Worker>>,
     serial: Arc<Mutex<SerialDevice>>,
 }
@@ -166,6 +171,11 @@ impl Machine {
         let mut workers: Vec<Box<dyn crate::devices::virtio::Worker>> = Vec::new();
         if let Some(v) = &cfg.vsock {
             let (dev, worker) = Vsock::new(v)?;
+            virtio.push(Box::new(dev));
+            workers.push(Box::new(worker));
+        }
+        for n in &cfg.nets {
+            let (dev, worker) = Net::new(n)?;
             virtio.push(Box::new(dev));
             workers.push(Box::new(worker));
         }

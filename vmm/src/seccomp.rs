@@ -1,6 +1,7 @@
 //! Seccomp filters for the VMM's own threads, as data: one allow-list per thread role
 //! (after Firecracker). A vCPU thread needs KVM_RUN and what its device exits do (console
-//! writes, disk I/O, vsock sockets, eventfds); the vsock worker needs epoll and its sockets.
+//! writes, disk I/O, vsock sockets, eventfds, tap writes); the vsock worker needs epoll and its
+//! sockets; the net worker only waits on its epoll and reads the tap and its eventfd.
 //! Anything else kills the process: a guest that gained control of a VMM thread gets no
 //! `open`, `execve`, `ptrace` or new mappings of files.
 //!
@@ -24,6 +25,8 @@ pub enum ThreadRole {
     Vcpu,
     /// The vsock device's host-side thread.
     VsockWorker,
+    /// The net device's rx thread.
+    NetWorker,
 }
 
 /// Errors building or loading a filter.
@@ -101,11 +104,16 @@ const VSOCK_WORKER: &[&str] = &[
     "unlink",
 ];
 
+/// What the net worker adds: waiting on the epoll made before the thread started (reads of the
+/// tap and its eventfd, and the irqfd write, are in [`COMMON`]).
+const NET_WORKER: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_ctl"];
+
 /// The allow-list for `role`.
 pub fn allowed_syscalls(role: ThreadRole) -> Vec<&'static str> {
     let extra = match role {
         ThreadRole::Vcpu => VCPU,
         ThreadRole::VsockWorker => VSOCK_WORKER,
+        ThreadRole::NetWorker => NET_WORKER,
     };
     COMMON.iter().chain(extra).copied().collect()
 }
@@ -123,7 +131,11 @@ pub fn build(role: ThreadRole, violation: ScmpAction) -> Result<ScmpFilterContex
             .map_err(|e| err(format!("{name}: {e}")))?;
     }
     let ioctl = ScmpSyscall::from_name("ioctl").map_err(|e| err(e.to_string()))?;
-    let mut requests = vec![FIONBIO];
+    let mut requests = if role == ThreadRole::NetWorker {
+        vec![]
+    } else {
+        vec![FIONBIO]
+    };
     if role == ThreadRole::Vcpu {
         requests.push(KVM_RUN);
         requests.push(KVM_GET_REGS);
@@ -155,7 +167,11 @@ mod tests {
 
     #[test]
     fn filters_build_and_exclude_dangerous_calls() {
-        for role in [ThreadRole::Vcpu, ThreadRole::VsockWorker] {
+        for role in [
+            ThreadRole::Vcpu,
+            ThreadRole::VsockWorker,
+            ThreadRole::NetWorker,
+        ] {
             build(role, ScmpAction::KillProcess).unwrap();
             let allowed = allowed_syscalls(role);
             for bad in [
@@ -163,6 +179,27 @@ mod tests {
             ] {
                 assert!(!allowed.contains(&bad), "{role:?} allows {bad}");
             }
+        }
+    }
+
+    #[test]
+    fn net_worker_makes_no_sockets_and_no_epolls() {
+        let allowed = allowed_syscalls(ThreadRole::NetWorker);
+        for bad in [
+            "socket",
+            "connect",
+            "accept4",
+            "sendto",
+            "sendmsg",
+            "recvmsg",
+            "epoll_create1",
+            "unlink",
+            "pwrite64",
+        ] {
+            assert!(!allowed.contains(&bad), "the net worker allows {bad}");
+        }
+        for need in ["read", "write", "epoll_wait", "futex"] {
+            assert!(allowed.contains(&need), "the net worker needs {need}");
         }
     }
 }

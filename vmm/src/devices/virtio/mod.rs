@@ -2,11 +2,13 @@
 //!
 //! A device sees its queues only after the driver set DRIVER_OK; the transport checks every
 //! queue against guest memory first (virtio-queue's `is_valid`). Queue notifications are handled
-//! on the notifying vCPU's thread; devices that also move data from the host side (vsock) run a
-//! [`Worker`] thread.
+//! on the notifying vCPU's thread; devices that also move data from the host side (vsock, net)
+//! run a [`Worker`] thread.
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+pub mod tap;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +50,12 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid MAC address {mac:?}: {why}")]
+    BadMac { mac: String, why: String },
+    #[error("invalid network device {spec:?}: {why}")]
+    NetSpec { spec: String, why: String },
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
     #[error("the driver activated the device with {got} queues; it has {want}")]
     QueueCount { got: usize, want: usize },
 }
@@ -87,7 +95,7 @@ impl IrqTrigger {
 
 /// One virtio device behind the MMIO transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (2 block, 19 vsock).
+    /// The virtio device ID (1 net, 2 block, 19 vsock).
     fn device_type(&self) -> u32;
     /// The maximum size of each queue; the number of queues is its length.
     fn queue_max_sizes(&self) -> &[u16];
