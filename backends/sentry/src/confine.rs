@@ -320,6 +320,14 @@ mod tests {
         // Exec from anywhere (default, recording): read-file would be needed on `/`.
         assert_eq!(compile(&Policy::builtin_default()), None);
         assert_eq!(compile(&Policy::recording()), None);
+        // The shipped strict policy compiles.
+        let strict = policy(include_str!("../../../configs/sentry/strict.toml"));
+        let c = compile(&strict).unwrap();
+        assert!(c.trees.contains(&Tree {
+            path: "/usr".into(),
+            write: false
+        }));
+        assert_eq!(&c.exec[..2], ["/bin", "/usr/bin"]);
         // Exec from a directory the policy does not let be read uniformly: none either.
         let p = policy(
             "[files]\nread = [\"/usr\"]\ndeny = [\"/usr/bin/secret\"]\n\
