@@ -47,3 +47,24 @@ fn vm_run_reports_a_corrupt_kernel() {
     let e = vm_run(&VmRunArgs::new(&k)).unwrap_err().to_string();
     assert!(e.contains("vmlinux"), "{e}");
 }
+
+#[test]
+fn vm_run_refuses_a_bad_net_spec_or_a_descriptor_that_is_not_a_tap() {
+    let dir = TempDir::new("cli-net");
+    let k = dir.path("vmlinux");
+    write(&k, b"not booted: the devices fail first");
+    let mut args = VmRunArgs::new(&k);
+    args.nets = vec!["3,01:00:5e:00:00:01".into()];
+    let e = vm_run(&args).unwrap_err().to_string();
+    assert!(e.contains("multicast"), "{e}");
+    args.nets = vec!["tap=3".into()];
+    let e = vm_run(&args).unwrap_err().to_string();
+    assert!(e.contains("FD,MAC"), "{e}");
+    let f = std::fs::File::open(&k).unwrap();
+    args.nets = vec![format!(
+        "tap={},mac=02:00:00:00:00:01",
+        std::os::fd::AsRawFd::as_raw_fd(&f)
+    )];
+    let e = vm_run(&args).unwrap_err().to_string();
+    assert!(e.contains("not a tun/tap device"), "{e}");
+}

@@ -14,6 +14,8 @@ const TEST_NAME: &str = "forbidden_syscall_is_fatal_allowed_ones_are_not";
 fn child(mode: &str) -> ! {
     let role = if mode.starts_with("vcpu") {
         ThreadRole::Vcpu
+    } else if mode.starts_with("net") {
+        ThreadRole::NetWorker
     } else {
         ThreadRole::VsockWorker
     };
@@ -33,7 +35,7 @@ fn forbidden_syscall_is_fatal_allowed_ones_are_not() {
         child(&mode);
     }
     let exe = std::env::current_exe().unwrap();
-    for role in ["vcpu", "vsock"] {
+    for role in ["vcpu", "vsock", "net"] {
         for forbidden in [true, false] {
             let mode = format!("{role}-{}", if forbidden { "forbidden" } else { "allowed" });
             let out = Command::new(&exe)
