@@ -458,13 +458,7 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
             ("podnet-runc", "runc"),
         ] {
             let pod_config = env.pod_config(name, HashMap::new());
-            let pod = match c.run_pod(&pod_config, handler).await {
-                Ok(id) => id,
-                Err(s) => panic!(
-                    "RunPodSandbox {name} with handler {handler}: {s}\ncontainerd log:\n{}",
-                    env.harness.log_lines("", 40)
-                ),
-            };
+            let pod = run_pod(&mut c, &env, &pod_config, handler).await;
             let (status, _) = c.pod_status(&pod).await.expect("PodSandboxStatus");
             let ip = status.network.map(|n| n.ip).unwrap_or_default();
             assert!(
@@ -473,13 +467,7 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
                 env.subnet
             );
             let cfg = env.container_config("server", &["sh", "-c", SERVE]);
-            let ctr = match c.start_container(&pod, &cfg, &pod_config).await {
-                Ok(id) => id,
-                Err(s) => panic!(
-                    "starting the server in {name}: {s}\ncontainerd log:\n{}",
-                    env.harness.log_lines(&pod, 40)
-                ),
-            };
+            let ctr = start(&mut c, &env, &pod, &cfg, &pod_config).await;
             pods.push((name, handler, pod, ctr, ip));
         }
         eprintln!(
@@ -537,23 +525,9 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
             .iter()
             .flat_map(|(_, _, p, c, _)| [p.as_str(), c.as_str()])
             .collect();
-        assert_clean("the pods", || {
-            let mut left = leaks::processes(&ids);
-            left.extend(leaks::mounts(&ids));
-            left.extend(leaks::cgroups(&ids));
-            left.extend(leaks::state_dirs(&env.harness, &ids));
-            left.extend(
-                env.own_netns()
-                    .into_iter()
-                    .map(|n| format!("network namespace {n}")),
-            );
-            left.extend(
-                env.bridge_ports()
-                    .into_iter()
-                    .map(|p| format!("bridge port {p}")),
-            );
-            left
-        });
+        assert_gone(&env, &ids);
+        let left = env.bridge_ports();
+        assert!(left.is_empty(), "bridge ports left: {left:?}");
     });
 }
 
@@ -627,10 +601,7 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
         let pod_config = env.pod_config("volumes", HashMap::new());
-        let pod = c
-            .run_pod(&pod_config, env.handler)
-            .await
-            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let pod = run_pod(&mut c, &env, &pod_config, env.handler).await;
         let mut ids = Vec::new();
         for name in ["writer", "reader"] {
             let mut cfg = env.container_config(name, &["sleep", "3600"]);
@@ -641,13 +612,7 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
                 mount(&ro, "/ro", true),
                 mount(&file, "/etc/host-file", true),
             ];
-            let id = c
-                .start_container(&pod, &cfg, &pod_config)
-                .await
-                .unwrap_or_else(|s| {
-                    panic!("starting {name}: {s}\n{}", env.harness.log_lines(&pod, 40))
-                });
-            ids.push(id);
+            ids.push(start(&mut c, &env, &pod, &cfg, &pod_config).await);
         }
         let (writer, reader) = (&ids[0], &ids[1]);
 
@@ -698,17 +663,7 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
-        c.stop_pod(&pod).await.expect("StopPodSandbox");
-        c.remove_pod(&pod).await.expect("RemovePodSandbox");
-        let mut all: Vec<&str> = vec![pod.as_str()];
-        all.extend(ids.iter().map(String::as_str));
-        assert_clean("the pod", || {
-            let mut left = leaks::processes(&all);
-            left.extend(leaks::mounts(&all));
-            left.extend(leaks::cgroups(&all));
-            left.extend(leaks::state_dirs(&env.harness, &all));
-            left
-        });
+        remove_and_check(&mut c, &env, &pod, &ids).await;
     });
     // The volumes are the kubelet's: still there, with what the pod wrote.
     assert_eq!(std::fs::read_to_string(disk.join("f")).unwrap(), "disk\n");
@@ -760,15 +715,9 @@ fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
             );
             return;
         };
-        let pod = c
-            .run_pod(&pod_config, env.handler)
-            .await
-            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let pod = run_pod(&mut c, &env, &pod_config, env.handler).await;
         let cfg = env.container_config("work", &["sleep", "3600"]);
-        let ctr = c
-            .start_container(&pod, &cfg, &pod_config)
-            .await
-            .unwrap_or_else(|s| panic!("starting: {s}\n{}", env.harness.log_lines(&pod, 40)));
+        let ctr = start(&mut c, &env, &pod, &cfg, &pod_config).await;
         let shims = env.shim_processes();
         assert_eq!(shims.len(), 1, "{shims:?}");
         let shim = shims[0].0;
@@ -822,9 +771,7 @@ fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
                 "the pod's memory usage {usage} does not cover the guest memory its VM touched ({shmem})"
             );
         }
-        let _ = ctr;
-        c.stop_pod(&pod).await.expect("StopPodSandbox");
-        c.remove_pod(&pod).await.expect("RemovePodSandbox");
+        remove_and_check(&mut c, &env, &pod, &[ctr]).await;
 
         if in_vm {
             let small = env.pod_config("too-small", HashMap::new());
@@ -844,7 +791,11 @@ fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
                     .into_iter()
                     .map(|(p, c)| format!("shim {p}: {c}"))
                     .collect();
-                left.extend(env.own_netns().into_iter().map(|n| format!("network namespace {n}")));
+                left.extend(
+                    env.own_netns()
+                        .into_iter()
+                        .map(|n| format!("network namespace {n}")),
+                );
                 left.extend(
                     walk(&small_dir)
                         .into_iter()
@@ -888,10 +839,7 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
         let pod_config = env.pod_config("ends", HashMap::new());
-        let pod = c
-            .run_pod(&pod_config, env.handler)
-            .await
-            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", env.harness.log_lines("", 40)));
+        let pod = run_pod(&mut c, &env, &pod_config, env.handler).await;
         let logger = env.container_config(
             "logger",
             &["sh", "-c", "echo out-line; echo err-line >&2; exit 3"],
@@ -909,11 +857,7 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
         });
         let mut ids = Vec::new();
         for cfg in [&logger, &hog] {
-            let id = c
-                .start_container(&pod, cfg, &pod_config)
-                .await
-                .unwrap_or_else(|s| panic!("starting: {s}\n{}", env.harness.log_lines(&pod, 40)));
-            ids.push(id);
+            ids.push(start(&mut c, &env, &pod, cfg, &pod_config).await);
         }
         let mut ends = Vec::new();
         for id in &ids {
@@ -923,7 +867,10 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
                 if st.state == ContainerState::ContainerExited as i32 {
                     break st;
                 }
-                assert!(std::time::Instant::now() < deadline, "{id} did not exit: {st:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{id} did not exit: {st:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
             ends.push((st.exit_code, st.reason.clone()));
@@ -949,15 +896,76 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
             );
         }
 
-        c.stop_pod(&pod).await.expect("StopPodSandbox");
-        c.remove_pod(&pod).await.expect("RemovePodSandbox");
-        let mut all: Vec<&str> = vec![pod.as_str()];
-        all.extend(ids.iter().map(String::as_str));
-        assert_clean("the pod", || {
-            let mut left = leaks::processes(&all);
-            left.extend(leaks::mounts(&all));
-            left.extend(leaks::cgroups(&all));
-            left
-        });
+        remove_and_check(&mut c, &env, &pod, &ids).await;
+    });
+}
+
+/// RunPodSandbox on `handler`; panics with containerd's log.
+async fn run_pod(
+    c: &mut cri::Cri,
+    env: &CriEnv,
+    cfg: &k8s_cri::v1::PodSandboxConfig,
+    handler: &str,
+) -> String {
+    let name = cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    c.run_pod(cfg, handler).await.unwrap_or_else(|s| {
+        panic!(
+            "RunPodSandbox {name} with handler {handler}: {s}\ncontainerd log:\n{}",
+            env.harness.log_lines("", 40)
+        )
+    })
+}
+
+/// CreateContainer + StartContainer in `pod`; panics with the pod's log lines.
+async fn start(
+    c: &mut cri::Cri,
+    env: &CriEnv,
+    pod: &str,
+    cfg: &k8s_cri::v1::ContainerConfig,
+    pod_config: &k8s_cri::v1::PodSandboxConfig,
+) -> String {
+    let name = cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    c.start_container(pod, cfg, pod_config)
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "starting {name} in {pod}: {s}\ncontainerd log:\n{}",
+                env.harness.log_lines(pod, 40)
+            )
+        })
+}
+
+/// StopPodSandbox and RemovePodSandbox, then nothing of the pod and its `containers` is left:
+/// processes, mounts, cgroups, state directories, its network namespace.
+async fn remove_and_check(c: &mut cri::Cri, env: &CriEnv, pod: &str, containers: &[String]) {
+    c.stop_pod(pod).await.expect("StopPodSandbox");
+    c.remove_pod(pod).await.expect("RemovePodSandbox");
+    let mut ids: Vec<&str> = vec![pod];
+    ids.extend(containers.iter().map(String::as_str));
+    assert_gone(env, &ids);
+}
+
+/// Nothing of the pods and containers `ids` is left: processes, mounts, cgroups, state
+/// directories, the env's network namespaces.
+fn assert_gone(env: &CriEnv, ids: &[&str]) {
+    assert_clean("the pod", || {
+        let mut left = leaks::processes(ids);
+        left.extend(leaks::mounts(ids));
+        left.extend(leaks::cgroups(ids));
+        left.extend(leaks::state_dirs(&env.harness, ids));
+        left.extend(
+            env.own_netns()
+                .into_iter()
+                .map(|n| format!("network namespace {n}")),
+        );
+        left
     });
 }
