@@ -162,7 +162,11 @@ proptest! {
 
 /// A net device on one end of a datagram socket pair (the "tap"); frames from the other end
 /// arrive while the guest's garbage is processed.
-fn net_on_socket() -> (Net, strata_vmm::devices::virtio::net::NetWorker, UnixDatagram) {
+fn net_on_socket() -> (
+    Net,
+    strata_vmm::devices::virtio::net::NetWorker,
+    UnixDatagram,
+) {
     let (ours, peer) = UnixDatagram::pair().unwrap();
     ours.set_nonblocking(true).unwrap();
     peer.set_nonblocking(true).unwrap();
@@ -241,67 +245,71 @@ fn net_fuzzed_chains_in_a_valid_ring() {
         proptest::collection::vec(0usize..3000, 0..6),
     );
     runner
-        .run(&input, |(rx_descs, tx_descs, rx_heads, tx_heads, frames)| {
-            let (dev, mut worker, peer) = net_on_socket();
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-            let mut t = MmioTransport::new(Box::new(dev), mem.clone(), EventFd::new(0).unwrap());
-            w32(&mut t, 0x70, 3);
-            w32(&mut t, 0x24, 1);
-            w32(&mut t, 0x20, 1);
-            w32(&mut t, 0x70, 0xb);
-            for (i, base) in [0x10000u32, 0x20000].iter().enumerate() {
-                w32(&mut t, 0x30, i as u32);
-                w32(&mut t, 0x38, 16);
-                w32(&mut t, 0x80, *base);
-                w32(&mut t, 0x90, base + 0x1000);
-                w32(&mut t, 0xa0, base + 0x2000);
-                w32(&mut t, 0x44, 1);
-            }
-            for (base, descs, heads) in [
-                (0x10000u64, &rx_descs, &rx_heads),
-                (0x20000, &tx_descs, &tx_heads),
-            ] {
-                for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-                    let d = base + i as u64 * 16;
-                    mem.write_obj(addr, GuestAddress(d)).unwrap();
-                    mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-                    // NEXT, WRITE and INDIRECT in any combination.
-                    mem.write_obj(flags & 7, GuestAddress(d + 12)).unwrap();
-                    mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+        .run(
+            &input,
+            |(rx_descs, tx_descs, rx_heads, tx_heads, frames)| {
+                let (dev, mut worker, peer) = net_on_socket();
+                let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+                let mut t =
+                    MmioTransport::new(Box::new(dev), mem.clone(), EventFd::new(0).unwrap());
+                w32(&mut t, 0x70, 3);
+                w32(&mut t, 0x24, 1);
+                w32(&mut t, 0x20, 1);
+                w32(&mut t, 0x70, 0xb);
+                for (i, base) in [0x10000u32, 0x20000].iter().enumerate() {
+                    w32(&mut t, 0x30, i as u32);
+                    w32(&mut t, 0x38, 16);
+                    w32(&mut t, 0x80, *base);
+                    w32(&mut t, 0x90, base + 0x1000);
+                    w32(&mut t, 0xa0, base + 0x2000);
+                    w32(&mut t, 0x44, 1);
                 }
-                for (i, &h) in heads.iter().enumerate() {
-                    mem.write_obj(h, GuestAddress(base + 0x1004 + i as u64 * 2))
+                for (base, descs, heads) in [
+                    (0x10000u64, &rx_descs, &rx_heads),
+                    (0x20000, &tx_descs, &tx_heads),
+                ] {
+                    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+                        let d = base + i as u64 * 16;
+                        mem.write_obj(addr, GuestAddress(d)).unwrap();
+                        mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+                        // NEXT, WRITE and INDIRECT in any combination.
+                        mem.write_obj(flags & 7, GuestAddress(d + 12)).unwrap();
+                        mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+                    }
+                    for (i, &h) in heads.iter().enumerate() {
+                        mem.write_obj(h, GuestAddress(base + 0x1004 + i as u64 * 2))
+                            .unwrap();
+                    }
+                    mem.write_obj(heads.len() as u16, GuestAddress(base + 0x1002))
                         .unwrap();
                 }
-                mem.write_obj(heads.len() as u16, GuestAddress(base + 0x1002))
-                    .unwrap();
-            }
-            w32(&mut t, 0x70, 0xf);
-            for len in &frames {
-                let _ = peer.send(&vec![0x5a; *len]);
-            }
-            let t0 = Instant::now();
-            w32(&mut t, 0x50, 1);
-            w32(&mut t, 0x50, 0);
-            std::thread::sleep(Duration::from_millis(20));
-            w32(&mut t, 0x50, 0);
-            prop_assert!(t0.elapsed() < Duration::from_secs(5));
-            let used_tx: u16 = mem.read_obj(GuestAddress(0x22002)).unwrap();
-            let used_rx: u16 = mem.read_obj(GuestAddress(0x12002)).unwrap();
-            prop_assert!(usize::from(used_tx) <= tx_heads.len());
-            prop_assert!(usize::from(used_rx) <= rx_heads.len());
-            for i in 0..used_rx {
-                let len: u32 = mem
-                    .read_obj(GuestAddress(0x12004 + u64::from(i) * 8 + 4))
-                    .unwrap();
-                prop_assert!(len as usize <= MAX_FRAME, "rx used length {}", len);
-            }
-            drop(t);
-            worker.stop();
-            let sent = drain_frames(&peer);
-            prop_assert!(sent <= tx_heads.len());
-            Ok(())
-        })
+                w32(&mut t, 0x70, 0xf);
+                for len in &frames {
+                    let _ = peer.send(&vec![0x5a; *len]);
+                }
+                let t0 = Instant::now();
+                w32(&mut t, 0x50, 1);
+                w32(&mut t, 0x50, 0);
+                std::thread::sleep(Duration::from_millis(20));
+                w32(&mut t, 0x50, 0);
+                prop_assert!(t0.elapsed() < Duration::from_secs(5));
+                let used_tx: u16 = mem.read_obj(GuestAddress(0x22002)).unwrap();
+                let used_rx: u16 = mem.read_obj(GuestAddress(0x12002)).unwrap();
+                prop_assert!(usize::from(used_tx) <= tx_heads.len());
+                prop_assert!(usize::from(used_rx) <= rx_heads.len());
+                for i in 0..used_rx {
+                    let len: u32 = mem
+                        .read_obj(GuestAddress(0x12004 + u64::from(i) * 8 + 4))
+                        .unwrap();
+                    prop_assert!(len as usize <= MAX_FRAME, "rx used length {}", len);
+                }
+                drop(t);
+                worker.stop();
+                let sent = drain_frames(&peer);
+                prop_assert!(sent <= tx_heads.len());
+                Ok(())
+            },
+        )
         .unwrap();
 }
 

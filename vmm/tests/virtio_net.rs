@@ -9,7 +9,13 @@
 //!   AF_PACKET socket on the tap, and a frame sent on the tap with AF_PACKET reaches the device's
 //!   rx queue. A descriptor that is not a suitable tap is refused with a clear error.
 //!
+//! - With KVM and a real tap: an assembled guest finds the device in its MMIO slot, reads the
+//!   MAC, sends an ARP request that the tap's AF_PACKET socket sees, and receives the reply sent
+//!   there.
+//!
 //! Every worker runs under its seccomp filter: a call outside it would kill the test process.
+
+mod common;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -22,6 +28,7 @@ use strata_vmm::devices::bus::BusDevice;
 use strata_vmm::devices::virtio::mmio::MmioTransport;
 use strata_vmm::devices::virtio::net::{MacAddr, Net, NetConfig, NetStats, NetWorker, MAX_FRAME};
 use strata_vmm::devices::virtio::{tap, Worker};
+use strata_vmm::{Exit, Machine, MachineConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -548,5 +555,184 @@ fn descriptors_that_are_not_suitable_taps_are_refused() {
         assert!(e.contains("IFF_VNET_HDR"), "{e}");
         // (A tap opened without IFF_NO_PI is not tested: this host's kernel, 6.18, reports
         // IFF_NO_PI through TUNGETIFF for it all the same.)
+    });
+}
+
+/// 64-bit guest. rx queue: descriptors 0x300000, avail 0x301000, used 0x302000, one 2 KiB buffer
+/// at 0x310000. tx queue: 0x320000 / 0x321000 / 0x322000, the frame at 0x330000.
+const NET_GUEST: &str = r#"
+    mov $0xd0000000, %ebx
+    mov (%rbx), %eax
+    call puthex
+    call space
+    mov 8(%rbx), %eax
+    call puthex
+    call space
+    movl $1, 0x14(%rbx)
+    mov 0x10(%rbx), %eax
+    call puthex
+    call space
+    movl $0, 0x14(%rbx)
+    mov 0x10(%rbx), %eax
+    call puthex
+    call newline
+    movl $0, 0x70(%rbx)
+    movl $3, 0x70(%rbx)
+    movl $1, 0x24(%rbx)
+    movl $1, 0x20(%rbx)
+    movl $0, 0x24(%rbx)
+    movl $0x20, 0x20(%rbx)
+    movl $0xb, 0x70(%rbx)
+    mov 0x70(%rbx), %eax
+    call puthex
+    call space
+    mov 0x100(%rbx), %eax
+    call puthex
+    call space
+    mov 0x104(%rbx), %eax
+    call puthex
+    call newline
+    # rx: one writable 2 KiB buffer
+    movq $0x310000, 0x300000
+    movl $2048, 0x300008
+    movw $2, 0x30000c
+    movw $0, 0x30000e
+    movw $0, 0x301004
+    movw $1, 0x301002
+    movl $0, 0x30(%rbx)
+    movl $8, 0x38(%rbx)
+    movl $0x300000, 0x80(%rbx)
+    movl $0x301000, 0x90(%rbx)
+    movl $0x302000, 0xa0(%rbx)
+    movl $1, 0x44(%rbx)
+    movl $1, 0x30(%rbx)
+    movl $8, 0x38(%rbx)
+    movl $0x320000, 0x80(%rbx)
+    movl $0x321000, 0x90(%rbx)
+    movl $0x322000, 0xa0(%rbx)
+    movl $1, 0x44(%rbx)
+    movl $0xf, 0x70(%rbx)
+    mov 0x70(%rbx), %eax
+    call puthex
+    call newline
+    # tx: the ARP request behind a zero header
+    lea frame(%rip), %rsi
+    mov $0x330000, %edi
+    mov $54, %ecx
+    rep movsb
+    movq $0x330000, 0x320000
+    movl $54, 0x320008
+    movw $0, 0x32000c
+    movw $0, 0x32000e
+    movw $0, 0x321004
+    movw $1, 0x321002
+    movl $1, 0x50(%rbx)
+1:  cmpw $1, 0x322002
+    jne 1b
+    movl $0, 0x50(%rbx)
+2:  cmpw $1, 0x302002
+    jne 2b
+    mov 0x302008, %eax
+    call puthex
+    call space
+    mov 0x310008, %eax
+    call puthex
+    call space
+    mov 0x310012, %eax
+    call puthex
+    call space
+    mov 0x310018, %eax
+    call puthex
+    call newline
+    call reset
+space:
+    lea sp(%rip), %rsi
+    jmp puts
+newline:
+    lea nl(%rip), %rsi
+    jmp puts
+sp: .asciz " "
+nl: .asciz "\n"
+frame:
+    .byte 0,0,0,0,0,0,0,0,0,0,0,0
+    .byte 0xff,0xff,0xff,0xff,0xff,0xff, 0x02,0x53,0x54,0x00,0x00,0x0a, 0x08,0x06
+    .byte 0x00,0x01,0x08,0x00,0x06,0x04,0x00,0x01
+    .byte 0x02,0x53,0x54,0x00,0x00,0x0a, 198,18,0,2
+    .byte 0,0,0,0,0,0, 198,18,0,1
+"#;
+
+#[test]
+fn a_guest_sends_and_receives_through_a_real_tap() {
+    if !common::kvm_available() {
+        return;
+    }
+    in_fresh_netns(|| {
+        let peer_mac = [0x02, 0x50, 0x45, 0x45, 0x52, 0x01];
+        let tap_fd = tap::create("stnet9").expect("creating a tap");
+        tap::set_up("stnet9").expect("bringing the tap up");
+        let (pkt, ifindex) = packet_socket("stnet9");
+        let dir = common::TempDir::new("net");
+        let kernel = common::bzimage_from_asm(&dir, "net", NET_GUEST);
+        let mut cfg = MachineConfig::new(&kernel);
+        cfg.mem_mib = 64;
+        cfg.nets.push(NetConfig {
+            tap_fd: tap_fd.as_raw_fd(),
+            mac: MacAddr(GUEST_MAC),
+        });
+        let mut m = Machine::start(cfg).unwrap();
+        drop(tap_fd);
+        let req = arp([0xff; 6], GUEST_MAC, 1, [198, 18, 0, 2], [198, 18, 0, 1]);
+        let mut buf = vec![0u8; 65536];
+        let t0 = Instant::now();
+        let mut seen = false;
+        while !seen && t0.elapsed() < Duration::from_secs(60) {
+            // SAFETY: `buf` is live and writable for its length.
+            let n = unsafe { libc::recv(pkt.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                seen = buf[..n as usize].starts_with(&req);
+            }
+        }
+        if seen {
+            let reply = arp(GUEST_MAC, peer_mac, 2, [198, 18, 0, 1], [198, 18, 0, 2]);
+            // SAFETY: sockaddr_ll is plain old data; zeroes are valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
+            // SAFETY: `reply` and `sll` are live for the call, the lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    pkt.as_raw_fd(),
+                    reply.as_ptr().cast(),
+                    reply.len(),
+                    0,
+                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(n, reply.len() as isize);
+        }
+        let r = m.wait(Some(Duration::from_secs(60)));
+        let out = m.console().contents();
+        assert!(
+            seen,
+            "the guest's ARP request never reached the tap; console:\n{out}"
+        );
+        assert_eq!(r.unwrap(), Exit::Reset, "console: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "74726976 00000001 00000001 00000020",
+            "magic, net, VERSION_1, MAC: {out}"
+        );
+        assert_eq!(
+            lines[1], "0000000b 00545302 00000a00",
+            "FEATURES_OK; the MAC"
+        );
+        assert_eq!(lines[2], "0000000f", "DRIVER_OK");
+        assert_eq!(
+            lines[3], "00000036 00010000 45455002 01000608",
+            "54 bytes used; num_buffers 1; the peer's MAC; ARP"
+        );
     });
 }
