@@ -277,9 +277,10 @@ fn frames_wait_for_rx_buffers() {
     let b = frame(12 + 70, 4);
     peer.send(&a).unwrap();
     peer.send(&b).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Long enough for the worker's 100 ms rounds to retry the waiting frame a few times.
+    std::thread::sleep(Duration::from_millis(350));
     assert!(fx.used(0).is_empty());
-    assert!(fx.stats.rx_waits.load(Ordering::Relaxed) >= 1);
+    assert_eq!(fx.stats.rx_waits.load(Ordering::Relaxed), 1, "one frame waits");
     fx.add_chain(0, &[(0x50000, 1500, true)]);
     fx.add_chain(0, &[(0x51000, 1500, true)]);
     fx.notify(0);
@@ -288,6 +289,7 @@ fn frames_wait_for_rx_buffers() {
     assert_eq!(fx.read(0x50000 + 12, 50), &a[12..]);
     assert_eq!(fx.read(0x51000 + 12, 70), &b[12..]);
     assert_eq!(fx.stats.rx_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(fx.stats.rx_waits.load(Ordering::Relaxed), 1);
 }
 
 #[test]

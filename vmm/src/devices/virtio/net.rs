@@ -140,8 +140,7 @@ pub struct NetStats {
     pub rx_frames: AtomicU64,
     /// Frames from the tap dropped: their rx chain was invalid or too small.
     pub rx_dropped: AtomicU64,
-    /// Frames from the tap waiting for an rx buffer when the guest had none (at most one waits at
-    /// a time; this counts how often the device had to wait).
+    /// Frames from the tap that had to wait for an rx buffer (at most one waits at a time).
     pub rx_waits: AtomicU64,
     /// Frames written to the tap.
     pub tx_frames: AtomicU64,
@@ -302,6 +301,7 @@ fn process_rx(shared: &Shared) -> bool {
     let mut used = false;
     let mut want_tap = true;
     for _ in 0..RX_BATCH {
+        let was_pending = st.pending.is_some();
         let len = match st.pending.take() {
             Some(n) => n,
             None => match (&shared.tap).read(&mut st.rx_buf) {
@@ -314,7 +314,9 @@ fn process_rx(shared: &Shared) -> bool {
         };
         let Some(chain) = q.rx.pop_descriptor_chain(&q.mem) else {
             st.pending = Some(len);
-            NetStats::inc(&stats.rx_waits);
+            if !was_pending {
+                NetStats::inc(&stats.rx_waits);
+            }
             want_tap = false;
             break;
         };
