@@ -280,7 +280,11 @@ fn frames_wait_for_rx_buffers() {
     // Long enough for the worker's 100 ms rounds to retry the waiting frame a few times.
     std::thread::sleep(Duration::from_millis(350));
     assert!(fx.used(0).is_empty());
-    assert_eq!(fx.stats.rx_waits.load(Ordering::Relaxed), 1, "one frame waits");
+    assert_eq!(
+        fx.stats.rx_waits.load(Ordering::Relaxed),
+        1,
+        "one frame waits"
+    );
     fx.add_chain(0, &[(0x50000, 1500, true)]);
     fx.add_chain(0, &[(0x51000, 1500, true)]);
     fx.notify(0);
@@ -737,4 +741,29 @@ fn a_guest_sends_and_receives_through_a_real_tap() {
             "54 bytes used; num_buffers 1; the peer's MAC; ARP"
         );
     });
+}
+
+#[test]
+fn frames_of_the_largest_size_pass_both_ways() {
+    let (mut fx, peer) = socket_fixture();
+    let big = frame(MAX_FRAME, 9);
+    fx.add_chain(
+        0,
+        &[
+            (0x50000, 12, true),
+            (0x60000, 32768, true),
+            (0x70000, 32782, true),
+        ],
+    );
+    fx.notify(0);
+    peer.send(&big).unwrap();
+    assert_eq!(fx.wait_used(0, 1), vec![(0, MAX_FRAME as u32)]);
+    assert_eq!(fx.read(0x60000, 32768), &big[12..12 + 32768]);
+    assert_eq!(fx.read(0x70000, 32782), &big[12 + 32768..]);
+    fx.mem.write_slice(&big, GuestAddress(0x80000)).unwrap();
+    fx.add_chain(1, &[(0x80000, MAX_FRAME as u32, false)]);
+    fx.notify(1);
+    let mut buf = vec![0u8; MAX_FRAME + 1];
+    assert_eq!(peer.recv(&mut buf).unwrap(), MAX_FRAME);
+    assert_eq!(&buf[12..MAX_FRAME], &big[12..]);
 }

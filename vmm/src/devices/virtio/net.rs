@@ -138,7 +138,8 @@ impl NetConfig {
 pub struct NetStats {
     /// Frames written into rx chains.
     pub rx_frames: AtomicU64,
-    /// Frames from the tap dropped: their rx chain was invalid or too small.
+    /// Frames from the tap dropped: their rx chain was invalid or too small, or the frame was
+    /// longer than [`MAX_FRAME`].
     pub rx_dropped: AtomicU64,
     /// Frames from the tap that had to wait for an rx buffer (at most one waits at a time).
     pub rx_waits: AtomicU64,
@@ -305,7 +306,12 @@ fn process_rx(shared: &Shared) -> bool {
         let len = match st.pending.take() {
             Some(n) => n,
             None => match (&shared.tap).read(&mut st.rx_buf) {
-                Ok(n) if n > VNET_HDR_LEN => n,
+                Ok(n) if n > VNET_HDR_LEN && n <= MAX_FRAME => n,
+                // Longer than the buffer (the tap reports the whole length): cut, so dropped.
+                Ok(n) if n > MAX_FRAME => {
+                    NetStats::inc(&stats.rx_dropped);
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // WouldBlock: drained. Anything else: wait for the next readiness.
