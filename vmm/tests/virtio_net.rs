@@ -277,6 +277,10 @@ fn frames_wait_for_rx_buffers() {
     let b = frame(12 + 70, 4);
     peer.send(&a).unwrap();
     peer.send(&b).unwrap();
+    let t0 = Instant::now();
+    while fx.stats.rx_waits.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Long enough for the worker's 100 ms rounds to retry the waiting frame a few times.
     std::thread::sleep(Duration::from_millis(350));
     assert!(fx.used(0).is_empty());
