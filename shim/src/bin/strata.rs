@@ -93,6 +93,10 @@ struct VmRunCli {
     /// Host Unix socket of the hybrid vsock device.
     #[arg(long, value_name = "UDS")]
     vsock: Option<std::path::PathBuf>,
+    /// A virtio-net device on an inherited tap descriptor (opened with IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR) with the guest's MAC address (repeatable).
+    #[arg(long, value_name = "FD,MAC")]
+    net: Vec<String>,
     /// Fail if the guest has not shut down after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
@@ -156,6 +160,7 @@ fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
     args.vcpus = a.vcpus;
     args.disks = a.disk;
     args.vsock = a.vsock;
+    args.nets = a.net;
     args.timeout = a.timeout.map(std::time::Duration::from_secs);
     let code = strata_vmm::cli::vm_run(&args).context("strata vm run")?;
     Ok(ExitCode::from(code as u8))
