@@ -533,8 +533,8 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
 
 /// Volumes as the kubelet sets them up, in a pod of two containers: an emptyDir on disk and
 /// one in memory (a tmpfs the kubelet mounts on the host) shared by both, `/dev/shm` shared by
-/// both, a configMap directory written the kubelet's way (files behind a `..data` symlink that
-/// an update swaps) whose update the containers see, a read-only hostPath that refuses
+/// both, a configMap directory and a secret (on tmpfs) written the kubelet's way (files behind a
+/// `..data` symlink that an update swaps) whose updates the containers see, a read-only hostPath that refuses
 /// writes, and a hostPath file.
 #[test]
 fn cri_volumes_as_the_kubelet_mounts_them() {
@@ -549,46 +549,52 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
         return;
     }
     let vols = env.dir.join("volumes");
-    let (disk, memory, config, ro, file) = (
+    let (disk, memory, config, secret, ro, file) = (
         vols.join("empty-disk"),
         vols.join("empty-memory"),
         vols.join("config"),
+        vols.join("secret"),
         vols.join("readonly"),
         vols.join("hostfile"),
     );
-    for d in [&disk, &memory, &config, &ro] {
+    for d in [&disk, &memory, &config, &secret, &ro] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let tmpfs = nix::mount::mount(
-        Some("tmpfs"),
-        &memory,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=8m"),
-    );
-    tmpfs.expect("mounting the memory emptyDir's tmpfs");
+    // The memory emptyDir and the secret are tmpfs mounts the kubelet makes on the host.
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
             let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
         }
     }
-    let _unmount = Unmount(memory.clone());
+    let mut _unmount = Vec::new();
+    for d in [&memory, &secret] {
+        nix::mount::mount(
+            Some("tmpfs"),
+            d,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=8m"),
+        )
+        .expect("mounting a tmpfs volume");
+        _unmount.push(Unmount(d.clone()));
+    }
     // The kubelet's atomic writer: <dir>/..<ts>/key, ..data -> ..<ts>, key -> ..data/key.
-    let write_config = |version: &str| {
-        let ts = config.join(format!("..{version}"));
+    let atomic_write = |dir: &Path, version: &str| {
+        let ts = dir.join(format!("..{version}"));
         std::fs::create_dir_all(&ts).unwrap();
         std::fs::write(ts.join("key"), format!("{version}\n")).unwrap();
-        let tmp = config.join("..data_tmp");
+        let tmp = dir.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-        std::fs::rename(&tmp, config.join("..data")).unwrap();
-        let key = config.join("key");
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        let key = dir.join("key");
         if std::fs::symlink_metadata(&key).is_err() {
             std::os::unix::fs::symlink("..data/key", &key).unwrap();
         }
     };
-    write_config("v1");
+    atomic_write(&config, "v1");
+    atomic_write(&secret, "s1");
     std::fs::write(ro.join("fixed"), "fixed\n").unwrap();
     std::fs::write(&file, "host-file\n").unwrap();
 
@@ -609,6 +615,7 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
                 mount(&disk, "/data", false),
                 mount(&memory, "/cache", false),
                 mount(&config, "/etc/config", true),
+                mount(&secret, "/etc/secret", true),
                 mount(&ro, "/ro", true),
                 mount(&file, "/etc/host-file", true),
             ];
@@ -630,12 +637,12 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
         let r = sh(
             &mut c,
             reader,
-            "cat /data/f /cache/f /dev/shm/f /etc/config/key /ro/fixed /etc/host-file",
+            "cat /data/f /cache/f /dev/shm/f /etc/config/key /etc/secret/key /ro/fixed /etc/host-file",
         )
         .await;
         assert_eq!(
             (r.exit_code, r.stdout.as_str()),
-            (0, "disk\nmem\nshm\nv1\nfixed\nhost-file\n"),
+            (0, "disk\nmem\nshm\nv1\ns1\nfixed\nhost-file\n"),
             "the reader sees the writer's files and the volumes: {r:?}"
         );
         // The disk emptyDir is the host's directory; the memory one is the host's tmpfs.
@@ -649,16 +656,17 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
         );
         assert!(!ro.join("new").exists(), "the read-only mount was written");
 
-        write_config("v2");
+        atomic_write(&config, "v2");
+        atomic_write(&secret, "s2");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let r = sh(&mut c, reader, "cat /etc/config/key").await;
-            if r.stdout == "v2\n" {
+            let r = sh(&mut c, reader, "cat /etc/config/key /etc/secret/key").await;
+            if r.stdout == "v2\ns2\n" {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the configMap update is not seen: {r:?}"
+                "the configMap and secret updates are not seen: {r:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
