@@ -113,6 +113,23 @@ pub const WASM: &[(&str, &str)] = &[
         "rslave_propagation_comes_from_the_host_only",
         "a WASI module cannot mount, and sees its volumes as preopened directories, not as mounts with a propagation",
     ),
+    // cri
+    (
+        "cri_pods_reach_each_other_and_the_node_reaches_them",
+        "a wasm task has no network (no socket is allowed)",
+    ),
+    (
+        "cri_volumes_as_the_kubelet_mounts_them",
+        "busybox shells share the volumes here; wasm::wasm_mounts_rw_and_ro covers a module's volumes",
+    ),
+    (
+        "cri_the_pod_cgroup_holds_what_serves_the_pod",
+        "the wasm pod's busybox container would run on the native tier (wasm::wasm_pids_and_stats_come_from_its_own_cgroup covers a module's cgroup)",
+    ),
+    (
+        "cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
+        "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_exits_134_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
+    ),
     // exec_isolation
     (
         "exec_gets_the_containers_seccomp_profile",

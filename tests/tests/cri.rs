@@ -440,13 +440,6 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
     let Some(env) = env("cri_pods_reach_each_other_and_the_node_reaches_them") else {
         return;
     };
-    if env.handler == Tier::Wasm.cri_handler() {
-        not_applicable(
-            "cri::cri_pods_reach_each_other_and_the_node_reaches_them",
-            "a wasm task has no network (no socket is allowed)",
-        );
-        return;
-    }
     const SERVE: &str = "hostname > /tmp/name; while true; do nc -l -p 7777 < /tmp/name; done";
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
@@ -541,13 +534,6 @@ fn cri_volumes_as_the_kubelet_mounts_them() {
     let Some(env) = env("cri_volumes_as_the_kubelet_mounts_them") else {
         return;
     };
-    if env.handler == Tier::Wasm.cri_handler() {
-        not_applicable(
-            "cri::cri_volumes_as_the_kubelet_mounts_them",
-            "busybox shells share the volumes here; wasm::wasm_mounts_rw_and_ro covers a module's volumes",
-        );
-        return;
-    }
     let vols = env.dir.join("volumes");
     let (disk, memory, config, secret, ro, file) = (
         vols.join("empty-disk"),
@@ -693,13 +679,6 @@ fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
     let Some(env) = env("cri_the_pod_cgroup_holds_what_serves_the_pod") else {
         return;
     };
-    if env.handler == Tier::Wasm.cri_handler() {
-        not_applicable(
-            "cri::cri_the_pod_cgroup_holds_what_serves_the_pod",
-            "the wasm pod's busybox container would run on the native tier (wasm::wasm_pids_and_stats_come_from_its_own_cgroup covers a module's cgroup)",
-        );
-        return;
-    }
     let in_vm = env.handler == Tier::Microvm.cri_handler();
     // The pod's cgroup as the kubelet makes it before RunPodSandbox, with its limit.
     let pod_cgroup = |cfg: &k8s_cri::v1::PodSandboxConfig, limit: u64| {
@@ -837,13 +816,6 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
     let Some(env) = env("cri_logs_exit_codes_and_oom_kills_reach_the_kubelet") else {
         return;
     };
-    if env.handler == Tier::Wasm.cri_handler() {
-        not_applicable(
-            "cri::cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
-            "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_exits_134_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
-        );
-        return;
-    }
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
         let pod_config = env.pod_config("ends", HashMap::new());
