@@ -120,7 +120,7 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "cri_volumes_as_the_kubelet_mounts_them",
-        "busybox shells share the volumes here; wasm::wasm_mounts_rw_and_ro covers a module's volumes",
+        "busybox shells share the volumes here; wasm::wasm_writes_to_a_mount_and_a_read_only_mount_is_refused covers a module's volumes",
     ),
     (
         "cri_the_pod_cgroup_holds_what_serves_the_pod",
@@ -128,7 +128,7 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
-        "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_exits_134_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
+        "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_is_a_nonzero_exit_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
     ),
     // exec_isolation
     (
