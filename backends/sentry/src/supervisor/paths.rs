@@ -345,4 +345,80 @@ mod tests {
             Ok((names::from_bytes(b"/etc/caf\xff"), None))
         );
     }
+
+    /// Another thread swaps symlinks (a file link, and a directory link on the way) between
+    /// targets inside the root and targets meant to lead out of it (absolute host paths,
+    /// `..` runs) while paths through them are resolved and opened the caller's way
+    /// (`O_NOFOLLOW` on the returned directory): no open ever reaches the file outside.
+    #[test]
+    fn a_symlink_swapped_during_resolution_never_leads_out_of_the_root() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let r = Root::new("swap");
+        let outside = r
+            .path
+            .with_file_name(format!("strata-paths-outside-{}", std::process::id()));
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), "secret").unwrap();
+        let secret_ino = std::fs::metadata(outside.join("f")).unwrap().ino();
+        let out = outside.display().to_string();
+        let up = format!("../../../../..{out}");
+        let file_targets = ["/etc/f".to_string(), format!("{out}/f"), format!("{up}/f")];
+        let dir_targets = ["/etc".to_string(), out.clone(), up.clone()];
+        let stop = AtomicBool::new(false);
+        let opened = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    for (link, targets) in [("flink", &file_targets), ("dlink", &dir_targets)] {
+                        let tmp = r.path.join(format!("{link}.tmp"));
+                        let _ = std::fs::remove_file(&tmp);
+                        symlink(&targets[i % targets.len()], &tmp).unwrap();
+                        std::fs::rename(&tmp, r.path.join(link)).unwrap();
+                    }
+                    i += 1;
+                }
+            });
+            // Stops the swapper however this loop ends (a failed assertion included), or the
+            // scope would wait for it for ever.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
+            let mut opened = 0;
+            for _ in 0..20_000 {
+                for p in ["/flink", "/dlink/f"] {
+                    let Ok(Resolved::At { dir, name, .. }) = resolve(&task(), &r.fd, p, true)
+                    else {
+                        continue;
+                    };
+                    let Ok(cname) = names::to_c(&name) else {
+                        continue;
+                    };
+                    let Ok(fd) = nix::fcntl::openat(
+                        Some(dir.as_raw_fd()),
+                        cname.as_c_str(),
+                        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW,
+                        nix::sys::stat::Mode::empty(),
+                    ) else {
+                        continue;
+                    };
+                    let st = nix::sys::stat::fstat(fd).unwrap();
+                    let _ = nix::unistd::close(fd);
+                    assert_ne!(
+                        st.st_ino, secret_ino,
+                        "{p} reached the file outside the root"
+                    );
+                    opened += 1;
+                }
+            }
+            opened
+        });
+        let _ = std::fs::remove_dir_all(&outside);
+        // The swaps must not have starved the test: some opens went through (to /etc/f).
+        assert!(opened > 100, "only {opened} opens got through");
+    }
 }
