@@ -45,6 +45,17 @@ pub const PAUSE_IMAGE: &str = "localhost/strata-test/pause:3.9";
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// How long one CRI call may take.
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one CRI call may take when the suite runs on microvm: longer than the tier's
+/// boot deadline (120 s), so that a pod whose emulated guest boots slowly under load fails
+/// with the shim's own error and the guest console's tail, not with this client's timeout.
+pub const CRI_TIMEOUT_VM: Duration = Duration::from_secs(180);
+
+fn cri_timeout() -> Duration {
+    match crate::Tier::from_env() {
+        Ok(crate::Tier::Microvm) => CRI_TIMEOUT_VM,
+        _ => CRI_TIMEOUT,
+    }
+}
 
 const DIR_PREFIX: &str = "strata-cri-";
 
@@ -605,10 +616,11 @@ async fn deadline<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    match tokio::time::timeout(CRI_TIMEOUT, f).await {
+    let limit = cri_timeout();
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "{what} took longer than {CRI_TIMEOUT:?}"
+            "{what} took longer than {limit:?}"
         ))),
     }
 }
