@@ -309,16 +309,28 @@ pub fn openat2(
         mode: mode as u64,
         resolve,
     };
-    // SAFETY: `path` is NUL-terminated, `how` a live `struct open_how` whose size is passed.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
+    // With RESOLVE_IN_ROOT (or BENEATH) the kernel answers EAGAIN when a rename or mount
+    // anywhere raced with a `..` of the walk, and the caller is to try again (openat2(2)):
+    // a few times, then the error stands (a file lease with O_NONBLOCK answers EAGAIN too).
+    let confined = resolve & RESOLVE_IN_ROOT != 0;
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: `path` is NUL-terminated, `how` a live `struct open_how` whose size is passed.
+        match check(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        }) {
+            Err(e) if confined && e.raw_os_error() == Some(libc::EAGAIN) && tries < 16 => {
+                tries += 1;
+            }
+            r => break r?,
+        }
+    };
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
