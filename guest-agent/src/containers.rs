@@ -183,9 +183,18 @@ impl Containers {
     ) -> Result<(u32, StdioPorts), Error> {
         let bundle = PathBuf::from(bundle);
         crate::share::check_bundle(&bundle)?;
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
+        let mut spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
             Error::InvalidArgument(format!("{}/config.json: {e}", bundle.display()))
         })?;
+        if crate::network::apply_pod_sysctls(&mut spec)? {
+            // libcontainer reads the bundle's config.json itself.
+            let path = bundle.join("config.json");
+            let tmp = bundle.join(".config.json.agent");
+            spec.save(&tmp)
+                .map_err(|e| Error::Other(format!("writing {}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| Error::io(format!("replacing {}", path.display()), e))?;
+        }
         self.forget(id, "");
         let (streams, io) = self.open_streams(io)?;
         let pid = self.backend.create(CreateOpts {

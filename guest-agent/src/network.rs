@@ -270,6 +270,64 @@ pub fn configure(req: &ConfigureNetworkRequest) -> Result<Vec<String>, Error> {
     Ok(names.into_iter().map(|(_, n)| n).collect())
 }
 
+/// Whether `key` is a network sysctl name this agent writes: `net.` and then
+/// `[A-Za-z0-9_-]` components joined by single dots.
+fn net_sysctl_key(key: &str) -> bool {
+    key.strip_prefix("net.").is_some_and(|rest| {
+        rest.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+    })
+}
+
+/// The pod's network sysctls (CRI sets `net.ipv4.ping_group_range` and
+/// `net.ipv4.ip_unprivileged_port_start` on a pod's sandbox): runc applies them in the pod's
+/// network namespace; here that namespace is the guest's own (the container's spec names
+/// none, see `ConfigureNetwork`), where libcontainer refuses `net.*` sysctls, so the guest's
+/// PID 1 applies them itself and takes them out of the spec. A container with a network
+/// namespace of its own keeps them for libcontainer. An agent that is not PID 1 changes
+/// nothing (the host's sysctls are never its to set). Returns whether the spec changed.
+pub fn apply_pod_sysctls(spec: &mut oci_spec::runtime::Spec) -> Result<bool, Error> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    if std::process::id() != 1 {
+        return Ok(false);
+    }
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(false);
+    };
+    let own_netns = linux
+        .namespaces()
+        .as_ref()
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    if own_netns {
+        return Ok(false);
+    }
+    let Some(mut sysctls) = linux.sysctl().clone() else {
+        return Ok(false);
+    };
+    let net: Vec<(String, String)> = sysctls
+        .iter()
+        .filter(|(k, _)| k.starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, value) in &net {
+        if !net_sysctl_key(key) {
+            return Err(Error::InvalidArgument(format!(
+                "sysctl {key:?}: not a sysctl name"
+            )));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| {
+            Error::InvalidArgument(format!("sysctl {key}={value:?} in the pod's network: {e}"))
+        })?;
+        sysctls.remove(key);
+    }
+    linux.set_sysctl(Some(sysctls));
+    Ok(!net.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +343,27 @@ mod tests {
         assert_eq!(mask(32), Ipv4Addr::BROADCAST);
         for bad in ["198.18.5.2", "198.18.5.2/33", "fe80::1/64", "x/8", ""] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_sysctl_names() {
+        for ok in [
+            "net.ipv4.ping_group_range",
+            "net.ipv4.conf.eth-0.forwarding",
+            "net.core.somaxconn",
+        ] {
+            assert!(net_sysctl_key(ok), "{ok}");
+        }
+        for bad in [
+            "net.",
+            "net..x",
+            "net.ipv4/../../x",
+            "kernel.shmmax",
+            "net.a b",
+            "net.ipv4.",
+        ] {
+            assert!(!net_sysctl_key(bad), "{bad}");
         }
     }
 

@@ -130,6 +130,10 @@ pub const WASM: &[(&str, &str)] = &[
         "cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
         "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_is_a_nonzero_exit_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
     ),
+    (
+        "cri_a_pods_network_sysctls_are_seen_by_its_containers",
+        "busybox would run on the native tier in a wasm pod, and a module has no /proc/sys",
+    ),
     // exec_isolation
     (
         "exec_gets_the_containers_seccomp_profile",

@@ -949,3 +949,41 @@ fn assert_gone(env: &CriEnv, ids: &[&str]) {
         left
     });
 }
+
+/// A pod's network sysctls (the pod spec's `securityContext.sysctls`; containerd 2.x also sets
+/// `net.ipv4.ping_group_range` and `net.ipv4.ip_unprivileged_port_start` on every sandbox) hold
+/// in the pod's network namespace and are seen by its containers. Under microvm the pod's
+/// namespace is the guest's own, where the agent applies them.
+#[test]
+fn cri_a_pods_network_sysctls_are_seen_by_its_containers() {
+    let Some(env) = env("cri_a_pods_network_sysctls_are_seen_by_its_containers") else {
+        return;
+    };
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let mut pod_config = env.pod_config("sysctls", HashMap::new());
+        pod_config.linux.as_mut().unwrap().sysctls = HashMap::from([
+            (
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "81".to_string(),
+            ),
+            ("net.ipv4.ping_group_range".to_string(), "0 7".to_string()),
+        ]);
+        let pod = run_pod(&mut c, &env, &pod_config, env.handler).await;
+        let cfg = env.container_config("reader", &["sleep", "3600"]);
+        let ctr = start(&mut c, &env, &pod, &cfg, &pod_config).await;
+        let r = sh(
+            &mut c,
+            &ctr,
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range",
+        )
+        .await;
+        let got: Vec<String> = r
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(got, ["81", "0 7"], "{r:?}");
+        remove_and_check(&mut c, &env, &pod, &[ctr]).await;
+    });
+}
