@@ -300,6 +300,9 @@ fn config_toml(info: &DaemonInfo, opts: &DaemonOptions) -> String {
         _ => disabled.extend([
             "io.containerd.snapshotter.v1.blockfile",
             "io.containerd.snapshotter.v1.erofs",
+            // NRI (on by default in 2.x) listens on the one host-wide /var/run/nri/nri.sock:
+            // a second test containerd's CRI then fails to start ("address already in use").
+            "io.containerd.nri.v1.nri",
         ]),
     }
     if opts.cri_config.is_none() {
