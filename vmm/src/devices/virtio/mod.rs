@@ -125,6 +125,33 @@ pub trait Worker: Send {
     fn stop(&mut self);
 }
 
+/// Starts a device's worker thread `name`: under `role`'s seccomp filter when `seccomp` (a
+/// filter that cannot be loaded fails the machine through `events`, and `body` never runs).
+pub fn spawn_worker(
+    name: &str,
+    device: &'static str,
+    role: crate::seccomp::ThreadRole,
+    events: Sender<VcpuEvent>,
+    seccomp: bool,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, DeviceError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if seccomp {
+                if let Err(e) = crate::seccomp::apply(role) {
+                    let _ = events.send(VcpuEvent::Failed {
+                        cpu: 0,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+            }
+            body()
+        })
+        .map_err(|source| DeviceError::Worker { device, source })
+}
+
 /// Copies `bytes` of a little-endian config structure into `data` from `offset`, reading zeroes
 /// past its end.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -469,21 +469,14 @@ impl Worker for NetWorker {
             .map_err(err)?;
         let shared = self.shared.clone();
         let stop = self.stop.clone();
-        let t = std::thread::Builder::new()
-            .name("strata-net".into())
-            .spawn(move || {
-                if seccomp {
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::NetWorker) {
-                        let _ = events.send(VcpuEvent::Failed {
-                            cpu: 0,
-                            reason: e.to_string(),
-                        });
-                        return;
-                    }
-                }
-                worker_loop(shared, epoll, stop)
-            })
-            .map_err(err)?;
+        let t = super::spawn_worker(
+            "strata-net",
+            "net",
+            crate::seccomp::ThreadRole::NetWorker,
+            events,
+            seccomp,
+            move || worker_loop(shared, epoll, stop),
+        )?;
         self.thread = Some(t);
         Ok(())
     }

@@ -815,24 +815,14 @@ impl Worker for VsockWorker {
         };
         let shared = self.shared.clone();
         let stop = self.stop.clone();
-        let t = std::thread::Builder::new()
-            .name("strata-vsock".into())
-            .spawn(move || {
-                if seccomp {
-                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadRole::VsockWorker) {
-                        let _ = events.send(VcpuEvent::Failed {
-                            cpu: 0,
-                            reason: e.to_string(),
-                        });
-                        return;
-                    }
-                }
-                worker_loop(shared, listener, stop)
-            })
-            .map_err(|source| DeviceError::Worker {
-                device: "vsock",
-                source,
-            })?;
+        let t = super::spawn_worker(
+            "strata-vsock",
+            "vsock",
+            crate::seccomp::ThreadRole::VsockWorker,
+            events,
+            seccomp,
+            move || worker_loop(shared, listener, stop),
+        )?;
         self.thread = Some(t);
         Ok(())
     }
