@@ -587,8 +587,16 @@ fn finish(call: Call<'_>, outcome: Outcome) {
     });
 }
 
-/// Runs `f` on a worker thread (for calls that may block), answering from there.
-fn defer(call: Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+/// Runs `f` on a worker thread (for calls that may block), answering from there; the call's
+/// audit arguments go with it.
+fn defer(call: &mut Call<'_>, f: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    let call = Call {
+        ctx: call.ctx,
+        fd: call.fd,
+        kernel: call.kernel,
+        n: call.n,
+        args: std::mem::take(&mut call.args),
+    };
     // A new thread starts with this one's credentials, and takes them for its own.
     let _ = sys::unpark();
     let ctx = call.ctx.clone();

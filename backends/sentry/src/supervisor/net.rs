@@ -152,14 +152,7 @@ pub(super) fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
         Err(e) => Outcome::Errno(e as i32, "connect failed"),
     };
     if blocking {
-        let c = Call {
-            ctx: call.ctx,
-            fd: call.fd,
-            kernel: call.kernel,
-            n: call.n,
-            args: std::mem::take(&mut call.args),
-        };
-        return defer(c, connect);
+        return defer(call, connect);
     }
     connect()
 }

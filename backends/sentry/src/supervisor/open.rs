@@ -467,14 +467,7 @@ pub(super) fn fifo_wait(
     creds: Creds,
     cloexec: bool,
 ) -> Outcome {
-    let c = Call {
-        ctx: call.ctx,
-        fd: call.fd,
-        kernel: call.kernel,
-        n: call.n,
-        args: std::mem::take(&mut call.args),
-    };
-    defer(c, move || {
+    defer(call, move || {
         let _g = match sys::AsWorkload::enter(&creds) {
             Ok(g) => g,
             Err(_) => {
