@@ -241,29 +241,10 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
             left.extend(leaks::mounts(&ids));
             left.extend(leaks::cgroups(&ids));
             left.extend(leaks::state_dirs(&env.harness, &ids));
-            left.extend(
-                env.shim_processes()
-                    .into_iter()
-                    .map(|(p, c)| format!("shim {p}: {c}")),
-            );
             if netns.exists() {
                 left.push(format!("network namespace {} still there", netns.display()));
             }
-            left.extend(
-                env.own_netns()
-                    .into_iter()
-                    .map(|n| format!("network namespace {n}")),
-            );
-            left.extend(
-                env.bridge_ports()
-                    .into_iter()
-                    .map(|p| format!("bridge port {p}")),
-            );
-            left.extend(
-                env.ipam_leases()
-                    .into_iter()
-                    .map(|l| format!("host-local lease {l}")),
-            );
+            left.extend(env_leftovers(&env));
             for args in [["containers", "ls", "-q"], ["tasks", "ls", "-q"]] {
                 let mut ctr = env.ctr();
                 ctr.args(args);
@@ -318,29 +299,7 @@ fn cri_annotation_cannot_leave_the_runtime_class_tier() {
             "the error should name the annotation and the allowed tiers: {msg}"
         );
         assert!(c.list_pods().await.expect("ListPodSandbox").is_empty());
-        assert_clean("the refused pod", || {
-            let mut left: Vec<String> = env
-                .shim_processes()
-                .into_iter()
-                .map(|(p, c)| format!("shim {p}: {c}"))
-                .collect();
-            left.extend(
-                env.bridge_ports()
-                    .into_iter()
-                    .map(|p| format!("bridge port {p}")),
-            );
-            left.extend(
-                env.ipam_leases()
-                    .into_iter()
-                    .map(|l| format!("host-local lease {l}")),
-            );
-            left.extend(
-                env.own_netns()
-                    .into_iter()
-                    .map(|n| format!("network namespace {n}")),
-            );
-            left
-        });
+        assert_clean("the refused pod", || env_leftovers(&env));
     });
 }
 
@@ -519,8 +478,6 @@ fn cri_pods_reach_each_other_and_the_node_reaches_them() {
             .flat_map(|(_, _, p, c, _)| [p.as_str(), c.as_str()])
             .collect();
         assert_gone(&env, &ids);
-        let left = env.bridge_ports();
-        assert!(left.is_empty(), "bridge ports left: {left:?}");
     });
 }
 
@@ -773,16 +730,7 @@ fn cri_the_pod_cgroup_holds_what_serves_the_pod() {
                 "{err:?}"
             );
             assert_clean("the refused pod", || {
-                let mut left: Vec<String> = env
-                    .shim_processes()
-                    .into_iter()
-                    .map(|(p, c)| format!("shim {p}: {c}"))
-                    .collect();
-                left.extend(
-                    env.own_netns()
-                        .into_iter()
-                        .map(|n| format!("network namespace {n}")),
-                );
+                let mut left = env_leftovers(&env);
                 left.extend(
                     walk(&small_dir)
                         .into_iter()
@@ -934,20 +882,42 @@ async fn remove_and_check(c: &mut cri::Cri, env: &CriEnv, pod: &str, containers:
 }
 
 /// Nothing of the pods and containers `ids` is left: processes, mounts, cgroups, state
-/// directories, the env's network namespaces.
+/// directories, and nothing of the env's pods ([`env_leftovers`]).
 fn assert_gone(env: &CriEnv, ids: &[&str]) {
     assert_clean("the pod", || {
         let mut left = leaks::processes(ids);
         left.extend(leaks::mounts(ids));
         left.extend(leaks::cgroups(ids));
         left.extend(leaks::state_dirs(&env.harness, ids));
-        left.extend(
-            env.own_netns()
-                .into_iter()
-                .map(|n| format!("network namespace {n}")),
-        );
+        left.extend(env_leftovers(env));
         left
     });
+}
+
+/// What the env's pods left that belongs to no one pod: shim processes, the network
+/// namespaces its CRI plugin made, ports on its bridge, host-local's leases.
+fn env_leftovers(env: &CriEnv) -> Vec<String> {
+    let mut left: Vec<String> = env
+        .shim_processes()
+        .into_iter()
+        .map(|(p, c)| format!("shim {p}: {c}"))
+        .collect();
+    left.extend(
+        env.own_netns()
+            .into_iter()
+            .map(|n| format!("network namespace {n}")),
+    );
+    left.extend(
+        env.bridge_ports()
+            .into_iter()
+            .map(|p| format!("bridge port {p}")),
+    );
+    left.extend(
+        env.ipam_leases()
+            .into_iter()
+            .map(|l| format!("host-local lease {l}")),
+    );
+    left
 }
 
 /// A pod's network sysctls (the pod spec's `securityContext.sysctls`; containerd 2.x also sets
