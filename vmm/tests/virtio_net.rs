@@ -419,6 +419,28 @@ fn packet_socket(ifname: &str) -> (OwnedFd, i32) {
 }
 
 /// An ARP packet: `op` 1 request, 2 reply; addresses in 198.18.0.0/15.
+/// Sends `frame` out of the interface `ifindex` through the packet socket `pkt`, addressed to
+/// the guest's MAC; the bytes sent, or -1.
+fn send_to_guest(pkt: &OwnedFd, ifindex: i32, frame: &[u8]) -> isize {
+    // SAFETY: sockaddr_ll is plain old data; zeroes are valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
+    // SAFETY: `frame` and `sll` are live for the call, the lengths are theirs.
+    unsafe {
+        libc::sendto(
+            pkt.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    }
+}
+
 fn arp(dst: [u8; 6], src: [u8; 6], op: u16, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend(dst);
@@ -481,23 +503,7 @@ fn a_real_tap_carries_frames_both_ways() {
         }
         fx.notify(0);
         let reply = arp(GUEST_MAC, PEER_MAC, 2, [198, 18, 0, 1], [198, 18, 0, 2]);
-        // SAFETY: sockaddr_ll is plain old data; zeroes are valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
-        // SAFETY: `reply` and `sll` are live for the call, the lengths are theirs.
-        let n = unsafe {
-            libc::sendto(
-                pkt.as_raw_fd(),
-                reply.as_ptr().cast(),
-                reply.len(),
-                0,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
+        let n = send_to_guest(&pkt, ifindex, &reply);
         assert_eq!(
             n,
             reply.len() as isize,
@@ -704,23 +710,7 @@ fn a_guest_sends_and_receives_through_a_real_tap() {
         }
         if seen {
             let reply = arp(GUEST_MAC, peer_mac, 2, [198, 18, 0, 1], [198, 18, 0, 2]);
-            // SAFETY: sockaddr_ll is plain old data; zeroes are valid.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = ifindex;
-            sll.sll_halen = 6;
-            sll.sll_addr[..6].copy_from_slice(&GUEST_MAC);
-            // SAFETY: `reply` and `sll` are live for the call, the lengths are theirs.
-            let n = unsafe {
-                libc::sendto(
-                    pkt.as_raw_fd(),
-                    reply.as_ptr().cast(),
-                    reply.len(),
-                    0,
-                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
+            let n = send_to_guest(&pkt, ifindex, &reply);
             assert_eq!(n, reply.len() as isize);
         }
         let r = m.wait(Some(Duration::from_secs(60)));
