@@ -14,6 +14,8 @@ use strata_tests::pty::PtyChild;
 use strata_tests::wasi::{self, Workload, WorkloadRun};
 use strata_tests::{api, harness, Runtime};
 
+/// Waits that follow a step already done. The first output of a `ctr run` waits
+/// `h.ctr_timeout()` instead: on microvm that run boots the pod's VM (emulated in CI).
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// Shell that waits (up to 5 s) for the terminal to get its size: `ctr` sends the first
@@ -75,7 +77,7 @@ fn stdin_reaches_the_container_and_closes() {
     // container says it is ready.
     let mut bg = c.spawn_workload(&[], &Workload::new().out("ready\n").cat().out("\ndone\n"));
     assert!(
-        bg.wait_stdout("ready", SECS(30)),
+        bg.wait_stdout("ready", h.ctr_timeout()),
         "no ready: {}",
         bg.stderr()
     );
@@ -93,7 +95,7 @@ fn large_stdin_arrives_whole() {
     let c = h.container("bigin");
     let mut bg = c.spawn_workload(&[], &Workload::new().out("ready\n").count_stdin());
     assert!(
-        bg.wait_stdout("ready", SECS(30)),
+        bg.wait_stdout("ready", h.ctr_timeout()),
         "no ready: {}",
         bg.stderr()
     );
@@ -119,7 +121,7 @@ fn tty_run() {
         &["sh", "-c", &format!("{WAIT_SIZE}; tty; stty size; test -t 0 && echo stdin-tty; read l; echo \"got:$l\"; exit 7")],
     );
     let mut pty = PtyChild::spawn(cmd, 40, 100).unwrap();
-    pty.wait_for("stdin-tty", SECS(30)).unwrap();
+    pty.wait_for("stdin-tty", h.ctr_timeout()).unwrap();
     pty.write(b"typed\r").unwrap();
     let (code, screen) = pty.wait(SECS(30));
     assert_eq!(
@@ -145,7 +147,7 @@ fn tty_resize() {
                   sleep 0.1; i=$((i+1)); done; echo \"now $(stty size)\"";
     let script = format!("{WAIT_SIZE}; {script}");
     let pty = PtyChild::spawn(c.run_command(&["-t"], &["sh", "-c", &script]), 40, 100).unwrap();
-    pty.wait_for("40 100", SECS(30)).unwrap();
+    pty.wait_for("40 100", h.ctr_timeout()).unwrap();
     pty.resize(50, 132).unwrap();
     let (code, screen) = pty.wait(SECS(40));
     assert_eq!(code, 0, "{screen}");
@@ -243,7 +245,7 @@ fn sigkill_gives_137() {
     let h = harness!();
     let c = h.container("sigkill");
     let mut bg = c.spawn_workload(&[], &Workload::new().out("ready\n").sleep());
-    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    assert!(bg.wait_stdout("ready", h.ctr_timeout()), "{}", bg.stderr());
     let k = c.kill("SIGKILL");
     assert!(k.success(), "{k}");
     let out = bg.wait(SECS(30));
@@ -262,7 +264,7 @@ fn kill_an_exec_process() {
         &["sh", "-c", "echo ready; exec sleep 1000"],
     ))
     .unwrap();
-    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    assert!(bg.wait_stdout("ready", h.ctr_timeout()), "{}", bg.stderr());
     let k = h.ctr_run(&[
         "task",
         "kill",
@@ -284,7 +286,7 @@ fn pause_freezes_and_resume_thaws() {
     let h = harness!();
     let c = h.container("pause");
     let mut bg = c.spawn_workload(&[], &Workload::new().count(50));
-    assert!(bg.wait_stdout("3\n", SECS(30)), "{}", bg.stderr());
+    assert!(bg.wait_stdout("3\n", h.ctr_timeout()), "{}", bg.stderr());
     let p = h.ctr_run(&["task", "pause", &c.id]);
     assert!(p.success(), "{p}");
     assert_eq!(c.status().as_deref(), Some("PAUSED"));
@@ -425,7 +427,7 @@ fn update_memory_limit() {
             .alloc(64 << 20)
             .out("survived\n"),
     );
-    assert!(bg.wait_stdout("ready", SECS(30)), "{}", bg.stderr());
+    assert!(bg.wait_stdout("ready", h.ctr_timeout()), "{}", bg.stderr());
     let pid = c.pid().unwrap();
     // In a VM the container's cgroup is the guest's: the metrics below show its limit.
     let host_cgroup = h.processes_on_the_host();
