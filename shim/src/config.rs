@@ -38,6 +38,8 @@ pub enum ConfigError {
     UnknownBackend { value: String, allowed: String },
     #[error("annotation {BACKEND_ANNOTATION}={value:?} is not allowed by this runtime's configuration; allowed backends: {allowed}")]
     NotAllowed { value: String, allowed: String },
+    #[error("the container's entrypoint {program} is an ELF program, not WebAssembly, and this pod's tier is wasm: such a container runs natively only as the pod's sandbox (pause) container or where \"native\" is in allowed_backends (here: {allowed}); run it in a pod of another RuntimeClass, or allow native in this runtime's configuration")]
+    ElfInWasmPod { program: String, allowed: String },
 }
 
 /// The parsed configuration.
@@ -169,6 +171,25 @@ impl Config {
         }
         Ok(kind)
     }
+
+    /// The tier of a container in a wasm pod (or a lone wasm container) whose entrypoint
+    /// `program` is an ELF program: native when it is the pod's sandbox (pause) container or
+    /// `native` is in `allowed_backends`, else refused, so that no container leaves the wasm
+    /// tier unless the configuration lets it.
+    pub fn tier_of_elf_in_wasm(
+        &self,
+        program: &str,
+        sandbox_container: bool,
+    ) -> Result<BackendKind, ConfigError> {
+        if sandbox_container || self.allowed_backends.contains(&BackendKind::Native) {
+            Ok(BackendKind::Native)
+        } else {
+            Err(ConfigError::ElfInWasmPod {
+                program: program.to_string(),
+                allowed: list(&self.allowed_backends),
+            })
+        }
+    }
 }
 
 fn list(kinds: &[BackendKind]) -> String {
@@ -185,6 +206,39 @@ mod tests {
 
     fn ann(v: &str) -> HashMap<String, String> {
         HashMap::from([(BACKEND_ANNOTATION.to_string(), v.to_string())])
+    }
+
+    #[test]
+    fn an_elf_container_leaves_wasm_only_as_the_sandbox_or_where_native_is_allowed() {
+        let wasm_only = Config::parse(
+            "default_backend = \"wasm\"\nallowed_backends = [\"wasm\"]\n",
+            Path::new("/etc/strata/strata-wasm.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            wasm_only.tier_of_elf_in_wasm("/pause", true).unwrap(),
+            BackendKind::Native
+        );
+        let e = wasm_only.tier_of_elf_in_wasm("/bin/sh", false).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/bin/sh"), "{msg}");
+        assert!(msg.contains("allowed_backends (here: wasm)"), "{msg}");
+        assert!(msg.contains("sandbox (pause) container"), "{msg}");
+        let with_native = Config::parse(
+            "default_backend = \"wasm\"\nallowed_backends = [\"wasm\", \"native\"]\n",
+            Path::new("/etc/strata/strata-wasm.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            with_native.tier_of_elf_in_wasm("/bin/sh", false).unwrap(),
+            BackendKind::Native
+        );
+        assert_eq!(
+            Config::default()
+                .tier_of_elf_in_wasm("/bin/sh", false)
+                .unwrap(),
+            BackendKind::Native
+        );
     }
 
     #[test]

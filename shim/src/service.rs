@@ -172,6 +172,16 @@ pub struct TaskService {
     inner: Arc<Inner>,
 }
 
+/// Whether container `id` is a pod's sandbox (pause) container as CRI creates it: of type
+/// "sandbox" and naming itself as its sandbox.
+fn is_pod_sandbox(id: &str, annotations: &HashMap<String, String>) -> bool {
+    annotations
+        .get(CONTAINER_TYPE_ANNOTATION)
+        .map(String::as_str)
+        == Some("sandbox")
+        && annotations.get(SANDBOX_ID_ANNOTATION).map(String::as_str) == Some(id)
+}
+
 fn opt(exec_id: &str) -> Option<&str> {
     if exec_id.is_empty() {
         None
@@ -374,11 +384,28 @@ impl TaskService {
                 )));
             }
         }
-        // In a wasm pod, a container whose entrypoint is an ELF binary (the pause container,
-        // a sidecar) runs as native; `kind` stays the pod's tier for its other containers.
+        // In a wasm pod, a container whose entrypoint is an ELF binary runs natively only if it
+        // is the pod's sandbox (pause) container or the configuration allows native; `kind`
+        // stays the pod's tier for its other containers.
         let backend = if kind == BackendKind::Wasm && strata_wasm::entrypoint_is_elf(&bundle, &spec)
         {
-            self.backend(BackendKind::Native, &cfg)?
+            let program = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().as_ref())
+                .and_then(|a| a.first())
+                .map(String::as_str)
+                .unwrap_or_default();
+            let native = cfg
+                .tier_of_elf_in_wasm(program, is_pod_sandbox(&req.id, &annotations))
+                .map_err(|e| Error::InvalidArgument(e.to_string()));
+            match native.and_then(|kind| self.backend(kind, &cfg)) {
+                Ok(b) => b,
+                Err(e) => {
+                    crate::rootfs::unmount(&bundle);
+                    return Err(e);
+                }
+            }
         } else {
             pod_backend.clone()
         };

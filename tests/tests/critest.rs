@@ -10,15 +10,16 @@
 //! in this run; the specs where it does not fail the test, unless [`KNOWN_GAPS`] lists them for
 //! that handler, with the reason.
 //!
-//! busybox is ELF, so in the `strata-wasm` run every container runs native inside the wasm pod.
-//! A second run on `strata-wasm`, `strata-wasm(wasm images)`, gives critest a WebAssembly test
-//! image instead ([`wasi::contest_shell_image_builder`]: busybox's layout with the contest module
-//! as every command, no ELF file): the specs that can apply to a pod of wasm containers and a
-//! native pause run there, judged against runc's; the others are listed in
-//! [`WASM_NOT_APPLICABLE`] with the reason, skipped and not judged.
+//! busybox is ELF, and the `strata-wasm` handler runs no ELF container but a pod's pause (its
+//! configuration allows the wasm tier only: docs/wasm.md, "Tier pinning"), so critest's busybox
+//! images cannot run there. The run on `strata-wasm`, labelled `strata-wasm(wasm images)`, gives
+//! critest a WebAssembly test image instead ([`wasi::contest_shell_image_builder`]: busybox's
+//! layout with the contest module as every command, no ELF file): the specs that can apply to a
+//! pod of wasm containers and a native pause run there, judged against runc's; the others are
+//! listed in [`WASM_NOT_APPLICABLE`] with the reason, skipped and not judged.
 //!
 //! `STRATA_CRITEST_HANDLERS=runc,strata-native` runs a subset (runc is always run: it is the
-//! baseline; `strata-wasm` selects both wasm runs, `strata-wasm(wasm images)` the second only);
+//! baseline; `strata-wasm` or `strata-wasm(wasm images)` selects the wasm run);
 //! `STRATA_CRITEST_FOCUS=REGEX` runs only the specs it matches (critest's `--ginkgo.focus`),
 //! while working on them. `STRATA_TEST_SUMMARY`: a file that gets one line per run,
 //! `critest\t<run>\t<containerd>\t<passed>\t<failed>\t<skipped>` (run: the handler, or
@@ -86,10 +87,7 @@ const SKIP: &[(&str, &str)] = &[
 /// handler, what it fails on). Each is a known difference to fix in its tier, not in this test.
 ///
 /// strata-native: none (its `rshared`/`rslave` mount propagation failures were fixed before this
-/// table was measured). strata-wasm: none; with busybox every container (ELF) runs on the native
-/// tier inside the wasm pod (docs/wasm.md, "Pods: ELF containers run native";
-/// tests/tests/wasm.rs `wasm_elf_entrypoint_runs_native`): that run checks the wasm handler's
-/// pod and CRI plumbing. strata-wasm(wasm images), where the containers are modules: none (its
+/// table was measured). strata-wasm(wasm images), where the containers are modules: none (its
 /// EPERM where a read-only rootfs gives EROFS was fixed before this table was measured).
 const KNOWN_GAPS: &[KnownGap] = &[
     // strata-sentry: only by design (docs/sentry.md, "critest"). Fixed in session 6 (issue 13):
@@ -283,7 +281,7 @@ struct RunSpec {
 const WASM_IMAGES_RUN: &str = "strata-wasm(wasm images)";
 
 /// The runs, in order; runc first (the baseline).
-const RUNS: [RunSpec; 6] = [
+const RUNS: [RunSpec; 5] = [
     RunSpec {
         label: "runc",
         handler: "runc",
@@ -302,11 +300,6 @@ const RUNS: [RunSpec; 6] = [
     RunSpec {
         label: "strata-microvm",
         handler: "strata-microvm",
-        images: Images::Busybox,
-    },
-    RunSpec {
-        label: "strata-wasm",
-        handler: "strata-wasm",
         images: Images::Busybox,
     },
     RunSpec {

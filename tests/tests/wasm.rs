@@ -734,6 +734,53 @@ fn wasm_elf_entrypoint_runs_native() {
     c.remove_and_check();
 }
 
+/// Tier pinning: under a configuration that allows only wasm (as `configs/strata-wasm.toml`,
+/// the `strata-wasm` RuntimeClass), a container whose entrypoint is ELF is refused at its
+/// create, naming the rule, and leaves nothing; a module still runs there. (That a pod's pause
+/// container, ELF, runs natively under the same configuration is shown by every CRI test of
+/// the `strata-wasm` handler: `wasm_pod_through_cri` here, and tests/tests/cri.rs.)
+#[test]
+fn wasm_only_configuration_refuses_an_elf_container() {
+    let h = harness!();
+    strata_only!(h);
+    let config = h.info.state.join("strata-wasm-only.toml");
+    std::fs::write(
+        &config,
+        "default_backend = \"wasm\"\nallowed_backends = [\"wasm\"]\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let flags = ["--runtime-config-path", config.as_str()];
+
+    let c = h.container("wasm-pinned-elf");
+    let mut spec = c.spec(&["sh", "-c", "echo escaped the wasm tier"]);
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    let out = c.run_spec(&spec, &flags);
+    assert_fails_with(&out, "entrypoint sh is an ELF program, not WebAssembly");
+    assert_fails_with(&out, "allowed_backends (here: wasm)");
+    assert!(!out.stdout.contains("escaped"), "{out}");
+    c.remove_and_check();
+
+    // Without the annotation the configuration's default (wasm) applies: refused the same way.
+    let c = h.container("wasm-pinned-default");
+    let mut spec = c.spec(&["/bin/sh", "-c", "echo escaped the wasm tier"]);
+    spec["annotations"] = json!({});
+    let out = c.run_spec(&spec, &flags);
+    assert_fails_with(&out, "entrypoint /bin/sh is an ELF program");
+    c.remove_and_check();
+
+    let c = h.container("wasm-pinned-module");
+    let spec = wasm_spec(
+        &c,
+        &print_and_exit(1, "a module on wasm only\n", 0),
+        &["/app.wasm"],
+    );
+    let out = c.run_spec(&spec, &flags);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "a module on wasm only\n");
+    c.remove_and_check();
+}
+
 #[test]
 fn wasm_bad_input_is_a_clear_error() {
     let h = harness!();
@@ -843,7 +890,8 @@ fn wasm_concurrent_first_starts_of_one_module() {
 
 /// A Kubernetes-style pod through containerd's CRI plugin on the handler `strata-wasm`: the
 /// pause container (ELF) runs native, the wasm container runs on the wasm tier, both in one
-/// shim; its output reaches the CRI log; stop and remove leave nothing.
+/// shim; its output reaches the CRI log; an ELF sidecar is refused (the handler allows wasm
+/// only); stop and remove leave nothing.
 #[test]
 fn wasm_cri_pod_with_handler_strata_wasm() {
     use std::collections::HashMap;
@@ -915,9 +963,25 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
         });
         assert!(seen.is_some(), "no output in {}", log.display());
 
+        // Tier pinning: the handler's configuration allows wasm only, so an ELF sidecar
+        // (busybox) is refused at its start, naming the rule; the pod runs on.
+        let sidecar = env.container_config("elf-sidecar", &["sh", "-c", "sleep 1000"]);
+        match c.start_container(&pod, &sidecar, &pod_config).await {
+            Ok(_) => panic!("an ELF container ran in a strata-wasm pod"),
+            Err(s) => assert!(
+                s.message().contains("is an ELF program, not WebAssembly")
+                    && s.message().contains("allowed_backends (here: wasm)"),
+                "the refusal should name the tier rule: {s}"
+            ),
+        }
+        let (st, _) = c.container_status(&id).await.expect("ContainerStatus");
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+        let all = c.list_containers().await.expect("ListContainers");
+
         c.stop_pod(&pod).await.expect("StopPodSandbox");
         c.remove_pod(&pod).await.expect("RemovePodSandbox");
-        let ids = [pod.as_str(), id.as_str()];
+        let mut ids = vec![pod.as_str(), id.as_str()];
+        ids.extend(all.iter().map(String::as_str));
         let mut left = Vec::new();
         let clean = cmd::poll(Duration::from_secs(20), || {
             left = leaks::processes(&ids);
