@@ -138,7 +138,7 @@ impl Container {
             .map(|h| h.inherited_fds(&opts.spec))
             .unwrap_or_default();
         let what = format!("create container {}", opts.id);
-        let built = creator::create(&what, &req, &io, &keep).and_then(|pid| {
+        let built = creator::create(&what, &executor, &req, &io, &keep).and_then(|pid| {
             let lc = LcContainer::load(root.join(&opts.id))
                 .map_err(|e| lc_err("load the created container's state", e))?;
             Ok((pid, lc))
@@ -296,6 +296,7 @@ impl Container {
         );
         let pid = creator::create(
             &format!("exec {exec_id} in container {}", self.id),
+            &self.executor,
             &req,
             &exec.proc.io,
             &self.keep_fds,

@@ -91,8 +91,17 @@ impl Request {
 /// `what` names the work in errors.
 /// `keep` are descriptors of this process the container's processes must inherit at the same
 /// numbers (all above 2).
-pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) -> Result<u32> {
-    let exe = PathBuf::from("/proc/self/exe");
+pub(crate) fn create(
+    what: &str,
+    executor: &NativeExecutor,
+    req: &Request,
+    io: &ProcessIo,
+    keep: &[i32],
+) -> Result<u32> {
+    let exe = executor
+        .creator_exe
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let json = serde_json::to_vec(req)
         .map_err(|e| Error::Other(format!("{what}: encode the request: {e}")))?;
     let (ours, theirs) =
@@ -100,6 +109,13 @@ pub(crate) fn create(what: &str, req: &Request, io: &ProcessIo, keep: &[i32]) ->
     // The socket's number in the helper: the first above the stdio that no kept one has.
     let request_fd = (3..).find(|n| !keep.contains(n)).unwrap_or(3);
     let mut cmd = Command::new(&exe);
+    if let Some(name) = executor
+        .pre_exec
+        .as_ref()
+        .and_then(|h| h.process_name(&req.id))
+    {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, name);
+    }
     cmd.arg(CREATOR_ARG).arg(request_fd.to_string());
     for (i, fd) in [0, 1, 2].into_iter().map(|n| (n, io.take_fd(n))) {
         // A stream the container does not get stays the shim's own, as when the shim cloned.
@@ -242,9 +258,15 @@ fn make(req: Request, hooks: &[Arc<dyn PreExec>]) -> std::result::Result<u32, St
                 .ok_or_else(|| format!("this binary has no pre-exec hook {name:?}"))?,
         ),
     };
+    if let (Some(hook), Kind::Init { bundle }) = (&pre_exec, &req.kind) {
+        let spec = libcontainer::oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| format!("read the bundle's spec: {e}"))?;
+        hook.before_create(bundle, &spec)?;
+    }
     let executor = NativeExecutor {
         pre_exec,
         exec_seccomp: req.exec_seccomp,
+        creator_exe: None,
     };
     let builder = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_root_path(&req.root)

@@ -33,7 +33,27 @@ pub trait PreExec: Send + Sync {
         Vec::new()
     }
 
+    /// In the creating helper, for a container's init only, before libcontainer makes
+    /// anything: work done with the host's view (the bundle, host paths) whose result the
+    /// container's process inherits in memory. An error fails the create with its text.
+    fn before_create(&self, _bundle: &std::path::Path, _spec: &Spec) -> Result<(), String> {
+        Ok(())
+    }
+
     fn before_exec(&self, spec: &Spec) -> Result<(), String>;
+
+    /// Whether [`PreExec::before_exec`] runs the workload itself, in the container's process,
+    /// and ends that process (the wasm tier's runner): then no program is looked up or
+    /// exec'd, and a `before_exec` that returns is an error.
+    fn runs_the_workload(&self) -> bool {
+        false
+    }
+
+    /// The name (argv[0]) of the creating helper, which the container's process inherits when
+    /// it runs the workload in place; None keeps the binary's own.
+    fn process_name(&self, _container_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The native tier's executor.
@@ -43,6 +63,8 @@ pub struct NativeExecutor {
     /// For exec'd processes: the container's seccomp profile, which libcontainer's tenant
     /// builder drops.
     pub(crate) exec_seccomp: Option<LinuxSeccomp>,
+    /// The binary started as the creating helper (`creator`); None: this process's own.
+    pub(crate) creator_exe: Option<std::path::PathBuf>,
 }
 
 /// Whether a profile hands calls to a supervisor (the sentry's); such a filter is the
@@ -71,8 +93,26 @@ fn install_exec_seccomp(profile: &LinuxSeccomp) -> Result<(), ExecutorError> {
         .map_err(|e| ExecutorError::Other(format!("install the container's seccomp profile: {e}")))
 }
 
+impl NativeExecutor {
+    /// The hook, when it runs the workload in place of an exec'd program.
+    fn in_place(&self) -> Option<&std::sync::Arc<dyn PreExec>> {
+        self.pre_exec.as_ref().filter(|h| h.runs_the_workload())
+    }
+}
+
 impl Executor for NativeExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(hook) = self.in_place() {
+            signals::reset_ignored();
+            if let Some(profile) = &self.exec_seccomp {
+                install_exec_seccomp(profile)?;
+            }
+            hook.before_exec(spec).map_err(ExecutorError::Other)?;
+            return Err(ExecutorError::Other(format!(
+                "the {} hook returned instead of running the workload",
+                hook.name()
+            )));
+        }
         // Found before any filter is installed (the sentry's would trap each look).
         let path = program::find(spec).map_err(ExecutorError::Other)?;
         let c = |s: &[u8]| CString::new(s).map_err(|_| ExecutorError::InvalidArg);
@@ -108,6 +148,9 @@ impl Executor for NativeExecutor {
     /// Runs in the container (after its root is set up, before `start`): a program that
     /// cannot be found fails the create, as with runc.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        if self.in_place().is_some() {
+            return Ok(());
+        }
         program::find(spec)
             .map(|_| ())
             .map_err(ExecutorValidationError::ArgValidationError)

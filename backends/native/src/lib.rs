@@ -55,6 +55,14 @@ impl NativeBackend {
         self
     }
 
+    /// Starts `exe` as the creating helper instead of this process's own binary: a binary
+    /// whose `main` calls [`creator::run`] with the hook this backend names (the wasm tier's
+    /// runner, which runs the workload in the container's process).
+    pub fn with_creator(mut self, exe: impl Into<PathBuf>) -> Self {
+        self.executor.creator_exe = Some(exe.into());
+        self
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .lock()
