@@ -1286,20 +1286,12 @@ impl Drop for CaplessHostProcess {
     }
 }
 
-/// Landlock behind the supervisor. A container sharing the host's pid namespace can reach the
-/// host's filesystem through `/proc/<pid>/root` of a host process it may read, with calls the
-/// supervisor never sees (`chdir`, `mkdir`, `symlink`, `unlink`) and with an exec the
-/// supervisor judges by the path it reads back from `/proc/<pid>/cwd`, a path that exists in
-/// the container too, on a policy that wrongly allows everything: native lets every attempt
-/// through (so the path really leads outside), sentry stops them all, and ordinary work still
-/// runs.
-#[test]
-fn landlock_stops_what_a_wrong_policy_lets_through() {
-    let (h, probe) = harness_with_probe!("landlock");
-    let host = h.info.state.join("landlock-host");
-    let cfg = runtime_config(
+/// A Strata configuration whose sentry policy `wrong` allows every path read-write and exec
+/// from a directory whose path also exists on the host (`host`), for the Landlock tests below.
+fn wrong_policy_config(h: &Harness, name: &str, host: &Path) -> PathBuf {
+    runtime_config(
         h,
-        "landlock-policy",
+        name,
         "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
         &[
             (
@@ -1314,40 +1306,79 @@ fn landlock_stops_what_a_wrong_policy_lets_through() {
                 ),
             ),
         ],
-    );
-    let helper = CaplessHostProcess::spawn();
-    let p = format!("/proc/{}/root{}", helper.0.id(), host.display());
-    let script = format!(
+    )
+}
+
+/// The attempts to leave the container through `/proc/<pid>/root` of the host process `pid`
+/// (reach `host`, `mkdir`, `symlink`, `rm`, exec of `host/bin/tool`), then ordinary work.
+fn escape_through_proc_root(pid: u32, host: &Path) -> String {
+    let p = format!("/proc/{pid}/root{}", host.display());
+    format!(
         "cd {p} && echo reached; mkdir {p}/made-dir; echo mkdir=$?; \
          ln -s x {p}/made-link; echo symlink=$?; rm {p}/victim; echo rm=$?; \
          cd {p}/bin && ./tool ident; echo exec=$?; cd /; \
          echo c a b | tr ' ' '\\n' | sort | tr '\\n' ' '; echo; \
          mkdir -p /root/d && echo data > /root/d/f && mv /root/d/f /tmp/f && cat /tmp/f && \
          rm /tmp/f && ln -s /tmp /root/l && rm /root/l && echo work-ok"
-    );
+    )
+}
+
+/// A fresh `host` directory (the probe as `bin/tool`, a `victim` file) and a spec on
+/// `backend` that shares the host's pid namespace and holds busybox at the same path as
+/// `host/bin/tool` (busybox knows no `ident`).
+fn spec_beside_host(
+    c: &Container<'_>,
+    probe: &Path,
+    host: &Path,
+    args: &[&str],
+    backend: &str,
+) -> serde_json::Value {
+    let _ = std::fs::remove_dir_all(host);
+    std::fs::create_dir_all(host.join("bin")).unwrap();
+    std::fs::copy(probe, host.join("bin/tool")).unwrap();
+    std::fs::write(host.join("victim"), "v").unwrap();
+    let mut spec = spec_on(c, args, backend);
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "pid");
+    }
+    let root = rootfs(&spec);
+    let inside = root.join(host.strip_prefix("/").unwrap()).join("bin");
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::copy(root.join("bin/busybox"), inside.join("tool")).unwrap();
+    spec
+}
+
+/// Which of the attempts of [`escape_through_proc_root`] reached the host: reached, mkdir,
+/// symlink, rm, host exec.
+fn escaped_to(host: &Path, out: &strata_tests::Output) -> [bool; 5] {
+    [
+        out.stdout.contains("reached"),
+        host.join("made-dir").exists(),
+        host.join("made-link").symlink_metadata().is_ok(),
+        !host.join("victim").exists(),
+        out.stdout.contains("probe-ident"),
+    ]
+}
+
+/// Landlock behind the supervisor. A container sharing the host's pid namespace can reach the
+/// host's filesystem through `/proc/<pid>/root` of a host process it may read, with calls the
+/// supervisor never sees (`chdir`, `mkdir`, `symlink`, `unlink`) and with an exec the
+/// supervisor judges by the path it reads back from `/proc/<pid>/cwd`, a path that exists in
+/// the container too, on a policy that wrongly allows everything: native lets every attempt
+/// through (so the path really leads outside), sentry stops them all, and ordinary work still
+/// runs.
+#[test]
+fn landlock_stops_what_a_wrong_policy_lets_through() {
+    let (h, probe) = harness_with_probe!("landlock");
+    let host = h.info.state.join("landlock-host");
+    let cfg = wrong_policy_config(h, "landlock-policy", &host);
+    let helper = CaplessHostProcess::spawn();
+    let script = escape_through_proc_root(helper.0.id(), &host);
     for backend in ["native", "sentry"] {
-        let _ = std::fs::remove_dir_all(&host);
-        std::fs::create_dir_all(host.join("bin")).unwrap();
-        std::fs::copy(&probe, host.join("bin/tool")).unwrap();
-        std::fs::write(host.join("victim"), "v").unwrap();
         let c = h.container(&format!("landlock-{backend}"));
-        let mut spec = spec_on(&c, &["sh", "-c", &script], backend);
-        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
-            ns.retain(|n| n["type"] != "pid");
-        }
-        // The same path in the container holds busybox, which knows no `ident`.
-        let root = rootfs(&spec);
-        let inside = root.join(host.strip_prefix("/").unwrap()).join("bin");
-        std::fs::create_dir_all(&inside).unwrap();
-        std::fs::copy(root.join("bin/busybox"), inside.join("tool")).unwrap();
+        let spec = spec_beside_host(&c, &probe, &host, &["sh", "-c", &script], backend);
         let out = c.run_spec(&spec, &["--runtime-config-path", cfg.to_str().unwrap()]);
-        let escaped = [
-            out.stdout.contains("reached"),
-            host.join("made-dir").exists(),
-            host.join("made-link").symlink_metadata().is_ok(),
-            !host.join("victim").exists(),
-            out.stdout.contains("probe-ident"),
-        ];
+        let escaped = escaped_to(&host, &out);
         eprintln!("{backend}: reached, mkdir, symlink, rm, host exec = {escaped:?}");
         if backend == "native" {
             assert!(
@@ -1362,6 +1393,68 @@ fn landlock_stops_what_a_wrong_policy_lets_through() {
             assert!(
                 out.stdout.contains("a b c \n") && out.stdout.contains("work-ok"),
                 "ordinary work under Landlock: {out}"
+            );
+        }
+        c.remove_and_check();
+    }
+    drop(helper);
+    let _ = std::fs::remove_dir_all(&host);
+}
+
+/// A process started by `ctr task exec` in a running sentry container is confined as its init
+/// is: it runs under the sentry's own filter with no_new_privs (libcontainer gives an exec'd
+/// process no seccomp profile: the pre-exec hook installs it), and under Landlock, which keeps
+/// it inside the container's rootfs and mounts where the policy is wrong: the attempts of
+/// `landlock_stops_what_a_wrong_policy_lets_through`, made from an exec'd process, all reach
+/// the host on native and all fail on the sentry, where its ordinary work still runs.
+#[test]
+fn an_exec_is_confined_as_its_init_is() {
+    let (h, probe) = harness_with_probe!("landlock-exec");
+    let host = h.info.state.join("landlock-exec-host");
+    let cfg = wrong_policy_config(h, "landlock-exec-policy", &host);
+    let helper = CaplessHostProcess::spawn();
+    let script = format!(
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; {}",
+        escape_through_proc_root(helper.0.id(), &host)
+    );
+    for backend in ["native", "sentry"] {
+        let c = h.container(&format!("landlock-exec-{backend}"));
+        let spec = spec_beside_host(&c, &probe, &host, &["sleep", "300"], backend);
+        start_spec_detached(
+            h,
+            &c,
+            &spec,
+            &["--runtime-config-path", cfg.to_str().unwrap()],
+        );
+        let out = c.exec("escape", &["sh", "-c", &script]);
+        let escaped = escaped_to(&host, &out);
+        eprintln!("{backend} exec: reached, mkdir, symlink, rm, host exec = {escaped:?}");
+        if backend == "native" {
+            assert!(
+                escaped.iter().all(|e| *e),
+                "native must show that the path leads outside: {escaped:?}\n{out}"
+            );
+        } else {
+            assert!(
+                out.stdout.contains("Seccomp:2\n") && out.stdout.contains("NoNewPrivs:1\n"),
+                "the exec'd process must run under the sentry's filter: {out}"
+            );
+            assert!(
+                escaped.iter().all(|e| !*e),
+                "Landlock let an exec'd process outside its rootfs: {escaped:?}\n{out}"
+            );
+            assert!(
+                out.stdout.contains("a b c \n") && out.stdout.contains("work-ok"),
+                "ordinary work of an exec'd process under Landlock: {out}"
+            );
+            // The supervisor saw the exec'd process's calls: its filter is the sentry's.
+            let mentions = |recs: &[serde_json::Value], needle: &str| {
+                recs.iter().any(|r| r.to_string().contains(needle))
+            };
+            let recs = audit_records_when(h, &c.id, |recs| mentions(recs, "/root/d/f"));
+            assert!(
+                mentions(&recs, "/root/d/f"),
+                "the exec'd process's open of /root/d/f is not in the audit log"
             );
         }
         c.remove_and_check();
