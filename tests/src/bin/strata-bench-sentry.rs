@@ -16,6 +16,11 @@
 //!      (every file opened), the tree bind-mounted read-only at /data; target at most 1.3x
 //!      native (issue 13; issue 4's was 2x) and faster than runsc.
 //!
+//! Each workload also runs on the sentry in record mode (the built-in `record` policy, picked
+//! with `strata.dev/sentry-policy=record`): every call trapped and audited with its resolved path, every open
+//! performed by the supervisor, no rate limit. Issue 13 allows such a container to be slower;
+//! its figures stand beside the others (a column and a ratio to native), with no target.
+//!
 //! runsc is run as `runsc --network=none --platform=PLATFORM` through a wrapper script (the
 //! runc shim passes no flags of its own to its binary); `--runsc-platform` picks the platform
 //! (default `ptrace`: this machine's /dev/kvm is PVM, on which runsc's KVM platform hangs). If
@@ -63,6 +68,8 @@ enum Tier {
     Runsc,
     /// The sentry on the policy given with `--policy`.
     SentryPolicy,
+    /// The sentry in record mode (the built-in `record` policy).
+    SentryRecord,
 }
 
 impl Tier {
@@ -72,6 +79,7 @@ impl Tier {
             Tier::Sentry => "strata sentry",
             Tier::Runsc => "gVisor runsc",
             Tier::SentryPolicy => "strata sentry (--policy)",
+            Tier::SentryRecord => "strata sentry, record mode",
         }
     }
 }
@@ -83,6 +91,9 @@ struct Bench<'a> {
     /// For [`Tier::SentryPolicy`]: a Strata configuration whose sentry directory allows the
     /// policy, and the policy's name.
     policy: Option<(String, String)>,
+    /// For [`Tier::SentryRecord`]: a Strata configuration whose sentry directory allows the
+    /// `record` policy.
+    record_cfg: String,
 }
 
 impl Bench<'_> {
@@ -102,6 +113,11 @@ impl Bench<'_> {
                 pick = format!("strata.dev/sentry-policy={name}");
                 flags.extend(["--annotation", "strata.dev/backend=sentry"]);
                 flags.extend(["--annotation", &pick, "--runtime-config-path", cfg]);
+            }
+            Tier::SentryRecord => {
+                flags.extend(["--annotation", "strata.dev/backend=sentry"]);
+                flags.extend(["--annotation", "strata.dev/sentry-policy=record"]);
+                flags.extend(["--runtime-config-path", &self.record_cfg]);
             }
             Tier::Native => flags.extend(["--annotation", "strata.dev/backend=native"]),
             Tier::Sentry => flags.extend(["--annotation", "strata.dev/backend=sentry"]),
@@ -198,6 +214,22 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
+/// A Strata configuration in `dir` whose sentry directory allows the policy `name` (its file,
+/// if it needs one, already in `dir/sentry`); its path.
+fn allowing_config(dir: &Path, name: &str) -> Result<String> {
+    std::fs::create_dir_all(dir.join("sentry"))?;
+    std::fs::write(
+        dir.join("sentry/sentry.toml"),
+        format!("allowed_policies = [\"default\", \"{name}\"]\n"),
+    )?;
+    let cfg = dir.join("strata.toml");
+    std::fs::write(
+        &cfg,
+        "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
+    )?;
+    Ok(cfg.display().to_string())
+}
+
 fn main() -> Result<()> {
     let a = args()?;
     let h = strata_tests::bench::start_harness()?;
@@ -238,24 +270,17 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             std::fs::create_dir_all(dir.join("sentry"))?;
             std::fs::copy(file, dir.join("sentry").join(format!("{name}.toml")))
                 .with_context(|| format!("{}", file.display()))?;
-            std::fs::write(
-                dir.join("sentry/sentry.toml"),
-                format!("allowed_policies = [\"default\", \"{name}\"]\n"),
-            )?;
-            let cfg = dir.join("strata.toml");
-            std::fs::write(
-                &cfg,
-                "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
-            )?;
-            Some((cfg.display().to_string(), name))
+            Some((allowing_config(&dir, &name)?, name))
         }
         None => None,
     };
+    let record_cfg = allowing_config(&h.info.state.join("bench-record"), "record")?;
     let b = Bench {
         h,
         runsc_wrapper: wrapper,
         tree,
         policy,
+        record_cfg,
     };
     if let Some((_, name)) = &b.policy {
         return policy_open_heavy(&b, a, name);
@@ -279,17 +304,18 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     if let Some(e) = &runsc_error {
         eprintln!("runsc cannot run here: {e}");
     }
-    let tiers: Vec<Tier> = if runsc_error.is_none() {
-        vec![Tier::Native, Tier::Sentry, Tier::Runsc]
-    } else {
-        vec![Tier::Native, Tier::Sentry]
-    };
+    // Native, sentry and record mode first and in this order: the untrapped workload's extra
+    // rounds below are added by index.
+    let n_s = [Tier::Native, Tier::Sentry, Tier::SentryRecord];
+    let mut tiers = n_s.to_vec();
+    if runsc_error.is_none() {
+        tiers.push(Tier::Runsc);
+    }
 
-    let n_s = [Tier::Native, Tier::Sentry];
     eprintln!("start latency, {} runs", a.runs);
     let start = interleaved(&tiers, a.runs, |t| b.start(t))?;
     eprintln!(
-        "untrapped workload, {} runs (native and sentry {})",
+        "untrapped workload, {} runs (native, sentry and record mode {})",
         a.runs,
         2 * a.runs
     );
@@ -325,7 +351,7 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             })
             .unwrap_or_else(|| "-".into())
     };
-    let (n, s, r) = (Tier::Native, Tier::Sentry, Tier::Runsc);
+    let (n, s, rec, r) = (Tier::Native, Tier::Sentry, Tier::SentryRecord, Tier::Runsc);
     let runsc_note = match &runsc_error {
         None => format!(
             "runsc {} (`--network=none --platform={}`, through containerd-shim-runc-v2 `--runc-binary`)",
@@ -337,11 +363,13 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     let mut t = format!(
         "Measured {date} on {cpus} CPUs, kernel {kernel}; {containerd}; {runsc_note}; shim \
          built with the `{profile}` profile; median of {runs} interleaved runs each \
-         (untrapped: {runs2} for native and sentry); \
+         (untrapped: {runs2} for native, the sentry and record mode); \
          workloads timed inside the container (busybox `time -p`, 10 ms resolution); tree of \
-         {files} files.\n\n\
-         | | strata native | strata sentry | gVisor runsc | sentry / native | sentry / runsc | target |\n\
-         |---|---|---|---|---|---|---|\n",
+         {files} files. Record mode: the sentry on the built-in `record` policy (every call \
+         trapped and audited, every open performed by the supervisor), allowed to be slower: \
+         no target.\n\n\
+         | | strata native | strata sentry | sentry, record mode | gVisor runsc | sentry / native | record / native | sentry / runsc | target |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         date = first_line("date", &["-u"]),
         cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel = first_line("uname", &["-r"]),
@@ -370,35 +398,40 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     ];
     for (label, v, target) in rows {
         t.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} | {target} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {target} |\n",
             cell(v, n),
             cell(v, s),
+            cell(v, rec),
             cell(v, r),
             vs(v, s, n),
+            vs(v, rec, n),
             vs(v, s, r),
         ));
         t.push_str(&format!(
-            "| fastest / slowest | {} | {} | {} | | | |\n",
+            "| fastest / slowest | {} | {} | {} | {} | | | | |\n",
             spread(v, n),
             spread(v, s),
+            spread(v, rec),
             spread(v, r),
         ));
     }
-    // Native (index 0) and sentry (index 1) ran next to each other in every round.
-    t.push_str("\nEach round's sentry run against the native run of the same round (median of the rounds' ratios, interquartile range):");
-    for (label, v) in [
-        ("start", &start),
-        ("untrapped", &untrapped),
-        ("open-heavy", &open_heavy),
-    ] {
-        let (m, lo, hi) = paired(&v[0], &v[1]);
-        t.push_str(&format!(
-            " {label} {m:.2}x ({lo:.2}-{hi:.2}x, {} rounds);",
-            v[0].len().min(v[1].len())
-        ));
+    // Native (index 0), sentry (1) and record mode (2) ran next to each other in every round.
+    for (who, i) in [("sentry", 1), ("record-mode", 2)] {
+        t.push_str(&format!("\nEach round's {who} run against the native run of the same round (median of the rounds' ratios, interquartile range):"));
+        for (label, v) in [
+            ("start", &start),
+            ("untrapped", &untrapped),
+            ("open-heavy", &open_heavy),
+        ] {
+            let (m, lo, hi) = paired(&v[0], &v[i]);
+            t.push_str(&format!(
+                " {label} {m:.2}x ({lo:.2}-{hi:.2}x, {} rounds);",
+                v[0].len().min(v[i].len())
+            ));
+        }
+        t.pop();
+        t.push_str(".\n");
     }
-    t.pop();
-    t.push_str(".\n");
     Ok(t)
 }
 
