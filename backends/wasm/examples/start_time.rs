@@ -1,7 +1,8 @@
 //! The wasm tier's own start cost, without containerd: a module run exactly the way the shim
-//! runs it ([`WasmBackend`]: task configuration from the spec, spawn of `strata-wasm-runner`,
-//! the task's cgroup, configuration over the pipe, compiled module from the cache, WASI
-//! linked, start byte, exit reaped), create to exit, interleaved with the bare wasmtime CLI
+//! runs it ([`WasmBackend`]: task configuration from the spec into the bundle,
+//! `strata-wasm-runner` as the native tier's creating helper, compiled module from the cache,
+//! WASI linked, the task's container (namespaces, root, cgroup), start, exit reaped), create
+//! to exit, interleaved with the bare wasmtime CLI
 //! (`wasmtime run --allow-precompiled`, spawn to exit) on the same module. Run as root (it
 //! makes cgroups), built with the profile the shim is installed with, so that the shim's side
 //! is measured as it runs. Used by `scripts/bench-wasm`.
@@ -53,14 +54,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ociVersion": "1.0.2",
         "root": { "path": "rootfs" },
         "process": { "args": ["/app.wasm"], "cwd": "/", "env": [], "user": { "uid": 0, "gid": 0 } },
-        // As containerd's default spec: a device rule, so the cgroup's resources are applied.
-        "linux": { "resources": { "devices": [ { "allow": false, "access": "rwm" } ] } },
+        // As containerd's default spec: its namespaces, and a device rule, so the cgroup's
+        // resources are applied.
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+                { "type": "network" }
+            ],
+            "resources": { "devices": [ { "allow": false, "access": "rwm" } ] }
+        },
     }))?;
     let out = tmp.join("stdout");
     let (tx, rx) = mpsc::channel::<u32>();
     let tx = Mutex::new(tx);
     let backend = WasmBackend::new(
         &runner,
+        tmp.join("state"),
         Arc::new(move |ev| {
             if let BackendEvent::Exited { status, .. } = ev {
                 let _ = tx.lock().unwrap().send(status);

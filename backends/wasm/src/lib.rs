@@ -1,50 +1,37 @@
 //! Strata's `wasm` tier: a WebAssembly module (WASI preview 1) or component (WASI preview 2,
 //! `wasi:cli/command`) run by wasmtime, in the manner of runwasi's containerd-shim-wasmtime.
 //!
-//! Each task runs in its own process (the shim binary re-executed as a runner, see
-//! [`runner`]) in its own cgroup, so its memory is accounted, the spec's limits apply, and
-//! a kill is a real signal. The module is `process.args[0]` inside the rootfs, optionally
-//! `#export`; compiled code is cached by module digest and engine configuration ([`cache`]).
+//! Each task is a container of the native tier whose init runs the module in place of an
+//! exec'd program ([`hook`]): the wasm sandbox inside the container's namespaces, cgroup,
+//! user, seccomp profile, with no capabilities and `no_new_privs`. The module is
+//! `process.args[0]` inside the rootfs, optionally `#export`, or the image's WebAssembly
+//! layer; compiled code is cached by module digest and engine configuration ([`cache`]).
 //!
 //! This crate knows nothing of containerd or ttrpc. It must never execute a compiled
-//! artifact whose digest it has not checked, and never let a task outlive its shim.
+//! artifact whose digest it has not checked.
 #![deny(unsafe_code)]
 
 pub mod cache;
+pub mod hook;
 pub mod module;
-mod readonly;
 mod rofs;
 pub mod runner;
 mod sys;
 mod task;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
+use strata_native::NativeBackend;
 
+pub use hook::WasmHook;
 pub use module::entrypoint_is_elf;
-pub use runner::{run_if_runner, run_if_runner_with, ImageFetcher, ImageLayer, ImageRef};
-
-/// Removes what a task left when its shim died: its runner (killed by its closed control
-/// pipe, or here) and its cgroup. Used by the shim's `delete` action.
-pub fn cleanup_orphan(bundle: &std::path::Path, namespace: &str, id: &str) {
-    let Ok(text) = std::fs::read(bundle.join("config.json")) else {
-        return;
-    };
-    let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&text) else {
-        return;
-    };
-    strata_native::Cgroup::new(task::spec_cgroup_path(&spec, namespace, id), id).kill_and_remove();
-}
-use task::Task;
+pub use runner::{ImageFetcher, ImageLayer, ImageRef};
 
 /// The wasm tier.
 pub struct WasmBackend {
-    runner: PathBuf,
-    events: EventSink,
-    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    native: NativeBackend,
     cache_dir: Option<PathBuf>,
     containerd: Option<String>,
 }
@@ -57,13 +44,18 @@ fn unsupported(op: &'static str) -> Error {
 }
 
 impl WasmBackend {
-    /// A backend whose tasks run in `runner`: a binary whose `main` calls
-    /// [`run_if_runner`] first (`strata-wasm-runner`).
-    pub fn new(runner: impl Into<PathBuf>, events: EventSink) -> Self {
+    /// A backend whose tasks are native containers under `state_root`, made by `runner`: a
+    /// binary whose `main` runs `strata_native::creator::run` with a [`WasmHook`] when asked
+    /// (`strata-wasm-runner`).
+    pub fn new(
+        runner: impl Into<PathBuf>,
+        state_root: impl Into<PathBuf>,
+        events: EventSink,
+    ) -> Self {
         WasmBackend {
-            runner: runner.into(),
-            events,
-            tasks: Mutex::new(HashMap::new()),
+            native: NativeBackend::new(state_root, events)
+                .with_pre_exec(Arc::new(WasmHook::new(None)))
+                .with_creator(runner),
             cache_dir: cache::dir_from_env(),
             containerd: None,
         }
@@ -71,7 +63,7 @@ impl WasmBackend {
 
     /// The runtime's API address (containerd's gRPC socket): a task whose module is not a
     /// file of its rootfs then runs the first WebAssembly layer of its image, which the
-    /// runner reads from there ([`runner::run_if_runner_with`]).
+    /// runner reads from there (its [`WasmHook`]'s fetcher).
     pub fn with_containerd_address(mut self, address: Option<String>) -> Self {
         self.containerd = address.filter(|a| !a.is_empty());
         self
@@ -83,15 +75,6 @@ impl WasmBackend {
         self.cache_dir = dir;
         self
     }
-
-    fn get(&self, id: &str) -> Result<Arc<Task>> {
-        self.tasks
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("container {id}")))
-    }
 }
 
 impl Backend for WasmBackend {
@@ -100,32 +83,26 @@ impl Backend for WasmBackend {
     }
 
     fn create(&self, opts: CreateOpts) -> Result<u32> {
-        if self.tasks.lock().unwrap().contains_key(&opts.id) {
-            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        if opts.stdio.terminal {
+            return Err(unsupported("a terminal (run without -t)"));
         }
-        let task = Task::create(
-            &opts,
-            &self.runner,
-            self.events.clone(),
-            self.cache_dir.clone(),
-            self.containerd.as_deref(),
-        )?;
-        let pid = task.pid;
-        let mut tasks = self.tasks.lock().unwrap();
-        if tasks.contains_key(&opts.id) {
-            drop(tasks);
-            task.destroy();
-            return Err(Error::AlreadyExists(format!("container {}", opts.id)));
+        let cfg = task::task_config(&opts, self.cache_dir.clone(), self.containerd.as_deref())?;
+        if matches!(cfg.source, runner::Source::Image(_)) {
+            root_for_an_image_module(&opts.bundle, &opts.spec)?;
         }
-        tasks.insert(opts.id, task);
-        Ok(pid)
+        hook::write_task(&opts.bundle, &cfg)
+            .map_err(|e| Error::io("write the wasm task into the bundle", e))?;
+        let bundle = opts.bundle.clone();
+        self.native.create(opts).inspect_err(|_| {
+            let _ = std::fs::remove_file(bundle.join(hook::TASK_FILE));
+        })
     }
 
     fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
         if exec_id.is_some() {
             return Err(unsupported("exec"));
         }
-        self.get(id)?.start()
+        self.native.start(id, None)
     }
 
     fn exec(&self, _opts: ExecOpts) -> Result<()> {
@@ -135,47 +112,38 @@ impl Backend for WasmBackend {
     }
 
     fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
-        let task = self.get(id)?;
         if let Some(e) = exec_id {
             return Err(Error::NotFound(format!("exec {e} in container {id}")));
         }
-        task.signal(signal, all)
+        self.native.kill(id, None, signal, all)
     }
 
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
         if let Some(e) = exec_id {
             return Err(Error::NotFound(format!("exec {e} in container {id}")));
         }
-        let task = self.get(id)?;
-        task.destroy();
-        self.tasks.lock().unwrap().remove(id);
-        Ok(())
+        self.native.delete(id, None)
     }
 
     fn pids(&self, id: &str) -> Result<Vec<u32>> {
-        let task = self.get(id)?;
-        match task.cgroup.pids() {
-            Ok(p) => Ok(p),
-            Err(_) if !task.exited() => Ok(vec![task.pid]),
-            Err(e) => Err(e),
-        }
+        self.native.pids(id)
     }
 
     fn pause(&self, id: &str) -> Result<()> {
-        self.get(id)?.cgroup.freeze(true)
+        self.native.pause(id)
     }
 
     fn resume(&self, id: &str) -> Result<()> {
-        self.get(id)?.cgroup.freeze(false)
+        self.native.resume(id)
     }
 
     fn stats(&self, id: &str) -> Result<Stats> {
-        self.get(id)?.cgroup.stats()
+        self.native.stats(id)
     }
 
     fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
         // The cgroup's limits change; the module's linear-memory cap stays what create set.
-        self.get(id)?.cgroup.update(resources)
+        self.native.update(id, resources)
     }
 
     fn resize_pty(&self, _id: &str, _exec_id: Option<&str>, _w: u32, _h: u32) -> Result<()> {
@@ -186,9 +154,42 @@ impl Backend for WasmBackend {
         if let Some(e) = exec_id {
             return Err(Error::NotFound(format!("exec {e} in container {id}")));
         }
-        self.get(id)?.io.close_stdin();
-        Ok(())
+        self.native.close_stdin(id, None)
     }
+}
+
+/// A module read from its image's layer may come with no root filesystem at all: the
+/// bundle's empty `rootfs` directory, no snapshot mounted on it. The container's set-up makes
+/// its mount points there (`/proc`, `/dev`, ...), which would keep containerd from removing the
+/// bundle; so such a root is a small tmpfs, which the shim unmounts with the rootfs at delete
+/// (also after a shim death).
+fn root_for_an_image_module(bundle: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = module::rootfs_of(bundle, spec);
+    if root != bundle.join("rootfs") {
+        return Ok(());
+    }
+    let same_device = |a: &Path, b: &Path| -> Option<bool> {
+        Some(std::fs::metadata(a).ok()?.dev() == std::fs::metadata(b).ok()?.dev())
+    };
+    let empty = std::fs::read_dir(&root).is_ok_and(|mut d| d.next().is_none());
+    if !empty || same_device(&root, bundle) != Some(true) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("strata-wasm-root"),
+        &root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=755,size=1m"),
+    )
+    .map_err(|e| Error::io("mount a root for the image's module", e.into()))
+}
+
+/// Removes what a task left when its shim died: the native tier's container (its
+/// processes, cgroup and state). Used by the shim's `delete` action.
+pub fn cleanup_orphan(state_root: &Path, namespace: &str, id: &str) -> Result<()> {
+    NativeBackend::cleanup_orphan(state_root, namespace, id)
 }
 
 /// `[wasm]` of the configuration.
@@ -244,7 +245,7 @@ impl strata_backend::Tier for WasmTier {
                 ),
             });
         }
-        let mut b = WasmBackend::new(runner, ctx.sink.clone())
+        let mut b = WasmBackend::new(runner, ctx.state_root.clone(), ctx.sink.clone())
             .with_containerd_address(ctx.containerd_address.clone());
         if let Some(dir) = settings.cache_dir {
             b = b.with_cache_dir((dir.as_os_str() != "off").then_some(dir));
@@ -254,7 +255,7 @@ impl strata_backend::Tier for WasmTier {
 
     fn cleanup_orphan(&self, orphan: &strata_backend::Orphan<'_>) -> Result<()> {
         if orphan.tier == Some(BackendKind::Wasm) {
-            cleanup_orphan(orphan.bundle, orphan.namespace, orphan.id);
+            cleanup_orphan(orphan.state_root, orphan.namespace, orphan.id)?;
         }
         Ok(())
     }

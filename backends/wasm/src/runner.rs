@@ -1,22 +1,18 @@
-//! The wasm task's own process: the shim binary re-executed with [`RUNNER_ENV`] set.
+//! Loading and running a wasm task: the work of the runner, which runs in the task's own
+//! container (see [`crate::hook`]).
 //!
-//! The shim spawns it with the task's stdio (containerd's FIFOs) as fds 0-2, a control pipe
-//! as fd 3 and a status pipe as fd 4, and puts it in the task's cgroup. Then:
-//!
-//! 1. it reads its [`TaskConfig`] from the control pipe (the shim sends it only after the
-//!    cgroup is in place, so everything below is accounted to the task);
-//! 2. loads the module or component (through the compiled-module cache), links WASI, checks
-//!    the export, and answers `ok` or `error: ...` on the status pipe: this is the task's
-//!    create, and its errors are the create's errors;
-//! 3. waits for the start byte, then runs it. The exit status is `proc_exit`'s code (0 when
-//!    the entry returns), 134 for a trap (with the trap on stderr, as the wasmtime CLI does),
-//!    143 for SIGTERM and 130 for SIGINT (epoch interruption stops even a tight loop; a module
-//!    blocked in a host call gets the default action after a grace period), 137 for SIGKILL.
-//!
-//! When the control pipe closes (the shim died), the runner kills itself: a task never
-//! outlives its shim.
+//! 1. [`link`], in the creating helper with the host's view: reads the module or component
+//!    (a file of the rootfs, or an image layer), compiles it through the compiled-module
+//!    cache, checks the export and links WASI. Its errors are the create's errors.
+//! 2. [`Linked::prepare`], in the container's process after its root is the container's: the
+//!    WASI context (stdio, args, env, the preopened directories as the container sees them)
+//!    and the store with its memory limit.
+//! 3. [`run_to_exit`]: runs it. The exit status is `proc_exit`'s code (0 when the entry
+//!    returns), 134 for a trap (with the trap on stderr, as the wasmtime CLI does), 143 for
+//!    SIGTERM and 130 for SIGINT (epoch interruption stops even a tight loop; a module blocked
+//!    in a host call is ended after a grace period), 137 for SIGKILL.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -31,26 +27,22 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::cache::{self, Compiled};
 
-/// Set (to anything) in the environment of the runner process.
-pub const RUNNER_ENV: &str = "STRATA_WASM_RUNNER";
 /// The exit status of a trap, as the wasmtime CLI reports it (128 + SIGABRT).
 pub const TRAP_EXIT: i32 = 134;
 /// How long a module blocked in a host call has, after SIGTERM, before the default action.
 const TERM_GRACE: Duration = Duration::from_millis(500);
-/// The start byte on the control pipe.
-pub const START: u8 = b'S';
 
 /// A directory the module sees.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Preopen {
-    pub host: PathBuf,
+    /// The directory as the runner opens it: a path in the container (its root is the
+    /// container's by then).
+    pub path: PathBuf,
     pub guest: String,
     pub readonly: bool,
-    /// Set by the runner (never sent) once `host` is a read-only mount in its own mount
-    /// namespace ([`crate::readonly`]): the module then gets write permission and the kernel
-    /// answers a write with EROFS. Otherwise a read-only preopen has no write permission
-    /// (wasmtime-wasi answers EPERM).
-    #[serde(skip)]
+    /// Whether the kernel refuses writes there (a read-only root or mount of the container):
+    /// the module then gets write permission and the kernel answers a write with EROFS.
+    /// Otherwise a read-only preopen has no write permission (wasmtime-wasi answers EPERM).
     pub read_only_mount: bool,
 }
 
@@ -92,7 +84,7 @@ pub struct ImageLayer {
 /// Reads the module of an [`ImageRef`]; the error says what is missing.
 pub type ImageFetcher = fn(&ImageRef) -> Result<ImageLayer, String>;
 
-/// Everything the runner needs, sent by the shim.
+/// Everything the runner needs, written by the shim into the bundle ([`crate::hook`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskConfig {
     pub id: String,
@@ -222,10 +214,10 @@ fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBu
         } else {
             FsPerms::ReadWrite
         };
-        b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| {
+        b.preopened_dir(&p.path, &p.guest, perms).map_err(|e| {
             wasmtime::format_err!(
                 "cannot open {} for the module as {}: {e}",
-                p.host.display(),
+                p.path.display(),
                 p.guest
             )
         })?;
@@ -259,57 +251,41 @@ pub fn load(
     }
 }
 
-/// Loads, links and checks a task whose module is a file (step 2, as [`prepare_bytes`]).
+/// A module or component compiled, checked and linked against WASI: everything but the
+/// WASI context and the store, which [`Linked::prepare`] makes where the task runs.
+pub enum Linked {
+    Module {
+        pre: wasmtime::InstancePre<P1State>,
+        export: String,
+    },
+    Component {
+        pre: CommandPre<P2State>,
+    },
+}
+
+/// Loads, links and prepares a task whose module is a file, all in this process (tests).
 pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared, cache::Outcome)> {
     let mut cfg = cfg.clone();
     let (wasm, name) = load(&mut cfg, None)?;
-    prepare_bytes(engine, &cfg, &wasm, &name)
+    let (linked, outcome) = link(engine, &cfg, &wasm, &name)?;
+    Ok((linked.prepare(engine, &cfg)?, outcome))
 }
 
-/// Compiles (or loads from the cache), links and checks the task (step 2). `name` says what
+/// Compiles (or loads from the cache), checks and links the task (step 1). `name` says what
 /// the bytes are in messages. Errors say what is wrong with the module.
-pub fn prepare_bytes(
+pub fn link(
     engine: &Engine,
     cfg: &TaskConfig,
     wasm: &[u8],
     name: &str,
-) -> wasmtime::Result<(Prepared, cache::Outcome)> {
+) -> wasmtime::Result<(Linked, cache::Outcome)> {
     let kind = crate::module::kind_of(wasm).map_err(|e| wasmtime::format_err!("{name}: {e}"))?;
     let (compiled, outcome) = cache::load_or_compile(engine, kind, wasm, cfg.cache_dir.as_deref())
         .map_err(|e| wasmtime::format_err!("invalid WebAssembly in {name}: {e:#}"))?;
-    let limits = Limits::new(cfg.memory_limit);
-    let prepared = match compiled {
+    let linked = match compiled {
         Compiled::Module(module) => {
             let export = cfg.export.clone().unwrap_or_else(|| "_start".into());
-            match module.get_export(&export) {
-                Some(wasmtime::ExternType::Func(ty)) => {
-                    let ok = ty.params().len() == 0
-                        && (ty.results().len() == 0
-                            || (ty.results().len() == 1
-                                && matches!(ty.results().next(), Some(wasmtime::ValType::I32))));
-                    if !ok {
-                        wasmtime::bail!(
-                            "export `{export}` of {} takes parameters or returns more than an i32: Strata calls it with none",
-                            name
-                        );
-                    }
-                }
-                Some(_) => wasmtime::bail!("export `{export}` of {name} is not a function"),
-                None => {
-                    let funcs: Vec<String> = module
-                        .exports()
-                        .filter(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)))
-                        .map(|e| e.name().to_string())
-                        .take(10)
-                        .collect();
-                    wasmtime::bail!(
-                        "{} has no export `{export}` (exported functions: {}); name one with `{}#NAME`",
-                        name,
-                        if funcs.is_empty() { "none".into() } else { funcs.join(", ") },
-                        cfg.args.first().map(String::as_str).unwrap_or("/app.wasm"),
-                    );
-                }
-            }
+            check_export(&module, &export, name, cfg)?;
             let mut linker: Linker<P1State> = Linker::new(engine);
             wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
             // Preview 1 numbers the preopens from 3, in order.
@@ -325,17 +301,7 @@ pub fn prepare_bytes(
                     name
                 )
             })?;
-            let wasi = wasi_builder(cfg, true)?.build_p1();
-            let mut store = Store::new(
-                engine,
-                P1State {
-                    wasi,
-                    limits,
-                    originals: Default::default(),
-                },
-            );
-            store.limiter(|s| &mut s.limits);
-            Prepared::Module { store, pre, export }
+            Linked::Module { pre, export }
         }
         Compiled::Component(component) => {
             if let Some(e) = &cfg.export {
@@ -355,22 +321,91 @@ pub fn prepare_bytes(
                         name
                     )
                 })?;
-            // wasmtime-wasi's preview 2 also answers EROFS with `io`; a component keeps
-            // preopens without write permission (`not-permitted`).
-            let ctx = wasi_builder(cfg, false)?.build();
-            let mut store = Store::new(
-                engine,
-                P2State {
-                    ctx,
-                    table: ResourceTable::new(),
-                    limits,
-                },
-            );
-            store.limiter(|s| &mut s.limits);
-            Prepared::Component { store, pre }
+            Linked::Component { pre }
         }
     };
-    Ok((prepared, outcome))
+    Ok((linked, outcome))
+}
+
+/// The export must be a function taking nothing and returning nothing or an i32.
+fn check_export(
+    module: &wasmtime::Module,
+    export: &str,
+    name: &str,
+    cfg: &TaskConfig,
+) -> wasmtime::Result<()> {
+    match module.get_export(export) {
+        Some(wasmtime::ExternType::Func(ty)) => {
+            let ok = ty.params().len() == 0
+                && (ty.results().len() == 0
+                    || (ty.results().len() == 1
+                        && matches!(ty.results().next(), Some(wasmtime::ValType::I32))));
+            if !ok {
+                wasmtime::bail!(
+                    "export `{export}` of {} takes parameters or returns more than an i32: Strata calls it with none",
+                    name
+                );
+            }
+            Ok(())
+        }
+        Some(_) => wasmtime::bail!("export `{export}` of {name} is not a function"),
+        None => {
+            let funcs: Vec<String> = module
+                .exports()
+                .filter(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)))
+                .map(|e| e.name().to_string())
+                .take(10)
+                .collect();
+            wasmtime::bail!(
+                "{} has no export `{export}` (exported functions: {}); name one with `{}#NAME`",
+                name,
+                if funcs.is_empty() {
+                    "none".into()
+                } else {
+                    funcs.join(", ")
+                },
+                cfg.args.first().map(String::as_str).unwrap_or("/app.wasm"),
+            );
+        }
+    }
+}
+
+impl Linked {
+    /// The WASI context and the store (step 2): opens the preopened directories, so it runs
+    /// where the task runs, with the container's view of the file system.
+    pub fn prepare(self, engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<Prepared> {
+        let limits = Limits::new(cfg.memory_limit);
+        Ok(match self {
+            Linked::Module { pre, export } => {
+                let wasi = wasi_builder(cfg, true)?.build_p1();
+                let mut store = Store::new(
+                    engine,
+                    P1State {
+                        wasi,
+                        limits,
+                        originals: Default::default(),
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                Prepared::Module { store, pre, export }
+            }
+            Linked::Component { pre } => {
+                // wasmtime-wasi's preview 2 also answers EROFS with `io`; a component keeps
+                // preopens without write permission (`not-permitted`).
+                let ctx = wasi_builder(cfg, false)?.build();
+                let mut store = Store::new(
+                    engine,
+                    P2State {
+                        ctx,
+                        table: ResourceTable::new(),
+                        limits,
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                Prepared::Component { store, pre }
+            }
+        })
+    }
 }
 
 fn classify(e: wasmtime::Error) -> Exit {
@@ -434,92 +469,11 @@ impl Prepared {
     }
 }
 
-/// Runs the wasm task if this process is a runner; otherwise returns at once. Call it first
-/// thing in the shim binary's `main`.
-pub fn run_if_runner() {
-    run_runner(None)
-}
-
-/// As [`run_if_runner`], with `fetch` reading modules from images ([`Source::Image`]).
-pub fn run_if_runner_with(fetch: ImageFetcher) {
-    run_runner(Some(fetch))
-}
-
-fn run_runner(fetch: Option<ImageFetcher>) {
-    if std::env::var_os(RUNNER_ENV).is_none() {
-        return;
-    }
-    std::process::exit(runner_main(fetch));
-}
-
-fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
-    let (mut control, mut status) = crate::sys::runner_pipes();
-    let report = |status: &mut std::fs::File, line: &str| {
-        let _ = status.write_all(line.as_bytes());
-    };
-    let mut cfg = match read_config(&mut control) {
-        Ok(c) => c,
-        Err(e) => {
-            report(
-                &mut status,
-                &format!("error: reading the task configuration: {e}\n"),
-            );
-            return 1;
-        }
-    };
-    // Before any thread exists (a mount namespace of its own needs a single thread).
-    let ro = read_only_mounts(&mut cfg.preopens);
-    // Phase times go into the "ok" line (the shim logs it at debug): where a start's time goes.
-    let t0 = std::time::Instant::now();
-    let engine = match engine() {
-        Ok(e) => e,
-        Err(e) => {
-            report(&mut status, &format!("error: wasmtime engine: {e:#}\n"));
-            return 1;
-        }
-    };
-    let t1 = std::time::Instant::now();
-    let mut t2 = t1;
-    let prepared = match load(&mut cfg, fetch).and_then(|(wasm, name)| {
-        t2 = std::time::Instant::now();
-        prepare_bytes(&engine, &cfg, &wasm, &name)
-    }) {
-        Ok((p, outcome)) => {
-            let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
-            let t3 = std::time::Instant::now();
-            report(
-                &mut status,
-                &format!(
-                    "ok {outcome:?} engine={:.2}ms read={:.2}ms prepare={:.2}ms{ro}\n",
-                    ms(t0, t1),
-                    ms(t1, t2),
-                    ms(t2, t3)
-                ),
-            );
-            p
-        }
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            report(&mut status, &format!("error: {msg}\n"));
-            return 1;
-        }
-    };
-    drop(status);
-    let mut byte = [0u8; 1];
-    if !matches!(control.read(&mut byte), Ok(1) if byte[0] == START) {
-        // Deleted before it started.
-        return 0;
-    }
-    // The shim holds the other end for the task's whole life: end of file means it died.
-    let _ = std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            let mut buf = [0u8; 64];
-            while matches!(control.read(&mut buf), Ok(n) if n > 0) {}
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        });
+/// Runs a prepared task to its end in this process (step 3) and returns the process's exit
+/// status. SIGTERM and SIGINT stop it ([`watch_signals`]).
+pub fn run_to_exit(engine: &Engine, prepared: Prepared) -> i32 {
     let interrupted_by = Arc::new(AtomicI32::new(0));
-    watch_signals(&engine, interrupted_by.clone());
+    watch_signals(engine, interrupted_by.clone());
     let exit = prepared.run();
     let _ = std::io::stdout().flush();
     match exit {
@@ -527,13 +481,13 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
         Exit::Interrupted => {
             let _ = std::io::stderr().flush();
             // Die of the signal that stopped it (SIGTERM or SIGINT), so containerd sees
-            // 128 + that signal, as for a process that does not catch it.
+            // 128 + that signal, as for a process that does not catch it. As the init of a
+            // PID namespace, which no default action ends, exit with that status instead.
             let sig = match interrupted_by.load(Ordering::SeqCst) {
                 0 => signal_hook::consts::SIGTERM,
                 sig => sig,
             };
-            let _ = signal_hook::low_level::emulate_default_handler(sig);
-            128 + sig
+            die_of(sig)
         }
         Exit::Trapped(msg) => {
             eprintln!("Error: {msg}");
@@ -542,45 +496,19 @@ fn runner_main(fetch: Option<ImageFetcher>) -> i32 {
     }
 }
 
-/// Makes the read-only preopens read-only mounts of the runner's own mount namespace, so that
-/// a write gets the kernel's EROFS as under runc. If that fails (no CAP_SYS_ADMIN), they stay
-/// preopens without write permission (EPERM); the returned note (for the "ok" line) says why.
-fn read_only_mounts(preopens: &mut [Preopen]) -> String {
-    let dirs: Vec<&std::path::Path> = preopens
-        .iter()
-        .filter(|p| p.readonly)
-        .map(|p| p.host.as_path())
-        .collect();
-    if dirs.is_empty() {
-        return String::new();
+/// Ends this process by `sig`'s default action, as a process that does not catch it; returns
+/// the exit status that gives (128 + `sig`) where that action would not end it: the init of a
+/// PID namespace, which the kernel spares (signal-hook's emulation would then abort).
+fn die_of(sig: i32) -> i32 {
+    if std::process::id() != 1 {
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
     }
-    match crate::readonly::make_read_only(&dirs) {
-        Ok(()) => {
-            for p in preopens.iter_mut().filter(|p| p.readonly) {
-                p.read_only_mount = true;
-            }
-            " readonly=mount".into()
-        }
-        Err(e) => format!(" readonly=wasi ({e})"),
-    }
-}
-
-fn read_config(control: &mut std::fs::File) -> std::io::Result<TaskConfig> {
-    let mut len = [0u8; 4];
-    control.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > 16 << 20 {
-        return Err(std::io::Error::other(
-            "task configuration larger than 16 MiB",
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    control.read_exact(&mut buf)?;
-    serde_json::from_slice(&buf).map_err(std::io::Error::other)
+    128 + sig
 }
 
 /// SIGTERM and SIGINT stop the module at its next epoch check; a module that does not reach
-/// one within [`TERM_GRACE`] (blocked in a host call) gets the signal's default action.
+/// one within [`TERM_GRACE`] (blocked in a host call) gets the signal's default action, or
+/// as a PID namespace's init the exit status that action would give.
 /// The signal is stored in `interrupted_by` before the epoch moves.
 fn watch_signals(engine: &Engine, interrupted_by: Arc<AtomicI32>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -596,7 +524,7 @@ fn watch_signals(engine: &Engine, interrupted_by: Arc<AtomicI32>) {
                 engine.increment_epoch();
                 std::thread::sleep(TERM_GRACE);
                 let _ = std::io::stdout().flush();
-                let _ = signal_hook::low_level::emulate_default_handler(sig);
+                std::process::exit(die_of(sig));
             }
         });
 }
