@@ -781,6 +781,116 @@ fn wasm_only_configuration_refuses_an_elf_container() {
     c.remove_and_check();
 }
 
+/// The runner is inside the task's container (issue 15): its own namespaces and root, the
+/// spec's user, no capabilities, no_new_privs and its own seccomp filter. A module reaches
+/// the container's files and /proc, and no host file by any path: absolute, `..`, or through
+/// `/proc/<pid>/root`. Each refusal has a control that succeeds, so the test can fail.
+#[test]
+fn wasm_runner_is_confined_in_the_tasks_container() {
+    use strata_tests::wasi::contest_module;
+
+    let h = harness!();
+    strata_only!(h);
+    // A host file the module must never read.
+    let secret = h.info.state.join("host-secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let secret = secret.display().to_string();
+
+    let c = h.container("wasm-confined");
+    let mut spec = c.spec(&["/bin/sleep", "1000"]);
+    put_module(&spec, "/bin/sleep", contest_module());
+    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+    spec["process"]["user"] = json!({ "uid": 1000, "gid": 1000, "additionalGids": [1001] });
+    let (bg, path) = spawn_spec(&c, &spec);
+    assert!(
+        c.wait_status("RUNNING", Duration::from_secs(30)),
+        "never ran\n{}",
+        c.log()
+    );
+    let pid = c.pid().expect("task pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap}:\n{status}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    assert_eq!(field("Uid"), "1000 1000 1000 1000", "{status}");
+    assert_eq!(field("Gid"), "1000 1000 1000 1000", "{status}");
+    assert_eq!(field("Groups"), "1001", "{status}");
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(ours, its, "the runner shares the host's {ns} namespace");
+    }
+    // Its root is the container's: the module is there, the host's file is not.
+    assert!(std::path::Path::new(&format!("/proc/{pid}/root/bin/sleep")).exists());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/root{secret}")).exists());
+    let k = c.kill("SIGKILL");
+    assert!(k.success(), "{k}");
+    let out = bg.wait(CTR_TIMEOUT);
+    assert_eq!(out.code, 137, "{out}");
+    c.remove_and_check();
+    let _ = std::fs::remove_file(path);
+
+    // What a module can reach: `cat` (the contest module's applet) of each path.
+    let cat = |name: &str, file: &str| {
+        let c = h.container(name);
+        let mut spec = c.spec(&["/bin/cat", file]);
+        put_module(&spec, "/bin/cat", contest_module());
+        std::fs::write(
+            rootfs(&spec).join("etc/container-file"),
+            "the container's\n",
+        )
+        .unwrap();
+        spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+        let out = c.run_spec(&spec, &[]);
+        c.remove_and_check();
+        out
+    };
+    let out = cat("wasm-cat-own", "/etc/container-file");
+    assert!(out.success(), "the control: {out}");
+    assert_eq!(out.stdout, "the container's\n");
+    let up = "../".repeat(16);
+    for file in [
+        secret.clone(),
+        format!("{up}{}", secret.trim_start_matches('/')),
+        format!("/proc/self/root{secret}"),
+        format!("/proc/1/root{secret}"),
+        format!("/proc/1/cwd/{up}{}", secret.trim_start_matches('/')),
+    ] {
+        let out = cat("wasm-cat-host", &file);
+        assert!(
+            !out.success() && !out.stdout.contains("host secret"),
+            "the module read the host's {file}: {out}"
+        );
+    }
+    // The container's /proc: the runner itself is its PID 1; no host process is there.
+    let test_d = |name: &str, dir: &str| {
+        let c = h.container(name);
+        let mut spec = c.spec(&["/bin/test", "-d", dir]);
+        put_module(&spec, "/bin/test", contest_module());
+        spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
+        let out = c.run_spec(&spec, &[]);
+        c.remove_and_check();
+        out
+    };
+    let out = test_d("wasm-proc-own", "/proc/1/fd");
+    assert!(out.success(), "the control: the container's /proc/1: {out}");
+    let host_pid = format!("/proc/{}", std::process::id());
+    let out = test_d("wasm-proc-host", &host_pid);
+    assert_eq!(
+        out.code, 1,
+        "a host process is visible as {host_pid}: {out}"
+    );
+}
+
 #[test]
 fn wasm_bad_input_is_a_clear_error() {
     let h = harness!();

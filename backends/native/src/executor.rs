@@ -77,6 +77,12 @@ pub fn has_notify(s: &LinuxSeccomp) -> bool {
             .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
 }
 
+/// Installs `profile` in this process (a tier's hook adding its own filter to a container's
+/// process), setting no_new_privs if the kernel asks for it. The error says why it failed.
+pub fn install_seccomp(profile: &LinuxSeccomp) -> Result<(), String> {
+    install_exec_seccomp(profile).map_err(|e| e.to_string())
+}
+
 /// Installs `profile` in this (exec'd) process. Without CAP_SYS_ADMIN, which the process
 /// has dropped by now, the kernel accepts a filter only under no_new_privs; runc installs
 /// the filter before dropping capabilities instead. Setting no_new_privs is the price of a

@@ -24,7 +24,7 @@ use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpt
 
 pub use cgroup::Cgroup;
 pub use container::Container;
-pub use executor::PreExec;
+pub use executor::{install_seccomp, PreExec};
 
 /// Where native containers keep their state unless configured otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/strata/native";

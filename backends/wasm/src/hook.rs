@@ -14,8 +14,9 @@
 //!   libcontainer then clones the helper: the container's init inherits the linked module in
 //!   memory, and no file of the runner, the engine or the cache need exist in the container.
 //! - [`PreExec::before_exec`], in the container's init after its set-up and the start: gives up
-//!   every capability, sets `no_new_privs`, opens the preopened directories as the container
-//!   sees them, runs the module and exits with its status.
+//!   every capability, sets `no_new_privs`, installs the runner's own seccomp filter
+//!   ([`crate::filter`]), opens the preopened directories as the container sees them, runs the
+//!   module and exits with its status.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -126,6 +127,8 @@ impl PreExec for WasmHook {
             .ok_or("the wasm runner has no module (its create did not load one)")?;
         crate::sys::drop_all_capabilities()?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+        strata_native::install_seccomp(&crate::filter::profile())
+            .map_err(|e| format!("install the runner's seccomp filter: {e}"))?;
         let prepared = linked
             .prepare(&engine, &cfg)
             .map_err(|e| format!("{e:#}"))?;

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod cache;
+pub mod filter;
 pub mod hook;
 pub mod module;
 mod rofs;
