@@ -12,6 +12,11 @@
 //!    with the shim's `strata-wasm-runner`), create to exit, interleaved with the bare CLI
 //!    (`wasmtime run --allow-precompiled`) spawn to exit.
 //!
+//! 5. With `STRATA_BENCH_WASM_BASELINE=DIR` (a directory holding an earlier build's
+//!    `containerd-shim-strata-v2` and `strata-wasm-runner`, run through `ctr run --runtime
+//!    DIR/containerd-shim-strata-v2`): the same cold and warm runs on that build, interleaved
+//!    with the others, and the ratios of this build to it.
+//!
 //! `strata-bench-wasm [--runs N] [--write FILE]`: prints the figures; with `--write` also puts
 //! them into FILE (docs/benchmarks.md) between its wasm result markers.
 
@@ -74,8 +79,13 @@ fn drop_cache_entries(digest: &str) {
     }
 }
 
-fn run_wasm(h: &Harness, wasm: &[u8]) -> Result<Duration> {
-    let c = h.container("wbench");
+/// A `ctr run --rm` of `wasm` on the wasm tier, by this build's shim or by the shim binary
+/// `shim` (`--runtime PATH`).
+fn run_wasm(h: &Harness, wasm: &[u8], shim: Option<&Path>) -> Result<Duration> {
+    let mut c = h.container("wbench");
+    if let Some(shim) = shim {
+        c.runtime = shim.display().to_string();
+    }
     let mut spec = c.spec(&["/app.wasm"]);
     let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
     std::fs::write(root.join("app.wasm"), wasm)?;
@@ -181,16 +191,42 @@ fn main() -> Result<()> {
     let dir = exe.parent().context("the binary's directory")?;
     let h = start_harness()?;
 
+    let baseline = std::env::var_os("STRATA_BENCH_WASM_BASELINE")
+        .map(|d| PathBuf::from(d).join("containerd-shim-strata-v2"));
     run_native(&h)?;
-    run_wasm(&h, &hello)?;
+    run_wasm(&h, &hello, None)?;
+    if let Some(b) = &baseline {
+        run_wasm(&h, &hello, Some(b))?;
+    }
     let (mut cold, mut warm, mut native) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cold_base, mut warm_base) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         drop_cache_entries(&digest);
-        cold.push(run_wasm(&h, &hello)?);
-        warm.push(run_wasm(&h, &hello)?);
+        cold.push(run_wasm(&h, &hello, None)?);
+        warm.push(run_wasm(&h, &hello, None)?);
+        if let Some(b) = &baseline {
+            drop_cache_entries(&digest);
+            cold_base.push(run_wasm(&h, &hello, Some(b))?);
+            warm_base.push(run_wasm(&h, &hello, Some(b))?);
+        }
         native.push(run_native(&h)?);
     }
     let (cm, wm, nm) = (median(&mut cold), median(&mut warm), median(&mut native));
+    let baseline_rows = match &baseline {
+        Some(b) if !cold_base.is_empty() => {
+            let (cb, wb) = (median(&mut cold_base), median(&mut warm_base));
+            format!(
+                "| `ctr run --rm` hello, cold, the earlier build ({dir}) | {cb} | this build / earlier, cold: {cr:.2}x | |\n\
+                 | `ctr run --rm` hello, warm, the earlier build | {wb} | this build / earlier, warm: {wr:.2}x | warm at most 1.1x the earlier |\n",
+                dir = b.parent().unwrap_or(b).display(),
+                cb = ms(cb),
+                wb = ms(wb),
+                cr = cm.as_secs_f64() / cb.as_secs_f64(),
+                wr = wm.as_secs_f64() / wb.as_secs_f64(),
+            )
+        }
+        _ => String::new(),
+    };
 
     // The bare engine on the same module, precompiled (the counterpart of a warm cache).
     let cli = wasmtime_cli().map(|cli| -> Result<(String, Duration)> {
@@ -315,6 +351,7 @@ fn main() -> Result<()> {
          | `ctr run --rm` hello, wasm tier, cold (cache entry removed) | {cold} | cold / native: {cr:.2}x | |\n\
          | `ctr run --rm` hello, wasm tier, warm (cached compiled module) | {warm} | warm / native: {wr:.2}x | |\n\
          | `ctr run --rm` busybox `echo hello`, native tier | {native} | | |\n\
+         {baseline_rows}\
          {cli_rows}\
          {share_rows}\
          | running wasm task: shim + runner RSS | {rss:.1} MiB (shim {srss:.1} + runner {rrss:.1}) | | at most 15 MiB per task |\n\
