@@ -259,8 +259,9 @@ fn make(req: Request, hooks: &[Arc<dyn PreExec>]) -> std::result::Result<u32, St
         ),
     };
     if let (Some(hook), Kind::Init { bundle }) = (&pre_exec, &req.kind) {
-        let spec = libcontainer::oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .map_err(|e| format!("read the bundle's spec: {e}"))?;
+        let path = bundle.join("config.json");
+        let spec = libcontainer::oci_spec::runtime::Spec::load(&path)
+            .map_err(|e| format!("read the spec {}: {e}", path.display()))?;
         hook.before_create(bundle, &spec)?;
     }
     let executor = NativeExecutor {

@@ -54,8 +54,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ociVersion": "1.0.2",
         "root": { "path": "rootfs" },
         "process": { "args": ["/app.wasm"], "cwd": "/", "env": [], "user": { "uid": 0, "gid": 0 } },
-        // As containerd's default spec: its namespaces, and a device rule, so the cgroup's
-        // resources are applied.
+        // As containerd's default spec (`ctr oci spec`): its mounts and namespaces, and a
+        // device rule, so the cgroup's resources are applied.
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": ["nosuid", "noexec", "nodev", "ro"] }
+        ],
         "linux": {
             "namespaces": [
                 { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
@@ -64,6 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "resources": { "devices": [ { "allow": false, "access": "rwm" } ] }
         },
     }))?;
+    // The native tier's container (libcontainer) reads the spec from the bundle, as from
+    // containerd's.
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
     let out = tmp.join("stdout");
     let (tx, rx) = mpsc::channel::<u32>();
     let tx = Mutex::new(tx);
