@@ -210,35 +210,27 @@ mod tests {
 
     #[test]
     fn an_elf_container_leaves_wasm_only_as_the_sandbox_or_where_native_is_allowed() {
-        let wasm_only = Config::parse(
-            "default_backend = \"wasm\"\nallowed_backends = [\"wasm\"]\n",
-            Path::new("/etc/strata/strata-wasm.toml"),
-        )
-        .unwrap();
-        assert_eq!(
-            wasm_only.tier_of_elf_in_wasm("/pause", true).unwrap(),
-            BackendKind::Native
-        );
-        let e = wasm_only.tier_of_elf_in_wasm("/bin/sh", false).unwrap_err();
-        let msg = e.to_string();
+        let wasm_with = |allowed: &str| {
+            Config::parse(
+                &format!("default_backend = \"wasm\"\nallowed_backends = [{allowed}]\n"),
+                Path::new("/etc/strata/strata-wasm.toml"),
+            )
+            .unwrap()
+        };
+        let wasm_only = wasm_with("\"wasm\"");
+        let pause = wasm_only.tier_of_elf_in_wasm("/pause", true);
+        assert_eq!(pause.unwrap(), BackendKind::Native);
+        let msg = wasm_only
+            .tier_of_elf_in_wasm("/bin/sh", false)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("/bin/sh"), "{msg}");
         assert!(msg.contains("allowed_backends (here: wasm)"), "{msg}");
         assert!(msg.contains("sandbox (pause) container"), "{msg}");
-        let with_native = Config::parse(
-            "default_backend = \"wasm\"\nallowed_backends = [\"wasm\", \"native\"]\n",
-            Path::new("/etc/strata/strata-wasm.toml"),
-        )
-        .unwrap();
-        assert_eq!(
-            with_native.tier_of_elf_in_wasm("/bin/sh", false).unwrap(),
-            BackendKind::Native
-        );
-        assert_eq!(
-            Config::default()
-                .tier_of_elf_in_wasm("/bin/sh", false)
-                .unwrap(),
-            BackendKind::Native
-        );
+        for allowing in [wasm_with("\"wasm\", \"native\""), Config::default()] {
+            let sidecar = allowing.tier_of_elf_in_wasm("/bin/sh", false);
+            assert_eq!(sidecar.unwrap(), BackendKind::Native);
+        }
     }
 
     #[test]

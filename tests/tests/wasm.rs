@@ -839,11 +839,12 @@ fn wasm_runner_is_confined_in_the_tasks_container() {
     c.remove_and_check();
     let _ = std::fs::remove_file(path);
 
-    // What a module can reach: `cat` (the contest module's applet) of each path.
-    let cat = |name: &str, file: &str| {
+    // What a module can reach: the contest module's applets, `cat FILE` and `test -d DIR`,
+    // each in a container of its own with a file of the container's at /etc/container-file.
+    let applet = |name: &str, argv: &[&str]| {
         let c = h.container(name);
-        let mut spec = c.spec(&["/bin/cat", file]);
-        put_module(&spec, "/bin/cat", contest_module());
+        let mut spec = c.spec(argv);
+        put_module(&spec, argv[0], contest_module());
         std::fs::write(
             rootfs(&spec).join("etc/container-file"),
             "the container's\n",
@@ -854,7 +855,7 @@ fn wasm_runner_is_confined_in_the_tasks_container() {
         c.remove_and_check();
         out
     };
-    let out = cat("wasm-cat-own", "/etc/container-file");
+    let out = applet("wasm-cat-own", &["/bin/cat", "/etc/container-file"]);
     assert!(out.success(), "the control: {out}");
     assert_eq!(out.stdout, "the container's\n");
     let up = "../".repeat(16);
@@ -865,26 +866,17 @@ fn wasm_runner_is_confined_in_the_tasks_container() {
         format!("/proc/1/root{secret}"),
         format!("/proc/1/cwd/{up}{}", secret.trim_start_matches('/')),
     ] {
-        let out = cat("wasm-cat-host", &file);
+        let out = applet("wasm-cat-host", &["/bin/cat", &file]);
         assert!(
             !out.success() && !out.stdout.contains("host secret"),
             "the module read the host's {file}: {out}"
         );
     }
     // The container's /proc: the runner itself is its PID 1; no host process is there.
-    let test_d = |name: &str, dir: &str| {
-        let c = h.container(name);
-        let mut spec = c.spec(&["/bin/test", "-d", dir]);
-        put_module(&spec, "/bin/test", contest_module());
-        spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
-        let out = c.run_spec(&spec, &[]);
-        c.remove_and_check();
-        out
-    };
-    let out = test_d("wasm-proc-own", "/proc/1/fd");
+    let out = applet("wasm-proc-own", &["/bin/test", "-d", "/proc/1/fd"]);
     assert!(out.success(), "the control: the container's /proc/1: {out}");
     let host_pid = format!("/proc/{}", std::process::id());
-    let out = test_d("wasm-proc-host", &host_pid);
+    let out = applet("wasm-proc-host", &["/bin/test", "-d", &host_pid]);
     assert_eq!(
         out.code, 1,
         "a host process is visible as {host_pid}: {out}"
