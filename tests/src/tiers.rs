@@ -42,11 +42,11 @@ pub const WASM: &[(&str, &str)] = &[
     // isolation
     (
         "capabilities_are_containerds_default_set",
-        "WASI has no Linux capabilities; the module holds only its preopened directories",
+        "WASI has no Linux capabilities; the module holds only its preopened directories, and the runner holds none (wasm::wasm_runner_is_confined_in_the_tasks_container)",
     ),
     (
         "namespaces_are_the_specs",
-        "a WASI module sees no Linux namespaces (no /proc); the runner is not namespaced",
+        "a WASI module cannot read namespace links (magic links are not followed in a preopen); the runner's own namespaces are checked by wasm::wasm_runner_is_confined_in_the_tasks_container",
     ),
     (
         "hostname_from_the_spec",
@@ -54,7 +54,7 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "user_and_groups_from_the_spec",
-        "WASI has no uid, gid or groups; the runner does not switch to the spec's user",
+        "WASI has no uid, gid or groups; the runner runs as the spec's user and groups (wasm::wasm_runner_is_confined_in_the_tasks_container)",
     ),
     (
         "only_the_default_devices",
@@ -66,7 +66,7 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "seccomp_profile_is_applied",
-        "a WASI module makes no system calls of its own: no seccomp profile applies",
+        "a WASI module makes no system calls of its own; the runner gets the spec's profile and a filter of its own (Seccomp: 2, wasm::wasm_runner_is_confined_in_the_tasks_container)",
     ),
     (
         "loopback_is_up_in_a_new_network_namespace",
@@ -103,7 +103,7 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "a_numeric_user_without_a_passwd_entry_runs",
-        "WASI has no uid, gid or passwd; the runner does not switch to the spec's user",
+        "WASI has no uid, gid or passwd; the runner runs as the spec's user (wasm::wasm_runner_is_confined_in_the_tasks_container)",
     ),
     (
         "rshared_propagation_goes_both_ways",
@@ -124,15 +124,15 @@ pub const WASM: &[(&str, &str)] = &[
     ),
     (
         "cri_the_pod_cgroup_holds_what_serves_the_pod",
-        "the wasm pod's busybox container would run on the native tier (wasm::wasm_pids_and_stats_come_from_its_own_cgroup covers a module's cgroup)",
+        "a strata-wasm pod refuses a busybox (ELF) container (tier pinning); wasm::wasm_pids_and_stats_come_from_its_own_cgroup covers a module's cgroup",
     ),
     (
         "cri_logs_exit_codes_and_oom_kills_reach_the_kubelet",
-        "busybox would run on the native tier in a wasm pod; wasm::wasm_trap_is_a_nonzero_exit_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
+        "a strata-wasm pod refuses a busybox (ELF) container (tier pinning); wasm::wasm_trap_is_a_nonzero_exit_with_the_message and lifecycle::oom_kill_is_reported cover a module's exit and OOM",
     ),
     (
         "cri_a_pods_network_sysctls_are_seen_by_its_containers",
-        "busybox would run on the native tier in a wasm pod, and a module has no /proc/sys",
+        "a strata-wasm pod refuses a busybox (ELF) container (tier pinning), and a module cannot write /proc/sys",
     ),
     // exec_isolation
     (
