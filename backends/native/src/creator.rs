@@ -259,10 +259,7 @@ fn make(req: Request, hooks: &[Arc<dyn PreExec>]) -> std::result::Result<u32, St
         ),
     };
     if let (Some(hook), Kind::Init { bundle }) = (&pre_exec, &req.kind) {
-        let path = bundle.join("config.json");
-        let spec = libcontainer::oci_spec::runtime::Spec::load(&path)
-            .map_err(|e| format!("read the spec {}: {e}", path.display()))?;
-        hook.before_create(bundle, &spec)?;
+        hook.before_create(bundle)?;
     }
     let executor = NativeExecutor {
         pre_exec,

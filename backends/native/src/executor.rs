@@ -36,7 +36,7 @@ pub trait PreExec: Send + Sync {
     /// In the creating helper, for a container's init only, before libcontainer makes
     /// anything: work done with the host's view (the bundle, host paths) whose result the
     /// container's process inherits in memory. An error fails the create with its text.
-    fn before_create(&self, _bundle: &std::path::Path, _spec: &Spec) -> Result<(), String> {
+    fn before_create(&self, _bundle: &std::path::Path) -> Result<(), String> {
         Ok(())
     }
 

@@ -91,7 +91,7 @@ impl PreExec for WasmHook {
         Some(format!("strata-wasm:{container_id}"))
     }
 
-    fn before_create(&self, bundle: &Path, _spec: &Spec) -> Result<(), String> {
+    fn before_create(&self, bundle: &Path) -> Result<(), String> {
         let mut cfg = read_task(bundle)?;
         let engine = runner::engine().map_err(|e| format!("wasmtime engine: {e:#}"))?;
         let (wasm, name) = runner::load(&mut cfg, self.fetch).map_err(|e| format!("{e:#}"))?;
