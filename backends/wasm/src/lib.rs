@@ -44,6 +44,14 @@ fn unsupported(op: &'static str) -> Error {
     }
 }
 
+/// A wasm task has its init and nothing else: any exec id names no process.
+fn init_only(id: &str, exec_id: Option<&str>) -> Result<()> {
+    match exec_id {
+        Some(e) => Err(Error::NotFound(format!("exec {e} in container {id}"))),
+        None => Ok(()),
+    }
+}
+
 impl WasmBackend {
     /// A backend whose tasks are native containers under `state_root`, made by `runner`: a
     /// binary whose `main` runs `strata_native::creator::run` with a [`WasmHook`] when asked
@@ -113,16 +121,12 @@ impl Backend for WasmBackend {
     }
 
     fn kill(&self, id: &str, exec_id: Option<&str>, signal: i32, all: bool) -> Result<()> {
-        if let Some(e) = exec_id {
-            return Err(Error::NotFound(format!("exec {e} in container {id}")));
-        }
+        init_only(id, exec_id)?;
         self.native.kill(id, None, signal, all)
     }
 
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
-        if let Some(e) = exec_id {
-            return Err(Error::NotFound(format!("exec {e} in container {id}")));
-        }
+        init_only(id, exec_id)?;
         self.native.delete(id, None)
     }
 
@@ -152,9 +156,7 @@ impl Backend for WasmBackend {
     }
 
     fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
-        if let Some(e) = exec_id {
-            return Err(Error::NotFound(format!("exec {e} in container {id}")));
-        }
+        init_only(id, exec_id)?;
         self.native.close_stdin(id, None)
     }
 }

@@ -263,14 +263,6 @@ pub enum Linked {
     },
 }
 
-/// Loads, links and prepares a task whose module is a file, all in this process (tests).
-pub fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared, cache::Outcome)> {
-    let mut cfg = cfg.clone();
-    let (wasm, name) = load(&mut cfg, None)?;
-    let (linked, outcome) = link(engine, &cfg, &wasm, &name)?;
-    Ok((linked.prepare(engine, &cfg)?, outcome))
-}
-
 /// Compiles (or loads from the cache), checks and links the task (step 1). `name` says what
 /// the bytes are in messages. Errors say what is wrong with the module.
 pub fn link(
@@ -532,6 +524,14 @@ fn watch_signals(engine: &Engine, interrupted_by: Arc<AtomicI32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads, links and prepares a task whose module is a file, all in this process.
+    fn prepare(engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<(Prepared, cache::Outcome)> {
+        let mut cfg = cfg.clone();
+        let (wasm, name) = load(&mut cfg, None)?;
+        let (linked, outcome) = link(engine, &cfg, &wasm, &name)?;
+        Ok((linked.prepare(engine, &cfg)?, outcome))
+    }
 
     fn cfg(dir: &std::path::Path, wat: &str) -> TaskConfig {
         let module = dir.join("m.wasm");
