@@ -172,14 +172,21 @@ pub struct TaskService {
     inner: Arc<Inner>,
 }
 
+/// The pod sandbox a container names in CRI's annotations, when CRI marked it as of type
+/// `kind`: "container" for a pod's member, "sandbox" for the pod's own (pause) container.
+fn sandbox_of<'a>(annotations: &'a HashMap<String, String>, kind: &str) -> Option<&'a str> {
+    (annotations
+        .get(CONTAINER_TYPE_ANNOTATION)
+        .map(String::as_str)
+        == Some(kind))
+    .then(|| annotations.get(SANDBOX_ID_ANNOTATION).map(String::as_str))
+    .flatten()
+}
+
 /// Whether container `id` is a pod's sandbox (pause) container as CRI creates it: of type
 /// "sandbox" and naming itself as its sandbox.
 fn is_pod_sandbox(id: &str, annotations: &HashMap<String, String>) -> bool {
-    annotations
-        .get(CONTAINER_TYPE_ANNOTATION)
-        .map(String::as_str)
-        == Some("sandbox")
-        && annotations.get(SANDBOX_ID_ANNOTATION).map(String::as_str) == Some(id)
+    sandbox_of(annotations, "sandbox") == Some(id)
 }
 
 fn opt(exec_id: &str) -> Option<&str> {
@@ -258,14 +265,10 @@ impl TaskService {
         backend: &Arc<dyn Backend>,
         opts: impl FnOnce() -> SandboxOpts,
     ) -> Result<String, Error> {
-        let pod_member = annotations
-            .get(CONTAINER_TYPE_ANNOTATION)
-            .map(String::as_str)
-            == Some("container");
-        if let (true, Some(sandbox_id)) = (pod_member, annotations.get(SANDBOX_ID_ANNOTATION)) {
+        if let Some(sandbox_id) = sandbox_of(annotations, "container") {
             if let Some(pod) = self.inner.pods.lock().unwrap().get_mut(sandbox_id) {
                 pod.members.insert(id.to_string());
-                return Ok(sandbox_id.clone());
+                return Ok(sandbox_id.to_string());
             }
         }
         let sandbox = backend.create_sandbox(&opts())?;
@@ -313,14 +316,7 @@ impl TaskService {
 
     /// The tier of the pod this container belongs to, if its sandbox runs in this shim.
     fn pod_backend(&self, annotations: &HashMap<String, String>) -> Option<BackendKind> {
-        if annotations
-            .get(CONTAINER_TYPE_ANNOTATION)
-            .map(String::as_str)
-            != Some("container")
-        {
-            return None;
-        }
-        let sandbox = annotations.get(SANDBOX_ID_ANNOTATION)?;
+        let sandbox = sandbox_of(annotations, "container")?;
         self.inner
             .containers
             .lock()
