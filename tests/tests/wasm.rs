@@ -752,22 +752,27 @@ fn wasm_only_configuration_refuses_an_elf_container() {
     let config = config.display().to_string();
     let flags = ["--runtime-config-path", config.as_str()];
 
-    let c = h.container("wasm-pinned-elf");
-    let mut spec = c.spec(&["sh", "-c", "echo escaped the wasm tier"]);
-    spec["annotations"] = json!({ "strata.dev/backend": "wasm" });
-    let out = c.run_spec(&spec, &flags);
-    assert_fails_with(&out, "entrypoint sh is an ELF program, not WebAssembly");
-    assert_fails_with(&out, "allowed_backends (here: wasm)");
-    assert!(!out.stdout.contains("escaped"), "{out}");
-    c.remove_and_check();
-
-    // Without the annotation the configuration's default (wasm) applies: refused the same way.
-    let c = h.container("wasm-pinned-default");
-    let mut spec = c.spec(&["/bin/sh", "-c", "echo escaped the wasm tier"]);
-    spec["annotations"] = json!({});
-    let out = c.run_spec(&spec, &flags);
-    assert_fails_with(&out, "entrypoint /bin/sh is an ELF program");
-    c.remove_and_check();
+    // With the annotation, and without it (the configuration's default, wasm, applies).
+    for (name, program, annotations) in [
+        (
+            "wasm-pinned-elf",
+            "sh",
+            json!({ "strata.dev/backend": "wasm" }),
+        ),
+        ("wasm-pinned-default", "/bin/sh", json!({})),
+    ] {
+        let c = h.container(name);
+        let mut spec = c.spec(&[program, "-c", "echo escaped the wasm tier"]);
+        spec["annotations"] = annotations;
+        let out = c.run_spec(&spec, &flags);
+        assert_fails_with(
+            &out,
+            &format!("entrypoint {program} is an ELF program, not WebAssembly"),
+        );
+        assert_fails_with(&out, "allowed_backends (here: wasm)");
+        assert!(!out.stdout.contains("escaped"), "{out}");
+        c.remove_and_check();
+    }
 
     let c = h.container("wasm-pinned-module");
     let spec = wasm_spec(
