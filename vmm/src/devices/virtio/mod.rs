@@ -152,6 +152,20 @@ pub fn spawn_worker(
         .map_err(|source| DeviceError::Worker { device, source })
 }
 
+/// Ends a worker that [`spawn_worker`] started: raises `stop`, wakes its loop through `wake`,
+/// and waits for the thread.
+pub fn stop_worker(
+    stop: &std::sync::atomic::AtomicBool,
+    wake: &EventFd,
+    thread: &mut Option<std::thread::JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::Release);
+    let _ = wake.write(1);
+    if let Some(t) = thread.take() {
+        let _ = t.join();
+    }
+}
+
 /// Copies `bytes` of a little-endian config structure into `data` from `offset`, reading zeroes
 /// past its end.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -828,11 +828,7 @@ impl Worker for VsockWorker {
     }
 
     fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.shared.wake.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        super::stop_worker(&self.stop, &self.shared.wake, &mut self.thread);
         self.listener.take();
         let _ = std::fs::remove_file(&self.uds_path);
     }
