@@ -16,6 +16,7 @@ pub mod api;
 pub mod bench;
 pub mod cgroups;
 pub mod cmd;
+pub mod component;
 pub mod cri;
 pub mod critest;
 pub mod daemon;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use strata_tests::component::{self, Peer};
 use strata_tests::harness::{Container, CTR_TIMEOUT};
 use strata_tests::pty::PtyChild;
 use strata_tests::wasi::{module, put_module, rootfs, spawn_spec};
@@ -542,62 +543,6 @@ fn wasm_preview2_component_runs() {
     }
 }
 
-/// A wasi:cli/command component that prints through wasi:cli/stdout (an output-stream's
-/// blocking-write-and-flush), written by hand in the component model's text format.
-fn printing_component(text: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(component
-  (import "wasi:io/error@0.2.0" (instance $error (export "error" (type (sub resource)))))
-  (alias export $error "error" (type $error-ty))
-  (import "wasi:io/streams@0.2.0" (instance $streams
-    (alias outer 1 $error-ty (type $e))
-    (export "error" (type $err (eq $e)))
-    (type $own-err (own $err))
-    (type $stream-error (variant (case "last-operation-failed" $own-err) (case "closed")))
-    (export "stream-error" (type $se (eq $stream-error)))
-    (export "output-stream" (type $os (sub resource)))
-    (type $borrow-os (borrow $os))
-    (export "[method]output-stream.blocking-write-and-flush"
-      (func (param "self" $borrow-os) (param "contents" (list u8)) (result (result (error $se)))))))
-  (alias export $streams "output-stream" (type $output-stream))
-  (import "wasi:cli/stdout@0.2.0" (instance $stdout
-    (alias outer 1 $output-stream (type $os0))
-    (export "output-stream" (type $os (eq $os0)))
-    (type $own-os (own $os))
-    (export "get-stdout" (func (result $own-os)))))
-  (core module $mem (memory (export "memory") 1))
-  (core instance $mem-inst (instantiate $mem))
-  (alias core export $mem-inst "memory" (core memory $memory))
-  (core func $get-stdout (canon lower (func $stdout "get-stdout")))
-  (core func $write (canon lower (func $streams "[method]output-stream.blocking-write-and-flush") (memory $memory)))
-  (core func $drop-os (canon resource.drop $output-stream))
-  (core module $main
-    (import "host" "memory" (memory 1))
-    (import "host" "get-stdout" (func $get-stdout (result i32)))
-    (import "host" "write" (func $write (param i32 i32 i32 i32)))
-    (import "host" "drop" (func $drop (param i32)))
-    (data (i32.const 64) "{text}")
-    (func (export "run") (result i32) (local $out i32)
-      (local.set $out (call $get-stdout))
-      (call $write (local.get $out) (i32.const 64) (i32.const {len}) (i32.const 16))
-      (call $drop (local.get $out))
-      ;; the write's result<_, stream-error>: discriminant 0 is ok, so run returns ok too
-      (i32.load8_u (i32.const 16))))
-  (core instance $main-inst (instantiate $main
-    (with "host" (instance
-      (export "memory" (memory $memory))
-      (export "get-stdout" (func $get-stdout))
-      (export "write" (func $write))
-      (export "drop" (func $drop-os))))))
-  (func $run (result (result)) (canon lift (core func $main-inst "run")))
-  (instance $run-inst (export "run" (func $run)))
-  (export "wasi:cli/run@0.2.0" (instance $run-inst)))"#,
-        len = text.len(),
-        text = text.replace('\n', "\\n"),
-    ))
-    .expect("valid component WAT")
-}
-
 #[test]
 fn wasm_preview2_component_prints_to_stdout() {
     let h = harness!();
@@ -605,7 +550,7 @@ fn wasm_preview2_component_prints_to_stdout() {
     let c = h.container("wasm-p2-print");
     let spec = wasm_spec(
         &c,
-        &printing_component("hello from a component\n"),
+        &component::printing("hello from a component\n"),
         &["/app.wasm"],
     );
     let out = c.run_spec(&spec, &[]);
@@ -613,6 +558,135 @@ fn wasm_preview2_component_prints_to_stdout() {
     // Through wasi:cli/stdout onto containerd's stdout FIFO, read back by ctr.
     assert_eq!(out.stdout, "hello from a component\n");
     c.remove_and_check();
+}
+
+/// `wasi:sockets` through containerd: a component that resolves a name (the container's
+/// `/etc/hosts`, bind-mounted as CRI mounts it) or takes an address, connects to a listener
+/// of the test and sends a message. Without `strata.dev/wasm.network` the lookup and the
+/// socket are refused and nothing reaches the listener; with `inherit` it gets through in the
+/// host's network namespace (`--net-host`), and in a container's own namespace the host's
+/// listener is out of reach. A word the annotation does not know fails the create.
+#[test]
+fn wasm_network_is_off_unless_the_annotation_allows_it() {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    let h = harness!();
+    strata_only!(h);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hosts = h
+        .info
+        .state
+        .join(format!("wasm-hosts-{}", SEQ.fetch_add(1, Ordering::SeqCst)));
+    std::fs::write(&hosts, "127.0.0.1 strata-test-peer\n").unwrap();
+    // What reached the listener within a second (None: no connection).
+    let received = || -> Option<String> {
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut got = String::new();
+                    conn.read_to_string(&mut got).unwrap();
+                    return Some(got);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        None
+    };
+    let cases: &[(Option<&str>, Peer, bool, &str)] = &[
+        (
+            None,
+            Peer::Name("strata-test-peer"),
+            true,
+            "lookup: permanent-resolver-failure\n",
+        ),
+        (
+            None,
+            Peer::Ipv4([127, 0, 0, 1]),
+            true,
+            "socket: access-denied\n",
+        ),
+        (
+            Some("none"),
+            Peer::Ipv4([127, 0, 0, 1]),
+            true,
+            "socket: access-denied\n",
+        ),
+        (
+            Some("inherit"),
+            Peer::Name("strata-test-peer"),
+            true,
+            "sent\n",
+        ),
+        (Some("inherit"), Peer::Ipv4([127, 0, 0, 1]), true, "sent\n"),
+        // Its own network namespace: 127.0.0.1 is that namespace's loopback, where nothing
+        // listens; the host's listener is not reached.
+        (
+            Some("inherit"),
+            Peer::Ipv4([127, 0, 0, 1]),
+            false,
+            "connect: connection-refused\n",
+        ),
+    ];
+    for (i, (network, peer, host_net, want)) in cases.iter().enumerate() {
+        let message = format!("hello {i} from a component");
+        let c = h.container(&format!("wasm-net-{i}"));
+        let mut spec = wasm_spec(
+            &c,
+            &component::tcp_client(*peer, port, &message),
+            &["/app.wasm"],
+        );
+        if let Some(n) = network {
+            spec["annotations"]["strata.dev/wasm.network"] = json!(n);
+        }
+        if *host_net {
+            spec["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|ns| ns["type"] != "network");
+        }
+        spec["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]}),
+        );
+        let out = c.run_spec(&spec, &[]);
+        let case = format!("case {i}: network {network:?}, {peer:?}, host network {host_net}");
+        assert_eq!(out.stdout, *want, "{case}: {out}\n{}", c.log());
+        assert_eq!(
+            out.code,
+            if *want == "sent\n" { 0 } else { 1 },
+            "{case}: {out}"
+        );
+        let got = received();
+        if *want == "sent\n" {
+            assert_eq!(got.as_deref(), Some(message.as_str()), "{case}");
+        } else {
+            assert_eq!(got, None, "{case}: the listener was reached");
+        }
+        c.remove_and_check();
+    }
+
+    let c = h.container("wasm-net-bad");
+    let mut spec = wasm_spec(
+        &c,
+        &component::tcp_client(Peer::Ipv4([127, 0, 0, 1]), port, "x"),
+        &["/app.wasm"],
+    );
+    spec["annotations"]["strata.dev/wasm.network"] = json!("host");
+    let out = c.run_spec(&spec, &[]);
+    assert!(!out.success(), "{out}");
+    let said = format!("{}{}", out.stderr, c.log());
+    assert!(
+        said.contains("strata.dev/wasm.network") && said.contains("\"host\""),
+        "the refusal names the annotation and the word: {out}"
+    );
+    assert_eq!(received(), None);
+    c.remove_and_check();
+    let _ = std::fs::remove_file(&hosts);
 }
 
 /// Images whose layer is the WebAssembly binary itself (no tar layer): the module is read
@@ -644,7 +718,7 @@ fn wasm_image_layers_run_from_the_content_store() {
         ),
         (
             "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-            printing_component("hello from a component layer\n"),
+            component::printing("hello from a component layer\n"),
             "hello from a component layer\n",
         ),
     ];
@@ -997,8 +1071,10 @@ fn wasm_concurrent_first_starts_of_one_module() {
 
 /// A Kubernetes-style pod through containerd's CRI plugin on the handler `strata-wasm`: the
 /// pause container (ELF) runs native, the wasm container runs on the wasm tier, both in one
-/// shim; its output reaches the CRI log; an ELF sidecar is refused (the handler allows wasm
-/// only); stop and remove leave nothing.
+/// shim; its output reaches the CRI log; with the pod's `strata.dev/wasm.network=inherit`, a
+/// component reaches a listener of the node through the pod's network (its address the pod's,
+/// from the CNI subnet); an ELF sidecar is refused (the handler allows wasm only); stop and
+/// remove leave nothing.
 #[test]
 fn wasm_cri_pod_with_handler_strata_wasm() {
     use std::collections::HashMap;
@@ -1025,12 +1101,35 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
              (call $write (i32.const 1) (i32.const 1024) (i32.const 22))
              (loop $l (br $l)))"#,
     );
+    // The node's side of the pod network: the bridge's address, the subnet's first.
+    let gateway: [u8; 4] = {
+        let net: Vec<u8> = env
+            .subnet
+            .trim_end_matches(".0/24")
+            .split('.')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        [net[0], net[1], net[2], 1]
+    };
+    // Bound to every address: the gateway's exists once CNI made the bridge for the pod.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("a listener of the node");
+    let port = listener.local_addr().unwrap().port();
     let mut image = ImageBuilder::busybox(IMAGE).unwrap();
-    image.file("app.wasm", wasm, 0o644).cmd(&["/app.wasm"]);
+    image
+        .file("app.wasm", wasm, 0o644)
+        .file(
+            "client.wasm",
+            component::tcp_client(Peer::Ipv4(gateway), port, "hello from a wasm pod's socket"),
+            0o644,
+        )
+        .cmd(&["/app.wasm"]);
     env.import(&image).expect("importing the wasm image");
     cri::run_async(async {
         let mut c = env.client().await.expect("CRI client");
-        let pod_config = env.pod_config("strata-wasm-pod", HashMap::new());
+        let pod_config = env.pod_config(
+            "strata-wasm-pod",
+            HashMap::from([("strata.dev/wasm.network".to_string(), "inherit".to_string())]),
+        );
         let pod = c
             .run_pod(&pod_config, "strata-wasm")
             .await
@@ -1069,6 +1168,46 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
                 .filter(|t| t.contains("hello from a wasm pod"))
         });
         assert!(seen.is_some(), "no output in {}", log.display());
+
+        // The pod network: a component connects to the node's listener.
+        let mut client = env.container_config("client", &["/client.wasm"]);
+        client.image.as_mut().unwrap().image = IMAGE.into();
+        let client_id = c
+            .start_container(&pod, &client, &pod_config)
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "starting the client: {s}\n{}",
+                    env.harness.log_lines(&pod, 30)
+                )
+            });
+        listener.set_nonblocking(true).unwrap();
+        let conn = cmd::poll(Duration::from_secs(20), || listener.accept().ok());
+        let (mut conn, from) = conn.expect("the component's connection never came");
+        conn.set_nonblocking(false).unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut got).unwrap();
+        assert_eq!(got, "hello from a wasm pod's socket");
+        assert!(
+            env.in_subnet(&from.ip().to_string()),
+            "the connection came from {from}, not from the pod's network"
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            let (st, _) = c
+                .container_status(&client_id)
+                .await
+                .expect("ContainerStatus");
+            if st.state == ContainerState::ContainerExited as i32 || Instant::now() > until {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            (st.state, st.exit_code),
+            (ContainerState::ContainerExited as i32, 0),
+            "the client: {st:?}"
+        );
 
         // Tier pinning: the handler's configuration allows wasm only, so an ELF sidecar
         // (busybox) is refused at its start, naming the rule; the pod runs on.

@@ -10,8 +10,10 @@
 //! `strace -f --decode-pids=pidns` (59 runners), every call of each runner's init after its
 //! hook set `no_new_privs` and of every thread it started. The WASI file-system calls that
 //! run exercised only in part are listed from wasmtime-wasi's `wasi:filesystem`
-//! implementation (cap-std), each with its reason. Network calls come with the tier's
-//! network support, allowed only where the task's policy allows the network.
+//! implementation (cap-std), each with its reason. The socket calls of `wasi:sockets` are
+//! allowed only where the task's policy allows the network ([`NETWORK`]); `socket` itself then
+//! for IPv4, IPv6 and netlink only (glibc's name lookup may ask the kernel for the local
+//! addresses through a netlink socket to sort its answers).
 
 use oci_spec::runtime::LinuxSeccomp;
 
@@ -137,13 +139,88 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("fstatfs", "cap-std's checks of a descriptor's file system"),
 ];
 
-/// The filter as an OCI seccomp profile.
-pub fn profile() -> LinuxSeccomp {
-    let names: Vec<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
+/// What a task whose policy allows the network ([`crate::runner::Network::Inherit`]) may call
+/// besides [`ALLOWED`]: wasmtime-wasi's TCP and UDP sockets (tokio's, non-blocking) and the
+/// name lookup (glibc's `getaddrinfo`, run on a tokio blocking thread, which reads
+/// `/etc/hosts` and `/etc/resolv.conf` with the calls of [`ALLOWED`]). Recorded under
+/// `strace -f` from a component that resolves a name through `/etc/hosts` and one through DNS,
+/// connects and writes; the rest from wasmtime-wasi's `wasi:sockets` implementation. glibc's
+/// attempt at nscd's unix socket is refused (ENOSYS), and it goes on without it.
+pub const NETWORK: &[(&str, &str)] = &[
+    (
+        "connect",
+        "recorded: start-connect (non-blocking), the resolver's UDP socket",
+    ),
+    ("bind", "tcp and udp bind"),
+    ("listen", "tcp listen"),
+    ("accept4", "tcp accept"),
+    ("accept", "tcp accept where accept4 is not used"),
+    (
+        "getsockname",
+        "recorded: the socket's local address after create and connect",
+    ),
+    ("getpeername", "remote-address"),
+    (
+        "getsockopt",
+        "recorded: the outcome of a non-blocking connect (SO_ERROR)",
+    ),
+    (
+        "setsockopt",
+        "recorded: the resolver's IP_RECVERR; the socket options of wasi:sockets",
+    ),
+    (
+        "shutdown",
+        "recorded: the socket's end when its streams are dropped",
+    ),
+    ("sendmsg", "udp send"),
+    ("recvmsg", "udp receive"),
+    (
+        "sendmmsg",
+        "recorded: the resolver's A and AAAA queries at once",
+    ),
+    ("recvmmsg", "udp receive"),
+    (
+        "uname",
+        "recorded: the resolver's default domain (gethostname) after reading resolv.conf",
+    ),
+];
+
+/// The address families `socket` may create where the network is allowed.
+const SOCKET_FAMILIES: &[(u64, &str)] = &[
+    (
+        libc::AF_INET as u64,
+        "IPv4: tcp and udp sockets, the resolver",
+    ),
+    (libc::AF_INET6 as u64, "IPv6: tcp and udp sockets"),
+    (
+        libc::AF_NETLINK as u64,
+        "glibc's getaddrinfo reads the local addresses over netlink to sort several answers",
+    ),
+];
+
+/// The filter as an OCI seccomp profile; with `network`, also [`NETWORK`] and `socket` for
+/// [`SOCKET_FAMILIES`].
+pub fn profile(network: bool) -> LinuxSeccomp {
+    let mut names: Vec<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
+    let mut rules = Vec::new();
+    if network {
+        names.extend(NETWORK.iter().map(|(n, _)| *n));
+        for (family, _) in SOCKET_FAMILIES {
+            rules.push(serde_json::json!({
+                "names": ["socket"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{ "index": 0, "value": family, "op": "SCMP_CMP_EQ" }],
+            }));
+        }
+    }
+    rules.insert(
+        0,
+        serde_json::json!({ "names": names, "action": "SCMP_ACT_ALLOW" }),
+    );
     serde_json::from_value(serde_json::json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": REFUSED_ERRNO,
-        "syscalls": [{ "names": names, "action": "SCMP_ACT_ALLOW" }],
+        "syscalls": rules,
     }))
     .expect("the runner's seccomp profile is valid OCI")
 }
@@ -152,17 +229,25 @@ pub fn profile() -> LinuxSeccomp {
 mod tests {
     use super::*;
 
+    /// Every call the profile allows without looking at its arguments.
+    fn allowed_names(p: &LinuxSeccomp) -> Vec<String> {
+        p.syscalls()
+            .iter()
+            .flatten()
+            .filter(|s| s.args().as_ref().is_none_or(|a| a.is_empty()))
+            .flat_map(|s| s.names().clone())
+            .collect()
+    }
+
     #[test]
     fn every_call_is_listed_once_with_a_reason() {
         let mut seen = std::collections::HashSet::new();
-        for (name, why) in ALLOWED {
+        for (name, why) in ALLOWED.iter().chain(NETWORK) {
             assert!(seen.insert(name), "{name} listed twice");
             assert!(!why.is_empty(), "{name} has no reason");
         }
         for never in [
             "socket",
-            "connect",
-            "bind",
             "execve",
             "execveat",
             "mount",
@@ -182,11 +267,35 @@ mod tests {
         ] {
             assert!(!seen.contains(&never), "{never} must not be allowed");
         }
-        let p = profile();
-        assert_eq!(p.default_errno_ret(), Some(REFUSED_ERRNO));
-        assert_eq!(
-            p.syscalls().as_ref().map(|s| s[0].names().len()),
-            Some(ALLOWED.len())
-        );
+        for network in [false, true] {
+            let p = profile(network);
+            assert_eq!(p.default_errno_ret(), Some(REFUSED_ERRNO));
+            let names = allowed_names(&p);
+            let want = ALLOWED.len() + if network { NETWORK.len() } else { 0 };
+            assert_eq!(names.len(), want);
+            // socket only ever with its family checked.
+            assert!(!names.iter().any(|n| n == "socket"));
+        }
+    }
+
+    #[test]
+    fn socket_calls_pass_only_where_the_network_is_allowed() {
+        let closed = profile(false);
+        let open = profile(true);
+        let socket_rules = |p: &LinuxSeccomp| -> Vec<u64> {
+            p.syscalls()
+                .iter()
+                .flatten()
+                .filter(|s| s.names().iter().any(|n| n == "socket"))
+                .map(|s| s.args().as_ref().unwrap()[0].value())
+                .collect()
+        };
+        for (name, _) in NETWORK {
+            assert!(!allowed_names(&closed).iter().any(|n| n == name), "{name}");
+            assert!(allowed_names(&open).iter().any(|n| n == name), "{name}");
+        }
+        assert!(socket_rules(&closed).is_empty());
+        let families = socket_rules(&open);
+        assert_eq!(families, [2, 10, 16], "AF_INET, AF_INET6, AF_NETLINK only");
     }
 }

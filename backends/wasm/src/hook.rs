@@ -127,7 +127,7 @@ impl PreExec for WasmHook {
             .ok_or("the wasm runner has no module (its create did not load one)")?;
         crate::sys::drop_all_capabilities()?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
-        strata_native::install_seccomp(&crate::filter::profile())
+        strata_native::install_seccomp(&crate::filter::profile(cfg.network.allowed()))
             .map_err(|e| format!("install the runner's seccomp filter: {e}"))?;
         let prepared = linked
             .prepare(&engine, &cfg)

@@ -28,13 +28,15 @@ use strata_native::NativeBackend;
 
 pub use hook::WasmHook;
 pub use module::entrypoint_is_elf;
-pub use runner::{ImageFetcher, ImageLayer, ImageRef};
+pub use runner::{ImageFetcher, ImageLayer, ImageRef, Network};
+pub use task::NETWORK_ANNOTATION;
 
 /// The wasm tier.
 pub struct WasmBackend {
     native: NativeBackend,
     cache_dir: Option<PathBuf>,
     containerd: Option<String>,
+    network: Network,
 }
 
 fn unsupported(op: &'static str) -> Error {
@@ -67,6 +69,7 @@ impl WasmBackend {
                 .with_creator(runner),
             cache_dir: cache::dir_from_env(),
             containerd: None,
+            network: Network::None,
         }
     }
 
@@ -84,6 +87,12 @@ impl WasmBackend {
         self.cache_dir = dir;
         self
     }
+
+    /// The network of a task whose spec has no [`NETWORK_ANNOTATION`] (without this: none).
+    pub fn with_network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
 }
 
 impl Backend for WasmBackend {
@@ -95,7 +104,12 @@ impl Backend for WasmBackend {
         if opts.stdio.terminal {
             return Err(unsupported("a terminal (run without -t)"));
         }
-        let cfg = task::task_config(&opts, self.cache_dir.clone(), self.containerd.as_deref())?;
+        let cfg = task::task_config(
+            &opts,
+            self.cache_dir.clone(),
+            self.containerd.as_deref(),
+            self.network,
+        )?;
         if matches!(cfg.source, runner::Source::Image(_)) {
             root_for_an_image_module(&opts.bundle, &opts.spec)?;
         }
@@ -202,15 +216,29 @@ pub struct Settings {
     /// Where compiled modules are cached; `"off"` disables the cache. Unset: the
     /// environment's `STRATA_WASM_CACHE_DIR`, else `/var/cache/strata/wasm`.
     pub cache_dir: Option<PathBuf>,
+    /// The network of a task whose spec has no `strata.dev/wasm.network` annotation:
+    /// `"none"` (unset) or `"inherit"` ([`Network`]).
+    pub network: Option<String>,
 }
 
 impl Settings {
     /// Reads `[wasm]`; the message says what is wrong.
     pub fn from_table(value: &toml::Value) -> std::result::Result<Settings, String> {
-        value
+        let s: Settings = value
             .clone()
             .try_into()
-            .map_err(|e: toml::de::Error| format!("[wasm]: {}", e.message()))
+            .map_err(|e: toml::de::Error| format!("[wasm]: {}", e.message()))?;
+        s.network()?;
+        Ok(s)
+    }
+
+    /// `network`, read.
+    pub fn network(&self) -> std::result::Result<Network, String> {
+        match &self.network {
+            None => Ok(Network::None),
+            Some(w) => Network::parse(w)
+                .ok_or_else(|| format!("[wasm] network = {w:?}: it is \"none\" or \"inherit\"")),
+        }
     }
 }
 
@@ -249,7 +277,8 @@ impl strata_backend::Tier for WasmTier {
             });
         }
         let mut b = WasmBackend::new(runner, ctx.state_root.clone(), ctx.sink.clone())
-            .with_containerd_address(ctx.containerd_address.clone());
+            .with_containerd_address(ctx.containerd_address.clone())
+            .with_network(settings.network().map_err(Error::InvalidArgument)?);
         if let Some(dir) = settings.cache_dir {
             b = b.with_cache_dir((dir.as_os_str() != "off").then_some(dir));
         }
@@ -261,5 +290,29 @@ impl strata_backend::Tier for WasmTier {
             cleanup_orphan(orphan.state_root, orphan.namespace, orphan.id)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_network_is_none_or_inherit() {
+        let read = |t: &str| Settings::from_table(&toml::from_str::<toml::Value>(t).unwrap());
+        assert_eq!(read("").unwrap().network(), Ok(Network::None));
+        assert_eq!(
+            read("network = \"none\"").unwrap().network(),
+            Ok(Network::None)
+        );
+        assert_eq!(
+            read("network = \"inherit\"").unwrap().network(),
+            Ok(Network::Inherit)
+        );
+        let err = read("network = \"host\"").unwrap_err();
+        assert!(
+            err.contains("[wasm] network") && err.contains("inherit"),
+            "{err}"
+        );
     }
 }

@@ -84,6 +84,38 @@ pub struct ImageLayer {
 /// Reads the module of an [`ImageRef`]; the error says what is missing.
 pub type ImageFetcher = fn(&ImageRef) -> Result<ImageLayer, String>;
 
+/// What of the network a task may use: the network of its container's network namespace (the
+/// pod's, or a new empty one), never more. Set by the `strata.dev/wasm.network` annotation or
+/// `[wasm] network` ([`crate::task`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// No socket: `wasi:sockets` answers `access-denied` (TCP, UDP) and
+    /// `permanent-resolver-failure` (name lookup) without a system call, and the runner's
+    /// seccomp filter refuses every socket call besides.
+    #[default]
+    None,
+    /// TCP and UDP to and from any address of the namespace, and name lookup through the
+    /// container's `/etc/resolv.conf` and `/etc/hosts`, as the wasmtime CLI's
+    /// `-S inherit-network,allow-ip-name-lookup`.
+    Inherit,
+}
+
+impl Network {
+    /// The annotation's and the configuration's words.
+    pub fn parse(word: &str) -> Option<Network> {
+        match word {
+            "none" => Some(Network::None),
+            "inherit" => Some(Network::Inherit),
+            _ => None,
+        }
+    }
+
+    pub fn allowed(self) -> bool {
+        self == Network::Inherit
+    }
+}
+
 /// Everything the runner needs, written by the shim into the bundle ([`crate::hook`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskConfig {
@@ -98,6 +130,8 @@ pub struct TaskConfig {
     /// Caps the sum of linear memories and tables (bytes).
     pub memory_limit: Option<u64>,
     pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub network: Network,
 }
 
 /// The engine every task uses: Cranelift, epoch interruption for kills, the component model.
@@ -208,6 +242,13 @@ pub enum Exit {
 fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&cfg.args).envs(&cfg.env);
+    // wasmtime-wasi's default already allows no socket address and no name lookup; with no
+    // network, TCP and UDP sockets are not even made.
+    let net = cfg.network.allowed();
+    b.allow_tcp(net).allow_udp(net).allow_ip_name_lookup(net);
+    if net {
+        b.inherit_network();
+    }
     for p in &cfg.preopens {
         let perms = if p.readonly && !(kernel_ro && p.read_only_mount) {
             FsPerms::ReadOnly
@@ -545,6 +586,7 @@ mod tests {
             preopens: vec![],
             memory_limit: None,
             cache_dir: None,
+            network: Network::None,
         }
     }
 

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use strata_backend::{CreateOpts, Error, Result};
 
 use crate::module;
-use crate::runner::{ImageRef, Preopen, Source, TaskConfig};
+use crate::runner::{ImageRef, Network, Preopen, Source, TaskConfig};
+
+/// The annotation that gives a task the network of its container's network namespace:
+/// `none` or `inherit` ([`Network`]); absent, the configuration's `[wasm] network`.
+pub const NETWORK_ANNOTATION: &str = "strata.dev/wasm.network";
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -22,8 +26,10 @@ pub fn task_config(
     opts: &CreateOpts,
     cache_dir: Option<PathBuf>,
     containerd: Option<&str>,
+    network: Network,
 ) -> Result<TaskConfig> {
     let spec = &opts.spec;
+    let network = network_of(spec, network)?;
     let process = spec
         .process()
         .as_ref()
@@ -135,5 +141,56 @@ pub fn task_config(
         preopens,
         memory_limit,
         cache_dir,
+        network,
     })
+}
+
+/// The task's network: the annotation's, else `default`.
+fn network_of(spec: &oci_spec::runtime::Spec, default: Network) -> Result<Network> {
+    let Some(word) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(NETWORK_ANNOTATION))
+    else {
+        return Ok(default);
+    };
+    Network::parse(word.trim()).ok_or_else(|| {
+        invalid(format!(
+            "annotation {NETWORK_ANNOTATION}={word:?}: the wasm tier's network is \"none\" or \"inherit\" (the container's network namespace, with name lookup)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_is_the_annotations_else_the_configurations() {
+        let spec_with = |value: Option<&str>| {
+            let mut spec = oci_spec::runtime::Spec::default();
+            spec.set_annotations(
+                value.map(|v| [(NETWORK_ANNOTATION.to_string(), v.to_string())].into()),
+            );
+            spec
+        };
+        for default in [Network::None, Network::Inherit] {
+            assert_eq!(network_of(&spec_with(None), default).unwrap(), default);
+            assert_eq!(
+                network_of(&spec_with(Some("none")), default).unwrap(),
+                Network::None
+            );
+            assert_eq!(
+                network_of(&spec_with(Some("inherit")), default).unwrap(),
+                Network::Inherit
+            );
+        }
+        let err = network_of(&spec_with(Some("host")), Network::None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(NETWORK_ANNOTATION) && err.contains("\"host\"") && err.contains("inherit"),
+            "{err}"
+        );
+    }
 }
