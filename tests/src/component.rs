@@ -7,6 +7,10 @@
 //! - [`tcp_client`]: resolves a name (or takes an address), connects over TCP, sends a
 //!   message, and prints what happened (`sent`, or the step that failed and its
 //!   `wasi:sockets` error code, e.g. `connect: access-denied`).
+//! - [`http_hello`]: a `wasi:http/proxy` component whose `incoming-handler` answers every
+//!   request with `200` and a body naming the request's path.
+//! - [`http_relay`]: a `wasi:http/proxy` component that asks an upstream server through
+//!   `wasi:http/outgoing-handler` first and answers with what it got.
 
 /// Escapes `text` for a WAT string.
 fn wat_bytes(text: &[u8]) -> String {
@@ -38,9 +42,18 @@ const IO_IMPORTS: &str = r#"
     (export "output-stream" (type $os (eq $os0)))
     (type $own-os (own $os))
     (export "get-stdout" (func (result $own-os)))))
-  (core module $mem (memory (export "memory") 1))
+  (core module $mem
+    (memory (export "memory") 1)
+    ;; cabi_realloc for what the host hands over (strings): a bump allocator from 8192
+    (global $next (mut i32) (i32.const 8192))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $at i32)
+      (local.set $at (i32.and (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+                              (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $next (i32.add (local.get $at) (local.get 3)))
+      (local.get $at)))
   (core instance $mem-inst (instantiate $mem))
   (alias core export $mem-inst "memory" (core memory $memory))
+  (alias core export $mem-inst "realloc" (core func $realloc))
   (core func $get-stdout (canon lower (func $stdout "get-stdout")))
   (core func $write (canon lower (func $streams "[method]output-stream.blocking-write-and-flush") (memory $memory)))
 "#;
@@ -332,6 +345,300 @@ pub fn tcp_client(peer: Peer<'_>, port: u16, message: &str) -> Vec<u8> {
             .join(" "),
         message = wat_bytes(message.as_bytes()),
         message_len = message.len(),
+    ))
+    .expect("valid component WAT")
+}
+
+/// The body [`http_hello`] answers a request for `path` with.
+pub fn http_hello_body(path: &str) -> String {
+    format!("hello from wasm at {path}\n")
+}
+
+/// A `wasi:http/proxy` component: `wasi:http/incoming-handler`'s `handle` answers `200` with
+/// the body [`http_hello_body`] of the request's path and query, written through the
+/// outgoing body's stream.
+pub fn http_hello() -> Vec<u8> {
+    let prefix = http_hello_body("");
+    let prefix = prefix.trim_end_matches('\n');
+    proxy(&format!(
+        r#"(data (i32.const 1100) "{prefix}")
+    (func (export "handle") (param $req i32) (param $out i32) (local $stream i32)
+      ;; path-with-query: option<string> at 256 (the case, then pointer and length at 260)
+      (call $path (local.get $req) (i32.const 256))
+      (local.set $stream (call $respond (local.get $out)))
+      (call $write (local.get $stream) (i32.const 1100) (i32.const {len}) (i32.const 16))
+      (if (i32.load8_u (i32.const 256))
+        (then (call $write (local.get $stream) (i32.load (i32.const 260)) (i32.load (i32.const 264)) (i32.const 16))))
+      (call $end (local.get $stream)))"#,
+        len = prefix.len()
+    ))
+}
+
+/// The body [`http_relay`] answers with when its upstream answered `status`.
+pub fn http_relay_body(status: u16) -> String {
+    format!("upstream said {status}\n")
+}
+
+/// A `wasi:http/proxy` component whose handler first asks `http://{upstream}/upstream`
+/// through `wasi:http/outgoing-handler` and answers `200` with [`http_relay_body`] of the
+/// upstream's status, or `outgoing error N` / `upstream error N` with the number of the
+/// `wasi:http` error code (15 is `HTTP-request-denied`) when the request failed.
+pub fn http_relay(upstream: &str) -> Vec<u8> {
+    proxy(&format!(
+        r#"(data (i32.const 1100) "upstream said ")
+    (data (i32.const 1130) "outgoing error ")
+    (data (i32.const 1150) "upstream error ")
+    (data (i32.const 1200) "{authority}")
+    (data (i32.const 1280) "/upstream")
+    ;; writes n (0..=999) in decimal
+    (func $number (param $stream i32) (param $n i32)
+      (i32.store8 (i32.const 1300) (i32.add (i32.const 48) (i32.div_u (local.get $n) (i32.const 100))))
+      (i32.store8 (i32.const 1301) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $n) (i32.const 10)) (i32.const 10))))
+      (i32.store8 (i32.const 1302) (i32.add (i32.const 48) (i32.rem_u (local.get $n) (i32.const 10))))
+      (call $write (local.get $stream) (i32.const 1300) (i32.const 3) (i32.const 16)))
+    (func $say (param $out i32) (param $text i32) (param $len i32) (param $n i32) (local $stream i32)
+      (local.set $stream (call $respond (local.get $out)))
+      (call $write (local.get $stream) (local.get $text) (local.get $len) (i32.const 16))
+      (call $number (local.get $stream) (local.get $n))
+      (call $end (local.get $stream)))
+    (func (export "handle") (param $req i32) (param $out i32) (local $oreq i32) (local $fut i32) (local $p i32)
+      (local.set $oreq (call $new-request (call $new-fields)))
+      ;; set-scheme(some(HTTP)), set-authority(some(upstream)), set-path-with-query(some(path))
+      (drop (call $set-scheme (local.get $oreq) (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)))
+      (drop (call $set-authority (local.get $oreq) (i32.const 1) (i32.const 1200) (i32.const {authority_len})))
+      (drop (call $set-path (local.get $oreq) (i32.const 1) (i32.const 1280) (i32.const 9)))
+      ;; handle(request, none): result<own<future-incoming-response>, error-code> at 400,
+      ;; its payload at 408 (error-code is 8-aligned)
+      (call $outgoing (local.get $oreq) (i32.const 0) (i32.const 0) (i32.const 400))
+      (if (i32.load8_u (i32.const 400))
+        (then (return (call $say (local.get $out) (i32.const 1130) (i32.const 15) (i32.load8_u (i32.const 408))))))
+      (local.set $fut (i32.load (i32.const 408)))
+      ;; get: option<result<result<own<incoming-response>, error-code>>> at 512; the option's
+      ;; payload at 520, the outer result's at 528
+      (loop $wait
+        (call $get (local.get $fut) (i32.const 512))
+        (if (i32.eqz (i32.load8_u (i32.const 512)))
+          (then
+            (local.set $p (call $subscribe (local.get $fut)))
+            (call $block (local.get $p))
+            (call $drop-pollable (local.get $p))
+            (br $wait))))
+      (if (i32.load8_u (i32.const 520)) (then unreachable))
+      (if (i32.load8_u (i32.const 528))
+        (then (return (call $say (local.get $out) (i32.const 1150) (i32.const 15) (i32.load8_u (i32.const 536))))))
+      (call $say (local.get $out) (i32.const 1100) (i32.const 14) (call $status (i32.load (i32.const 536)))))"#,
+        authority = upstream,
+        authority_len = upstream.len(),
+    ))
+}
+
+/// `wasi:http/types`' error code and the records of its cases, as exports of the types
+/// instance (a component names every record and variant it passes).
+const HTTP_ERROR_CODE: &str = r#"
+    (type $dns (record (field "rcode" (option string)) (field "info-code" (option u16))))
+    (export "DNS-error-payload" (type $dns-e (eq $dns)))
+    (type $tls (record (field "alert-id" (option u8)) (field "alert-message" (option string))))
+    (export "TLS-alert-received-payload" (type $tls-e (eq $tls)))
+    (type $fsp (record (field "field-name" (option string)) (field "field-size" (option u32))))
+    (export "field-size-payload" (type $fsp-e (eq $fsp)))
+    (type $ec (variant
+      (case "DNS-timeout") (case "DNS-error" $dns-e) (case "destination-not-found")
+      (case "destination-unavailable") (case "destination-IP-prohibited")
+      (case "destination-IP-unroutable") (case "connection-refused")
+      (case "connection-terminated") (case "connection-timeout")
+      (case "connection-read-timeout") (case "connection-write-timeout")
+      (case "connection-limit-reached") (case "TLS-protocol-error")
+      (case "TLS-certificate-error") (case "TLS-alert-received" $tls-e)
+      (case "HTTP-request-denied") (case "HTTP-request-length-required")
+      (case "HTTP-request-body-size" (option u64)) (case "HTTP-request-method-invalid")
+      (case "HTTP-request-URI-invalid") (case "HTTP-request-URI-too-long")
+      (case "HTTP-request-header-section-size" (option u32))
+      (case "HTTP-request-header-size" (option $fsp-e))
+      (case "HTTP-request-trailer-section-size" (option u32))
+      (case "HTTP-request-trailer-size" $fsp-e) (case "HTTP-response-incomplete")
+      (case "HTTP-response-header-section-size" (option u32))
+      (case "HTTP-response-header-size" $fsp-e)
+      (case "HTTP-response-body-size" (option u64))
+      (case "HTTP-response-trailer-section-size" (option u32))
+      (case "HTTP-response-trailer-size" $fsp-e)
+      (case "HTTP-response-transfer-coding" (option string))
+      (case "HTTP-response-content-coding" (option string))
+      (case "HTTP-response-timeout") (case "HTTP-upgrade-failed") (case "HTTP-protocol-error")
+      (case "loop-detected") (case "configuration-error") (case "internal-error" (option string))))
+    (export "error-code" (type $error-code (eq $ec)))"#;
+
+/// A `wasi:http/proxy` component whose core module `$main` has the functions below and
+/// `handle` (exported: the handler's `handle(request, response-out)`) written by `body`:
+/// - `$respond(out) -> stream`: sets the response (200, no headers) and opens its body;
+/// - `$write(stream, pointer, length, result)`, `$end(stream)`: write, then close the body;
+/// - `$path(request, result)`: the request's path-with-query (an option of a string);
+/// - for outgoing requests: `$new-fields`, `$new-request`, `$set-scheme`, `$set-authority`,
+///   `$set-path`, `$outgoing` (the outgoing handler's `handle`), `$get`, `$subscribe`,
+///   `$block`, `$drop-pollable`, `$status`.
+///
+/// Memory below 1024 holds results; data goes from 1100 on.
+fn proxy(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component {IO_IMPORTS}
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (type $borrow-p (borrow $p))
+    (export "[method]pollable.block" (func (param "self" $borrow-p)))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:http/types@0.2.0" (instance $types
+    (alias outer 1 $output-stream (type $os0))
+    (export "output-stream" (type $os (eq $os0)))
+    (alias outer 1 $pollable (type $p0))
+    (export "pollable" (type $p (eq $p0)))
+    {HTTP_ERROR_CODE}
+    (type $sch (variant (case "HTTP") (case "HTTPS") (case "other" string)))
+    (export "scheme" (type $scheme (eq $sch)))
+    (export "fields" (type $fields (sub resource)))
+    (export "incoming-request" (type $req (sub resource)))
+    (export "outgoing-request" (type $oreq (sub resource)))
+    (export "request-options" (type $opts (sub resource)))
+    (export "incoming-response" (type $iresp (sub resource)))
+    (export "outgoing-response" (type $resp (sub resource)))
+    (export "outgoing-body" (type $body (sub resource)))
+    (export "response-outparam" (type $out (sub resource)))
+    (export "future-incoming-response" (type $fut (sub resource)))
+    (type $own-fields (own $fields))
+    (type $own-oreq (own $oreq))
+    (type $own-iresp (own $iresp))
+    (type $own-resp (own $resp))
+    (type $own-body (own $body))
+    (type $own-os (own $os))
+    (type $own-out (own $out))
+    (type $own-p (own $p))
+    (type $borrow-req (borrow $req))
+    (type $borrow-oreq (borrow $oreq))
+    (type $borrow-iresp (borrow $iresp))
+    (type $borrow-resp (borrow $resp))
+    (type $borrow-body (borrow $body))
+    (type $borrow-fut (borrow $fut))
+    (export "[constructor]fields" (func (result $own-fields)))
+    (export "[method]incoming-request.path-with-query" (func (param "self" $borrow-req) (result (option string))))
+    (export "[constructor]outgoing-request" (func (param "headers" $own-fields) (result $own-oreq)))
+    (export "[method]outgoing-request.set-scheme" (func (param "self" $borrow-oreq) (param "scheme" (option $scheme)) (result (result))))
+    (export "[method]outgoing-request.set-authority" (func (param "self" $borrow-oreq) (param "authority" (option string)) (result (result))))
+    (export "[method]outgoing-request.set-path-with-query" (func (param "self" $borrow-oreq) (param "path-with-query" (option string)) (result (result))))
+    (export "[method]incoming-response.status" (func (param "self" $borrow-iresp) (result u16)))
+    (export "[method]future-incoming-response.subscribe" (func (param "self" $borrow-fut) (result $own-p)))
+    (export "[method]future-incoming-response.get"
+      (func (param "self" $borrow-fut) (result (option (result (result $own-iresp (error $error-code)))))))
+    (export "[constructor]outgoing-response" (func (param "headers" $own-fields) (result $own-resp)))
+    (export "[method]outgoing-response.body" (func (param "self" $borrow-resp) (result (result $own-body))))
+    (export "[method]outgoing-body.write" (func (param "self" $borrow-body) (result (result $own-os))))
+    (export "[static]outgoing-body.finish"
+      (func (param "this" $own-body) (param "trailers" (option $own-fields)) (result (result (error $error-code)))))
+    (export "[static]response-outparam.set"
+      (func (param "param" $own-out) (param "response" (result $own-resp (error $error-code)))))))
+  (alias export $types "incoming-request" (type $incoming-request))
+  (alias export $types "response-outparam" (type $response-outparam))
+  (alias export $types "outgoing-request" (type $outgoing-request))
+  (alias export $types "request-options" (type $request-options))
+  (alias export $types "future-incoming-response" (type $future-incoming-response))
+  (alias export $types "error-code" (type $http-error-code))
+  (import "wasi:http/outgoing-handler@0.2.0" (instance $outgoing
+    (alias outer 1 $outgoing-request (type $r0))
+    (export "outgoing-request" (type $r (eq $r0)))
+    (alias outer 1 $request-options (type $o0))
+    (export "request-options" (type $o (eq $o0)))
+    (alias outer 1 $future-incoming-response (type $f0))
+    (export "future-incoming-response" (type $f (eq $f0)))
+    (alias outer 1 $http-error-code (type $e0))
+    (export "error-code" (type $e (eq $e0)))
+    (type $own-r (own $r))
+    (type $own-o (own $o))
+    (type $own-f (own $f))
+    (export "handle" (func (param "request" $own-r) (param "options" (option $own-o)) (result (result $own-f (error $e)))))))
+  (core func $drop-os (canon resource.drop $output-stream))
+  (core func $drop-pollable (canon resource.drop $pollable))
+  (core func $block (canon lower (func $poll "[method]pollable.block")))
+  (core func $new-fields (canon lower (func $types "[constructor]fields")))
+  (core func $path (canon lower (func $types "[method]incoming-request.path-with-query") (memory $memory) (realloc $realloc)))
+  (core func $new-request (canon lower (func $types "[constructor]outgoing-request")))
+  (core func $set-scheme (canon lower (func $types "[method]outgoing-request.set-scheme") (memory $memory)))
+  (core func $set-authority (canon lower (func $types "[method]outgoing-request.set-authority") (memory $memory)))
+  (core func $set-path (canon lower (func $types "[method]outgoing-request.set-path-with-query") (memory $memory)))
+  (core func $status (canon lower (func $types "[method]incoming-response.status")))
+  (core func $subscribe (canon lower (func $types "[method]future-incoming-response.subscribe")))
+  (core func $get (canon lower (func $types "[method]future-incoming-response.get") (memory $memory) (realloc $realloc)))
+  (core func $outgoing (canon lower (func $outgoing "handle") (memory $memory) (realloc $realloc)))
+  (core func $new-response (canon lower (func $types "[constructor]outgoing-response")))
+  (core func $response-body (canon lower (func $types "[method]outgoing-response.body") (memory $memory)))
+  (core func $body-write (canon lower (func $types "[method]outgoing-body.write") (memory $memory)))
+  (core func $body-finish (canon lower (func $types "[static]outgoing-body.finish") (memory $memory) (realloc $realloc)))
+  (core func $set (canon lower (func $types "[static]response-outparam.set") (memory $memory)))
+  (core module $main
+    (import "host" "memory" (memory 1))
+    (import "host" "write" (func $write (param i32 i32 i32 i32)))
+    (import "host" "drop-os" (func $drop-os (param i32)))
+    (import "host" "drop-pollable" (func $drop-pollable (param i32)))
+    (import "host" "block" (func $block (param i32)))
+    (import "host" "new-fields" (func $new-fields (result i32)))
+    (import "host" "path" (func $path (param i32 i32)))
+    (import "host" "new-request" (func $new-request (param i32) (result i32)))
+    (import "host" "set-scheme" (func $set-scheme (param i32 i32 i32 i32 i32) (result i32)))
+    (import "host" "set-authority" (func $set-authority (param i32 i32 i32 i32) (result i32)))
+    (import "host" "set-path" (func $set-path (param i32 i32 i32 i32) (result i32)))
+    (import "host" "status" (func $status (param i32) (result i32)))
+    (import "host" "subscribe" (func $subscribe (param i32) (result i32)))
+    (import "host" "get" (func $get (param i32 i32)))
+    (import "host" "outgoing" (func $outgoing (param i32 i32 i32 i32)))
+    (import "host" "new-response" (func $new-response (param i32) (result i32)))
+    (import "host" "response-body" (func $response-body (param i32 i32)))
+    (import "host" "body-write" (func $body-write (param i32 i32)))
+    (import "host" "body-finish" (func $body-finish (param i32 i32 i32 i32)))
+    (import "host" "set" (func $set (param i32 i32 i32 i32 i64 i32 i32 i32 i32)))
+    (global $body (mut i32) (i32.const 0))
+    (data (i32.const 1020) "\0a")
+    ;; sets the response (200, no headers) and returns its body's stream
+    (func $respond (param $out i32) (result i32) (local $resp i32)
+      (local.set $resp (call $new-response (call $new-fields)))
+      (call $response-body (local.get $resp) (i32.const 300))
+      (if (i32.load8_u (i32.const 300)) (then unreachable))
+      (global.set $body (i32.load (i32.const 304)))
+      ;; set(param, ok(response)): the result flattened, ok's handle in its first slot
+      (call $set (local.get $out) (i32.const 0) (local.get $resp)
+        (i32.const 0) (i64.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+      (call $body-write (global.get $body) (i32.const 300))
+      (if (i32.load8_u (i32.const 300)) (then unreachable))
+      (i32.load (i32.const 304)))
+    ;; ends the body with a newline, closes its stream and finishes it
+    (func $end (param $stream i32)
+      (call $write (local.get $stream) (i32.const 1020) (i32.const 1) (i32.const 16))
+      (call $drop-os (local.get $stream))
+      (call $body-finish (global.get $body) (i32.const 0) (i32.const 0) (i32.const 320)))
+    {body})
+  (core instance $main-inst (instantiate $main
+    (with "host" (instance
+      (export "memory" (memory $memory))
+      (export "write" (func $write))
+      (export "drop-os" (func $drop-os))
+      (export "drop-pollable" (func $drop-pollable))
+      (export "block" (func $block))
+      (export "new-fields" (func $new-fields))
+      (export "path" (func $path))
+      (export "new-request" (func $new-request))
+      (export "set-scheme" (func $set-scheme))
+      (export "set-authority" (func $set-authority))
+      (export "set-path" (func $set-path))
+      (export "status" (func $status))
+      (export "subscribe" (func $subscribe))
+      (export "get" (func $get))
+      (export "outgoing" (func $outgoing))
+      (export "new-response" (func $new-response))
+      (export "response-body" (func $response-body))
+      (export "body-write" (func $body-write))
+      (export "body-finish" (func $body-finish))
+      (export "set" (func $set))))))
+  (type $own-req (own $incoming-request))
+  (type $own-out (own $response-outparam))
+  (func $handle (param "request" $own-req) (param "response-out" $own-out)
+    (canon lift (core func $main-inst "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))"#
     ))
     .expect("valid component WAT")
 }

@@ -22,6 +22,7 @@ pub mod critest;
 pub mod daemon;
 pub mod events;
 pub mod harness;
+pub mod http;
 pub mod image;
 pub mod leaks;
 pub mod netns;

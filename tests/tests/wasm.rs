@@ -645,10 +645,7 @@ fn wasm_network_is_off_unless_the_annotation_allows_it() {
             spec["annotations"]["strata.dev/wasm.network"] = json!(n);
         }
         if *host_net {
-            spec["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .retain(|ns| ns["type"] != "network");
+            host_network(&mut spec);
         }
         spec["mounts"].as_array_mut().unwrap().push(
             json!({"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]}),
@@ -687,6 +684,191 @@ fn wasm_network_is_off_unless_the_annotation_allows_it() {
     assert_eq!(received(), None);
     c.remove_and_check();
     let _ = std::fs::remove_file(&hosts);
+}
+
+/// The host's network namespace for `spec`, as `ctr run --net-host` gives.
+fn host_network(spec: &mut Value) {
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|ns| ns["type"] != "network");
+}
+
+/// A `wasi:http/proxy` component (`component::http_hello`) served on the address that the
+/// spec's `WASMTIME_HTTP_PROXY_SOCKET_ADDR` names: 1,000 requests from 16 concurrent
+/// keep-alive clients each get the body naming their own path; SIGTERM ends the server with
+/// 143 and SIGKILL with 137, and the port is free again; a second server on an address in
+/// use fails at its start, and a malformed address fails the create, naming the variable.
+#[test]
+fn wasm_http_proxy_component_is_served() {
+    use std::net::{SocketAddr, TcpListener};
+    use strata_tests::http;
+
+    let h = harness!();
+    strata_only!(h);
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let serving = |c: &Container, address: &str| {
+        let mut spec = wasm_spec(c, &component::http_hello(), &["/app.wasm"]);
+        host_network(&mut spec);
+        let env = &mut spec["process"]["env"];
+        if !env.is_array() {
+            *env = json!([]);
+        }
+        env.as_array_mut()
+            .unwrap()
+            .push(json!(format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={address}")));
+        spec
+    };
+    for (signal, want) in [("SIGTERM", 143), ("SIGKILL", 137)] {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let c = h.container("wasm-http");
+        let (bg, path) = spawn_spec(&c, &serving(&c, &addr.to_string()));
+        assert!(
+            http::wait_for(addr, Duration::from_secs(30)),
+            "nothing served on {addr}\n{}",
+            c.log()
+        );
+        let (clients, requests) = if signal == "SIGTERM" {
+            (16, 1000)
+        } else {
+            (1, 10)
+        };
+        let l = http::load(addr, clients, requests, component::http_hello_body);
+        assert_eq!(
+            (l.requests, l.right),
+            (requests, requests),
+            "first wrong: {:?}\n{}",
+            l.first_wrong,
+            c.log()
+        );
+        eprintln!(
+            "{requests} requests from {clients} clients: {:.0}/s, p50 {:?}, p99 {:?}",
+            l.per_second(),
+            l.p50,
+            l.p99
+        );
+        if signal == "SIGTERM" {
+            // A second server on the same address fails at its start, saying why.
+            let twin = h.container("wasm-http-twin");
+            let out = twin.run_spec(&serving(&twin, &addr.to_string()), &[]);
+            assert!(!out.success(), "{out}");
+            assert!(
+                out.stderr.contains(&format!("serve on {addr}")) && out.stderr.contains("in use"),
+                "{out}\n{}",
+                twin.log()
+            );
+            twin.remove_and_check();
+        }
+        let k = c.kill(signal);
+        assert!(k.success(), "{k}");
+        let out = bg.wait(CTR_TIMEOUT);
+        assert_eq!(out.code, want, "{signal}: {out}\n{}", c.log());
+        assert!(
+            TcpListener::bind(addr).is_ok(),
+            "{addr} is still held after {signal}"
+        );
+        let _ = std::fs::remove_file(path);
+        c.remove_and_check();
+    }
+
+    let c = h.container("wasm-http-bad");
+    let out = c.run_spec(&serving(&c, "localhost:http"), &[]);
+    assert!(!out.success(), "{out}");
+    let said = format!("{}{}", out.stderr, c.log());
+    assert!(
+        said.contains("WASMTIME_HTTP_PROXY_SOCKET_ADDR=\"localhost:http\""),
+        "the refusal names the variable: {out}\n{}",
+        c.log()
+    );
+    c.remove_and_check();
+}
+
+/// `wasi:http/outgoing-handler` follows the task's network policy: a proxy component
+/// (`component::http_relay`) asks an upstream server of the test before it answers. Without
+/// `strata.dev/wasm.network` the request fails with `HTTP-request-denied` (error code 15)
+/// and never reaches the upstream; with `inherit` the upstream's status comes back.
+#[test]
+fn wasm_http_outgoing_requests_follow_the_network_policy() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::{Arc, Mutex};
+    use strata_tests::http;
+
+    let h = harness!();
+    strata_only!(h);
+    // The upstream: answers 200 to each request and records its request line.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming().flatten() {
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            record.lock().unwrap().push(line.trim_end().to_string());
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).is_ok_and(|n| n > 2) {
+                rest.clear();
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let relay = component::http_relay(&upstream_addr.to_string());
+    for (network, want, reached) in [
+        (None, "upstream error 015\n", false),
+        (Some("inherit"), "upstream said 200\n", true),
+    ] {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let c = h.container("wasm-http-out");
+        let mut spec = wasm_spec(&c, &relay, &["/app.wasm"]);
+        host_network(&mut spec);
+        spec["process"]["env"] = json!([format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}")]);
+        if let Some(n) = network {
+            spec["annotations"]["strata.dev/wasm.network"] = json!(n);
+        }
+        seen.lock().unwrap().clear();
+        let (bg, path) = spawn_spec(&c, &spec);
+        assert!(
+            http::wait_for(addr, Duration::from_secs(30)),
+            "nothing served on {addr}\n{}",
+            c.log()
+        );
+        let got = http::Client::connect(addr).and_then(|mut cl| cl.get("/"));
+        let got = got.unwrap_or_else(|e| panic!("network {network:?}: {e}\n{}", c.log()));
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, want),
+            "network {network:?}"
+        );
+        let requests = seen.lock().unwrap().clone();
+        if reached {
+            assert_eq!(requests, ["GET /upstream HTTP/1.1"], "network {network:?}");
+        } else {
+            assert!(
+                requests.is_empty(),
+                "network {network:?} reached the upstream: {requests:?}"
+            );
+        }
+        let k = c.kill("SIGKILL");
+        assert!(k.success(), "{k}");
+        let _ = bg.wait(CTR_TIMEOUT);
+        let _ = std::fs::remove_file(path);
+        c.remove_and_check();
+    }
 }
 
 /// Images whose layer is the WebAssembly binary itself (no tar layer): the module is read
@@ -1073,8 +1255,9 @@ fn wasm_concurrent_first_starts_of_one_module() {
 /// pause container (ELF) runs native, the wasm container runs on the wasm tier, both in one
 /// shim; its output reaches the CRI log; with the pod's `strata.dev/wasm.network=inherit`, a
 /// component reaches a listener of the node through the pod's network (its address the pod's,
-/// from the CNI subnet); an ELF sidecar is refused (the handler allows wasm only); stop and
-/// remove leave nothing.
+/// from the CNI subnet); a wasi:http/proxy component serves on its default address, reached
+/// at the pod's IP; an ELF sidecar is refused (the handler allows wasm only); stop and remove
+/// leave nothing.
 #[test]
 fn wasm_cri_pod_with_handler_strata_wasm() {
     use std::collections::HashMap;
@@ -1122,6 +1305,7 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
             component::tcp_client(Peer::Ipv4(gateway), port, "hello from a wasm pod's socket"),
             0o644,
         )
+        .file("web.wasm", component::http_hello(), 0o644)
         .cmd(&["/app.wasm"]);
     env.import(&image).expect("importing the wasm image");
     cri::run_async(async {
@@ -1207,6 +1391,34 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
             (st.state, st.exit_code),
             (ContainerState::ContainerExited as i32, 0),
             "the client: {st:?}"
+        );
+
+        // A wasi:http/proxy component, served on the default address (0.0.0.0:8080) in the
+        // pod's network namespace: the node reaches it at the pod's IP.
+        let mut web = env.container_config("web", &["/web.wasm"]);
+        web.image.as_mut().unwrap().image = IMAGE.into();
+        c.start_container(&pod, &web, &pod_config)
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "starting the web component: {s}\n{}",
+                    env.harness.log_lines(&pod, 30)
+                )
+            });
+        let (status, _) = c.pod_status(&pod).await.expect("PodSandboxStatus");
+        let pod_ip = status.network.map(|n| n.ip).unwrap_or_default();
+        let web_addr: std::net::SocketAddr = format!("{pod_ip}:8080").parse().unwrap();
+        assert!(
+            strata_tests::http::wait_for(web_addr, Duration::from_secs(30)),
+            "nothing served on {web_addr}\n{}",
+            env.harness.log_lines(&pod, 30)
+        );
+        let l = strata_tests::http::load(web_addr, 4, 100, component::http_hello_body);
+        assert_eq!(
+            (l.requests, l.right),
+            (100, 100),
+            "first wrong: {:?}",
+            l.first_wrong
         );
 
         // Tier pinning: the handler's configuration allows wasm only, so an ELF sidecar

@@ -185,6 +185,17 @@ pub const NETWORK: &[(&str, &str)] = &[
     ),
 ];
 
+/// What a task serving HTTP ([`crate::http`]) may call besides [`ALLOWED`]: its listener is
+/// bound before the filter, so only what accepting and answering connections takes (reading
+/// and writing them is `recvfrom`/`sendto` of [`ALLOWED`]). Recorded under `strace -f` from
+/// the HTTP test's component served to 20 concurrent and keep-alive requests.
+pub const SERVING: &[(&str, &str)] = &[
+    ("accept4", "recorded: a client's connection"),
+    ("accept", "a client's connection where accept4 is not used"),
+    ("setsockopt", "TCP_NODELAY on an accepted connection"),
+    ("shutdown", "recorded: closing a connection"),
+];
+
 /// The address families `socket` may create where the network is allowed.
 const SOCKET_FAMILIES: &[(u64, &str)] = &[
     (
@@ -199,12 +210,22 @@ const SOCKET_FAMILIES: &[(u64, &str)] = &[
 ];
 
 /// The filter as an OCI seccomp profile; with `network`, also [`NETWORK`] and `socket` for
-/// [`SOCKET_FAMILIES`].
-pub fn profile(network: bool) -> LinuxSeccomp {
+/// [`SOCKET_FAMILIES`]; `serving` HTTP, also [`SERVING`].
+pub fn profile(network: bool, serving: bool) -> LinuxSeccomp {
     let mut names: Vec<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
     let mut rules = Vec::new();
+    let add = |names: &mut Vec<&'static str>, list: &[(&'static str, &str)]| {
+        for (n, _) in list {
+            if !names.contains(n) {
+                names.push(n);
+            }
+        }
+    };
+    if serving {
+        add(&mut names, SERVING);
+    }
     if network {
-        names.extend(NETWORK.iter().map(|(n, _)| *n));
+        add(&mut names, NETWORK);
         for (family, _) in SOCKET_FAMILIES {
             rules.push(serde_json::json!({
                 "names": ["socket"],
@@ -246,6 +267,15 @@ mod tests {
             assert!(seen.insert(name), "{name} listed twice");
             assert!(!why.is_empty(), "{name} has no reason");
         }
+        for (name, why) in SERVING {
+            assert!(
+                !ALLOWED.iter().any(|(n, _)| n == name),
+                "{name} listed twice"
+            );
+            assert!(!why.is_empty(), "{name} has no reason");
+            // Serving binds before the filter: no new socket, connect or bind.
+            assert!(!["socket", "connect", "bind", "listen"].contains(name));
+        }
         for never in [
             "socket",
             "execve",
@@ -267,12 +297,19 @@ mod tests {
         ] {
             assert!(!seen.contains(&never), "{never} must not be allowed");
         }
-        for network in [false, true] {
-            let p = profile(network);
+        for (network, serving) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = profile(network, serving);
             assert_eq!(p.default_errno_ret(), Some(REFUSED_ERRNO));
             let names = allowed_names(&p);
-            let want = ALLOWED.len() + if network { NETWORK.len() } else { 0 };
-            assert_eq!(names.len(), want);
+            let mut want: Vec<&str> = ALLOWED.iter().map(|(n, _)| *n).collect();
+            for (on, list) in [(serving, SERVING), (network, NETWORK)] {
+                for (n, _) in list.iter().filter(|_| on) {
+                    if !want.contains(n) {
+                        want.push(n);
+                    }
+                }
+            }
+            assert_eq!(names, want);
             // socket only ever with its family checked.
             assert!(!names.iter().any(|n| n == "socket"));
         }
@@ -280,8 +317,8 @@ mod tests {
 
     #[test]
     fn socket_calls_pass_only_where_the_network_is_allowed() {
-        let closed = profile(false);
-        let open = profile(true);
+        let closed = profile(false, false);
+        let open = profile(true, false);
         let socket_rules = |p: &LinuxSeccomp| -> Vec<u64> {
             p.syscalls()
                 .iter()

@@ -118,20 +118,28 @@ impl PreExec for WasmHook {
     fn before_exec(&self, _spec: &Spec) -> Result<(), String> {
         let Ready {
             engine,
-            linked,
+            mut linked,
             cfg,
         } = READY
             .lock()
             .unwrap()
             .take()
             .ok_or("the wasm runner has no module (its create did not load one)")?;
+        // What fails from here on fails the started task: its stderr says why (the status is
+        // the native tier's for a failed start, 255).
+        let said = |e: String| {
+            eprintln!("strata-wasm: {e}");
+            e
+        };
+        // A proxy component's listener, bound while the capabilities are still there.
+        let serving = linked.bind().map_err(said)?;
         crate::sys::drop_all_capabilities()?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
-        strata_native::install_seccomp(&crate::filter::profile(cfg.network.allowed()))
+        strata_native::install_seccomp(&crate::filter::profile(cfg.network.allowed(), serving))
             .map_err(|e| format!("install the runner's seccomp filter: {e}"))?;
         let prepared = linked
             .prepare(&engine, &cfg)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| said(format!("{e:#}")))?;
         let code = runner::run_to_exit(&engine, prepared);
         std::process::exit(code);
     }

@@ -14,6 +14,7 @@
 pub mod cache;
 pub mod filter;
 pub mod hook;
+pub mod http;
 pub mod module;
 mod rofs;
 pub mod runner;

@@ -135,6 +135,8 @@ pub struct TaskConfig {
 }
 
 /// The engine every task uses: Cranelift, epoch interruption for kills, the component model.
+/// The same engine runs synchronous calls (modules, commands) and asynchronous ones (HTTP
+/// proxies, [`crate::http`]).
 pub fn engine() -> wasmtime::Result<Engine> {
     let mut c = wasmtime::Config::new();
     c.epoch_interruption(true);
@@ -224,6 +226,8 @@ pub enum Prepared {
         store: Store<P2State>,
         pre: CommandPre<P2State>,
     },
+    /// A `wasi:http/proxy` component, served until the task is stopped.
+    Proxy(Box<(crate::http::Server, TaskConfig)>),
 }
 
 /// How a run ended.
@@ -239,7 +243,7 @@ pub enum Exit {
 /// The WASI context of `cfg`. With `kernel_ro`, a read-only preopen that is a read-only mount
 /// gets write permission, so that a write fails in the kernel (EROFS, which [`crate::rofs`]
 /// passes on as `rofs`); otherwise it has none (wasmtime-wasi answers `perm`).
-fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBuilder> {
+pub(crate) fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&cfg.args).envs(&cfg.env);
     // wasmtime-wasi's default already allows no socket address and no name lookup; with no
@@ -302,6 +306,8 @@ pub enum Linked {
     Component {
         pre: CommandPre<P2State>,
     },
+    /// A `wasi:http/proxy` component, linked with wasmtime-wasi-http's asynchronous host.
+    Proxy(crate::http::Server),
 }
 
 /// Compiles (or loads from the cache), checks and links the task (step 1). `name` says what
@@ -342,6 +348,11 @@ pub fn link(
                     "`#{e}` names an export, but {} is a component: components run through wasi:cli/run",
                     name
                 );
+            }
+            if crate::http::is_proxy(engine, &component) {
+                // Served, not run.
+                let server = crate::http::Server::link(engine, &component, cfg, name)?;
+                return Ok((Linked::Proxy(server), outcome));
             }
             let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -404,6 +415,15 @@ fn check_export(
 }
 
 impl Linked {
+    /// Binds the listening socket of a proxy component (in the container's network namespace,
+    /// before the task gives up its capabilities); whether the task serves HTTP.
+    pub fn bind(&mut self) -> Result<bool, String> {
+        match self {
+            Linked::Proxy(server) => server.bind().map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
     /// The WASI context and the store (step 2): opens the preopened directories, so it runs
     /// where the task runs, with the container's view of the file system.
     pub fn prepare(self, engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<Prepared> {
@@ -437,6 +457,8 @@ impl Linked {
                 store.limiter(|s| &mut s.limits);
                 Prepared::Component { store, pre }
             }
+            // Each request gets its own WASI context and store.
+            Linked::Proxy(server) => Prepared::Proxy(Box::new((server, cfg.clone()))),
         })
     }
 }
@@ -498,6 +520,10 @@ impl Prepared {
                     Err(e) => classify(e),
                 }
             }
+            Prepared::Proxy(task) => match task.0.serve(&task.1) {
+                Ok(()) => Exit::Code(0),
+                Err(e) => Exit::Trapped(e),
+            },
         }
     }
 }
