@@ -305,3 +305,33 @@ fn rslave_propagation_comes_from_the_host_only() {
     let h = harness!();
     propagation(h, "rslave", "rslave");
 }
+
+/// An OCI `poststop` hook (as a Kubernetes device plugin or a monitoring agent adds one)
+/// runs when the container is deleted, on the host, after the process is gone, as runc runs
+/// it; a spec without hooks deletes as fast as it can (the native tier's own clean-up,
+/// without libcontainer's), and both leave nothing behind.
+#[test]
+fn a_poststop_hook_runs_at_delete() {
+    use strata_tests::wasi::{Workload, WorkloadRun};
+
+    let h = harness!();
+    let c = h.container("poststop");
+    let mark = Scratch::new(&h, "poststop-mark");
+    let _ = std::fs::remove_file(&mark.0);
+    let mut spec = c.workload_spec(&Workload::new().out("hi\n"));
+    spec["hooks"] = json!({ "poststop": [{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("cat > {}", mark.0.display())],
+    }]});
+    let out = c.run_spec(&spec, &[]);
+    assert!(out.success(), "{out}\n{}", c.log());
+    assert_eq!(out.stdout, "hi\n", "{out}");
+    // The hook got the container's state on its stdin, as the OCI runtime spec says.
+    let state = std::fs::read_to_string(&mark.0).unwrap_or_default();
+    assert!(
+        state.contains(&c.id),
+        "the poststop hook did not run, or not with the state: {state:?}\n{}",
+        c.log()
+    );
+    c.assert_no_leaks();
+}

@@ -377,14 +377,30 @@ impl Container {
             }
         }
         let mut lc = self.lc.lock().unwrap();
-        let res = {
-            let _guard = Reaper::global().fork_guard();
-            lc.delete(true)
-        };
-        if let Err(e) = res {
-            tracing::warn!(id = %self.id, error = %error_chain(&e), "libcontainer delete failed; cleaning up by hand");
+        // libcontainer's delete makes a cgroup manager of its own, which finds every
+        // hierarchy anew (cgroup.rs): most of a task's delete. A stopped container with no
+        // poststop hook and no Intel RDT state needs nothing of it but the cgroup and the
+        // state directory removed, which is done here either way.
+        let plain = self.init.exited.load(Ordering::SeqCst)
+            && lc.intel_rdt_dir().is_none()
+            && lc.spec().is_ok_and(|c| {
+                c.hooks
+                    .as_ref()
+                    .and_then(|h| h.poststop().as_ref())
+                    .is_none_or(|p| p.is_empty())
+            });
+        if !plain {
+            let res = {
+                let _guard = Reaper::global().fork_guard();
+                lc.delete(true)
+            };
+            if let Err(e) = res {
+                tracing::warn!(id = %self.id, error = %error_chain(&e), "libcontainer delete failed; cleaning up by hand");
+            }
         }
-        let _ = self.cgroup.remove();
+        drop(lc);
+        // Processes that kill_all just killed may still be on their way out.
+        let _ = self.cgroup.remove_retrying();
         let _ = std::fs::remove_dir_all(self.root.join(&self.id));
         Ok(())
     }
