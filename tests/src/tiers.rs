@@ -160,10 +160,6 @@ pub const MICROVM: &[(&str, &str)] = &[
     ),
     // user_specs
     (
-        "a_poststop_hook_runs_at_delete",
-        "the tier runs no OCI hook yet (prestart, createRuntime, poststart, poststop): Kata runs them on the host around the guest's container; the shim's microvm delete does not",
-    ),
-    (
         "rshared_propagation_goes_both_ways",
         "a mount made in the guest cannot propagate to the host through virtio-fs (by design of a VM)",
     ),

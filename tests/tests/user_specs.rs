@@ -306,9 +306,10 @@ fn rslave_propagation_comes_from_the_host_only() {
     propagation(h, "rslave", "rslave");
 }
 
-/// An OCI `poststop` hook (as a Kubernetes device plugin or a monitoring agent adds one)
-/// runs when the container is deleted, on the host, after the process is gone, as runc runs
-/// it; a spec without hooks deletes as fast as it can (the native tier's own clean-up,
+/// OCI hooks as a device plugin or a monitoring agent adds them: `poststart` runs once the
+/// process started and `poststop` when the container is deleted, both on the host with the
+/// container's state on stdin, as runc runs them (the microvm tier runs them on the host
+/// around the guest's container, as Kata does); a spec without hooks deletes as fast as it can (the native tier's own clean-up,
 /// without libcontainer's), and both leave nothing behind.
 #[test]
 fn a_poststop_hook_runs_at_delete() {
@@ -317,16 +318,27 @@ fn a_poststop_hook_runs_at_delete() {
     let h = harness!();
     let c = h.container("poststop");
     let mark = Scratch::new(&h, "poststop-mark");
+    let started = Scratch::new(&h, "poststart-mark");
     let _ = std::fs::remove_file(&mark.0);
+    let _ = std::fs::remove_file(&started.0);
     let mut spec = c.workload_spec(&Workload::new().out("hi\n"));
-    spec["hooks"] = json!({ "poststop": [{
-        "path": "/bin/sh",
-        "args": ["sh", "-c", format!("cat > {}", mark.0.display())],
-    }]});
+    let hook = |file: &Path| {
+        json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}", file.display())],
+        })
+    };
+    spec["hooks"] = json!({ "poststart": [hook(&started.0)], "poststop": [hook(&mark.0)] });
     let out = c.run_spec(&spec, &[]);
     assert!(out.success(), "{out}\n{}", c.log());
     assert_eq!(out.stdout, "hi\n", "{out}");
-    // The hook got the container's state on its stdin, as the OCI runtime spec says.
+    // Each hook got the container's state on its stdin, as the OCI runtime spec says.
+    let state = std::fs::read_to_string(&started.0).unwrap_or_default();
+    assert!(
+        state.contains(&c.id),
+        "the poststart hook did not run: {state:?}\n{}",
+        c.log()
+    );
     let state = std::fs::read_to_string(&mark.0).unwrap_or_default();
     assert!(
         state.contains(&c.id),

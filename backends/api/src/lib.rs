@@ -9,6 +9,7 @@
 //! [`Stats`] to containerd's metrics types.
 
 pub mod error;
+pub mod hooks;
 pub mod reaper;
 pub mod spawn;
 pub mod stdio;

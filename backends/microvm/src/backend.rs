@@ -322,6 +322,43 @@ struct Container {
     /// The host pid reported for the container's processes: the VMM's.
     host_pid: u32,
     procs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The spec's OCI hooks, run on the host (`strata_backend::hooks`), and what their state
+    /// says.
+    hooks: Option<oci_spec::runtime::Hooks>,
+    bundle: std::path::PathBuf,
+    annotations: Option<HashMap<String, String>>,
+}
+
+impl Container {
+    /// Runs the spec's hooks of one kind (`which` picks them) on the host with the
+    /// container's state; poststart and poststop failures are only logged, as the OCI
+    /// runtime spec says.
+    fn run_hooks(
+        &self,
+        id: &str,
+        kind: &str,
+        status: &str,
+        which: fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>,
+    ) -> Result<()> {
+        let Some(hooks) = self.hooks.as_ref().and_then(|h| which(h).as_ref()) else {
+            return Ok(());
+        };
+        let state = strata_backend::hooks::state_json(
+            id,
+            status,
+            self.host_pid,
+            &self.bundle,
+            self.annotations.as_ref(),
+        );
+        match strata_backend::hooks::run(hooks, &state) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(kind, "poststart" | "poststop") => {
+                tracing::warn!(id, kind, error = %e, "OCI hook failed");
+                Ok(())
+            }
+            Err(e) => Err(Error::FailedPrecondition(format!("{kind} {e}"))),
+        }
+    }
 }
 
 /// The pods' VMs by sandbox id.
@@ -839,7 +876,21 @@ impl Backend for MicrovmBackend {
             pod,
             host_pid,
             procs: Mutex::new(HashMap::from([(String::new(), init)])),
+            hooks: opts.spec.hooks().clone(),
+            bundle: opts.bundle.clone(),
+            annotations: opts.spec.annotations().clone(),
         });
+        // createRuntime and prestart (deprecated, the same moment): on the host, once the
+        // container exists; a failure fails the create and removes it.
+        #[allow(deprecated)]
+        let created = ctr
+            .run_hooks(&opts.id, "createRuntime", "created", |h| h.create_runtime())
+            .and_then(|()| ctr.run_hooks(&opts.id, "prestart", "created", |h| h.prestart()));
+        if let Err(e) = created {
+            let _ = ctr.pod.agent.delete(&opts.id, "");
+            guest_spec::remove(&ctr.pod.shared, &opts.id);
+            return Err(e);
+        }
         self.containers.lock().unwrap().insert(opts.id, ctr);
         Ok(host_pid)
     }
@@ -863,6 +914,9 @@ impl Backend for MicrovmBackend {
             ctr.pod.init_pid.store(guest_pid, Ordering::SeqCst);
         }
         self.watch_exit(id, exec_id, &ctr, proc);
+        if exec_id.is_none() {
+            ctr.run_hooks(id, "poststart", "running", |h| h.poststart())?;
+        }
         Ok(ctr.host_pid)
     }
 
@@ -920,6 +974,7 @@ impl Backend for MicrovmBackend {
             }
             guest_spec::remove(&ctr.pod.shared, id);
             self.containers.lock().unwrap().remove(id);
+            ctr.run_hooks(id, "poststop", "stopped", |h| h.poststop())?;
         }
         match r {
             Ok(()) => Ok(()),

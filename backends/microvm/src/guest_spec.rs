@@ -118,8 +118,9 @@ fn prepare_inner(
 }
 
 /// The spec for the guest: rootfs `rootfs` in the bundle, bind sources moved into the share
-/// (`share(n, host source) -> guest path`), no host namespace paths, hooks, AppArmor or SELinux
-/// labels (they name the host's), and a cgroup path of the guest's.
+/// (`share(n, host source) -> guest path`), no host namespace paths, hooks (the shim runs them on
+/// the host, `strata_backend::hooks`), AppArmor or SELinux labels (they name the host's), and a
+/// cgroup path of the guest's.
 ///
 /// A namespace the host names by path is the pod's (CRI: the pause container's PID, IPC and
 /// UTS namespaces, the pod's network namespace). With `pod_init`, the guest PID of the pod's
