@@ -317,8 +317,8 @@ fn a_poststop_hook_runs_at_delete() {
 
     let h = harness!();
     let c = h.container("poststop");
-    let mark = Scratch::new(&h, "poststop-mark");
-    let started = Scratch::new(&h, "poststart-mark");
+    let mark = Scratch::new(h, "poststop-mark");
+    let started = Scratch::new(h, "poststart-mark");
     let _ = std::fs::remove_file(&mark.0);
     let _ = std::fs::remove_file(&started.0);
     let mut spec = c.workload_spec(&Workload::new().out("hi\n"));

@@ -12,7 +12,13 @@
 //!    with the shim's `strata-wasm-runner`), create to exit, interleaved with the bare CLI
 //!    (`wasmtime run --allow-precompiled`) spawn to exit.
 //!
-//! 5. With `STRATA_BENCH_WASM_BASELINE=DIR` (a directory holding an earlier build's
+//! 5. HTTP: the `wasi:http/proxy` hello component (`strata_tests::component::http_hello`)
+//!    served by a wasm task (`ctr run -d`, host network, `WASMTIME_HTTP_PROXY_SOCKET_ADDR`)
+//!    and by `wasmtime serve` on the same component, each loaded in turn (rounds interleaved)
+//!    by the same client (`strata_tests::http::load`: 16 keep-alive clients, every body
+//!    checked): requests per second and p50/p99 latency, as ratios.
+//!
+//! 6. With `STRATA_BENCH_WASM_BASELINE=DIR` (a directory holding an earlier build's
 //!    `containerd-shim-strata-v2` and `strata-wasm-runner`, run through `ctr run --runtime
 //!    DIR/containerd-shim-strata-v2`): the same cold and warm runs on that build, interleaved
 //!    with the others, and the ratios of this build to it.
@@ -26,9 +32,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+
 use strata_tests::bench::{median, ms, start_harness, write_results};
 use strata_tests::daemon::pids_with_cmdline;
 use strata_tests::Harness;
+use strata_tests::{component, http};
 
 const STRATA: &str = "io.containerd.strata.v2";
 const BEGIN: &str = "<!-- bench-wasm:begin -->";
@@ -106,15 +115,155 @@ fn run_native(h: &Harness) -> Result<Duration> {
     Ok(out.elapsed)
 }
 
+/// The wasmtime CLI: `$STRATA_WASMTIME_CLI`, else on PATH, in ~/.cargo/bin, or where
+/// scripts/bench-wasm installs it (/var/cache/strata/tools/bin).
 fn wasmtime_cli() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STRATA_WASMTIME_CLI") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let candidates = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
         .map(|d| Path::new(d).join("wasmtime"))
-        .chain([Path::new(&home).join(".cargo/bin/wasmtime")])
+        .chain([
+            Path::new(&home).join(".cargo/bin/wasmtime"),
+            PathBuf::from("/var/cache/strata/tools/bin/wasmtime"),
+        ])
         .collect::<Vec<_>>();
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A free port on 127.0.0.1.
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// What one server gave over every round.
+#[derive(Default)]
+struct Served {
+    requests: usize,
+    elapsed: Duration,
+    p50: Vec<Duration>,
+    p99: Vec<Duration>,
+}
+
+impl Served {
+    fn add(&mut self, l: &http::Load) -> Result<()> {
+        if l.right != l.requests {
+            bail!("wrong answers: {:?}", l.first_wrong);
+        }
+        self.requests += l.requests;
+        self.elapsed += l.elapsed;
+        self.p50.push(l.p50);
+        self.p99.push(l.p99);
+        Ok(())
+    }
+
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The hello component served by a wasm task and, where the CLI is installed, by `wasmtime
+/// serve`, `rounds` rounds of `requests` requests from 16 clients each, interleaved.
+fn bench_http(
+    h: &Harness,
+    rounds: usize,
+    requests: usize,
+) -> Result<(Served, Option<(String, Served)>)> {
+    const CLIENTS: usize = 16;
+    let wasm = component::http_hello();
+    let strata_addr = free_addr()?;
+    let c = h.container("whttp");
+    let mut spec = c.spec(&["/app.wasm"]);
+    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
+    std::fs::write(root.join("app.wasm"), &wasm)?;
+    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
+    spec["process"]["env"] =
+        serde_json::json!([format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={strata_addr}")]);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .context("spec namespaces")?
+        .retain(|ns| ns["type"] != "network");
+    let path = h.info.state.join(format!("{}.json", c.id));
+    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+    let out = h.ctr_run(&[
+        "run",
+        "-d",
+        "--runtime",
+        STRATA,
+        "--config",
+        &path.to_string_lossy(),
+        &c.id,
+    ]);
+    if !out.success() {
+        bail!("starting the HTTP wasm task: {out}");
+    }
+    if !http::wait_for(strata_addr, Duration::from_secs(30)) {
+        bail!("the wasm task serves nothing on {strata_addr}");
+    }
+    let mut cli = match wasmtime_cli() {
+        Some(cli) => {
+            let tmp =
+                std::env::temp_dir().join(format!("strata-bench-http-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp)?;
+            std::fs::write(tmp.join("hello-http.wasm"), &wasm)?;
+            let addr = free_addr()?;
+            let child = Command::new(&cli)
+                .args(["serve", "--addr", &addr.to_string()])
+                .arg(tmp.join("hello-http.wasm"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            if !http::wait_for(addr, Duration::from_secs(60)) {
+                bail!("wasmtime serve serves nothing on {addr}");
+            }
+            let version = strata_tests::bench::first_line(&cli.to_string_lossy(), &["--version"]);
+            Some((child, addr, version, tmp))
+        }
+        None => None,
+    };
+    let (mut strata, mut peer) = (Served::default(), Served::default());
+    // A warm-up round each, not counted.
+    http::load(
+        strata_addr,
+        CLIENTS,
+        requests / 4,
+        component::http_hello_body,
+    );
+    if let Some((_, addr, ..)) = &cli {
+        http::load(*addr, CLIENTS, requests / 4, component::http_hello_body);
+    }
+    for _ in 0..rounds {
+        strata.add(&http::load(
+            strata_addr,
+            CLIENTS,
+            requests,
+            component::http_hello_body,
+        ))?;
+        if let Some((_, addr, ..)) = &cli {
+            peer.add(&http::load(
+                *addr,
+                CLIENTS,
+                requests,
+                component::http_hello_body,
+            ))?;
+        }
+    }
+    let _ = c.kill("SIGKILL");
+    c.remove();
+    let _ = std::fs::remove_file(&path);
+    let peer = match cli.take() {
+        Some((mut child, _, version, tmp)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&tmp);
+            Some((version, peer))
+        }
+        None => None,
+    };
+    Ok((strata, peer))
 }
 
 fn smaps(pid: u32) -> (u64, u64) {
@@ -299,6 +448,7 @@ fn main() -> Result<()> {
     let _ = c.kill("SIGKILL");
     c.remove();
     let _ = std::fs::remove_file(&path);
+    let (served, peer) = bench_http(&h, runs.clamp(3, 10), 2000)?;
     h.stop();
 
     // The shim's share without containerd, with the shim's own build of the wasm tier: a run
@@ -344,6 +494,34 @@ fn main() -> Result<()> {
             None => "CLI not installed".into(),
         },
     );
+    let p = |v: &mut Vec<Duration>| median(v);
+    let mut served = served;
+    let (s50, s99) = (p(&mut served.p50), p(&mut served.p99));
+    let http_rows = match peer {
+        Some((version, mut peer)) => {
+            let (w50, w99) = (p(&mut peer.p50), p(&mut peer.p99));
+            format!(
+                "| HTTP: hello `wasi:http/proxy` component, 16 keep-alive clients, {n} requests | Strata {sr:.0}/s, p50 {s50}, p99 {s99} | requests/s Strata / `wasmtime serve`: {rr:.2}x; p99 {pr:.2}x | at least 0.8x its requests/s |\n\
+                 | HTTP: the same component under `wasmtime serve` ({version}), interleaved | {wr:.0}/s, p50 {w50}, p99 {w99} | | |\n",
+                n = served.requests,
+                sr = served.per_second(),
+                s50 = msf(s50.as_secs_f64() * 1e3),
+                s99 = msf(s99.as_secs_f64() * 1e3),
+                rr = served.per_second() / peer.per_second(),
+                pr = s99.as_secs_f64() / w99.as_secs_f64(),
+                wr = peer.per_second(),
+                w50 = msf(w50.as_secs_f64() * 1e3),
+                w99 = msf(w99.as_secs_f64() * 1e3),
+            )
+        }
+        None => format!(
+            "| HTTP: hello `wasi:http/proxy` component, 16 keep-alive clients, {n} requests | Strata {sr:.0}/s, p50 {s50}, p99 {s99} | `wasmtime serve` not installed (scripts/bench-wasm installs it) | at least 0.8x its requests/s |\n",
+            n = served.requests,
+            sr = served.per_second(),
+            s50 = msf(s50.as_secs_f64() * 1e3),
+            s99 = msf(s99.as_secs_f64() * 1e3),
+        ),
+    };
     let results = format!(
         "Measured {date}, {runs} interleaved runs each.\n\n\
          | | median | ratio | target |\n\
@@ -354,6 +532,7 @@ fn main() -> Result<()> {
          {baseline_rows}\
          {cli_rows}\
          {share_rows}\
+         {http_rows}\
          | running wasm task: shim + runner RSS | {rss:.1} MiB (shim {srss:.1} + runner {rrss:.1}) | | at most 15 MiB per task |\n\
          | running wasm task: shim + runner PSS | {pss:.1} MiB (shim {spss:.1} + runner {rpss:.1}) | | |\n",
         date = String::from_utf8_lossy(&Command::new("date").arg("-u").output()?.stdout).trim(),
