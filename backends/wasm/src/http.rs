@@ -47,6 +47,18 @@ pub fn is_proxy(engine: &Engine, component: &Component) -> bool {
         .any(|(name, _)| name.starts_with(HANDLER))
 }
 
+/// The engine of a served component: the task's settings ([`crate::runner::engine`]) with
+/// wasmtime's pooling instance allocator, as `wasmtime serve` has by default: every request
+/// instantiates the component anew, and the pool reuses the instances' memories instead of
+/// mapping and unmapping them each time.
+pub fn engine() -> wasmtime::Result<Engine> {
+    let mut c = crate::runner::config();
+    c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+        wasmtime::PoolingAllocationConfig::default(),
+    ));
+    Engine::new(&c)
+}
+
 /// The address the task serves on: the spec's [`ADDRESS_ENV`], else [`DEFAULT_ADDRESS`].
 pub fn address(cfg: &TaskConfig) -> wasmtime::Result<SocketAddr> {
     let value = cfg
@@ -212,6 +224,10 @@ impl Server {
             address,
             listener: None,
         })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.pre.engine()
     }
 
     /// Binds the address, in the container's network namespace.

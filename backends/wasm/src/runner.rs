@@ -134,14 +134,19 @@ pub struct TaskConfig {
     pub network: Network,
 }
 
-/// The engine every task uses: Cranelift, epoch interruption for kills, the component model.
-/// The same engine runs synchronous calls (modules, commands) and asynchronous ones (HTTP
-/// proxies, [`crate::http`]).
-pub fn engine() -> wasmtime::Result<Engine> {
+/// The settings of every engine: Cranelift, epoch interruption for kills, the component model.
+pub(crate) fn config() -> wasmtime::Config {
     let mut c = wasmtime::Config::new();
     c.epoch_interruption(true);
     c.wasm_component_model(true);
-    Engine::new(&c)
+    c
+}
+
+/// The engine every task uses (a served HTTP component then moves to [`crate::http::engine`]).
+/// The same settings run synchronous calls (modules, commands) and asynchronous ones (HTTP
+/// proxies).
+pub fn engine() -> wasmtime::Result<Engine> {
+    Engine::new(&config())
 }
 
 /// Caps what the module can allocate: linear memories, and tables at a pointer per element,
@@ -350,8 +355,17 @@ pub fn link(
                 );
             }
             if crate::http::is_proxy(engine, &component) {
-                // Served, not run.
-                let server = crate::http::Server::link(engine, &component, cfg, name)?;
+                // Served, not run: loaded again (the cache entry just made or found) into the
+                // server's pooling engine.
+                let pooled = crate::http::engine()?;
+                let (compiled, _) =
+                    cache::load_or_compile(&pooled, kind, wasm, cfg.cache_dir.as_deref()).map_err(
+                        |e| wasmtime::format_err!("invalid WebAssembly in {name}: {e:#}"),
+                    )?;
+                let Compiled::Component(component) = compiled else {
+                    wasmtime::bail!("{name} is not a component");
+                };
+                let server = crate::http::Server::link(&pooled, &component, cfg, name)?;
                 return Ok((Linked::Proxy(server), outcome));
             }
             let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
@@ -532,6 +546,11 @@ impl Prepared {
 /// status. SIGTERM and SIGINT stop it ([`watch_signals`]).
 pub fn run_to_exit(engine: &Engine, prepared: Prepared) -> i32 {
     let interrupted_by = Arc::new(AtomicI32::new(0));
+    // A served component's requests run in the server's own engine, whose epoch a signal moves.
+    let engine = match &prepared {
+        Prepared::Proxy(task) => task.0.engine(),
+        _ => engine,
+    };
     watch_signals(engine, interrupted_by.clone());
     let exit = prepared.run();
     let _ = std::io::stdout().flush();
