@@ -134,6 +134,37 @@ fn wasmtime_cli() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// Starts `wasm` as /app.wasm of a wasm task in the background (`ctr run -d --config`),
+/// its spec first changed by `edit`; returns the container and its spec file.
+fn start_wasm_task<'h>(
+    h: &'h Harness,
+    name: &str,
+    wasm: &[u8],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<(strata_tests::Container<'h>, PathBuf)> {
+    let c = h.container(name);
+    let mut spec = c.spec(&["/app.wasm"]);
+    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
+    std::fs::write(root.join("app.wasm"), wasm)?;
+    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
+    edit(&mut spec);
+    let path = h.info.state.join(format!("{}.json", c.id));
+    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+    let out = h.ctr_run(&[
+        "run",
+        "-d",
+        "--runtime",
+        STRATA,
+        "--config",
+        &path.to_string_lossy(),
+        &c.id,
+    ]);
+    if !out.success() {
+        bail!("starting the wasm task {name}: {out}");
+    }
+    Ok((c, path))
+}
+
 /// A free port on 127.0.0.1.
 fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -175,31 +206,13 @@ fn bench_http(
     const CLIENTS: usize = 16;
     let wasm = component::http_hello();
     let strata_addr = free_addr()?;
-    let c = h.container("whttp");
-    let mut spec = c.spec(&["/app.wasm"]);
-    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
-    std::fs::write(root.join("app.wasm"), &wasm)?;
-    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
-    spec["process"]["env"] =
-        serde_json::json!([format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={strata_addr}")]);
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .context("spec namespaces")?
-        .retain(|ns| ns["type"] != "network");
-    let path = h.info.state.join(format!("{}.json", c.id));
-    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
-    let out = h.ctr_run(&[
-        "run",
-        "-d",
-        "--runtime",
-        STRATA,
-        "--config",
-        &path.to_string_lossy(),
-        &c.id,
-    ]);
-    if !out.success() {
-        bail!("starting the HTTP wasm task: {out}");
-    }
+    let (c, path) = start_wasm_task(h, "whttp", &wasm, |spec| {
+        spec["process"]["env"] =
+            serde_json::json!([format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={strata_addr}")]);
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|ns| ns["type"] != "network");
+        }
+    })?;
     if !http::wait_for(strata_addr, Duration::from_secs(30)) {
         bail!("the wasm task serves nothing on {strata_addr}");
     }
@@ -417,25 +430,7 @@ fn main() -> Result<()> {
 
     // Memory of a running task: its shim plus its runner.
     let sleeper = wat::parse_str(SLEEPER)?;
-    let c = h.container("wmem");
-    let mut spec = c.spec(&["/app.wasm"]);
-    let root = PathBuf::from(spec["root"]["path"].as_str().context("spec root")?);
-    std::fs::write(root.join("app.wasm"), &sleeper)?;
-    spec["annotations"] = serde_json::json!({ "strata.dev/backend": "wasm" });
-    let path = h.info.state.join(format!("{}.json", c.id));
-    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
-    let out = h.ctr_run(&[
-        "run",
-        "-d",
-        "--runtime",
-        STRATA,
-        "--config",
-        &path.to_string_lossy(),
-        &c.id,
-    ]);
-    if !out.success() {
-        bail!("starting the sleeping wasm task: {out}");
-    }
+    let (c, path) = start_wasm_task(&h, "wmem", &sleeper, |_| {})?;
     std::thread::sleep(Duration::from_secs(2));
     let shim = pids_with_cmdline(&format!("-id {} ", c.id))
         .into_iter()
