@@ -56,6 +56,9 @@ fn run_one(hook: &Hook, state: &str) -> Result<(), String> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // The shim's reaper reaps every child (waitpid(-1)): held off until this one is waited
+    // for, or its status would be gone (ECHILD).
+    let _guard = crate::reaper::Reaper::global().fork_guard();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("hook {name} cannot start: {e}"))?;
