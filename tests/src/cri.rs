@@ -519,8 +519,10 @@ impl CriEnv {
     }
 
     /// Network namespaces this env's CRI plugin made and left: created since the env started,
-    /// named like the CRI plugin names them, and either holding an address from the test's
-    /// subnet or nothing but `lo` (a RunPodSandbox cut short before or after CNI ran).
+    /// named like the CRI plugin names them, and holding addresses from the test's subnet only.
+    /// One with nothing but `lo` is not claimed: it may be another env's, made a moment ago and
+    /// not yet given its address by CNI (a CI run lost a pod that way, to a test that ended
+    /// beside it); the CRI plugin itself removes the namespace of a RunPodSandbox that fails.
     pub fn own_netns(&self) -> Vec<String> {
         netns_names()
             .into_iter()
@@ -535,9 +537,10 @@ impl CriEnv {
                     .filter_map(|l| l.split_whitespace().nth(3))
                     .filter(|a| !a.starts_with("127."))
                     .collect();
-                addrs
-                    .iter()
-                    .all(|a| self.in_subnet(a.split('/').next().unwrap_or_default()))
+                !addrs.is_empty()
+                    && addrs
+                        .iter()
+                        .all(|a| self.in_subnet(a.split('/').next().unwrap_or_default()))
             })
             .collect()
     }
