@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod events;
+pub mod install;
 pub mod metrics;
 pub mod rootfs;
 pub mod serve;

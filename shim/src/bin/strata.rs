@@ -33,6 +33,46 @@ enum Command {
     /// Sentry policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Put Strata on this node: binaries, guest image, handler configurations, and its
+    /// handlers merged into containerd's configuration (then containerd restarted).
+    Install(InstallArgs),
+    /// Take back what `strata install` did: containerd's configuration as it was, the files
+    /// removed or restored.
+    Uninstall(InstallArgs),
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The node's root: every path is taken under it (the host's root mounted into the
+    /// installer's container, or a test directory).
+    #[arg(long, default_value = "/")]
+    root: std::path::PathBuf,
+    /// containerd's configuration, as a path on the node.
+    #[arg(long, default_value = strata_shim::install::CONTAINERD_CONFIG)]
+    config: std::path::PathBuf,
+    /// Directory holding containerd-shim-strata-v2, strata and strata-wasm-runner (default:
+    /// the one this program runs from).
+    #[arg(long, value_name = "DIR")]
+    from: Option<std::path::PathBuf>,
+    /// Directory holding the microVM guest image (vmlinux, initramfs.cpio.gz).
+    #[arg(long, value_name = "DIR")]
+    guest: Option<std::path::PathBuf>,
+    /// The node's containerd: its version picks the config format, and it checks the result.
+    #[arg(long, default_value = "containerd", value_name = "PATH")]
+    containerd: std::path::PathBuf,
+    /// Install only these tiers' handlers (repeatable; default: all four).
+    #[arg(long = "tier", value_name = "TIER", value_parser = parse_tier)]
+    tiers: Vec<BackendKind>,
+    /// Print what would change (the configuration's diff) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How containerd learns of the change: auto (systemd when it runs containerd), systemd,
+    /// never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "systemd", "never"])]
+    restart: String,
+    /// Restart containerd by SIGTERM to this pid (its supervisor starts it again).
+    #[arg(long, value_name = "PID", conflicts_with = "restart")]
+    containerd_pid: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +163,8 @@ fn main() -> ExitCode {
         Command::Vm(VmCommand::Run(args)) => run_vm(args),
         Command::Audit(args) => run_audit(&args),
         Command::Policy(PolicyCommand::Generate(args)) => run_policy_generate(&args),
+        Command::Install(args) => run_install(args, false),
+        Command::Uninstall(args) => run_install(args, true),
     };
     match result {
         Ok(code) => code,
@@ -131,6 +173,38 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_install(args: InstallArgs, uninstall: bool) -> anyhow::Result<ExitCode> {
+    use strata_shim::install::{self, Restart};
+    let mut opts = install::Options::for_node();
+    opts.root = args.root;
+    opts.config = args.config;
+    if let Some(from) = args.from {
+        opts.from = from;
+    }
+    opts.guest = args.guest;
+    opts.containerd = args.containerd;
+    if !args.tiers.is_empty() {
+        opts.tiers = args.tiers;
+    }
+    opts.dry_run = args.dry_run;
+    opts.restart = match (args.containerd_pid, args.restart.as_str()) {
+        (Some(pid), _) => Restart::Pid(pid),
+        (None, "systemd") => Restart::Systemd,
+        (None, "never") => Restart::Never,
+        _ => Restart::Auto,
+    };
+    let report = if uninstall {
+        install::uninstall(&opts)?
+    } else {
+        install::install(&opts)?
+    };
+    print!("{}", report.diff);
+    for line in &report.lines {
+        println!("strata: {line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,479 @@
+//! `strata install` and `strata uninstall` against the real configuration files of containerd
+//! 1.6, 1.7 and 2.1: each one's `containerd config default`, and one an operator has edited
+//! (comments, a handler of their own, changed settings). Every run is checked by that
+//! containerd (`config dump`) and must give back the file byte for byte at uninstall.
+//!
+//! The root is a scratch directory (`--root`), so the node's own files are never touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use strata_tests::daemon::ContainerdVersion;
+use strata_tests::harness::shim_dir;
+use strata_tests::{skip, Output};
+
+const HANDLERS: [&str; 4] = [
+    "strata-native",
+    "strata-sentry",
+    "strata-microvm",
+    "strata-wasm",
+];
+
+/// The directory holding `strata`, `containerd-shim-strata-v2` and `strata-wasm-runner`.
+fn bin_dir() -> PathBuf {
+    shim_dir(Path::new(env!("CARGO_BIN_EXE_strata-testenv")))
+}
+
+/// containerd `v`'s binary, or None (reported as a skip; on CI a failure).
+fn containerd(v: ContainerdVersion, test: &str) -> Option<PathBuf> {
+    if let Err(e) = v.check() {
+        skip(test, &format!("containerd {v}: {e}"));
+        return None;
+    }
+    Some(match v.bin_dir() {
+        Some(d) => d.join("containerd"),
+        None => PathBuf::from("containerd"),
+    })
+}
+
+/// A scratch node root, removed when dropped.
+struct Root(PathBuf);
+
+impl Root {
+    fn new(name: &str) -> Root {
+        let p = std::env::temp_dir().join(format!("strata-install-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(p.join("etc/containerd")).unwrap();
+        Root(p)
+    }
+    fn config(&self) -> PathBuf {
+        self.0.join("etc/containerd/config.toml")
+    }
+    /// Every file under the root, with its bytes.
+    fn tree(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    out.push((p.clone(), Vec::new()));
+                    walk(&p, out);
+                } else {
+                    out.push((p.clone(), fs::read(&p).unwrap_or_default()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn exec(c: Command) -> Output {
+    strata_tests::cmd::run(c, None, std::time::Duration::from_secs(120)).expect("running a command")
+}
+
+/// `strata <verb> --root <root> --containerd <containerd> --restart never <extra...>`.
+fn strata(verb: &str, root: &Root, containerd: &Path, extra: &[&str]) -> Output {
+    let mut c = Command::new(bin_dir().join("strata"));
+    c.arg(verb)
+        .arg("--root")
+        .arg(&root.0)
+        .arg("--containerd")
+        .arg(containerd)
+        .args(["--restart", "never"])
+        .args(extra);
+    exec(c)
+}
+
+/// `containerd config default` of `containerd`.
+fn default_config(containerd: &Path) -> String {
+    let mut c = Command::new(containerd);
+    c.args(["config", "default"]);
+    let out = exec(c);
+    assert!(out.success(), "containerd config default: {out}");
+    out.stdout
+}
+
+/// The handlers `containerd --config <file> config dump` reads, with their runtime_type.
+fn dumped_handlers(containerd: &Path, file: &Path) -> Vec<(String, String)> {
+    let mut c = Command::new(containerd);
+    c.arg("--config").arg(file).args(["config", "dump"]);
+    let out = exec(c);
+    assert!(out.success(), "config dump of {}: {out}", file.display());
+    let v: toml::Table = toml::from_str(&out.stdout).expect("the dump is TOML");
+    let mut found = Vec::new();
+    for plugin in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"] {
+        let Some(rt) = v
+            .get("plugins")
+            .and_then(|p| p.get(plugin))
+            .and_then(|p| p.get("containerd"))
+            .and_then(|p| p.get("runtimes"))
+            .and_then(|r| r.as_table())
+        else {
+            continue;
+        };
+        for (name, t) in rt {
+            let ty = t.get("runtime_type").and_then(|x| x.as_str()).unwrap_or("");
+            found.push((name.clone(), ty.to_string()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// An operator's configuration: the default with comments, a handler of their own and a
+/// changed setting, in `v`'s format.
+fn customised(default: &str, v: ContainerdVersion) -> String {
+    let (plugin, extra) = match v.config_version() {
+        2 => ("io.containerd.grpc.v1.cri", "max_concurrent_downloads = 7"),
+        _ => (
+            "io.containerd.cri.v1.images",
+            "max_concurrent_downloads = 7",
+        ),
+    };
+    let mut out = String::from("# node-17: managed by hand, see the runbook\n# keep this line\n");
+    let header = format!("[plugins.\"{plugin}\"]");
+    let mut seen = false;
+    for line in default.lines() {
+        if line.trim_start().starts_with("max_concurrent_downloads") {
+            continue; // set below, to another value
+        }
+        out.push_str(line);
+        out.push('\n');
+        if !seen && (line.trim() == header || line.trim() == header.replace('"', "'")) {
+            seen = true;
+            out.push_str("    # raised for the registry mirror (operator)\n    ");
+            out.push_str(extra);
+            out.push('\n');
+        }
+    }
+    assert!(seen, "no {header} in the default configuration of {v}");
+    let runtimes = match v.config_version() {
+        2 => "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes",
+        _ => "plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes",
+    };
+    out.push_str(&format!(
+        "\n# the operator's own handler\n[{runtimes}.runsc]\n  runtime_type = \"io.containerd.runsc.v1\" # gVisor\n"
+    ));
+    out
+}
+
+/// Install, install again, uninstall: checked at each step on `file`'s contents `original`.
+fn round_trip(v: ContainerdVersion, containerd: &Path, name: &str, original: &str) {
+    let root = Root::new(name);
+    fs::write(root.config(), original).unwrap();
+
+    let out = strata("install", &root, containerd, &[]);
+    assert!(out.success(), "{v} {name}: install: {out}");
+    let merged = fs::read_to_string(root.config()).unwrap();
+    let handlers = dumped_handlers(containerd, &root.config());
+    for h in HANDLERS {
+        assert!(
+            handlers.contains(&(h.to_string(), "io.containerd.strata.v2".to_string())),
+            "{v} {name}: containerd does not read handler {h}: {handlers:?}\n{merged}"
+        );
+    }
+    // Everything of the original is still there: comments line for line, and the data.
+    for line in original.lines().filter(|l| l.trim_start().starts_with('#')) {
+        assert!(
+            merged.contains(line),
+            "{v} {name}: lost the line {line:?}:\n{merged}"
+        );
+    }
+    let mut data: toml::Table = toml::from_str(&merged).unwrap();
+    let before: toml::Table = toml::from_str(original).unwrap();
+    let plugin = if v.config_version() == 2 {
+        "io.containerd.grpc.v1.cri"
+    } else {
+        "io.containerd.cri.v1.runtime"
+    };
+    let rt = data
+        .get_mut("plugins")
+        .and_then(|p| p.get_mut(plugin))
+        .and_then(|p| p.get_mut("containerd"))
+        .and_then(|p| p.get_mut("runtimes"))
+        .and_then(|p| p.as_table_mut())
+        .unwrap();
+    for h in HANDLERS {
+        assert!(rt.remove(h).is_some(), "{v} {name}: no {h} in the file");
+    }
+    assert_eq!(
+        data, before,
+        "{v} {name}: install changed more than the handlers"
+    );
+    // The files are in place, the binaries as built.
+    for b in ["containerd-shim-strata-v2", "strata", "strata-wasm-runner"] {
+        assert_eq!(
+            fs::read(root.0.join("usr/local/bin").join(b)).ok(),
+            fs::read(bin_dir().join(b)).ok(),
+            "{v} {name}: /usr/local/bin/{b}"
+        );
+    }
+    for t in ["native", "sentry", "microvm", "wasm"] {
+        assert!(
+            root.0.join(format!("etc/strata/strata-{t}.toml")).is_file(),
+            "{v} {name}: /etc/strata/strata-{t}.toml"
+        );
+    }
+
+    // Twice: nothing changes.
+    let tree = root.tree();
+    let out = strata("install", &root, containerd, &[]);
+    assert!(out.success(), "{v} {name}: second install: {out}");
+    assert!(out.stdout.contains("there already"), "{out}");
+    assert_eq!(
+        root.tree(),
+        tree,
+        "{v} {name}: the second install changed files"
+    );
+
+    let out = strata("uninstall", &root, containerd, &[]);
+    assert!(out.success(), "{v} {name}: uninstall: {out}");
+    assert_eq!(
+        fs::read_to_string(root.config()).unwrap(),
+        original,
+        "{v} {name}: uninstall did not give back the file byte for byte"
+    );
+    let left: Vec<PathBuf> = root
+        .tree()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            p != &root.config() && p != &root.0.join("etc/containerd") && p != &root.0.join("etc")
+        })
+        .collect();
+    assert!(left.is_empty(), "{v} {name}: uninstall left {left:?}");
+}
+
+#[test]
+fn install_merges_into_each_containerds_own_config_and_uninstall_gives_it_back() {
+    let test =
+        "install::install_merges_into_each_containerds_own_config_and_uninstall_gives_it_back";
+    for v in ContainerdVersion::ALL {
+        let Some(containerd) = containerd(v, test) else {
+            continue;
+        };
+        let default = default_config(&containerd);
+        round_trip(v, &containerd, &format!("default-{v}"), &default);
+        round_trip(
+            v,
+            &containerd,
+            &format!("custom-{v}"),
+            &customised(&default, v),
+        );
+    }
+}
+
+#[test]
+fn install_on_a_node_without_a_config_writes_one_and_uninstall_removes_it() {
+    let test = "install::install_on_a_node_without_a_config_writes_one_and_uninstall_removes_it";
+    for v in ContainerdVersion::ALL {
+        let Some(containerd) = containerd(v, test) else {
+            continue;
+        };
+        let root = Root::new(&format!("none-{v}"));
+        let out = strata("install", &root, &containerd, &["--tier", "native"]);
+        assert!(out.success(), "{v}: {out}");
+        let text = fs::read_to_string(root.config()).unwrap();
+        assert!(
+            text.starts_with(&format!("version = {}\n", v.config_version())),
+            "{v}: {text}"
+        );
+        assert_eq!(
+            dumped_handlers(&containerd, &root.config())
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("strata-"))
+                .collect::<Vec<_>>(),
+            vec![(
+                "strata-native".to_string(),
+                "io.containerd.strata.v2".to_string()
+            )],
+            "{v}"
+        );
+        let out = strata("uninstall", &root, &containerd, &[]);
+        assert!(out.success(), "{v}: {out}");
+        assert!(
+            !root.config().exists(),
+            "{v}: the config install wrote is still there"
+        );
+    }
+}
+
+#[test]
+fn dry_run_prints_the_diff_and_changes_nothing() {
+    let test = "install::dry_run_prints_the_diff_and_changes_nothing";
+    let v = ContainerdVersion::V1_6;
+    let Some(containerd) = containerd(v, test) else {
+        return;
+    };
+    let root = Root::new("dry");
+    fs::write(root.config(), default_config(&containerd)).unwrap();
+    let tree = root.tree();
+    let out = strata("install", &root, &containerd, &["--dry-run"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .contains("+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.strata-native]"),
+        "no diff: {out}"
+    );
+    assert!(
+        out.stdout
+            .contains("would put /usr/local/bin/containerd-shim-strata-v2"),
+        "{out}"
+    );
+    assert_eq!(root.tree(), tree, "--dry-run changed files");
+}
+
+#[test]
+fn uninstall_after_an_operators_edit_keeps_the_edit() {
+    let test = "install::uninstall_after_an_operators_edit_keeps_the_edit";
+    let v = ContainerdVersion::V1_6;
+    let Some(containerd) = containerd(v, test) else {
+        return;
+    };
+    let root = Root::new("edited");
+    let original = default_config(&containerd);
+    fs::write(root.config(), &original).unwrap();
+    assert!(strata("install", &root, &containerd, &[]).success());
+    let mut text = fs::read_to_string(root.config()).unwrap();
+    text.push_str("\n# added after install\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n");
+    fs::write(root.config(), &text).unwrap();
+    let out = strata("uninstall", &root, &containerd, &[]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("edited since install"), "{out}");
+    let after = fs::read_to_string(root.config()).unwrap();
+    assert!(
+        after.contains("# added after install") && after.contains("runtimes.kata]"),
+        "{after}"
+    );
+    assert!(
+        !after.contains("strata-"),
+        "Strata's handlers are still there:\n{after}"
+    );
+    let names: Vec<String> = dumped_handlers(&containerd, &root.config())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"kata".to_string()) && names.contains(&"runc".to_string()),
+        "{names:?}"
+    );
+}
+
+/// Runs install on `text` and expects a refusal naming `reason`, with the root untouched.
+fn refused(root: &Root, containerd: &Path, text: Option<&str>, reason: &str) {
+    if let Some(text) = text {
+        fs::write(root.config(), text).unwrap();
+    }
+    let tree = root.tree();
+    let out = strata("install", root, containerd, &[]);
+    assert!(!out.success(), "install accepted it: {out}");
+    assert!(
+        out.stderr.contains(reason),
+        "the error does not say {reason:?}: {out}"
+    );
+    assert_eq!(
+        root.tree(),
+        tree,
+        "a refused install changed files ({reason})"
+    );
+}
+
+#[test]
+fn install_refuses_what_it_cannot_merge_safely_and_changes_nothing() {
+    let test = "install::install_refuses_what_it_cannot_merge_safely_and_changes_nothing";
+    let Some(c16) = containerd(ContainerdVersion::V1_6, test) else {
+        return;
+    };
+    let root = Root::new("bad");
+    refused(
+        &root,
+        &c16,
+        Some("version = 2\n[plugins\nx = 1\n"),
+        "is not valid TOML",
+    );
+    refused(
+        &root,
+        &c16,
+        Some("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.strata-wasm]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n"),
+        "a handler named strata-wasm is already defined",
+    );
+    refused(&root, &c16, Some("version = 3\n"), "config version 3");
+    refused(
+        &root,
+        &c16,
+        Some("[plugins.cri]\n  sandbox_image = \"pause\"\n"),
+        "has no `version`",
+    );
+    fs::create_dir_all(root.0.join("etc/containerd/conf.d")).unwrap();
+    fs::write(
+        root.0.join("etc/containerd/conf.d/10-cri.toml"),
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"pause:3.9\"\n",
+    )
+    .unwrap();
+    refused(
+        &root,
+        &c16,
+        Some("version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n"),
+        "which defines [plugins.\"io.containerd.grpc.v1.cri\"]",
+    );
+    fs::remove_dir_all(root.0.join("etc/containerd/conf.d")).unwrap();
+    // Something containerd itself refuses (a wrong type) is caught by its own check.
+    refused(
+        &root,
+        &c16,
+        Some("version = 2\noom_score = \"high\"\n"),
+        "containerd does not accept the merged configuration",
+    );
+    // Binaries that are not there.
+    fs::write(root.config(), "version = 2\n").unwrap();
+    let tree = root.tree();
+    let out = strata("install", &root, &c16, &["--from", "/nonexistent"]);
+    assert!(!out.success() && out.stderr.contains("--from"), "{out}");
+    assert_eq!(root.tree(), tree);
+
+    // A configuration on a read-only file system.
+    let dir = root.0.join("etc/containerd");
+    let bind = |args: &[&str]| {
+        let st = Command::new("mount")
+            .args(args)
+            .arg(&dir)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {args:?}");
+    };
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "a read-only bind mount needs root");
+        return;
+    }
+    bind(&["--bind"]);
+    let st = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tree = root.tree();
+    let out = strata("install", &root, &c16, &[]);
+    let _ = Command::new("umount").arg(&dir).status();
+    assert!(
+        !out.success(),
+        "install wrote to a read-only file system: {out}"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        root.tree(),
+        tree,
+        "a refused install changed files (read-only)"
+    );
+}
