@@ -61,6 +61,31 @@ pub struct Config {
     /// `[microvm]`: the microvm tier's table, read by that tier (`strata_microvm::Settings`).
     #[serde(default)]
     pub microvm: Option<toml::Value>,
+    /// `[metrics]`: where the node's counters go (`strata_backend::counters`).
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// The textfile collector's directory that `strata.prom` is written into; an empty string
+    /// turns the counters off.
+    #[serde(default = "default_metrics_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_metrics_dir() -> PathBuf {
+    PathBuf::from(strata_backend::counters::DEFAULT_DIR)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            dir: default_metrics_dir(),
+        }
+    }
 }
 
 fn default_backend() -> BackendKind {
@@ -79,6 +104,7 @@ impl Default for Config {
             state_root: None,
             wasm: None,
             microvm: None,
+            metrics: Metrics::default(),
         }
     }
 }

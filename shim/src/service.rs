@@ -22,7 +22,7 @@ use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::ExitSignal;
 use strata_backend::{
-    Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Sandbox,
+    counters, Backend, BackendEvent, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Sandbox,
     SandboxOpts, StdioPaths, TierContext,
 };
 
@@ -325,7 +325,13 @@ impl TaskService {
             .map(|c| c.kind)
     }
 
-    fn do_create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse, Error> {
+    /// Creates the task; `tier` is set as soon as the container's tier is known (for the
+    /// failure counter).
+    fn do_create(
+        &self,
+        req: &CreateTaskRequest,
+        tier: &mut Option<BackendKind>,
+    ) -> Result<CreateTaskResponse, Error> {
         if self.inner.containers.lock().unwrap().contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
@@ -358,6 +364,7 @@ impl TaskService {
             });
         let cfg = Config::load(config_path.as_deref().map(std::path::Path::new))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        counters::set_dir(Some(cfg.metrics.dir.clone()).filter(|d| !d.as_os_str().is_empty()));
         let annotations = spec.annotations().clone().unwrap_or_default();
         let chosen = cfg
             .choose(&annotations)
@@ -367,6 +374,7 @@ impl TaskService {
             Some(pod) => pod,
             None => chosen,
         };
+        *tier = Some(kind);
         let pod_backend = self.backend(kind, &cfg)?;
 
         crate::rootfs::mount(&bundle, &req.rootfs)?;
@@ -581,8 +589,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
-        self.do_create(&req).map_err(|e| {
+        let mut tier = None;
+        self.do_create(&req, &mut tier).map_err(|e| {
             tracing::warn!(id = %req.id, error = %e, "create failed");
+            let tier = tier.map_or("unknown", BackendKind::as_str);
+            counters::add(
+                "strata_create_failures_total",
+                &[("tier", tier), ("reason", e.kind())],
+                1.0,
+            );
             to_ttrpc(e)
         })
     }
@@ -610,6 +625,11 @@ impl Task for TaskService {
             }
         }
         if req.exec_id.is_empty() {
+            counters::add(
+                "strata_tasks_started_total",
+                &[("tier", ctr.kind.as_str())],
+                1.0,
+            );
             self.inner.events.send(
                 TASK_START_EVENT_TOPIC,
                 TaskStart {

@@ -566,3 +566,75 @@ fn events_in_containerd_order() {
     );
     c.remove_and_check();
 }
+
+/// The node's counters (`/run/strata/metrics/strata.prom`, Prometheus text for a node
+/// exporter's textfile collector) count this tier's starts, a failed create by its reason, and
+/// the tier's own events: trapped calls on sentry, VM boots and their time on microvm. Other
+/// tests add to the same counters at the same time, so each is checked to have grown by at
+/// least what this test did.
+#[test]
+fn node_counters_count_starts_failures_and_tier_events() {
+    let h = harness!();
+    strata_tests::strata_only!(h);
+    let file = std::path::Path::new(strata_backend::counters::DEFAULT_DIR)
+        .join(strata_backend::counters::FILE);
+    let read =
+        || strata_backend::counters::parse(&std::fs::read_to_string(&file).unwrap_or_default());
+    let get =
+        |m: &std::collections::BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let before = read();
+
+    let c = h.container("counted");
+    let out = c.run_workload(&Workload::new().out("counted\n"));
+    assert!(out.success(), "{out}");
+    c.assert_no_leaks();
+    let c = h.container("countbad");
+    let out = c.run_with(
+        &["--annotation", "strata.dev/backend=bogus"],
+        &["true"],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    c.assert_no_leaks();
+
+    let after = read();
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let tier = h.tier.name();
+    let started = format!("strata_tasks_started_total{{tier=\"{tier}\"}}");
+    assert!(
+        get(&after, &started) >= get(&before, &started) + 1.0,
+        "{started} did not grow:\n{text}"
+    );
+    let failed = "strata_create_failures_total{tier=\"unknown\",reason=\"invalid_argument\"}";
+    assert!(
+        get(&after, failed) >= get(&before, failed) + 1.0,
+        "{failed} did not grow:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE strata_tasks_started_total counter"),
+        "{text}"
+    );
+    let grew = |prefix: &str| {
+        after
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .any(|(k, v)| *v > get(&before, k))
+    };
+    match h.tier.name() {
+        "sentry" => assert!(
+            grew("strata_sentry_trapped_calls_total{decision="),
+            "no trapped calls counted:\n{text}"
+        ),
+        "microvm" => {
+            assert!(
+                grew("strata_microvm_boots_total{driver=\"qemu\""),
+                "no boot counted:\n{text}"
+            );
+            assert!(
+                grew("strata_microvm_boot_seconds_total{driver=\"qemu\""),
+                "no boot time counted:\n{text}"
+            );
+        }
+        _ => {}
+    }
+}

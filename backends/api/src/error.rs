@@ -45,6 +45,20 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The error's kind in a word, for the `reason` label of failure counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::Unsupported { .. } => "unsupported",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Io { .. } => "io",
+            Error::Other(_) => "other",
+        }
+    }
+
     /// Wraps an I/O error with what was being attempted.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

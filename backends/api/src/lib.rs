@@ -8,6 +8,7 @@
 //! This crate must never know containerd or ttrpc: the shim maps [`Error`] to ttrpc codes and
 //! [`Stats`] to containerd's metrics types.
 
+pub mod counters;
 pub mod error;
 pub mod hooks;
 pub mod reaper;

@@ -562,14 +562,23 @@ impl MicrovmBackend {
                 return Err(agent_err("configuring the pod network in the VM", e));
             }
         }
+        let boot = t0.elapsed();
         tracing::info!(
             sandbox = %opts.sandbox_id,
             driver = vm.driver(),
             accel = %vm.accel(),
             vcpus,
             memory_mib,
-            boot_ms = t0.elapsed().as_millis() as u64,
+            boot_ms = boot.as_millis() as u64,
             "VM booted, agent answers"
+        );
+        let accel = vm.accel().to_string();
+        let labels = [("driver", vm.driver()), ("accel", accel.as_str())];
+        strata_backend::counters::add("strata_microvm_boots_total", &labels, 1.0);
+        strata_backend::counters::add(
+            "strata_microvm_boot_seconds_total",
+            &labels,
+            boot.as_secs_f64(),
         );
         let pod = Arc::new(PodVm {
             id: opts.sandbox_id.clone(),

@@ -61,6 +61,9 @@ struct State {
     tokens: f64,
     last: Instant,
     suppressed: u64,
+    /// Trapped calls per decision since the node's counters were last written
+    /// (`strata_sentry_trapped_calls_total`), counted before the rate limit.
+    decisions: std::collections::BTreeMap<String, u64>,
 }
 
 /// The writer shared by a container's supervisor threads.
@@ -88,6 +91,7 @@ impl AuditLog {
                 tokens: per_second * 10.0,
                 last: Instant::now(),
                 suppressed: 0,
+                decisions: Default::default(),
             }),
         })
     }
@@ -99,6 +103,9 @@ impl AuditLog {
     /// Records `r` unless the rate limit says no (then it is only counted).
     pub fn record(&self, mut r: Record) {
         let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        if r.decision != "start" {
+            *st.decisions.entry(r.decision.clone()).or_default() += 1;
+        }
         let now = Instant::now();
         let burst = self.per_second * 10.0;
         st.tokens =
@@ -138,10 +145,20 @@ impl AuditLog {
         !st.batch.is_empty()
     }
 
-    /// Writes the records waiting in the batch.
+    /// Writes the records waiting in the batch, and adds the calls counted since the last
+    /// flush to the node's counters.
     pub fn flush(&self) {
         let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
         self.write(&mut st);
+        let decisions = std::mem::take(&mut st.decisions);
+        drop(st);
+        for (decision, n) in decisions {
+            strata_backend::counters::add(
+                "strata_sentry_trapped_calls_total",
+                &[("decision", &decision)],
+                n as f64,
+            );
+        }
     }
 
     fn add(st: &mut State, r: &Record) {
