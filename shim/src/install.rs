@@ -102,6 +102,9 @@ pub struct Options {
     pub tiers: Vec<BackendKind>,
     /// Print what would change (the configuration's diff) and change nothing.
     pub dry_run: bool,
+    /// Merge the handlers into containerd's configuration only; the files are put in place by
+    /// other means (a package).
+    pub config_only: bool,
     pub restart: Restart,
 }
 
@@ -120,6 +123,7 @@ impl Options {
             containerd: PathBuf::from("containerd"),
             tiers: BackendKind::ALL.to_vec(),
             dry_run: false,
+            config_only: false,
             restart: Restart::Auto,
         }
     }
@@ -619,6 +623,9 @@ struct Placement {
 
 fn placements(opts: &Options, report: &mut Report) -> Result<Vec<Placement>> {
     let mut out = Vec::new();
+    if opts.config_only {
+        return Ok(out);
+    }
     for b in BINARIES {
         let src = opts.from.join(b);
         if !src.is_file() {

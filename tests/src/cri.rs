@@ -153,6 +153,61 @@ pub fn runtimes_section(version: ContainerdVersion, configs: &Path) -> Result<St
     Ok(out)
 }
 
+/// The CRI runtimes section as `strata install` merges it: `runc`, then Strata's handlers
+/// merged by `strata install --config-only` (the binary at `strata`) into a file holding `runc`
+/// only, checked by containerd `version`'s own `config dump`; `/etc/strata/` pointed at
+/// `configs`. So every CRI test runs its pods on handlers that install wrote. `work` is a
+/// scratch directory (the install's root, removed again).
+pub fn runtimes_by_install(
+    version: ContainerdVersion,
+    configs: &Path,
+    strata: &Path,
+    work: &Path,
+) -> Result<String> {
+    let table = daemon::cri_runtimes_table(version);
+    let root = work.join("install-root");
+    let file = root.join("etc/containerd/config.toml");
+    fs::create_dir_all(file.parent().unwrap())?;
+    fs::write(
+        &file,
+        format!(
+            "version = {}\n\n[{table}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n",
+            version.config_version()
+        ),
+    )?;
+    let containerd = version
+        .bin_dir()
+        .map(|d| d.join("containerd"))
+        .unwrap_or_else(|| PathBuf::from("containerd"));
+    let out = Command::new(strata)
+        .args(["install", "--config-only", "--restart", "never", "--root"])
+        .arg(&root)
+        .arg("--containerd")
+        .arg(&containerd)
+        .output()
+        .with_context(|| format!("running {} install", strata.display()))?;
+    if !out.status.success() {
+        bail!(
+            "strata install --config-only failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let merged = fs::read_to_string(&file)?;
+    let _ = fs::remove_dir_all(&root);
+    let mut section = String::new();
+    for line in merged.lines() {
+        if line.trim_start().starts_with("version") {
+            continue;
+        }
+        section.push_str(&line.replace("/etc/strata/", &format!("{}/", configs.display())));
+        section.push('\n');
+    }
+    if !section.contains(&format!("[{table}.strata-")) {
+        bail!("strata install merged no [{table}.strata-*] handler:\n{merged}");
+    }
+    Ok(section)
+}
+
 /// A bridge + host-local conflist on `bridge`, addresses from `subnet`, leases kept in
 /// `ipam_dir`; the gateway's address (the first of the subnet) on the bridge, so that the
 /// node reaches its pods as on a Kubernetes node; no masquerade.
@@ -353,7 +408,11 @@ impl CriEnv {
             PAUSE_IMAGE,
             options.registry_config_path.as_deref(),
         );
-        cri.push_str(&runtimes_section(containerd, &dir.join("configs")).map_err(failed)?);
+        let strata = crate::harness::shim_dir(testenv).join("strata");
+        cri.push_str(
+            &runtimes_by_install(containerd, &dir.join("configs"), &strata, &dir)
+                .map_err(failed)?,
+        );
         let harness = Harness::start(
             testenv,
             DaemonOptions {

@@ -66,6 +66,10 @@ struct InstallArgs {
     /// Print what would change (the configuration's diff) and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Only merge the handlers into containerd's configuration (the files are put in place by
+    /// a package or by hand).
+    #[arg(long)]
+    config_only: bool,
     /// How containerd learns of the change: auto (systemd when it runs containerd), systemd,
     /// never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "systemd", "never"])]
@@ -189,6 +193,7 @@ fn run_install(args: InstallArgs, uninstall: bool) -> anyhow::Result<ExitCode> {
         opts.tiers = args.tiers;
     }
     opts.dry_run = args.dry_run;
+    opts.config_only = args.config_only;
     opts.restart = match (args.containerd_pid, args.restart.as_str()) {
         (Some(pid), _) => Restart::Pid(pid),
         (None, "systemd") => Restart::Systemd,
