@@ -24,7 +24,7 @@ pub const RUNTIME_TYPE: &str = "io.containerd.strata.v2";
 /// shim's directory): logs to containerd's log FIFO as the shim does, so that libcontainer's
 /// warnings land where the shim's do.
 pub fn log_to_containerd() {
-    serve::setup_logging(false);
+    serve::setup_logging(false, None);
 }
 
 /// Entry point of `containerd-shim-strata-v2`.

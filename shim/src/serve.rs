@@ -32,7 +32,33 @@ pub fn task_methods(service: TaskService) -> Methods {
     methods
 }
 
-pub(crate) fn setup_logging(debug: bool) {
+/// Writes each formatted line with ` pod=<id>` before its newline, in one write(2): every line
+/// in containerd's log then names the pod the shim serves (the shim's id: the pod's sandbox id
+/// under CRI, the container's under `ctr run`) beside the container's own `id=`.
+struct Tagged {
+    file: &'static std::fs::File,
+    tag: &'static str,
+}
+
+impl std::io::Write for Tagged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Some(line) = buf.strip_suffix(b"\n").filter(|_| !self.tag.is_empty()) else {
+            return (&*self.file).write(buf);
+        };
+        let mut out = Vec::with_capacity(buf.len() + self.tag.len() + 1);
+        out.extend_from_slice(line);
+        out.extend_from_slice(self.tag.as_bytes());
+        out.push(b'\n');
+        (&*self.file).write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) fn setup_logging(debug: bool, pod: Option<&str>) {
     // containerd reads the shim's log from the FIFO named `log` in the bundle.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -62,7 +88,11 @@ pub(crate) fn setup_logging(debug: bool) {
             Err(_) => return,
         },
     };
-    let _ = builder.with_writer(move || file).try_init();
+    let tag: &'static str = match pod {
+        Some(id) if !id.is_empty() => Box::leak(format!(" pod={id}").into_boxed_str()),
+        _ => "",
+    };
+    let _ = builder.with_writer(move || Tagged { file, tag }).try_init();
 }
 
 /// For scripts/order-shim-text only: makes each page of the shim's code its own mapping, so
@@ -111,7 +141,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
     if std::env::var_os("STRATA_PROFILE_TEXT").is_some() {
         split_text_per_page();
     }
-    setup_logging(flags.debug);
+    setup_logging(flags.debug, Some(&flags.id));
     // Become the reaper before anything forks. containerd-shim's mount_rootfs forks and
     // waits through the crate's own monitor: feed it the statuses nobody else claimed.
     strata_backend::reaper::Reaper::global().set_unclaimed_hook(|pid, status| {

@@ -124,6 +124,17 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
             }
         }
 
+        // The shim's log lines in containerd's log name the pod and the container.
+        for id in &containers {
+            let lines = env.harness.log_lines(&format!("id={id}"), 40);
+            assert!(
+                lines
+                    .lines()
+                    .any(|l| l.contains("created") && l.contains(&format!("pod={pod}"))),
+                "no shim log line names pod {pod} and container {id}:\n{lines}"
+            );
+        }
+
         // Both run, in the pod's network and UTS namespaces.
         let mut pids = vec![sandbox_pid];
         for id in &containers {
