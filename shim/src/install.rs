@@ -43,6 +43,11 @@ pub const CONFIG_DIR: &str = "/etc/strata";
 /// What install records for uninstall.
 pub const STATE_DIR: &str = "/var/lib/strata/install";
 
+/// Node Feature Discovery's local feature files: NFD labels the node
+/// `feature.node.kubernetes.io/<name>=<value>` for each line of a file here, which is how the
+/// RuntimeClasses' `nodeSelector` finds the nodes where a tier works.
+pub const NFD_FEATURES: &str = "/etc/kubernetes/node-feature-discovery/features.d/strata";
+
 /// The binaries install copies, from `--from`.
 pub const BINARIES: [&str; 3] = ["containerd-shim-strata-v2", "strata", "strata-wasm-runner"];
 /// The guest image's files, from `--guest`.
@@ -105,6 +110,13 @@ pub struct Options {
     /// Merge the handlers into containerd's configuration only; the files are put in place by
     /// other means (a package).
     pub config_only: bool,
+    /// Run containerd (the check of the merged file) and systemctl in the mount namespace of
+    /// the node's pid 1: the installer's container runs with `hostPID` and the node's root
+    /// mounted at `root`, and has neither program in its own image.
+    pub host_namespaces: bool,
+    /// Write the Node Feature Discovery file ([`NFD_FEATURES`]) naming the tiers that
+    /// `strata check` finds working here.
+    pub node_features: bool,
     pub restart: Restart,
 }
 
@@ -124,6 +136,8 @@ impl Options {
             tiers: BackendKind::ALL.to_vec(),
             dry_run: false,
             config_only: false,
+            host_namespaces: false,
+            node_features: true,
             restart: Restart::Auto,
         }
     }
@@ -180,8 +194,9 @@ impl Report {
 
 /// containerd's version from `containerd --version` (`containerd github.com/containerd/containerd
 /// 1.6.20~ds1 ...`, `containerd github.com/containerd/containerd/v2 v2.1.9 ...`): (major, minor).
-pub fn containerd_version(containerd: &Path) -> Result<(u32, u32)> {
-    let out = Command::new(containerd)
+pub fn containerd_version(opts: &Options) -> Result<(u32, u32)> {
+    let containerd = opts.containerd.as_path();
+    let out = node_command(opts, containerd)
         .arg("--version")
         .output()
         .with_context(|| format!("running `{} --version`", containerd.display()))?;
@@ -446,9 +461,9 @@ fn validate(opts: &Options, file: &Path, text: &str, handlers: &[String]) -> Res
     let dir = file.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(".strata-install-{}.toml", std::process::id()));
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    let out = Command::new(&opts.containerd)
+    let out = node_command(opts, &opts.containerd)
         .arg("--config")
-        .arg(&tmp)
+        .arg(as_node_sees(opts, &tmp))
         .args(["config", "dump"])
         .output();
     let _ = fs::remove_file(&tmp);
@@ -553,6 +568,7 @@ fn save_state(opts: &Options, state: &State) -> Result<()> {
 /// What a placed file holds: shipped text, or a file copied as it is.
 enum Source {
     Bytes(&'static [u8]),
+    Text(String),
     File(PathBuf),
 }
 
@@ -567,6 +583,7 @@ fn same_content(at: &Path, src: &Source) -> Result<Option<bool>> {
     };
     let mut b: Box<dyn Read> = match src {
         Source::Bytes(bytes) => Box::new(*bytes),
+        Source::Text(t) => Box::new(std::io::Cursor::new(t.clone().into_bytes())),
         Source::File(p) => {
             Box::new(fs::File::open(p).with_context(|| format!("reading {}", p.display()))?)
         }
@@ -599,6 +616,7 @@ fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
 fn place(path: &Path, src: &Source, mode: u32) -> Result<()> {
     match src {
         Source::Bytes(b) => put(path, b, mode),
+        Source::Text(t) => put(path, t.as_bytes(), mode),
         Source::File(from) => {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -672,14 +690,77 @@ fn placements(opts: &Options, report: &mut Report) -> Result<Vec<Placement>> {
         )),
         None => {}
     }
+    if opts.node_features {
+        out.push(Placement {
+            path: PathBuf::from(NFD_FEATURES),
+            src: Source::Text(node_features(&opts.tiers)),
+            mode: 0o644,
+            keep_existing: false,
+        });
+    }
     Ok(out)
+}
+
+/// The Node Feature Discovery file: `strata-<tier>=true` for each installed tier that
+/// `strata check` finds available or degraded on this node.
+fn node_features(tiers: &[BackendKind]) -> String {
+    let report = crate::check::run();
+    let mut out = String::from(
+        "# Written by `strata install`: the tiers `strata check` finds working on this node.\n\
+         # Node Feature Discovery labels the node feature.node.kubernetes.io/<name>=<value>.\n",
+    );
+    for &tier in tiers {
+        let works = report
+            .tier(tier)
+            .is_some_and(|t| t.verdict != crate::check::Verdict::Unavailable);
+        if works {
+            out.push_str(&format!("strata-{tier}=true\n"));
+        }
+    }
+    out
+}
+
+/// A command for `prog` as the node runs it: in the mount namespace of the node's pid 1 when
+/// [`Options::host_namespaces`] is set (paths given to it are then the node's, not the
+/// root's), else here.
+fn node_command(opts: &Options, prog: &Path) -> Command {
+    let mut c = Command::new(prog);
+    if opts.host_namespaces {
+        use std::os::unix::process::CommandExt;
+        let ns = fs::File::open("/proc/1/ns/mnt").ok();
+        // SAFETY: between fork and exec only setns(2) on a descriptor opened before the fork,
+        // and errors built from a raw errno: no allocation, no lock.
+        unsafe {
+            c.pre_exec(move || {
+                let Some(ns) = ns.as_ref() else {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+                };
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
+/// `path` under the root as the program [`node_command`] runs sees it.
+fn as_node_sees(opts: &Options, path: &Path) -> PathBuf {
+    if !opts.host_namespaces {
+        return path.to_path_buf();
+    }
+    match path.strip_prefix(&opts.root) {
+        Ok(rel) => Path::new("/").join(rel),
+        Err(_) => path.to_path_buf(),
+    }
 }
 
 /// `strata install`.
 pub fn install(opts: &Options) -> Result<Report> {
     let mut report = Report::default();
     let file = opts.host(&opts.config);
-    let containerd = containerd_version(&opts.containerd)?;
+    let containerd = containerd_version(opts)?;
     let before = match fs::read(&file) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -964,12 +1045,12 @@ pub fn uninstall(opts: &Options) -> Result<Report> {
 
 /// Restarts containerd so that it reads its changed configuration.
 fn restart(opts: &Options, report: &mut Report) -> Result<()> {
+    let systemctl = Path::new("systemctl");
     let systemd_runs_it = || {
-        Path::new("/run/systemd/system").is_dir()
-            && Command::new("systemctl")
-                .args(["is-active", "--quiet", "containerd"])
-                .status()
-                .is_ok_and(|s| s.success())
+        node_command(opts, systemctl)
+            .args(["is-active", "--quiet", "containerd"])
+            .status()
+            .is_ok_and(|s| s.success())
     };
     match opts.restart {
         Restart::Never => {
@@ -985,10 +1066,12 @@ fn restart(opts: &Options, report: &mut Report) -> Result<()> {
                 "sent SIGTERM to containerd (pid {pid}); its supervisor starts it again"
             ));
         }
-        Restart::Auto if opts.root != Path::new("/") => report.say(format!(
-            "containerd not restarted: the root is {}, not this node's",
-            opts.root.display()
-        )),
+        Restart::Auto if opts.root != Path::new("/") && !opts.host_namespaces => {
+            report.say(format!(
+                "containerd not restarted: the root is {}, not this node's",
+                opts.root.display()
+            ))
+        }
         Restart::Auto | Restart::Systemd => {
             if !systemd_runs_it() {
                 if opts.restart == Restart::Systemd {
@@ -997,7 +1080,7 @@ fn restart(opts: &Options, report: &mut Report) -> Result<()> {
                 report.say("containerd is not run by systemd here: restart it to load the change (or --containerd-pid PID)");
                 return Ok(());
             }
-            let st = Command::new("systemctl")
+            let st = node_command(opts, systemctl)
                 .args(["restart", "containerd"])
                 .status()
                 .context("running systemctl restart containerd")?;

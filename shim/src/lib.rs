@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod check;
 pub mod config;
 pub mod events;
+#[allow(unsafe_code)] // setns(2) between fork and exec, to run the node's containerd and systemctl
 pub mod install;
 pub mod metrics;
 pub mod rootfs;

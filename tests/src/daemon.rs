@@ -149,6 +149,14 @@ pub fn check_containerd() -> Result<ContainerdVersion, HarnessError> {
     Ok(version)
 }
 
+/// `prog` itself when it is a path, else where it is on this process's PATH.
+pub fn which_path(prog: &Path) -> Option<PathBuf> {
+    if prog.components().count() > 1 {
+        return Some(prog.to_path_buf());
+    }
+    which(&prog.to_string_lossy())
+}
+
 /// `prog`'s path on this process's PATH, if it is there.
 pub(crate) fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {

@@ -343,7 +343,7 @@ fn shipped_cri_configs_agree() {
         ]
     );
 
-    let classes = read("runtimeclasses.yaml");
+    let classes = read("kubernetes/runtimeclasses.yaml");
     for (handler, rt) in runtimes {
         let tier = handler.trim_start_matches("strata-");
         assert_eq!(

@@ -224,6 +224,16 @@ fn round_trip(v: ContainerdVersion, containerd: &Path, name: &str, original: &st
             "{v} {name}: /etc/strata/strata-{t}.toml"
         );
     }
+    // The native tier works on this machine, so Node Feature Discovery is told so.
+    let features = fs::read_to_string(
+        root.0
+            .join("etc/kubernetes/node-feature-discovery/features.d/strata"),
+    )
+    .unwrap_or_default();
+    assert!(
+        features.lines().any(|l| l == "strata-native=true"),
+        "{v} {name}: the NFD feature file: {features:?}"
+    );
 
     // Twice: nothing changes.
     let tree = root.tree();
@@ -476,4 +486,262 @@ fn install_refuses_what_it_cannot_merge_safely_and_changes_nothing() {
         tree,
         "a refused install changed files (read-only)"
     );
+}
+
+/// The installer image (`scripts/build-installer-image`, no base image), imported into the
+/// test's containerd and run under runc as the DaemonSet runs it, installs into a node root
+/// bind-mounted at /host and uninstalls again; containerd is the node's (the root's
+/// /usr/bin/containerd, run from inside the container).
+#[test]
+fn the_installer_image_installs_from_a_container() {
+    let test = "install::the_installer_image_installs_from_a_container";
+    let h = strata_tests::harness!();
+    let Some(containerd) = containerd(ContainerdVersion::V1_6, test) else {
+        return;
+    };
+    let containerd = strata_tests::daemon::which_path(&containerd).expect("containerd on PATH");
+    let root = Root::new("image");
+    let original = default_config(&containerd);
+    fs::write(root.config(), &original).unwrap();
+    fs::create_dir_all(root.0.join("usr/bin")).unwrap();
+    fs::copy(&containerd, root.0.join("usr/bin/containerd")).unwrap();
+
+    let name = "localhost/strata-test/installer:latest";
+    let tar = root.0.with_extension("tar");
+    let mut c = Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-installer-image"),
+    );
+    c.arg("--from")
+        .arg(bin_dir())
+        .args(["--name", name])
+        .arg(&tar);
+    let out = exec(c);
+    assert!(out.success(), "build-installer-image: {out}");
+    let out = h.ctr_run(&["images", "import", tar.to_str().unwrap()]);
+    let _ = fs::remove_file(&tar);
+    assert!(out.success(), "importing the installer image: {out}");
+
+    let mount = format!(
+        "type=bind,src={},dst=/host,options=rbind:rw",
+        root.0.display()
+    );
+    let run = |verb: &str| {
+        let id = h.new_id(&format!("installer-{verb}"));
+        h.ctr_run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--mount",
+            &mount,
+            name,
+            &id,
+            "/strata/bin/strata",
+            verb,
+            "--root",
+            "/host",
+            "--containerd",
+            "/host/usr/bin/containerd",
+            "--restart",
+            "never",
+        ])
+    };
+    let out = run("install");
+    assert!(
+        out.success(),
+        "strata install in the installer's container: {out}"
+    );
+    assert!(out.stdout.contains("added strata-native"), "{out}");
+    let handlers = dumped_handlers(&containerd, &root.config());
+    for hname in HANDLERS {
+        assert!(
+            handlers.iter().any(|(n, _)| n == hname),
+            "no {hname}: {handlers:?}"
+        );
+    }
+    assert_eq!(
+        fs::read(root.0.join("usr/local/bin/strata")).ok(),
+        fs::read(bin_dir().join("strata")).ok(),
+        "the image's strata was not put in /usr/local/bin"
+    );
+    let out = run("uninstall");
+    assert!(
+        out.success(),
+        "strata uninstall in the installer's container: {out}"
+    );
+    assert_eq!(fs::read_to_string(root.config()).unwrap(), original);
+    assert!(!root.0.join("usr/local/bin/strata").exists());
+    let _ = h.ctr_run(&["images", "rm", name]);
+}
+
+/// Whether everything `want` holds is in `got` (objects key by key, recursively; arrays item
+/// by item), so that a field the typed object dropped (one Kubernetes does not know) shows.
+fn subset(want: &serde_json::Value, got: &serde_json::Value, at: &str, missing: &mut Vec<String>) {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, v) in w {
+                match g.get(k) {
+                    Some(gv) => subset(v, gv, &format!("{at}.{k}"), missing),
+                    None => missing.push(format!("{at}.{k}")),
+                }
+            }
+        }
+        (Value::Array(w), Value::Array(g)) if w.len() == g.len() => {
+            for (i, (a, b)) in w.iter().zip(g).enumerate() {
+                subset(a, b, &format!("{at}[{i}]"), missing);
+            }
+        }
+        (w, g) if w == g => {}
+        (w, g) => missing.push(format!("{at}: {w} became {g}")),
+    }
+}
+
+/// Parses `text` as the typed object `T`, and fails on a field it does not know.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: &serde_json::Value,
+    file: &str,
+) -> T {
+    let obj: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{file}: not a valid {}: {e}", doc["kind"]));
+    let back = serde_json::to_value(&obj).unwrap();
+    let mut missing = Vec::new();
+    subset(doc, &back, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "{file}: {} fields Kubernetes does not know: {missing:?}",
+        doc["kind"]
+    );
+    obj
+}
+
+/// The manifests in configs/kubernetes are read as the Kubernetes objects they claim to be
+/// (k8s-openapi's types: a wrong type fails, and so does a field the type does not have), and
+/// agree with what `strata install` writes: the RuntimeClasses select on the labels of its
+/// Node Feature Discovery file, the DaemonSet runs the image's install with the node at /host
+/// and uninstalls in preStop.
+#[test]
+fn the_kubernetes_manifests_are_the_objects_they_claim_to_be() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    use serde::Deserialize;
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/kubernetes");
+    let mut classes = Vec::new();
+    let mut daemonsets = Vec::new();
+    let mut accounts = Vec::new();
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            if v.is_null() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::to_value(&v).unwrap();
+            match (v["apiVersion"].as_str(), v["kind"].as_str()) {
+                (Some("node.k8s.io/v1"), Some("RuntimeClass")) => {
+                    classes.push(typed::<RuntimeClass>(&v, &file))
+                }
+                (Some("apps/v1"), Some("DaemonSet")) => {
+                    daemonsets.push(typed::<DaemonSet>(&v, &file))
+                }
+                (Some("v1"), Some("ServiceAccount")) => {
+                    accounts.push(typed::<ServiceAccount>(&v, &file))
+                }
+                other => panic!("{file}: an object of unexpected kind {other:?}"),
+            }
+        }
+    }
+
+    let mut handlers: Vec<&str> = classes.iter().map(|c| c.handler.as_str()).collect();
+    handlers.sort();
+    assert_eq!(
+        handlers,
+        [
+            "strata-microvm",
+            "strata-native",
+            "strata-sentry",
+            "strata-wasm"
+        ]
+    );
+    for c in &classes {
+        let selector = c
+            .scheduling
+            .as_ref()
+            .and_then(|s| s.node_selector.as_ref())
+            .unwrap_or_else(|| panic!("RuntimeClass {} has no nodeSelector", c.handler));
+        // NFD's local source names a label feature.node.kubernetes.io/<name> for a line
+        // <name>=<value> of the file install writes (strata-<tier>=true).
+        assert_eq!(
+            selector
+                .get(&format!("feature.node.kubernetes.io/{}", c.handler))
+                .map(String::as_str),
+            Some("true"),
+            "RuntimeClass {}: {selector:?}",
+            c.handler
+        );
+        assert_eq!(c.metadata.name.as_deref(), Some(c.handler.as_str()));
+    }
+
+    assert_eq!(daemonsets.len(), 1, "one installer DaemonSet");
+    let ds = &daemonsets[0];
+    let pod = ds.spec.template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "install --host-namespaces needs hostPID"
+    );
+    let sa = pod.service_account_name.as_deref().unwrap();
+    assert!(
+        accounts
+            .iter()
+            .any(|a| a.metadata.name.as_deref() == Some(sa)),
+        "the DaemonSet's service account {sa} is not in the manifests"
+    );
+    let host = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == "/"))
+        .expect("a hostPath volume of the node's /");
+    let c = &pod.containers[0];
+    assert!(c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|m| m.name == host.name && m.mount_path == "/host"));
+    let pre_stop = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        pre_stop,
+        [
+            "/strata/bin/strata",
+            "uninstall",
+            "--root=/host",
+            "--host-namespaces"
+        ],
+        "preStop"
+    );
+    // A wrong type is refused (the check above would otherwise prove little).
+    let bad = serde_json::json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "x"}, "handler": ["not", "a", "string"]});
+    assert!(serde_json::from_value::<RuntimeClass>(bad).is_err());
+    let unknown = serde_json::json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "x"}, "handler": "x", "overheads": {}});
+    let back =
+        serde_json::to_value(serde_json::from_value::<RuntimeClass>(unknown.clone()).unwrap())
+            .unwrap();
+    let mut missing = Vec::new();
+    subset(&unknown, &back, "", &mut missing);
+    assert_eq!(missing, [".overheads"], "an unknown field is caught");
 }

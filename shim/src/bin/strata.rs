@@ -70,6 +70,17 @@ struct InstallArgs {
     /// a package or by hand).
     #[arg(long)]
     config_only: bool,
+    /// Run containerd (to check the result) and systemctl in the mount namespace of the node's
+    /// pid 1 (an installer container with hostPID and the node's root at --root).
+    #[arg(long)]
+    host_namespaces: bool,
+    /// Do not write the Node Feature Discovery file naming the tiers that work on this node.
+    #[arg(long)]
+    no_node_features: bool,
+    /// After installing, wait for SIGTERM or SIGINT, then exit 0 (the DaemonSet's container;
+    /// its preStop hook runs `strata uninstall`).
+    #[arg(long)]
+    wait: bool,
     /// How containerd learns of the change: auto (systemd when it runs containerd), systemd,
     /// never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "systemd", "never"])]
@@ -194,6 +205,8 @@ fn run_install(args: InstallArgs, uninstall: bool) -> anyhow::Result<ExitCode> {
     }
     opts.dry_run = args.dry_run;
     opts.config_only = args.config_only;
+    opts.host_namespaces = args.host_namespaces;
+    opts.node_features = !args.no_node_features;
     opts.restart = match (args.containerd_pid, args.restart.as_str()) {
         (Some(pid), _) => Restart::Pid(pid),
         (None, "systemd") => Restart::Systemd,
@@ -208,6 +221,15 @@ fn run_install(args: InstallArgs, uninstall: bool) -> anyhow::Result<ExitCode> {
     print!("{}", report.diff);
     for line in &report.lines {
         println!("strata: {line}");
+    }
+    if args.wait && !uninstall {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.thread_block().context("blocking SIGTERM and SIGINT")?;
+        let sig = set.wait().context("waiting for SIGTERM")?;
+        println!("strata: {sig}: leaving (the preStop hook uninstalls)");
     }
     Ok(ExitCode::SUCCESS)
 }
