@@ -257,18 +257,22 @@ fn config_version(doc: &DocumentMut, containerd: (u32, u32), path: &Path) -> Res
     }
 }
 
+/// The handler `name` in `doc`'s CRI section for config `version`, if there is one.
+fn handler_in<'a>(doc: &'a DocumentMut, version: i64, name: &str) -> Option<&'a Item> {
+    doc.get("plugins")
+        .and_then(|p| p.get(cri_plugin(version)))
+        .and_then(|p| p.get("containerd"))
+        .and_then(|p| p.get("runtimes"))
+        .and_then(|p| p.get(name))
+}
+
 /// The shipped handler table for `tier` in config `version`, with no document positions (so
 /// that it lands beside the file's own handlers).
 fn shipped_handler(version: i64, tier: BackendKind) -> Result<Table> {
     let text = if version >= 3 { SHIPPED_V3 } else { SHIPPED_V2 };
     let doc: DocumentMut = text.parse().context("the shipped handler tables")?;
     let name = format!("strata-{tier}");
-    let t = doc
-        .get("plugins")
-        .and_then(|p| p.get(cri_plugin(version)))
-        .and_then(|p| p.get("containerd"))
-        .and_then(|p| p.get("runtimes"))
-        .and_then(|p| p.get(&name))
+    let t = handler_in(&doc, version, &name)
         .and_then(Item::as_table)
         .ok_or_else(|| anyhow!("the shipped configuration has no handler {name}"))?;
     Ok(fresh(t))
@@ -339,13 +343,7 @@ fn merge(
     for &tier in tiers {
         let ours = shipped_handler(version, tier)?;
         let name = format!("strata-{tier}");
-        let existing = doc
-            .get("plugins")
-            .and_then(|p| p.get(cri_plugin(version)))
-            .and_then(|p| p.get("containerd"))
-            .and_then(|p| p.get("runtimes"))
-            .and_then(|p| p.get(&name));
-        match existing {
+        match handler_in(doc, version, &name) {
             None => planned.push((name, ours)),
             Some(item) => {
                 if plain(item) != plain(&Item::Table(ours)) {
