@@ -397,20 +397,22 @@ fn check_imports(opts: &Options, doc: &DocumentMut, version: i64, file: &Path) -
             let imported: DocumentMut = text
                 .parse()
                 .with_context(|| format!("{} (imported by {})", path.display(), file.display()))?;
-            let plugins = imported.get("plugins");
-            for plugin in [cri_plugin(version), "io.containerd.grpc.v1.cri"] {
-                if plugins.and_then(|p| p.get(plugin)).is_some() {
-                    bail!(
-                        "{} imports {}, which defines [plugins.{plugin:?}]: containerd takes \
-                         that section from the imported file, so handlers merged into {} would \
-                         not be seen; merge Strata's handlers (configs/containerd-strata*.toml) \
-                         into {} by hand, or drop it from `imports`",
-                        file.display(),
-                        path.display(),
-                        file.display(),
-                        path.display()
-                    );
-                }
+            let plugin = cri_plugin(version);
+            if imported
+                .get("plugins")
+                .and_then(|p| p.get(plugin))
+                .is_some()
+            {
+                bail!(
+                    "{} imports {}, which defines [plugins.{plugin:?}]: containerd takes \
+                     that section from the imported file, so handlers merged into {} would \
+                     not be seen; merge Strata's handlers (configs/containerd-strata*.toml) \
+                     into {} by hand, or drop it from `imports`",
+                    file.display(),
+                    path.display(),
+                    file.display(),
+                    path.display()
+                );
             }
         }
     }
