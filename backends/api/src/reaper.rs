@@ -119,10 +119,13 @@ impl Reaper {
 
     fn reap_all(&'static self) {
         let mut st = self.state.lock().unwrap();
-        while st.guards > 0 {
-            st = self.idle.wait(st).unwrap();
-        }
         loop {
+            // Checked before every waitpid: a caller may have taken a guard while the lock was
+            // dropped for a callback, and its child must be left for it to wait for (CI saw
+            // a spawned `sh` reaped away from its own waiter that way).
+            while st.guards > 0 {
+                st = self.idle.wait(st).unwrap();
+            }
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) => {
