@@ -62,7 +62,9 @@ mod tests {
         let same = w2.as_raw_fd();
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("echo five >&5; echo same >&{same}"));
+            // dash reads only one digit in `>&N`: a descriptor of 10 or more (the test
+            // binary's other tests hold files open) is reached through /proc instead.
+            .arg(format!("echo five >&5; echo same >/proc/self/fd/{same}"));
         let held = pass_fds(&mut cmd, &[(w1.as_fd(), 5), (w2.as_fd(), same)]).unwrap();
         // The reaper test in this binary reaps every child (waitpid(-1)): held off, as in
         // the shim, until this one is waited for.
