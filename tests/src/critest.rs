@@ -112,15 +112,23 @@ pub fn parse_report(json: &[u8]) -> Result<Vec<SpecResult>> {
     Ok(out)
 }
 
-/// `s` on one line, cut at `max` characters.
+/// `s` on one line, at most about `max` characters: the start and the end of a longer one,
+/// with ` ... ` between (an error's end often says most: a VM's boot failure ends with the
+/// last lines of its console).
 pub fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        let cut: String = flat.chars().take(max).collect();
-        format!("{cut}...")
-    } else {
-        flat
+    let flat: Vec<char> = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .collect();
+    if flat.len() <= max {
+        return flat.into_iter().collect();
     }
+    let tail = max * 3 / 8;
+    let head: String = flat[..max - tail].iter().collect();
+    let end: String = flat[flat.len() - tail..].iter().collect();
+    format!("{head} ... {end}")
 }
 
 /// passed / failed / skipped.
@@ -571,6 +579,18 @@ mod tests {
             Path::new("/r/strata-wasm_wasm_images_.json")
         );
         assert_eq!(inv.report_path("runc"), Path::new("/r/runc.json"));
+    }
+
+    #[test]
+    fn long_messages_keep_their_start_and_end() {
+        assert_eq!(one_line("a  b\n c", 10), "a b c");
+        let long = format!("start {} console ends: last line", "x ".repeat(200));
+        let s = one_line(&long, 80);
+        assert!(
+            s.starts_with("start x") && s.ends_with("console ends: last line"),
+            "{s}"
+        );
+        assert!(s.chars().count() <= 85, "{s}");
     }
 
     #[test]
