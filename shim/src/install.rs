@@ -756,8 +756,19 @@ fn as_node_sees(opts: &Options, path: &Path) -> PathBuf {
     }
 }
 
+/// Refuses a `--containerd-pid` that names no process, before anything changes.
+fn check_restart(opts: &Options) -> Result<()> {
+    if let (Restart::Pid(pid), false) = (opts.restart, opts.dry_run) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).with_context(|| {
+            format!("--containerd-pid {pid}: no such process to restart; nothing was changed")
+        })?;
+    }
+    Ok(())
+}
+
 /// `strata install`.
 pub fn install(opts: &Options) -> Result<Report> {
+    check_restart(opts)?;
     let mut report = Report::default();
     let file = opts.host(&opts.config);
     let containerd = containerd_version(opts)?;
@@ -906,6 +917,7 @@ pub fn install(opts: &Options) -> Result<Report> {
 
 /// `strata uninstall`.
 pub fn uninstall(opts: &Options) -> Result<Report> {
+    check_restart(opts)?;
     let mut report = Report::default();
     let Some(state) = load_state(opts)? else {
         report.say(format!(

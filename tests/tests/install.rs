@@ -444,6 +444,22 @@ fn install_refuses_what_it_cannot_merge_safely_and_changes_nothing() {
         Some("version = 2\noom_score = \"high\"\n"),
         "containerd does not accept the merged configuration",
     );
+    // A restart by signal to a process that is not there is refused before any change.
+    fs::write(root.config(), "version = 2\n").unwrap();
+    let tree = root.tree();
+    let mut c = Command::new(bin_dir().join("strata"));
+    c.arg("install")
+        .arg("--root")
+        .arg(&root.0)
+        .arg("--containerd")
+        .arg(&c16)
+        .args(["--containerd-pid", "999999999"]);
+    let out = exec(c);
+    assert!(
+        !out.success() && out.stderr.contains("nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(root.tree(), tree);
     // Binaries that are not there.
     fs::write(root.config(), "version = 2\n").unwrap();
     let tree = root.tree();
