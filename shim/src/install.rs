@@ -22,7 +22,6 @@
 //! mounted into the installer's container).
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -526,13 +525,8 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension("strata-tmp");
-    let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    strata_backend::files::write_atomically(path, bytes, mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The directories above `path` (a path on the node) that do not exist under the root yet,
@@ -621,7 +615,7 @@ fn place(path: &Path, src: &Source, mode: u32) -> Result<()> {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let tmp = path.with_extension("strata-tmp");
+            let tmp = strata_backend::files::temporary_for(path);
             fs::copy(from, &tmp)
                 .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;

@@ -2,8 +2,9 @@
 //! node exporter's textfile collector reads (`--collector.textfile.directory=/run/strata/metrics`).
 //!
 //! Every shim on the node adds to the same counters. An addition takes an exclusive `flock` on
-//! `<dir>/.lock`, reads `<dir>/strata.prom`, adds, and writes the file again through a rename,
-//! so the collector never reads half a file. The directory is under `/run`, so the counters
+//! `<dir>/.lock`, reads `<dir>/strata.prom`, adds, and writes the file again through a rename
+//! (`strata.prom.tmp`, which the collector ignores; the lock makes writers take turns), so the
+//! collector never reads half a file. The directory is under `/run`, so the counters
 //! start again at zero when the node boots, as Prometheus counters may.
 //!
 //! A counter that cannot be written (no directory, a read-only `/run`) is logged once at debug
@@ -11,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -133,12 +133,7 @@ pub fn add_in(dir: &Path, name: &str, labels: &[(&str, &str)], v: f64) -> std::i
         Err(e) => return Err(e),
     };
     *values.entry(series(name, labels)).or_insert(0.0) += v;
-    let tmp = dir.join(format!(".{FILE}.{}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(render(&values).as_bytes())?;
-    drop(f);
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    fs::rename(&tmp, &path)
+    crate::files::write_atomically(&path, render(&values).as_bytes(), 0o644)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod counters;
 pub mod error;
+pub mod files;
 pub mod hooks;
 pub mod reaper;
 pub mod spawn;

@@ -8,7 +8,6 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -257,15 +256,10 @@ pub fn wait_gone(procs: &[(u32, u64)], timeout: Duration) -> bool {
 
 /// Writes `record` to `path` atomically (a temporary file renamed over it).
 pub fn write_record(path: &Path, record: &VmRecord) -> Result<(), Error> {
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::Other(format!("encoding {}: {e}", path.display())))?;
-    let mut f =
-        File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    f.write_all(&json)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+    strata_backend::files::write_atomically(path, &json, 0o644)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// Reads a record written by [`write_record`]; None if there is none.

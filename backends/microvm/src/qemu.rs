@@ -159,7 +159,7 @@ impl Paths {
             self.dir.join(format!("{VIRTIOFS_SOCKET}.pid")),
             self.qmp.clone(),
             self.record.clone(),
-            self.record.with_extension("json.tmp"),
+            strata_backend::files::temporary_for(&self.record),
             self.shared_mount.clone(),
         ];
         for name in [VSOCK_NAME, VIRTIOFSD_NAME, QEMU_NAME] {
