@@ -104,7 +104,14 @@ impl AuditLog {
     pub fn record(&self, mut r: Record) {
         let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
         if r.decision != "start" {
-            *st.decisions.entry(r.decision.clone()).or_default() += 1;
+            // Every trapped call passes here: allocate a key only for a decision not seen
+            // since the last flush.
+            match st.decisions.get_mut(r.decision.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    st.decisions.insert(r.decision.clone(), 1);
+                }
+            }
         }
         let now = Instant::now();
         let burst = self.per_second * 10.0;
