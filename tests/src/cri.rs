@@ -137,20 +137,31 @@ pub fn runtimes_section(version: ContainerdVersion, configs: &Path) -> Result<St
             path.display()
         );
     }
-    let mut out = format!(
-        r#"
-[{table}.runc]
-  runtime_type = "io.containerd.runc.v2"
-"#
-    );
-    for line in shipped.lines() {
+    Ok(format!(
+        "\n{}{}",
+        runc_table(version),
+        for_the_test_daemon(&shipped, configs)
+    ))
+}
+
+/// The `runc` handler (the baseline), in `version`'s format.
+fn runc_table(version: ContainerdVersion) -> String {
+    let table = daemon::cri_runtimes_table(version);
+    format!("[{table}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n")
+}
+
+/// Handler tables as the test daemon takes them: without the file's `version` line (the
+/// daemon's config has its own), and with `/etc/strata/` pointed at `configs`.
+fn for_the_test_daemon(text: &str, configs: &Path) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
         if line.trim_start().starts_with("version") {
             continue;
         }
         out.push_str(&line.replace("/etc/strata/", &format!("{}/", configs.display())));
         out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 /// The CRI runtimes section as `strata install` merges it: `runc`, then Strata's handlers
@@ -171,14 +182,12 @@ pub fn runtimes_by_install(
     fs::write(
         &file,
         format!(
-            "version = {}\n\n[{table}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n",
-            version.config_version()
+            "version = {}\n\n{}",
+            version.config_version(),
+            runc_table(version)
         ),
     )?;
-    let containerd = version
-        .bin_dir()
-        .map(|d| d.join("containerd"))
-        .unwrap_or_else(|| PathBuf::from("containerd"));
+    let containerd = version.program("containerd");
     let out = Command::new(strata)
         .args(["install", "--config-only", "--restart", "never", "--root"])
         .arg(&root)
@@ -194,14 +203,7 @@ pub fn runtimes_by_install(
     }
     let merged = fs::read_to_string(&file)?;
     let _ = fs::remove_dir_all(&root);
-    let mut section = String::new();
-    for line in merged.lines() {
-        if line.trim_start().starts_with("version") {
-            continue;
-        }
-        section.push_str(&line.replace("/etc/strata/", &format!("{}/", configs.display())));
-        section.push('\n');
-    }
+    let section = for_the_test_daemon(&merged, configs);
     if !section.contains(&format!("[{table}.strata-")) {
         bail!("strata install merged no [{table}.strata-*] handler:\n{merged}");
     }

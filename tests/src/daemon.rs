@@ -118,12 +118,18 @@ impl ContainerdVersion {
         Ok(())
     }
 
+    /// This version's `prog` (`containerd`, `ctr`): in [`Self::bin_dir`], or the bare name
+    /// (found on PATH) for 1.6.
+    pub fn program(self, prog: &str) -> PathBuf {
+        match self.bin_dir() {
+            Some(dir) => dir.join(prog),
+            None => PathBuf::from(prog),
+        }
+    }
+
     /// A command running this version's `prog` (`containerd`, `ctr`).
     pub fn command(self, prog: &str) -> Command {
-        match self.bin_dir() {
-            Some(dir) => Command::new(dir.join(prog)),
-            None => Command::new(prog),
-        }
+        Command::new(self.program(prog))
     }
 }
 

@@ -31,10 +31,7 @@ fn containerd(v: ContainerdVersion, test: &str) -> Option<PathBuf> {
         skip(test, &format!("containerd {v}: {e}"));
         return None;
     }
-    Some(match v.bin_dir() {
-        Some(d) => d.join("containerd"),
-        None => PathBuf::from("containerd"),
-    })
+    Some(v.program("containerd"))
 }
 
 /// A scratch node root, removed when dropped.
