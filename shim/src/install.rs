@@ -559,10 +559,9 @@ fn save_state(opts: &Options, state: &State) -> Result<()> {
     put(&opts.state_dir().join("state.json"), &json, 0o600)
 }
 
-/// What a placed file holds: shipped text, or a file copied as it is.
+/// What a placed file holds: bytes (shipped or made here), or a file copied as it is.
 enum Source {
-    Bytes(&'static [u8]),
-    Text(String),
+    Bytes(std::borrow::Cow<'static, [u8]>),
     File(PathBuf),
 }
 
@@ -575,9 +574,8 @@ fn same_content(at: &Path, src: &Source) -> Result<Option<bool>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", at.display())),
     };
-    let mut b: Box<dyn Read> = match src {
-        Source::Bytes(bytes) => Box::new(*bytes),
-        Source::Text(t) => Box::new(std::io::Cursor::new(t.clone().into_bytes())),
+    let mut b: Box<dyn Read + '_> = match src {
+        Source::Bytes(bytes) => Box::new(&bytes[..]),
         Source::File(p) => {
             Box::new(fs::File::open(p).with_context(|| format!("reading {}", p.display()))?)
         }
@@ -610,7 +608,6 @@ fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
 fn place(path: &Path, src: &Source, mode: u32) -> Result<()> {
     match src {
         Source::Bytes(b) => put(path, b, mode),
-        Source::Text(t) => put(path, t.as_bytes(), mode),
         Source::File(from) => {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -657,7 +654,7 @@ fn placements(opts: &Options, report: &mut Report) -> Result<Vec<Placement>> {
     for &tier in &opts.tiers {
         out.push(Placement {
             path: Path::new(CONFIG_DIR).join(format!("strata-{tier}.toml")),
-            src: Source::Bytes(tier_config(tier).as_bytes()),
+            src: Source::Bytes(tier_config(tier).as_bytes().into()),
             mode: 0o644,
             keep_existing: true,
         });
@@ -687,7 +684,7 @@ fn placements(opts: &Options, report: &mut Report) -> Result<Vec<Placement>> {
     if opts.node_features {
         out.push(Placement {
             path: PathBuf::from(NFD_FEATURES),
-            src: Source::Text(node_features(&opts.tiers)),
+            src: Source::Bytes(node_features(&opts.tiers).into_bytes().into()),
             mode: 0o644,
             keep_existing: false,
         });
@@ -772,9 +769,10 @@ pub fn install(opts: &Options) -> Result<Report> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
     let text = match &before {
-        Some(b) => String::from_utf8(b.clone())
-            .map_err(|_| anyhow!("{} is not UTF-8 text", file.display()))?,
-        None => String::new(),
+        Some(b) => {
+            std::str::from_utf8(b).map_err(|_| anyhow!("{} is not UTF-8 text", file.display()))?
+        }
+        None => "",
     };
     let mut doc: DocumentMut = text
         .parse()
@@ -787,7 +785,7 @@ pub fn install(opts: &Options) -> Result<Report> {
     let placements = placements(opts, &mut report)?;
 
     if opts.dry_run {
-        report.diff = diff(&opts.config, &text, &merged)?;
+        report.diff = diff(&opts.config, text, &merged)?;
         for p in &placements {
             let verb = match same_content(&opts.host(&p.path), &p.src)? {
                 None => "would put",
