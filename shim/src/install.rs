@@ -747,14 +747,35 @@ fn as_node_sees(opts: &Options, path: &Path) -> PathBuf {
     }
 }
 
-/// Refuses a `--containerd-pid` that names no process, before anything changes.
+/// Refuses a restart that cannot happen, before anything changes: a `--containerd-pid` that
+/// names no process, `--restart systemd` where systemd does not run containerd.
 fn check_restart(opts: &Options) -> Result<()> {
-    if let (Restart::Pid(pid), false) = (opts.restart, opts.dry_run) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).with_context(|| {
-            format!("--containerd-pid {pid}: no such process to restart; nothing was changed")
-        })?;
+    if opts.dry_run {
+        return Ok(());
+    }
+    match opts.restart {
+        Restart::Pid(pid) => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).with_context(|| {
+                format!("--containerd-pid {pid}: no such process to restart; nothing was changed")
+            })?;
+        }
+        Restart::Systemd if !systemd_runs_containerd(opts) => bail!(
+            "--restart systemd: systemd does not run containerd here (systemctl is-active \
+             containerd); nothing was changed"
+        ),
+        _ => {}
     }
     Ok(())
+}
+
+/// Whether `systemctl is-active containerd` (on the node) says it runs.
+fn systemd_runs_containerd(opts: &Options) -> bool {
+    node_command(opts, Path::new("systemctl"))
+        .args(["is-active", "--quiet", "containerd"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `strata install`.
@@ -1049,13 +1070,6 @@ pub fn uninstall(opts: &Options) -> Result<Report> {
 
 /// Restarts containerd so that it reads its changed configuration.
 fn restart(opts: &Options, report: &mut Report) -> Result<()> {
-    let systemctl = Path::new("systemctl");
-    let systemd_runs_it = || {
-        node_command(opts, systemctl)
-            .args(["is-active", "--quiet", "containerd"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     match opts.restart {
         Restart::Never => {
             report.say("containerd not restarted (--restart=never): restart it to load the change")
@@ -1077,14 +1091,14 @@ fn restart(opts: &Options, report: &mut Report) -> Result<()> {
             ))
         }
         Restart::Auto | Restart::Systemd => {
-            if !systemd_runs_it() {
+            if !systemd_runs_containerd(opts) {
                 if opts.restart == Restart::Systemd {
                     bail!("systemd does not run containerd here (systemctl is-active containerd)");
                 }
                 report.say("containerd is not run by systemd here: restart it to load the change (or --containerd-pid PID)");
                 return Ok(());
             }
-            let st = node_command(opts, systemctl)
+            let st = node_command(opts, Path::new("systemctl"))
                 .args(["restart", "containerd"])
                 .status()
                 .context("running systemctl restart containerd")?;

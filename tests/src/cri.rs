@@ -176,38 +176,72 @@ pub fn runtimes_by_install(
     work: &Path,
 ) -> Result<String> {
     let table = daemon::cri_runtimes_table(version);
+    let original = format!(
+        "version = {}\n\n{}",
+        version.config_version(),
+        runc_table(version)
+    );
+    let merged = install_config_only(version, strata, work, &original)?;
+    let section = for_the_test_daemon(&merged, configs);
+    if !section.contains(&format!("[{table}.strata-")) {
+        bail!("strata install merged no [{table}.strata-*] handler:\n{merged}");
+    }
+    Ok(section)
+}
+
+/// containerd `version`'s own `containerd config default`, with Strata's handlers merged by
+/// `strata install --config-only` as on a node that never had a config of its own
+/// edited, and `/etc/strata/` pointed at `configs`: the base of [`CriOptions::default_config`].
+pub fn default_config_by_install(
+    version: ContainerdVersion,
+    configs: &Path,
+    strata: &Path,
+    work: &Path,
+) -> Result<String> {
+    let out = version
+        .command("containerd")
+        .args(["config", "default"])
+        .output()
+        .context("running containerd config default")?;
+    if !out.status.success() {
+        bail!(
+            "containerd config default: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let original = String::from_utf8(out.stdout).context("containerd config default")?;
+    let merged = install_config_only(version, strata, work, &original)?;
+    Ok(merged.replace("/etc/strata/", &format!("{}/", configs.display())))
+}
+
+/// `strata install --config-only --restart never` on a scratch root under `work` whose
+/// containerd config is `original`: the merged file (the root is removed again).
+fn install_config_only(
+    version: ContainerdVersion,
+    strata: &Path,
+    work: &Path,
+    original: &str,
+) -> Result<String> {
     let root = work.join("install-root");
     let file = root.join("etc/containerd/config.toml");
     fs::create_dir_all(file.parent().unwrap())?;
-    fs::write(
-        &file,
-        format!(
-            "version = {}\n\n{}",
-            version.config_version(),
-            runc_table(version)
-        ),
-    )?;
-    let containerd = version.program("containerd");
+    fs::write(&file, original)?;
     let out = Command::new(strata)
         .args(["install", "--config-only", "--restart", "never", "--root"])
         .arg(&root)
         .arg("--containerd")
-        .arg(&containerd)
+        .arg(version.program("containerd"))
         .output()
         .with_context(|| format!("running {} install", strata.display()))?;
+    let merged = fs::read_to_string(&file);
+    let _ = fs::remove_dir_all(&root);
     if !out.status.success() {
         bail!(
             "strata install --config-only failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let merged = fs::read_to_string(&file)?;
-    let _ = fs::remove_dir_all(&root);
-    let section = for_the_test_daemon(&merged, configs);
-    if !section.contains(&format!("[{table}.strata-")) {
-        bail!("strata install merged no [{table}.strata-*] handler:\n{merged}");
-    }
-    Ok(section)
+    Ok(merged?)
 }
 
 /// A bridge + host-local conflist on `bridge`, addresses from `subnet`, leases kept in
@@ -295,6 +329,11 @@ pub struct CriOptions {
     /// The CRI plugin's registry hosts directory (`config_path` of its registry configuration:
     /// `<dir>/<host>/hosts.toml`), e.g. for a registry on loopback; none by default.
     pub registry_config_path: Option<PathBuf>,
+    /// Run containerd on its own `containerd config default` with Strata's handlers merged by
+    /// `strata install`, as a node that never edited its config has it
+    /// ([`default_config_by_install`]), rather than on a config holding only the handlers; the
+    /// test daemon's paths, socket and CRI network settings still replace the default's.
+    pub default_config: bool,
 }
 
 /// A private containerd with the CRI plugin, its pod network and images.
@@ -411,14 +450,20 @@ impl CriEnv {
             options.registry_config_path.as_deref(),
         );
         let strata = crate::harness::shim_dir(testenv).join("strata");
-        cri.push_str(
-            &runtimes_by_install(containerd, &dir.join("configs"), &strata, &dir)
-                .map_err(failed)?,
-        );
+        let configs = dir.join("configs");
+        let base_config = if options.default_config {
+            Some(default_config_by_install(containerd, &configs, &strata, &dir).map_err(failed)?)
+        } else {
+            cri.push_str(
+                &runtimes_by_install(containerd, &configs, &strata, &dir).map_err(failed)?,
+            );
+            None
+        };
         let harness = Harness::start(
             testenv,
             DaemonOptions {
                 cri_config: Some(cri),
+                base_config,
                 ..Default::default()
             },
         )?;

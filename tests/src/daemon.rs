@@ -183,6 +183,10 @@ pub struct DaemonOptions {
     pub cri_config: Option<String>,
     /// Further TOML appended to containerd's config.
     pub extra_config: Option<String>,
+    /// A whole containerd configuration (e.g. `containerd config default` with handlers
+    /// merged) that the daemon's own settings above are laid over, key by key: its paths,
+    /// socket, disabled plugins and CRI settings win, everything else is the base's.
+    pub base_config: Option<String>,
 }
 
 /// Where a running daemon is; what the supervisor reports once it is ready.
@@ -299,7 +303,7 @@ pub fn default_cri_section(
     }
 }
 
-fn config_toml(info: &DaemonInfo, opts: &DaemonOptions) -> String {
+fn config_toml(info: &DaemonInfo, opts: &DaemonOptions) -> Result<String> {
     let version = info.containerd;
     let mut disabled = vec![
         "io.containerd.snapshotter.v1.btrfs",
@@ -364,7 +368,31 @@ disabled_plugins = [{disabled}]
         s.push_str(extra);
         s.push('\n');
     }
-    s
+    match &opts.base_config {
+        Some(base) => overlay(base, &s),
+        None => Ok(s),
+    }
+}
+
+/// `over` laid over `base` (both whole TOML documents): tables merged key by key, every other
+/// value of `over` replacing the base's. Comments and layout of `base` are not kept.
+fn overlay(base: &str, over: &str) -> Result<String> {
+    fn lay(base: &mut toml::Table, over: toml::Table) {
+        for (k, v) in over {
+            match (base.get_mut(&k), v) {
+                (Some(toml::Value::Table(b)), toml::Value::Table(o)) => lay(b, o),
+                (_, v) => {
+                    base.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut doc: toml::Table = base.parse().context("the base config is not TOML")?;
+    let over: toml::Table = over
+        .parse()
+        .context("the test daemon's config is not TOML")?;
+    lay(&mut doc, over);
+    Ok(toml::to_string(&doc)?)
 }
 
 /// A private containerd with the busybox image imported into its namespace.
@@ -399,7 +427,7 @@ impl Daemon {
             info.state.join("supervisor.pid"),
             std::process::id().to_string(),
         )?;
-        fs::write(&info.config, config_toml(info, opts))?;
+        fs::write(&info.config, config_toml(info, opts)?)?;
         let child = Self::spawn_containerd(info, opts)?;
         let tarball = info.state.join("busybox.oci.tar");
         ImageBuilder::busybox(&info.image)?.write_oci_tar(&tarball)?;

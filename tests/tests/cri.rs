@@ -20,12 +20,16 @@ use strata_tests::wasi::{self, Workload};
 use strata_tests::{leaks, not_applicable, skip, tier_gate, HarnessError, Tier};
 
 fn env(test: &str) -> Option<CriEnv> {
+    env_with(test, cri::CriOptions::default())
+}
+
+fn env_with(test: &str, options: cri::CriOptions) -> Option<CriEnv> {
     let test = &format!("cri::{test}");
     if let Some(why) = tier_gate(test) {
         not_applicable(test, &why);
         return None;
     }
-    match CriEnv::start(Path::new(env!("CARGO_BIN_EXE_strata-testenv"))) {
+    match CriEnv::start_with(Path::new(env!("CARGO_BIN_EXE_strata-testenv")), options) {
         Ok(e) => Some(e),
         Err(HarnessError::Missing(why)) => {
             skip(test, &why);
@@ -838,6 +842,150 @@ fn cri_logs_exit_codes_and_oom_kills_reach_the_kubelet() {
         }
 
         remove_and_check(&mut c, &env, &pod, &ids).await;
+    });
+}
+
+/// Every key path of a TOML document with its value (`a.b.c = value`), tables flattened.
+fn key_paths(doc: &toml::Table) -> Vec<(String, toml::Value)> {
+    fn walk(t: &toml::Table, at: &str, out: &mut Vec<(String, toml::Value)>) {
+        for (k, v) in t {
+            let path = format!("{at}{k}");
+            match v {
+                toml::Value::Table(t) => walk(t, &format!("{path}."), out),
+                v => out.push((path, v.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, "", &mut out);
+    out
+}
+
+/// The containerd under test on a node's own config: its `containerd config default`, with
+/// the handlers merged by `strata install` (the other CRI tests start from a config holding
+/// only the handlers). Only what the test daemon must own differs from the default (its
+/// root, state, sockets, disabled plugins, CNI directories, sandbox image, registry path,
+/// `restrict_oom_score_adj`); a pod on the handler under test runs, answers and leaves nothing.
+#[test]
+fn cri_pod_on_containerds_default_config_as_install_merged_it() {
+    let test = "cri_pod_on_containerds_default_config_as_install_merged_it";
+    let Some(env) = env_with(
+        test,
+        cri::CriOptions {
+            default_config: true,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let wasm = env.handler == Tier::Wasm.cri_handler();
+    if wasm {
+        env.import(&wasi::contest_image_builder())
+            .expect("importing the contest image");
+    }
+
+    // The daemon runs the default config: each of its settings is there, with the default's
+    // value unless the test daemon owns it.
+    let owned = [
+        "root",
+        "state",
+        "disabled_plugins",
+        "grpc.address",
+        "ttrpc.address",
+        "debug.level",
+        "plugins.io.containerd.internal.v1.opt.path",
+        "restrict_oom_score_adj",
+        "sandbox_image",
+        "pinned_images.sandbox",
+        "cni.conf_dir",
+        "cni.bin_dir",
+        "cni.bin_dirs",
+        "registry.config_path",
+        "enable_selinux",
+    ];
+    let default = env
+        .harness
+        .info
+        .containerd
+        .command("containerd")
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default");
+    let default: toml::Table = String::from_utf8_lossy(&default.stdout)
+        .parse()
+        .expect("the default config parses");
+    let running: toml::Table = std::fs::read_to_string(&env.harness.info.config)
+        .expect("the daemon's config")
+        .parse()
+        .expect("the daemon's config parses");
+    let running = key_paths(&running);
+    let mut differ = Vec::new();
+    for (path, value) in key_paths(&default) {
+        let owned = owned
+            .iter()
+            .any(|o| path == *o || path.ends_with(&format!(".{o}")));
+        match running.iter().find(|(p, _)| *p == path) {
+            None => differ.push(format!("{path}: missing")),
+            Some((_, v)) if !owned && *v != value => {
+                differ.push(format!("{path}: {v} instead of {value}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "the daemon's config is not containerd's default:\n  {}",
+        differ.join("\n  ")
+    );
+    let handlers = running
+        .iter()
+        .filter(|(p, _)| p.contains(".runtimes.strata-") && p.ends_with(".runtime_type"))
+        .count();
+    assert_eq!(
+        handlers, 4,
+        "install's four handlers in the daemon's config"
+    );
+
+    cri::run_async(async {
+        let mut c = env.client().await.expect("CRI client");
+        let pod_config = env.pod_config("strata-default-config", HashMap::new());
+        let pod = run_pod(&mut c, &env, &pod_config, env.handler).await;
+        let (status, info) = c.pod_status(&pod).await.expect("PodSandboxStatus");
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxReady as i32,
+            "{status:?}"
+        );
+        assert_eq!(info["runtimeHandler"], env.handler, "{info}");
+        if let Some(cfg) = &env.runtime_config {
+            assert_eq!(
+                info.pointer("/runtimeOptions/config_path")
+                    .and_then(|v| v.as_str()),
+                Some(cfg.to_string_lossy().as_ref()),
+                "runtime options of the sandbox: {info}"
+            );
+        }
+        let cfg = if wasm {
+            let argv = Workload::new().sleep().wasi();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let mut cfg = env.container_config("work", &argv);
+            cfg.image.as_mut().unwrap().image = wasi::CONTEST_IMAGE.into();
+            cfg
+        } else {
+            env.container_config("work", &["sleep", "3600"])
+        };
+        let id = start(&mut c, &env, &pod, &cfg, &pod_config).await;
+        let (st, _) = c.container_status(&id).await.expect("ContainerStatus");
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+        if !wasm {
+            let r = c.exec_sync(&id, &["hostname"]).await.expect("ExecSync");
+            assert_eq!(
+                (r.exit_code, r.stdout.trim()),
+                (0, "strata-default-config"),
+                "{r:?}"
+            );
+        }
+        remove_and_check(&mut c, &env, &pod, &[id]).await;
     });
 }
 

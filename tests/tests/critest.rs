@@ -489,6 +489,7 @@ fn critest_on_every_handler_passes_what_runc_passes() {
         Path::new(env!("CARGO_BIN_EXE_strata-testenv")),
         CriOptions {
             registry_config_path: Some(hosts_dir.clone()),
+            ..Default::default()
         },
     ) {
         Ok(e) => e,

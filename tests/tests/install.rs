@@ -80,15 +80,21 @@ fn exec(c: Command) -> Output {
 
 /// `strata <verb> --root <root> --containerd <containerd> --restart never <extra...>`.
 fn strata(verb: &str, root: &Root, containerd: &Path, extra: &[&str]) -> Output {
+    let mut all = vec!["--restart", "never"];
+    all.extend(extra);
+    exec(strata_command(verb, root, containerd, &all))
+}
+
+/// `strata <verb> --root <root> --containerd <containerd> <args...>`, not yet run.
+fn strata_command(verb: &str, root: &Root, containerd: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin_dir().join("strata"));
     c.arg(verb)
         .arg("--root")
         .arg(&root.0)
         .arg("--containerd")
         .arg(containerd)
-        .args(["--restart", "never"])
-        .args(extra);
-    exec(c)
+        .args(args);
+    c
 }
 
 /// `containerd config default` of `containerd`.
@@ -585,6 +591,325 @@ fn the_installer_image_installs_from_a_container() {
     assert_eq!(fs::read_to_string(root.config()).unwrap(), original);
     assert!(!root.0.join("usr/local/bin/strata").exists());
     let _ = h.ctr_run(&["images", "rm", name]);
+}
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Kills a process (and so what dies with it) when dropped; one started in a process group
+/// of its own (`process_group(0)`) with the whole group.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        if nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).ok()
+            == Some(nix::unistd::Pid::from_raw(pid))
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--containerd-pid`: install and uninstall each restart a containerd that its supervisor (a
+/// shell loop, as a non-systemd node has runit or s6) starts again, and the new containerd has
+/// loaded the handlers (its CRI plugin logs its runtimes as it starts). `--restart systemd`
+/// where systemd does not run containerd is refused before anything changes.
+#[test]
+fn install_restarts_containerd_through_its_supervisor() {
+    use std::os::unix::process::CommandExt;
+    let test = "install::install_restarts_containerd_through_its_supervisor";
+    let Some(containerd) = containerd(ContainerdVersion::V1_6, test) else {
+        return;
+    };
+    let containerd = strata_tests::daemon::which_path(&containerd).expect("containerd on PATH");
+    let root = Root::new("restart");
+    let r = root.0.display().to_string();
+    // The node's containerd, on paths of its own under the root (never the machine's).
+    let original = format!(
+        r#"version = 2
+# a node's containerd, with CRI
+root = "{r}/var/lib/containerd"
+state = "{r}/run/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{r}/run/containerd/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{r}/opt/containerd"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{r}/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+"#
+    );
+    fs::write(root.config(), &original).unwrap();
+    let log = root.0.with_extension("log");
+    let supervisor = format!(
+        "for i in 1 2; do echo \"== start $i\"; {} --config {}; done",
+        containerd.display(),
+        root.config().display()
+    );
+    let sup = Killed(
+        Command::new("sh")
+            .args(["-c", &supervisor])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("starting the supervisor"),
+    );
+    let socket = root.0.join("run/containerd/containerd.sock");
+    // containerd `n` of the supervisor: its pid once it serves, and what it logged.
+    let started = |n: u32| -> (u32, String) {
+        strata_tests::cmd::poll(std::time::Duration::from_secs(60), || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let own = text.split(&format!("== start {n}\n")).nth(1)?.to_string();
+            let pid = *children(sup.0.id()).first()?;
+            (socket.exists() && own.contains("containerd successfully booted"))
+                .then_some((pid, own))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "containerd {n} did not start: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+    };
+    let (first, own) = started(1);
+    assert!(!own.contains("strata-native"), "{own}");
+
+    // Refused before anything changes: systemd does not run containerd here.
+    let systemd = Command::new("systemctl")
+        .args(["is-active", "--quiet", "containerd"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !systemd {
+        let tree = root.tree();
+        let out = exec(strata_command(
+            "install",
+            &root,
+            &containerd,
+            &["--restart", "systemd", "--config-only"],
+        ));
+        assert!(!out.success(), "--restart systemd without systemd: {out}");
+        assert!(
+            out.stderr.contains("systemd does not run containerd"),
+            "{out}"
+        );
+        assert_eq!(root.tree(), tree, "a refused install changed files");
+    }
+
+    let pid = first.to_string();
+    let out = exec(strata_command(
+        "install",
+        &root,
+        &containerd,
+        &["--config-only", "--containerd-pid", &pid],
+    ));
+    assert!(out.success(), "install --containerd-pid: {out}");
+    assert!(out.stdout.contains("sent SIGTERM"), "{out}");
+    let (second, own) = started(2);
+    assert_ne!(first, second);
+    for h in HANDLERS {
+        assert!(
+            own.contains(h),
+            "the restarted containerd did not load {h}:\n{own}"
+        );
+    }
+
+    let out = exec(strata_command(
+        "uninstall",
+        &root,
+        &containerd,
+        &["--containerd-pid", &second.to_string()],
+    ));
+    assert!(out.success(), "uninstall --containerd-pid: {out}");
+    // The loop ends with the second containerd: the supervisor exits once it stopped.
+    let mut sup = sup;
+    let st = strata_tests::cmd::poll(std::time::Duration::from_secs(30), || {
+        sup.0.try_wait().ok().flatten()
+    });
+    assert!(st.is_some(), "containerd did not stop at uninstall");
+    assert_eq!(fs::read_to_string(root.config()).unwrap(), original);
+    let _ = fs::remove_file(&log);
+}
+
+/// Where `bin`'s ELF interpreter and libraries are (`ldd`).
+fn libraries(bin: &Path) -> Vec<PathBuf> {
+    let mut c = Command::new("ldd");
+    c.arg(bin);
+    let out = exec(c);
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let p = l.split("=>").last()?.split_whitespace().next()?;
+            p.starts_with('/').then(|| PathBuf::from(p))
+        })
+        .collect()
+}
+
+/// Copies `bin` to `dest` under `root`, with the libraries it loads at their own paths.
+fn copy_with_libraries(bin: &Path, root: &Path, dest: &str) {
+    for p in libraries(bin)
+        .into_iter()
+        .map(|l| (l.clone(), l))
+        .chain([(bin.to_path_buf(), PathBuf::from(dest))])
+    {
+        let to = root.join(p.1.strip_prefix("/").unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&p.0, &to).unwrap_or_else(|e| panic!("copying {}: {e}", p.0.display()));
+    }
+}
+
+/// A private node: a process that is pid 1 of a new pid namespace and whose mount namespace
+/// has `root` as its `/` (pivot_root), as a Kubernetes node's init is to a hostPID
+/// container that has the node's `/` mounted somewhere. Dies with the returned child.
+fn private_node(root: &Path) -> (Killed, u32) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let dir = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+    // The child execs `sleep` as the node init's parent; the init never execs, and closes
+    // every descriptor it inherited (spawn waits for the exec's close-on-exec pipe).
+    let mut c = Command::new("sleep");
+    c.arg("infinity");
+    // SAFETY: between fork and exec only raw system calls on memory made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pid > 0 {
+                return Ok(());
+            }
+            // The node's pid 1.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
+            let dot = c".".as_ptr();
+            let steps = [
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                libc::mount(
+                    dir.as_ptr(),
+                    dir.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ),
+                libc::chdir(dir.as_ptr()),
+                libc::syscall(libc::SYS_pivot_root, dot, dot) as libc::c_int,
+                libc::umount2(dot, libc::MNT_DETACH),
+                libc::chdir(c"/".as_ptr()),
+            ];
+            if steps.iter().any(|&r| r != 0) {
+                libc::_exit(1);
+            }
+            loop {
+                libc::pause();
+            }
+        });
+    }
+    let child = Killed(c.spawn().expect("starting the node"));
+    let node = strata_tests::cmd::poll(std::time::Duration::from_secs(10), || {
+        let pid = *children(child.0.id()).first()?;
+        Path::new(&format!("/proc/{pid}/root/.strata-test-node"))
+            .exists()
+            .then_some(pid)
+    })
+    .expect("the node's init did not take the root as its /");
+    (child, node)
+}
+
+/// `--host-namespaces`, as the DaemonSet runs it: the installer runs in the node's pid
+/// namespace (hostPID) but a mount namespace of its own, with the node's `/` at `--root`. The
+/// node's containerd (at /usr/bin/containerd on the node: 2.1 here) is the one asked for its
+/// version and that checks the result, not the installer's own /usr/bin/containerd (1.6): the
+/// config written is version 3 and 2.1 reads it. Uninstall gives the node back as it was.
+#[test]
+fn host_namespaces_runs_the_nodes_containerd() {
+    let test = "install::host_namespaces_runs_the_nodes_containerd";
+    let (Some(ours), Some(nodes)) = (
+        containerd(ContainerdVersion::V1_6, test),
+        containerd(ContainerdVersion::V2_1, test),
+    ) else {
+        return;
+    };
+    let ours = strata_tests::daemon::which_path(&ours).expect("containerd on PATH");
+    if ours != Path::new("/usr/bin/containerd") {
+        skip(
+            test,
+            &format!(
+                "containerd 1.6 is {}, not /usr/bin/containerd",
+                ours.display()
+            ),
+        );
+        return;
+    }
+    let root = Root::new("hostns");
+    fs::write(root.0.join(".strata-test-node"), "").unwrap();
+    copy_with_libraries(&nodes, &root.0, "/usr/bin/containerd");
+    fs::remove_file(root.config()).ok();
+    let tree = root.tree();
+    let (_node, init) = private_node(&root.0);
+
+    let run = |verb: &str| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--pid=/proc/{init}/ns/pid"))
+            .args(["--", "unshare", "--mount", "--mount-proc", "--"])
+            .arg(bin_dir().join("strata"))
+            .arg(verb)
+            .arg("--root")
+            .arg(&root.0)
+            .args([
+                "--containerd",
+                "/usr/bin/containerd",
+                "--host-namespaces",
+                "--restart",
+                "never",
+            ]);
+        exec(c)
+    };
+    let out = run("install");
+    assert!(out.success(), "install --host-namespaces: {out}");
+    let written = fs::read_to_string(root.config()).unwrap();
+    assert!(
+        written.starts_with("version = 3"),
+        "not written for the node's containerd 2.1:\n{written}"
+    );
+    let handlers = dumped_handlers(&nodes, &root.config());
+    for h in HANDLERS {
+        assert!(handlers.iter().any(|(n, _)| n == h), "no {h}: {handlers:?}");
+    }
+    let out = run("uninstall");
+    assert!(out.success(), "uninstall --host-namespaces: {out}");
+    assert_eq!(root.tree(), tree, "uninstall left the node changed");
 }
 
 /// Whether everything `want` holds is in `got` (objects key by key, recursively; arrays item
