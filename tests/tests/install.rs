@@ -753,6 +753,242 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     let _ = fs::remove_file(&log);
 }
 
+/// A private systemd, booted as pid 1 of its own pid, mount, uts, ipc and cgroup namespaces
+/// with only the test's units (`SYSTEMD_UNIT_PATH`): `containerd.service` runs `containerd`
+/// on the config that `config` puts at /etc/containerd/config.toml (a tmpfs over it, and one
+/// over /var/lib, so that install's files never reach the machine's). Its cgroups are made
+/// under a cgroup of the test's in every hierarchy, removed again with it.
+struct PrivateSystemd {
+    boot: Killed,
+    pid: u32,
+    cgroup: String,
+    log: PathBuf,
+}
+
+impl PrivateSystemd {
+    fn boot(dir: &Path, containerd: &Path, config: &str) -> PrivateSystemd {
+        let units = dir.join("units");
+        fs::create_dir_all(&units).unwrap();
+        let log = dir.join("containerd.log");
+        fs::write(
+            units.join("strata-test.target"),
+            "[Unit]\nDefaultDependencies=no\nWants=containerd.service\n",
+        )
+        .unwrap();
+        fs::write(
+            units.join("containerd.service"),
+            format!(
+                "[Unit]\nDefaultDependencies=no\n[Service]\nExecStartPre=/bin/sh -c 'echo == start >>{log}'\n\
+                 ExecStart={containerd}\nStandardOutput=append:{log}\nStandardError=append:{log}\n",
+                log = log.display(),
+                containerd = containerd.display()
+            ),
+        )
+        .unwrap();
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let cgroup = format!("strata-test-systemd-{}", std::process::id());
+        let script = format!(
+            r#"for h in /sys/fs/cgroup/*/; do
+  [ -w "$h/cgroup.procs" ] && mkdir -p "$h/{cgroup}" && echo $$ >"$h/{cgroup}/cgroup.procs" 2>/dev/null
+done
+exec unshare --pid --fork --kill-child --mount --uts --ipc --cgroup --propagation private sh -c '
+  umount -R /sys/fs/cgroup && mount -t tmpfs tmpfs /run && mount -t proc proc /proc &&
+  mount -t tmpfs tmpfs /etc/containerd && mount -t tmpfs tmpfs /var/lib &&
+  cp {dir}/config.toml /etc/containerd/config.toml &&
+  exec env SYSTEMD_UNIT_PATH={units} /lib/systemd/systemd --system --unit=strata-test.target'"#,
+            dir = dir.display(),
+            units = units.display(),
+        );
+        let boot = Killed(
+            Command::new("sh")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::null())
+                .stdout(fs::File::create(dir.join("systemd.log")).unwrap())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .expect("booting systemd"),
+        );
+        let pid = strata_tests::cmd::poll(std::time::Duration::from_secs(20), || {
+            // The shell is now unshare; its child, systemd.
+            let systemd = *children(boot.0.id()).first()?;
+            let comm = fs::read_to_string(format!("/proc/{systemd}/comm")).ok()?;
+            (comm.trim() == "systemd").then_some(systemd)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "systemd did not boot: {}",
+                fs::read_to_string(dir.join("systemd.log")).unwrap_or_default()
+            )
+        });
+        PrivateSystemd {
+            boot,
+            pid,
+            cgroup,
+            log,
+        }
+    }
+
+    /// `prog args...` on the node: in systemd's pid and mount namespaces.
+    fn on_node(&self, prog: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid.to_string(), "-m", "-p", "--"])
+            .arg(prog)
+            .args(args);
+        exec(c)
+    }
+
+    /// containerd.service's main pid, once it runs.
+    fn containerd_pid(&self) -> Option<u32> {
+        let out = self.on_node(
+            Path::new("systemctl"),
+            &["show", "-p", "MainPID", "--value", "containerd"],
+        );
+        out.stdout.trim().parse().ok().filter(|&p| p != 0)
+    }
+
+    /// The file at `path` as the node sees it.
+    fn read(&self, path: &str) -> String {
+        fs::read_to_string(format!("/proc/{}/root{path}", self.pid)).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateSystemd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.boot.0.wait();
+        let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            let top = h.path().join(&self.cgroup);
+            let _ = strata_tests::cmd::poll(std::time::Duration::from_secs(5), || {
+                let mut dirs = Vec::new();
+                let mut stack = vec![top.clone()];
+                while let Some(d) = stack.pop() {
+                    if let Ok(rd) = fs::read_dir(&d) {
+                        stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                        dirs.push(d);
+                    }
+                }
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                for d in &dirs {
+                    let _ = fs::remove_dir(d);
+                }
+                (!top.exists()).then_some(())
+            });
+        }
+    }
+}
+
+/// `--restart auto` where systemd runs containerd (a private systemd, above): install and
+/// uninstall each restart containerd.service through `systemctl restart`, the restarted
+/// containerd has (then no longer has) the handlers, and uninstall gives the file back.
+#[test]
+fn install_restarts_containerd_through_systemd() {
+    let test = "install::install_restarts_containerd_through_systemd";
+    let Some(containerd) = containerd(ContainerdVersion::V1_6, test) else {
+        return;
+    };
+    let containerd = strata_tests::daemon::which_path(&containerd).expect("containerd on PATH");
+    for prog in [
+        "/lib/systemd/systemd",
+        "/usr/bin/nsenter",
+        "/usr/bin/unshare",
+    ] {
+        if !Path::new(prog).exists() {
+            skip(
+                test,
+                &format!("{prog} is missing (apt-get install systemd util-linux)"),
+            );
+            return;
+        }
+    }
+    let root = Root::new("systemd");
+    let r = root.0.display().to_string();
+    let original = format!(
+        r#"version = 2
+# a node's containerd, run by systemd
+root = "{r}/var/lib/containerd"
+state = "{r}/run/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{r}/run/containerd/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{r}/opt/containerd"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{r}/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+"#
+    );
+    let node = PrivateSystemd::boot(&root.0, &containerd, &original);
+    let booted = |after: Option<u32>| -> (u32, String) {
+        strata_tests::cmd::poll(std::time::Duration::from_secs(60), || {
+            let pid = node.containerd_pid().filter(|&p| Some(p) != after)?;
+            let text = fs::read_to_string(&node.log).unwrap_or_default();
+            let own = text.rsplit("== start\n").next()?.to_string();
+            own.contains("containerd successfully booted")
+                .then_some((pid, own))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "containerd.service did not (re)start: {}",
+                fs::read_to_string(&node.log).unwrap_or_default()
+            )
+        })
+    };
+    let (first, own) = booted(None);
+    assert!(!own.contains("strata-native"), "{own}");
+
+    let strata = bin_dir().join("strata");
+    let args = [
+        "--containerd",
+        containerd.to_str().unwrap(),
+        "--config-only",
+    ];
+    let mut install = vec!["install"];
+    install.extend(args);
+    let out = node.on_node(&strata, &install);
+    assert!(out.success(), "install on a systemd node: {out}");
+    assert!(
+        out.stdout.contains("restarted containerd (systemctl"),
+        "{out}"
+    );
+    let (second, own) = booted(Some(first));
+    for h in HANDLERS {
+        assert!(
+            own.contains(h),
+            "the restarted containerd did not load {h}:\n{own}"
+        );
+    }
+
+    let mut uninstall = vec!["uninstall"];
+    uninstall.extend(args);
+    let out = node.on_node(&strata, &uninstall);
+    assert!(out.success(), "uninstall on a systemd node: {out}");
+    assert!(
+        out.stdout.contains("restarted containerd (systemctl"),
+        "{out}"
+    );
+    let (_, own) = booted(Some(second));
+    assert!(!own.contains("strata-native"), "{own}");
+    assert_eq!(node.read("/etc/containerd/config.toml"), original);
+    assert!(
+        !fs::read_to_string("/etc/containerd/config.toml")
+            .unwrap_or_default()
+            .contains("strata"),
+        "the machine's own containerd config was touched"
+    );
+}
+
 /// Where `bin`'s ELF interpreter and libraries are (`ldd`).
 fn libraries(bin: &Path) -> Vec<PathBuf> {
     let mut c = Command::new("ldd");
