@@ -81,6 +81,69 @@ pub fn module(body: &str) -> Vec<u8> {
     wat::parse_str(format!("(module {PRELUDE} {body})")).expect("valid WAT")
 }
 
+/// A preview 1 echo server on the listening socket preopened at descriptor 3
+/// (`strata.dev/wasm.tcplisten`): it checks that descriptor 3 is a stream socket
+/// (`fd_fdstat_get`) and a preopen that is not a directory (`fd_prestat_get`, tag 1), then
+/// answers `connections` connections, each with `echo: ` and what it read. The first uses
+/// `sock_recv`/`sock_send`, the others `fd_read`/`fd_write`. While the first is open it
+/// opens `.` of descriptor 4 (the container's root, after the socket): that descriptor must
+/// not be the connection's number. Exit codes: 0 done; 10-14 a check failed; 100 + errno,
+/// 200 + errno, 300 + errno an accept, read or write failed.
+pub fn echo_server(connections: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv" (func $recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 300) "echo: ")
+  (data (i32.const 310) ".")
+  (func (export "_start") (local $c i32) (local $i i32) (local $e i32)
+    (if (call $fdstat (i32.const 3) (i32.const 400)) (then (call $exit (i32.const 10))))
+    (if (i32.ne (i32.load8_u (i32.const 400)) (i32.const 6)) (then (call $exit (i32.const 11))))
+    (if (call $prestat (i32.const 3) (i32.const 440)) (then (call $exit (i32.const 12))))
+    (if (i32.ne (i32.load8_u (i32.const 440)) (i32.const 1)) (then (call $exit (i32.const 12))))
+    (loop $conns
+      (local.set $e (call $accept (i32.const 3) (i32.const 0) (i32.const 100)))
+      (if (local.get $e) (then (call $exit (i32.add (i32.const 100) (local.get $e)))))
+      (local.set $c (i32.load (i32.const 100)))
+      (if (i32.eqz (local.get $i)) (then
+        (if (i32.eqz (call $path_open (i32.const 4) (i32.const 0) (i32.const 310) (i32.const 1)
+              (i32.const 2) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 104)))
+          (then
+            (if (i32.eq (i32.load (i32.const 104)) (local.get $c)) (then (call $exit (i32.const 14))))
+            (drop (call $close (i32.load (i32.const 104))))))))
+      (i32.store (i32.const 16) (i32.const 1024))
+      (i32.store (i32.const 20) (i32.const 512))
+      (if (i32.eqz (local.get $i))
+        (then (local.set $e (call $recv (local.get $c) (i32.const 16) (i32.const 1) (i32.const 0) (i32.const 24) (i32.const 28))))
+        (else (local.set $e (call $fd_read (local.get $c) (i32.const 16) (i32.const 1) (i32.const 24)))))
+      (if (local.get $e) (then (call $exit (i32.add (i32.const 200) (local.get $e)))))
+      (i32.store (i32.const 32) (i32.const 300))
+      (i32.store (i32.const 36) (i32.const 6))
+      (i32.store (i32.const 40) (i32.const 1024))
+      (i32.store (i32.const 44) (i32.load (i32.const 24)))
+      (if (i32.eqz (local.get $i))
+        (then (local.set $e (call $send (local.get $c) (i32.const 32) (i32.const 2) (i32.const 0) (i32.const 48))))
+        (else (local.set $e (call $fd_write (local.get $c) (i32.const 32) (i32.const 2) (i32.const 48)))))
+      (if (local.get $e) (then (call $exit (i32.add (i32.const 300) (local.get $e)))))
+      (drop (call $shutdown (local.get $c) (i32.const 2)))
+      (if (call $close (local.get $c)) (then (call $exit (i32.const 13))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $conns (i32.lt_u (local.get $i) (i32.const {connections}))))
+    (call $exit (i32.const 0))))"#
+    ))
+    .expect("valid WAT")
+}
+
 /// The contest's steps, each a NUL-terminated name at a fixed place in its memory (from 512,
 /// 16 bytes apart) and a global `$S_<name>` holding that place.
 const STEPS: &[&str] = &[

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use strata_tests::component::{self, Peer};
 use strata_tests::harness::{Container, CTR_TIMEOUT};
 use strata_tests::pty::PtyChild;
-use strata_tests::wasi::{module, put_module, rootfs, spawn_spec};
+use strata_tests::wasi::{self, module, put_module, rootfs, spawn_spec};
 use strata_tests::{cgroups, cmd, harness, strata_only, Output};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -694,6 +694,94 @@ fn host_network(spec: &mut Value) {
         .retain(|ns| ns["type"] != "network");
 }
 
+/// `strata.dev/wasm.tcplisten`, as the wasmtime CLI's `-S tcplisten`: a preview 1 module
+/// finds a listening socket bound on the annotation's address at descriptor 3 and serves two
+/// connections on it (`wasi::echo_server`: `sock_accept`, `sock_recv`/`sock_send`,
+/// `fd_read`/`fd_write`, `sock_shutdown`, `fd_close`, and a file opened while a connection is
+/// open gets a number of its own), then exits 0; `LISTEN_FDS=1` is in its environment. An
+/// address already in use fails the start saying so; a malformed one fails the create naming
+/// the annotation.
+#[test]
+fn wasm_preview1_module_serves_on_its_preopened_listening_socket() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    let h = harness!();
+    strata_only!(h);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let listening = |c: &Container, wasm: &[u8], address: &str| {
+        let mut spec = wasm_spec(c, wasm, &["/app.wasm"]);
+        host_network(&mut spec);
+        spec["annotations"]["strata.dev/wasm.tcplisten"] = json!(address);
+        spec
+    };
+
+    let c = h.container("wasm-listen");
+    let (bg, path) = spawn_spec(&c, &listening(&c, &wasi::echo_server(2), &addr));
+    for msg in ["first", "second"] {
+        let mut s = cmd::poll(Duration::from_secs(30), || TcpStream::connect(&addr).ok())
+            .unwrap_or_else(|| panic!("nothing listens on {addr}\n{}", c.log()));
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert_eq!(got, format!("echo: {msg}"), "{}", c.log());
+    }
+    let out = bg.wait(CTR_TIMEOUT);
+    assert_eq!(out.code, 0, "the echo server: {out}\n{}", c.log());
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+
+    // SIGTERM while the module waits in sock_accept ends it as SIGTERM does, and frees the port.
+    let c = h.container("wasm-listen-term");
+    let (bg, path) = spawn_spec(&c, &listening(&c, &wasi::echo_server(2), &addr));
+    let s = cmd::poll(Duration::from_secs(30), || TcpStream::connect(&addr).ok());
+    assert!(s.is_some(), "nothing listens on {addr}\n{}", c.log());
+    drop(s);
+    let k = c.kill("SIGTERM");
+    assert!(k.success(), "{k}");
+    let out = bg.wait(CTR_TIMEOUT);
+    assert_eq!(out.code, 143, "SIGTERM in sock_accept: {out}\n{}", c.log());
+    assert!(TcpListener::bind(&addr).is_ok(), "{addr} is still held");
+    let _ = std::fs::remove_file(path);
+    c.remove_and_check();
+
+    let c = h.container("wasm-listen-env");
+    let out = c.run_spec(&listening(&c, &dump_args_env(), &addr), &[]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("LISTEN_FDS=1"), "{out}");
+    c.remove_and_check();
+
+    let held = TcpListener::bind(&addr).unwrap();
+    let c = h.container("wasm-listen-busy");
+    let out = c.run_spec(&listening(&c, &wasi::echo_server(1), &addr), &[]);
+    assert!(!out.success(), "{out}");
+    let said = format!("{}{}", out.stderr, c.log());
+    assert!(
+        said.contains(&format!("listen on {addr}")) && said.contains("in use"),
+        "{out}\n{}",
+        c.log()
+    );
+    drop(held);
+    c.remove_and_check();
+
+    let c = h.container("wasm-listen-bad");
+    let out = c.run_spec(&listening(&c, &wasi::echo_server(1), "localhost:http"), &[]);
+    assert!(!out.success(), "{out}");
+    let said = format!("{}{}", out.stderr, c.log());
+    assert!(
+        said.contains("strata.dev/wasm.tcplisten") && said.contains("\"localhost:http\""),
+        "the refusal names the annotation: {out}\n{}",
+        c.log()
+    );
+    c.remove_and_check();
+}
+
 /// A `wasi:http/proxy` component (`component::http_hello`) served on the address that the
 /// spec's `WASMTIME_HTTP_PROXY_SOCKET_ADDR` names: 1,000 requests from 16 concurrent
 /// keep-alive clients each get the body naming their own path; SIGTERM ends the server with
@@ -1306,6 +1394,7 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
             0o644,
         )
         .file("web.wasm", component::http_hello(), 0o644)
+        .file("echo.wasm", wasi::echo_server(1), 0o644)
         .cmd(&["/app.wasm"]);
     env.import(&image).expect("importing the wasm image");
     cri::run_async(async {
@@ -1419,6 +1508,46 @@ fn wasm_cri_pod_with_handler_strata_wasm() {
             (100, 100),
             "first wrong: {:?}",
             l.first_wrong
+        );
+
+        // A preview 1 module listening on the socket its container's STRATA_WASM_TCPLISTEN
+        // names, in the pod's network namespace: the node reaches it at the pod's IP.
+        let mut echo = env.container_config("echo", &["/echo.wasm"]);
+        echo.image.as_mut().unwrap().image = IMAGE.into();
+        echo.envs.push(k8s_cri::v1::KeyValue {
+            key: "STRATA_WASM_TCPLISTEN".into(),
+            value: "0.0.0.0:9090".into(),
+        });
+        let echo_id = c
+            .start_container(&pod, &echo, &pod_config)
+            .await
+            .unwrap_or_else(|s| {
+                panic!(
+                    "starting the echo module: {s}\n{}",
+                    env.harness.log_lines(&pod, 30)
+                )
+            });
+        let echo_addr = format!("{pod_ip}:9090");
+        let mut conn = cmd::poll(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&echo_addr).ok()
+        })
+        .unwrap_or_else(|| panic!("nothing listens on {echo_addr}"));
+        std::io::Write::write_all(&mut conn, b"from the node").unwrap();
+        let mut got = String::new();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut got);
+        assert_eq!(got, "echo: from the node");
+        let until = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            let (st, _) = c.container_status(&echo_id).await.expect("ContainerStatus");
+            if st.state == ContainerState::ContainerExited as i32 || Instant::now() > until {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            (st.state, st.exit_code),
+            (ContainerState::ContainerExited as i32, 0),
+            "the echo module: {st:?}"
         );
 
         // Tier pinning: the handler's configuration allows wasm only, so an ELF sidecar

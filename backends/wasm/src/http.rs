@@ -302,7 +302,7 @@ impl Shared {
         let mut store = Store::new(
             self.pre.engine(),
             HttpState {
-                ctx: crate::runner::wasi_builder(cfg, false)?.build(),
+                ctx: crate::runner::wasi_builder(cfg, false, 0)?.build(),
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
                 limits: Limits::new(cfg.memory_limit),

@@ -15,9 +15,11 @@ pub mod cache;
 pub mod filter;
 pub mod hook;
 pub mod http;
+mod listen;
 pub mod module;
 mod rofs;
 pub mod runner;
+mod shadow;
 mod sys;
 mod task;
 

@@ -132,6 +132,11 @@ pub struct TaskConfig {
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub network: Network,
+    /// Addresses to listen on for a preview 1 module (`strata.dev/wasm.tcplisten`), bound
+    /// before the task gives up its capabilities and preopened at descriptors 3, 4, ...
+    /// ([`crate::listen`]).
+    #[serde(default)]
+    pub tcplisten: Vec<String>,
 }
 
 /// The settings of every engine: Cranelift, epoch interruption for kills, the component model.
@@ -201,7 +206,8 @@ impl ResourceLimiter for Limits {
 pub struct P1State {
     wasi: WasiP1Ctx,
     limits: Limits,
-    pub(crate) originals: crate::rofs::Originals,
+    pub(crate) originals: crate::shadow::Instances,
+    pub(crate) sockets: crate::listen::Sockets,
 }
 
 /// A preview 2 component's store data.
@@ -248,7 +254,13 @@ pub enum Exit {
 /// The WASI context of `cfg`. With `kernel_ro`, a read-only preopen that is a read-only mount
 /// gets write permission, so that a write fails in the kernel (EROFS, which [`crate::rofs`]
 /// passes on as `rofs`); otherwise it has none (wasmtime-wasi answers `perm`).
-pub(crate) fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Result<WasiCtxBuilder> {
+/// `holders` more read-only openings of the first preopened directory come first: they hold
+/// the numbers of a preview 1 module's listening sockets ([`crate::listen`]).
+pub(crate) fn wasi_builder(
+    cfg: &TaskConfig,
+    kernel_ro: bool,
+    holders: usize,
+) -> wasmtime::Result<WasiCtxBuilder> {
     let mut b = WasiCtxBuilder::new();
     b.inherit_stdio().args(&cfg.args).envs(&cfg.env);
     // wasmtime-wasi's default already allows no socket address and no name lookup; with no
@@ -257,6 +269,11 @@ pub(crate) fn wasi_builder(cfg: &TaskConfig, kernel_ro: bool) -> wasmtime::Resul
     b.allow_tcp(net).allow_udp(net).allow_ip_name_lookup(net);
     if net {
         b.inherit_network();
+    }
+    let held = cfg.preopens.iter().take(1).cycle().take(holders);
+    for p in held {
+        b.preopened_dir(&p.path, &p.guest, FsPerms::ReadOnly)
+            .map_err(|e| wasmtime::format_err!("cannot open {}: {e}", p.path.display()))?;
     }
     for p in &cfg.preopens {
         let perms = if p.readonly && !(kernel_ro && p.read_only_mount) {
@@ -307,6 +324,9 @@ pub enum Linked {
     Module {
         pre: wasmtime::InstancePre<P1State>,
         export: String,
+        /// The addresses to listen on, then (after [`Linked::bind`]) the listeners.
+        listen: Vec<String>,
+        listeners: Vec<std::net::TcpListener>,
     },
     Component {
         pre: CommandPre<P2State>,
@@ -332,22 +352,38 @@ pub fn link(
             check_export(&module, &export, name, cfg)?;
             let mut linker: Linker<P1State> = Linker::new(engine);
             wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
-            // Preview 1 numbers the preopens from 3, in order.
-            let ro_fds: Vec<i32> = (3..)
+            // Preview 1 numbers the preopens from 3, in order, after the listening sockets.
+            let ro_fds: Vec<i32> = (3 + cfg.tcplisten.len() as i32..)
                 .zip(&cfg.preopens)
                 .filter(|(_, p)| p.readonly && p.read_only_mount)
                 .map(|(fd, _)| fd)
                 .collect();
             crate::rofs::shadow(&mut linker, &ro_fds)?;
+            if !cfg.tcplisten.is_empty() {
+                crate::listen::shadow(&mut linker)?;
+            }
             let pre = linker.instantiate_pre(&module).map_err(|e| {
                 wasmtime::format_err!(
                     "{} imports what WASI preview 1 does not provide: {e:#}",
                     name
                 )
             })?;
-            Linked::Module { pre, export }
+            Linked::Module {
+                pre,
+                export,
+                listen: cfg.tcplisten.clone(),
+                listeners: Vec::new(),
+            }
         }
         Compiled::Component(component) => {
+            if !cfg.tcplisten.is_empty() {
+                wasmtime::bail!(
+                    "{} is a component: {} preopens listening sockets for preview 1 modules; \
+                     a component listens through wasi:sockets (strata.dev/wasm.network=inherit)",
+                    name,
+                    crate::listen::ANNOTATION
+                );
+            }
             if let Some(e) = &cfg.export {
                 wasmtime::bail!(
                     "`#{e}` names an export, but {} is a component: components run through wasi:cli/run",
@@ -429,11 +465,18 @@ fn check_export(
 }
 
 impl Linked {
-    /// Binds the listening socket of a proxy component (in the container's network namespace,
-    /// before the task gives up its capabilities); whether the task serves HTTP.
+    /// Binds the listening sockets of a proxy component or of a module given
+    /// `strata.dev/wasm.tcplisten` (in the container's network namespace, before the task
+    /// gives up its capabilities); whether the task serves on them.
     pub fn bind(&mut self) -> Result<bool, String> {
         match self {
             Linked::Proxy(server) => server.bind().map(|()| true),
+            Linked::Module {
+                listen, listeners, ..
+            } if !listen.is_empty() => {
+                *listeners = crate::listen::bind(listen)?;
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }
@@ -443,14 +486,22 @@ impl Linked {
     pub fn prepare(self, engine: &Engine, cfg: &TaskConfig) -> wasmtime::Result<Prepared> {
         let limits = Limits::new(cfg.memory_limit);
         Ok(match self {
-            Linked::Module { pre, export } => {
-                let wasi = wasi_builder(cfg, true)?.build_p1();
+            Linked::Module {
+                pre,
+                export,
+                listeners,
+                ..
+            } => {
+                let dirs = !cfg.preopens.is_empty();
+                let holders = crate::listen::holders(listeners.len(), cfg.preopens.len());
+                let wasi = wasi_builder(cfg, true, holders)?.build_p1();
                 let mut store = Store::new(
                     engine,
                     P1State {
                         wasi,
                         limits,
                         originals: Default::default(),
+                        sockets: crate::listen::Sockets::new(listeners, dirs),
                     },
                 );
                 store.limiter(|s| &mut s.limits);
@@ -459,7 +510,7 @@ impl Linked {
             Linked::Component { pre } => {
                 // wasmtime-wasi's preview 2 also answers EROFS with `io`; a component keeps
                 // preopens without write permission (`not-permitted`).
-                let ctx = wasi_builder(cfg, false)?.build();
+                let ctx = wasi_builder(cfg, false, 0)?.build();
                 let mut store = Store::new(
                     engine,
                     P2State {
@@ -632,6 +683,7 @@ mod tests {
             memory_limit: None,
             cache_dir: None,
             network: Network::None,
+            tcplisten: vec![],
         }
     }
 

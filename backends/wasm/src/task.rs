@@ -42,6 +42,7 @@ pub fn task_config(
     let root = module::rootfs_of(&opts.bundle, spec);
     let cwd = process.cwd().to_string_lossy().into_owned();
     let spec_env = process.env().clone().unwrap_or_default();
+    let tcplisten = tcplisten_of(spec, &spec_env)?;
     // The same lookup as the ELF check that sent the container here (`entrypoint_is_elf`).
     let found = (!path.is_empty())
         .then(|| module::find_entrypoint(&root, &cwd, path, module::search_path(&spec_env)));
@@ -73,13 +74,18 @@ pub fn task_config(
     if let Some(a0) = wasm_args.first_mut() {
         *a0 = path.to_string();
     }
-    let env = spec_env
+    let mut env: Vec<(String, String)> = spec_env
         .into_iter()
         .map(|e| match e.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
             None => (e, String::new()),
         })
         .collect();
+    // The listening sockets' count, as systemd's socket activation and `wasmtime --listenfd`
+    // say it: they are at 3, 4, ...
+    if !tcplisten.is_empty() && !env.iter().any(|(k, _)| k == "LISTEN_FDS") {
+        env.push(("LISTEN_FDS".into(), tcplisten.len().to_string()));
+    }
     let readonly_root = spec
         .root()
         .as_ref()
@@ -142,7 +148,28 @@ pub fn task_config(
         memory_limit,
         cache_dir,
         network,
+        tcplisten,
     })
+}
+
+/// The addresses a preview 1 module listens on: the container's `STRATA_WASM_TCPLISTEN`
+/// (one container's, as a Kubernetes pod spec can set it), else the annotation (the pod's
+/// or `ctr`'s); none without either.
+fn tcplisten_of(spec: &oci_spec::runtime::Spec, env: &[String]) -> Result<Vec<String>> {
+    use crate::listen::{parse, ANNOTATION, ENV};
+    let from_env = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix(ENV)?.strip_prefix('='));
+    let (value, said) = match from_env {
+        Some(v) => (v, ENV),
+        None => match spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION)) {
+            Some(v) => (v.as_str(), ANNOTATION),
+            None => return Ok(Vec::new()),
+        },
+    };
+    let addresses = parse(value).map_err(|e| invalid(format!("{said}={value:?}: {e}")))?;
+    Ok(addresses.iter().map(ToString::to_string).collect())
 }
 
 /// The task's network: the annotation's, else `default`.
@@ -192,5 +219,28 @@ mod tests {
             err.contains(NETWORK_ANNOTATION) && err.contains("\"host\"") && err.contains("inherit"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tcplisten_is_the_containers_variable_else_the_annotation() {
+        use crate::listen::{ANNOTATION, ENV};
+        let mut spec = oci_spec::runtime::Spec::default();
+        assert!(tcplisten_of(&spec, &[]).unwrap().is_empty());
+        spec.set_annotations(Some(
+            [(ANNOTATION.to_string(), "0.0.0.0:8080".to_string())].into(),
+        ));
+        assert_eq!(tcplisten_of(&spec, &[]).unwrap(), ["0.0.0.0:8080"]);
+        let env = vec![
+            "PATH=/bin".to_string(),
+            format!("{ENV}=127.0.0.1:9090, [::1]:9091"),
+        ];
+        assert_eq!(
+            tcplisten_of(&spec, &env).unwrap(),
+            ["127.0.0.1:9090", "[::1]:9091"]
+        );
+        let err = tcplisten_of(&spec, &[format!("{ENV}=:80")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV) && err.contains("\":80\""), "{err}");
     }
 }
