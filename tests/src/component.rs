@@ -382,8 +382,14 @@ pub fn http_relay_body(status: u16) -> String {
 /// A `wasi:http/proxy` component whose handler first asks `http://{upstream}/upstream`
 /// through `wasi:http/outgoing-handler` and answers `200` with [`http_relay_body`] of the
 /// upstream's status, or `outgoing error N` / `upstream error N` with the number of the
-/// `wasi:http` error code (15 is `HTTP-request-denied`) when the request failed.
+/// `wasi:http` error code (15 is `HTTP-request-denied`, 13 `TLS-certificate-error`) when the
+/// request failed.
 pub fn http_relay(upstream: &str) -> Vec<u8> {
+    http_relay_to(upstream, false)
+}
+
+/// [`http_relay`], asking `https://{upstream}/upstream` when `https`.
+pub fn http_relay_to(upstream: &str, https: bool) -> Vec<u8> {
     proxy(&format!(
         r#"(data (i32.const 1100) "upstream said ")
     (data (i32.const 1130) "outgoing error ")
@@ -403,8 +409,8 @@ pub fn http_relay(upstream: &str) -> Vec<u8> {
       (call $end (local.get $stream)))
     (func (export "handle") (param $req i32) (param $out i32) (local $oreq i32) (local $fut i32) (local $p i32)
       (local.set $oreq (call $new-request (call $new-fields)))
-      ;; set-scheme(some(HTTP)), set-authority(some(upstream)), set-path-with-query(some(path))
-      (drop (call $set-scheme (local.get $oreq) (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)))
+      ;; set-scheme(some(HTTP or HTTPS)), set-authority(some(upstream)), set-path-with-query(some(path))
+      (drop (call $set-scheme (local.get $oreq) (i32.const 1) (i32.const {scheme}) (i32.const 0) (i32.const 0)))
       (drop (call $set-authority (local.get $oreq) (i32.const 1) (i32.const 1200) (i32.const {authority_len})))
       (drop (call $set-path (local.get $oreq) (i32.const 1) (i32.const 1280) (i32.const 9)))
       ;; handle(request, none): result<own<future-incoming-response>, error-code> at 400,
@@ -429,6 +435,7 @@ pub fn http_relay(upstream: &str) -> Vec<u8> {
       (call $say (local.get $out) (i32.const 1100) (i32.const 14) (call $status (i32.load (i32.const 536)))))"#,
         authority = upstream,
         authority_len = upstream.len(),
+        scheme = u8::from(https),
     ))
 }
 

@@ -694,6 +694,144 @@ fn host_network(spec: &mut Value) {
         .retain(|ns| ns["type"] != "network");
 }
 
+/// Outgoing `https` from a `wasi:http` component (network `inherit`) is TLS verified against
+/// the container's own CA bundle, as a program in the container would verify it: an upstream
+/// (`openssl s_server`) whose certificate a test CA signed answers when that CA is the
+/// container's `/etc/ssl/certs/ca-certificates.crt`, or the file `SSL_CERT_FILE` names; with
+/// no CA of the container's trusting it, the request fails with `TLS-certificate-error` (13).
+#[test]
+fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
+    use std::net::{SocketAddr, TcpListener};
+    use strata_tests::http;
+
+    let h = harness!();
+    strata_only!(h);
+    let dir = std::env::temp_dir().join(format!("strata-wasm-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args).current_dir(&dir);
+        let out = cmd::run(c, None, Duration::from_secs(60)).expect("running openssl");
+        assert!(out.success(), "openssl {args:?}: {out}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=strata test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "srv.key", "-out", "srv.csr"]);
+    openssl(&csr);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "srv.pem",
+    ]);
+    let ca_pem = std::fs::read(dir.join("ca.pem")).unwrap();
+
+    let upstream_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = format!("127.0.0.1:{upstream_port}");
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &upstream])
+        .args(["-cert", "srv.pem", "-key", "srv.key"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let up: SocketAddr = upstream.parse().unwrap();
+    assert!(
+        cmd::poll(Duration::from_secs(20), || std::net::TcpStream::connect(up)
+            .ok())
+        .is_some(),
+        "openssl s_server does not listen on {upstream}"
+    );
+
+    let relay = component::http_relay_to(&upstream, true);
+    for (case, ca_at, cert_file, want) in [
+        (
+            "bundle",
+            Some("/etc/ssl/certs/ca-certificates.crt"),
+            None,
+            "upstream said 200\n",
+        ),
+        (
+            "SSL_CERT_FILE",
+            Some("/ca.pem"),
+            Some("/ca.pem"),
+            "upstream said 200\n",
+        ),
+        ("untrusted", None, None, "upstream error 013\n"),
+    ] {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let c = h.container("wasm-https");
+        let mut spec = wasm_spec(&c, &relay, &["/app.wasm"]);
+        host_network(&mut spec);
+        let mut env = vec![format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}")];
+        if let Some(f) = cert_file {
+            env.push(format!("SSL_CERT_FILE={f}"));
+        }
+        spec["process"]["env"] = json!(env);
+        spec["annotations"]["strata.dev/wasm.network"] = json!("inherit");
+        if let Some(at) = ca_at {
+            let file = rootfs(&spec).join(at.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, &ca_pem).unwrap();
+        }
+        let (bg, path) = spawn_spec(&c, &spec);
+        assert!(
+            http::wait_for(addr, Duration::from_secs(30)),
+            "nothing served on {addr}\n{}",
+            c.log()
+        );
+        let got = http::Client::connect(addr).and_then(|mut cl| cl.get("/"));
+        let got = got.unwrap_or_else(|e| panic!("{case}: {e}\n{}", c.log()));
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, want),
+            "{case}\n{}",
+            c.log()
+        );
+        let k = c.kill("SIGKILL");
+        assert!(k.success(), "{k}");
+        let _ = bg.wait(CTR_TIMEOUT);
+        let _ = std::fs::remove_file(path);
+        c.remove_and_check();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `strata.dev/wasm.tcplisten`, as the wasmtime CLI's `-S tcplisten`: a preview 1 module
 /// finds a listening socket bound on the annotation's address at descriptor 3 and serves two
 /// connections on it (`wasi::echo_server`: `sock_accept`, `sock_recv`/`sock_send`,

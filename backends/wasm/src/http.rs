@@ -7,9 +7,10 @@
 //! The listening socket is bound in the container's init before it gives up its capabilities
 //! (so a spec that keeps `CAP_NET_BIND_SERVICE` may serve port 80), in the container's network
 //! namespace. Outgoing requests (`wasi:http/outgoing-handler`) follow the task's network
-//! policy ([`crate::runner::Network`]): refused with `HTTP-request-denied` unless it is `inherit`, and then
-//! plain HTTP only (the runner carries no TLS client: `https` is refused with
-//! `TLS-protocol-error`).
+//! policy ([`crate::runner::Network`]): refused with `HTTP-request-denied` unless it is
+//! `inherit`, and then HTTP/1.1 over TCP or, for `https`, over TLS (rustls) verified against
+//! the container's own CA bundle, as a program in the container would verify it
+//! ([`client_tls`]): an untrusted certificate is `TLS-certificate-error`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,6 +107,8 @@ impl WasiHttpView for HttpState {
 /// The task's policy for outgoing requests.
 struct Hooks {
     network: bool,
+    /// How `https` requests are verified (the container's trust roots).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 type SendFuture = Box<
@@ -127,22 +130,75 @@ impl WasiHttpHooks for Hooks {
         options: Option<RequestOptions>,
         _body_written: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
-        let network = self.network;
+        let (network, tls) = (self.network, self.tls.clone());
         Box::new(async move {
             if !network {
                 return Err(HttpError::HttpRequestDenied);
             }
-            send_plain(request, options).await
+            send(request, options, tls).await
         })
     }
 }
 
-/// An outgoing request over plain HTTP/1.1: connect (through the container's resolver and
-/// network), hand the request to hyper, return the response once its head is in and the
-/// connection's own future, which the caller drives to the body's end.
-async fn send_plain(
+/// Where distributions keep their CA bundle (Debian, Ubuntu and Alpine; Fedora and RHEL;
+/// others), the places OpenSSL and Go look.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The TLS client of outgoing `https` requests: the trust roots of the container (read where
+/// the task runs, its root being the container's), from the file the spec's `SSL_CERT_FILE`
+/// names or else the first of [`CA_BUNDLES`] there is; with none, every certificate is
+/// untrusted, which stderr says once.
+fn client_tls(cfg: &TaskConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let named = cfg
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SSL_CERT_FILE")
+        .map(|(_, v)| v.as_str());
+    let file = named.or_else(|| {
+        CA_BUNDLES
+            .iter()
+            .copied()
+            .find(|p| std::path::Path::new(p).is_file())
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(file) = file {
+        if let Ok(certs) = CertificateDer::pem_file_iter(file) {
+            roots.add_parsable_certificates(certs.flatten());
+        }
+    }
+    if roots.is_empty() {
+        eprintln!(
+            "strata-wasm: no CA certificate in {} of the container: outgoing https requests \
+             will fail their certificate check",
+            file.unwrap_or(CA_BUNDLES[0])
+        );
+    }
+    // ring, not aws-lc-rs (rustls' default, which needs cmake and a C build several times
+    // the size): rustls deprecates ring's provider for lacking post-quantum key exchange.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An outgoing request over HTTP/1.1, on TCP or (`https`) TLS: connect (through the
+/// container's resolver and network), hand the request to hyper, return the response once its
+/// head is in and the connection's own future, which the caller drives to the body's end.
+async fn send(
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    tls: Arc<rustls::ClientConfig>,
 ) -> Result<
     (
         http::Response<WasiBody>,
@@ -150,16 +206,15 @@ async fn send_plain(
     ),
     HttpError,
 > {
-    if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-        return Err(HttpError::TlsProtocolError);
-    }
+    let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
     let authority = request
         .uri()
         .authority()
-        .ok_or(HttpError::HttpRequestUriInvalid)?;
+        .ok_or(HttpError::HttpRequestUriInvalid)?
+        .clone();
     let target = match authority.port() {
         Some(_) => authority.to_string(),
-        None => format!("{authority}:80"),
+        None => format!("{authority}:{}", if https { 443 } else { 80 }),
     };
     let wait = |t: Option<Duration>| t.unwrap_or(Duration::from_secs(600));
     let connect = wait(options.and_then(|o| o.connect_timeout));
@@ -168,8 +223,6 @@ async fn send_plain(
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?
         .map_err(HttpError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
     let path = request
         .uri()
         .path_and_query()
@@ -177,6 +230,52 @@ async fn send_plain(
         .unwrap_or("/")
         .to_string();
     *request.uri_mut() = path.parse().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    if !https {
+        return exchange(stream, request, first_byte).await;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let stream = tokio::time::timeout(
+        connect,
+        tokio_rustls::TlsConnector::from(tls).connect(name, stream),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)?
+    .map_err(|e| {
+        let tls = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(rustls::Error::InvalidCertificate(_)) => HttpError::TlsCertificateError,
+            Some(rustls::Error::AlertReceived(a)) => HttpError::TlsAlertReceived {
+                alert_id: Some(u8::from(*a)),
+                alert_message: Some(format!("{a:?}")),
+            },
+            _ => HttpError::TlsProtocolError,
+        }
+    })?;
+    exchange(stream, request, first_byte).await
+}
+
+/// One request and its response on a connected `stream`.
+async fn exchange<S>(
+    stream: S,
+    request: http::Request<WasiBody>,
+    first_byte: Duration,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let conn = tokio::spawn(conn);
     let response = tokio::time::timeout(first_byte, sender.send_request(request))
         .await
         .map_err(|_| HttpError::ConnectionReadTimeout)??;
@@ -252,6 +351,7 @@ impl Server {
         let shared = Arc::new(Shared {
             pre: self.pre,
             cfg: cfg.clone(),
+            tls: client_tls(cfg)?,
         });
         rt.block_on(async move {
             let listener =
@@ -288,6 +388,7 @@ impl Server {
 struct Shared {
     pre: ProxyPre<HttpState>,
     cfg: TaskConfig,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Shared {
@@ -308,6 +409,7 @@ impl Shared {
                 limits: Limits::new(cfg.memory_limit),
                 hooks: Hooks {
                     network: cfg.network.allowed(),
+                    tls: self.tls.clone(),
                 },
             },
         );
