@@ -96,16 +96,7 @@ fn cri_pod_with_two_containers_runs_in_one_shim_and_leaves_nothing() {
             "pod IP {pod_ip:?} is not from the test's subnet {}",
             env.subnet
         );
-        assert_eq!(info["runtimeHandler"], env.handler, "{info}");
-        if let Some(cfg) = &env.runtime_config {
-            // The handler's options reach containerd as runtimeoptions.v1.Options.
-            assert_eq!(
-                info.pointer("/runtimeOptions/config_path")
-                    .and_then(|v| v.as_str()),
-                Some(cfg.to_string_lossy().as_ref()),
-                "runtime options of the sandbox: {info}"
-            );
-        }
+        assert_handler(&env, &info);
         let netns = cri::netns_path(&info).expect("the sandbox's network namespace path");
         let netns_link = cri::ns_link(&netns).expect("the sandbox's netns");
         let sandbox_pid = cri::info_pid(&info).expect("sandbox pid");
@@ -956,15 +947,7 @@ fn cri_pod_on_containerds_default_config_as_install_merged_it() {
             PodSandboxState::SandboxReady as i32,
             "{status:?}"
         );
-        assert_eq!(info["runtimeHandler"], env.handler, "{info}");
-        if let Some(cfg) = &env.runtime_config {
-            assert_eq!(
-                info.pointer("/runtimeOptions/config_path")
-                    .and_then(|v| v.as_str()),
-                Some(cfg.to_string_lossy().as_ref()),
-                "runtime options of the sandbox: {info}"
-            );
-        }
+        assert_handler(&env, &info);
         let cfg = if wasm {
             let argv = Workload::new().sleep().wasi();
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -987,6 +970,20 @@ fn cri_pod_on_containerds_default_config_as_install_merged_it() {
         }
         remove_and_check(&mut c, &env, &pod, &[id]).await;
     });
+}
+
+/// The sandbox runs on the env's handler, whose options (Strata's config path) reach
+/// containerd as runtimeoptions.v1.Options.
+fn assert_handler(env: &CriEnv, info: &serde_json::Value) {
+    assert_eq!(info["runtimeHandler"], env.handler, "{info}");
+    if let Some(cfg) = &env.runtime_config {
+        assert_eq!(
+            info.pointer("/runtimeOptions/config_path")
+                .and_then(|v| v.as_str()),
+            Some(cfg.to_string_lossy().as_ref()),
+            "runtime options of the sandbox: {info}"
+        );
+    }
 }
 
 /// RunPodSandbox on `handler`; panics with containerd's log.

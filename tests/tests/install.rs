@@ -593,6 +593,33 @@ fn the_installer_image_installs_from_a_container() {
     let _ = h.ctr_run(&["images", "rm", name]);
 }
 
+/// A node's containerd configuration (`# a node's containerd, {who}`) with CRI and runc, on
+/// paths of its own under `root` (never the machine's).
+fn node_config(root: &Root, who: &str) -> String {
+    let r = root.0.display().to_string();
+    format!(
+        r#"version = 2
+# a node's containerd, {who}
+root = "{r}/var/lib/containerd"
+state = "{r}/run/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{r}/run/containerd/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{r}/opt/containerd"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{r}/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+"#
+    )
+}
+
 /// The pids of `pid`'s children.
 fn children(pid: u32) -> Vec<u32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -635,29 +662,7 @@ fn install_restarts_containerd_through_its_supervisor() {
     };
     let containerd = strata_tests::daemon::which_path(&containerd).expect("containerd on PATH");
     let root = Root::new("restart");
-    let r = root.0.display().to_string();
-    // The node's containerd, on paths of its own under the root (never the machine's).
-    let original = format!(
-        r#"version = 2
-# a node's containerd, with CRI
-root = "{r}/var/lib/containerd"
-state = "{r}/run/containerd"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{r}/run/containerd/containerd.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{r}/opt/containerd"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{r}/etc/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-"#
-    );
+    let original = node_config(&root, "with CRI");
     fs::write(root.config(), &original).unwrap();
     let log = root.0.with_extension("log");
     let supervisor = format!(
@@ -907,28 +912,7 @@ fn install_restarts_containerd_through_systemd() {
         }
     }
     let root = Root::new("systemd");
-    let r = root.0.display().to_string();
-    let original = format!(
-        r#"version = 2
-# a node's containerd, run by systemd
-root = "{r}/var/lib/containerd"
-state = "{r}/run/containerd"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{r}/run/containerd/containerd.sock"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{r}/opt/containerd"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{r}/etc/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-"#
-    );
+    let original = node_config(&root, "run by systemd");
     let node = PrivateSystemd::boot(&root.0, &containerd, &original);
     let booted = |after: Option<u32>| -> (u32, String) {
         strata_tests::cmd::poll(std::time::Duration::from_secs(60), || {

@@ -686,6 +686,30 @@ fn wasm_network_is_off_unless_the_annotation_allows_it() {
     let _ = std::fs::remove_file(&hosts);
 }
 
+/// Runs `spec` (a served component) in `c`, GETs `/` from `addr` once it serves, and stops
+/// it (SIGKILL); the answer. `case` names the run in a failure.
+fn serve_and_get(
+    c: &Container,
+    spec: &Value,
+    addr: std::net::SocketAddr,
+    case: &str,
+) -> strata_tests::http::Response {
+    use strata_tests::http;
+    let (bg, path) = spawn_spec(c, spec);
+    assert!(
+        http::wait_for(addr, Duration::from_secs(30)),
+        "{case}: nothing served on {addr}\n{}",
+        c.log()
+    );
+    let got = http::Client::connect(addr).and_then(|mut cl| cl.get("/"));
+    let got = got.unwrap_or_else(|e| panic!("{case}: {e}\n{}", c.log()));
+    let k = c.kill("SIGKILL");
+    assert!(k.success(), "{k}");
+    let _ = bg.wait(CTR_TIMEOUT);
+    let _ = std::fs::remove_file(path);
+    got
+}
+
 /// The host's network namespace for `spec`, as `ctr run --net-host` gives.
 fn host_network(spec: &mut Value) {
     spec["linux"]["namespaces"]
@@ -702,7 +726,6 @@ fn host_network(spec: &mut Value) {
 #[test]
 fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
     use std::net::{SocketAddr, TcpListener};
-    use strata_tests::http;
 
     let h = harness!();
     strata_only!(h);
@@ -807,24 +830,13 @@ fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             std::fs::write(&file, &ca_pem).unwrap();
         }
-        let (bg, path) = spawn_spec(&c, &spec);
-        assert!(
-            http::wait_for(addr, Duration::from_secs(30)),
-            "nothing served on {addr}\n{}",
-            c.log()
-        );
-        let got = http::Client::connect(addr).and_then(|mut cl| cl.get("/"));
-        let got = got.unwrap_or_else(|e| panic!("{case}: {e}\n{}", c.log()));
+        let got = serve_and_get(&c, &spec, addr, case);
         assert_eq!(
             (got.status, got.body.as_str()),
             (200, want),
             "{case}\n{}",
             c.log()
         );
-        let k = c.kill("SIGKILL");
-        assert!(k.success(), "{k}");
-        let _ = bg.wait(CTR_TIMEOUT);
-        let _ = std::fs::remove_file(path);
         c.remove_and_check();
     }
     let _ = server.kill();
@@ -1024,7 +1036,6 @@ fn wasm_http_outgoing_requests_follow_the_network_policy() {
     use std::io::{BufRead, BufReader, Write};
     use std::net::{SocketAddr, TcpListener};
     use std::sync::{Arc, Mutex};
-    use strata_tests::http;
 
     let h = harness!();
     strata_only!(h);
@@ -1067,14 +1078,7 @@ fn wasm_http_outgoing_requests_follow_the_network_policy() {
             spec["annotations"]["strata.dev/wasm.network"] = json!(n);
         }
         seen.lock().unwrap().clear();
-        let (bg, path) = spawn_spec(&c, &spec);
-        assert!(
-            http::wait_for(addr, Duration::from_secs(30)),
-            "nothing served on {addr}\n{}",
-            c.log()
-        );
-        let got = http::Client::connect(addr).and_then(|mut cl| cl.get("/"));
-        let got = got.unwrap_or_else(|e| panic!("network {network:?}: {e}\n{}", c.log()));
+        let got = serve_and_get(&c, &spec, addr, &format!("network {network:?}"));
         assert_eq!(
             (got.status, got.body.as_str()),
             (200, want),
@@ -1089,10 +1093,6 @@ fn wasm_http_outgoing_requests_follow_the_network_policy() {
                 "network {network:?} reached the upstream: {requests:?}"
             );
         }
-        let k = c.kill("SIGKILL");
-        assert!(k.success(), "{k}");
-        let _ = bg.wait(CTR_TIMEOUT);
-        let _ = std::fs::remove_file(path);
         c.remove_and_check();
     }
 }
