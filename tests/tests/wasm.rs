@@ -686,6 +686,13 @@ fn wasm_network_is_off_unless_the_annotation_allows_it() {
     let _ = std::fs::remove_file(&hosts);
 }
 
+/// A loopback address whose port was free a moment ago (bound, then let go).
+fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
 /// Runs `spec` (a served component) in `c`, GETs `/` from `addr` once it serves, and stops
 /// it (SIGKILL); the answer. `case` names the run in a failure.
 fn serve_and_get(
@@ -725,7 +732,7 @@ fn host_network(spec: &mut Value) {
 /// no CA of the container's trusting it, the request fails with `TLS-certificate-error` (13).
 #[test]
 fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::SocketAddr;
 
     let h = harness!();
     strata_only!(h);
@@ -772,12 +779,7 @@ fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
     ]);
     let ca_pem = std::fs::read(dir.join("ca.pem")).unwrap();
 
-    let upstream_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let upstream = format!("127.0.0.1:{upstream_port}");
+    let upstream = free_loopback_addr().to_string();
     let mut server = Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept", &upstream])
         .args(["-cert", "srv.pem", "-key", "srv.key"])
@@ -810,12 +812,7 @@ fn wasm_http_outgoing_https_trusts_the_containers_ca_bundle() {
         ),
         ("untrusted", None, None, "upstream error 013\n"),
     ] {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = free_loopback_addr();
         let c = h.container("wasm-https");
         let mut spec = wasm_spec(&c, &relay, &["/app.wasm"]);
         host_network(&mut spec);
@@ -858,12 +855,7 @@ fn wasm_preview1_module_serves_on_its_preopened_listening_socket() {
 
     let h = harness!();
     strata_only!(h);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_loopback_addr().to_string();
     let listening = |c: &Container, wasm: &[u8], address: &str| {
         let mut spec = wasm_spec(c, wasm, &["/app.wasm"]);
         host_network(&mut spec);
@@ -939,18 +931,11 @@ fn wasm_preview1_module_serves_on_its_preopened_listening_socket() {
 /// use fails at its start, and a malformed address fails the create, naming the variable.
 #[test]
 fn wasm_http_proxy_component_is_served() {
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::TcpListener;
     use strata_tests::http;
 
     let h = harness!();
     strata_only!(h);
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let serving = |c: &Container, address: &str| {
         let mut spec = wasm_spec(c, &component::http_hello(), &["/app.wasm"]);
         host_network(&mut spec);
@@ -964,7 +949,7 @@ fn wasm_http_proxy_component_is_served() {
         spec
     };
     for (signal, want) in [("SIGTERM", 143), ("SIGKILL", 137)] {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = free_loopback_addr();
         let c = h.container("wasm-http");
         let (bg, path) = spawn_spec(&c, &serving(&c, &addr.to_string()));
         assert!(
@@ -1034,7 +1019,7 @@ fn wasm_http_proxy_component_is_served() {
 #[test]
 fn wasm_http_outgoing_requests_follow_the_network_policy() {
     use std::io::{BufRead, BufReader, Write};
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
 
     let h = harness!();
@@ -1064,12 +1049,7 @@ fn wasm_http_outgoing_requests_follow_the_network_policy() {
         (None, "upstream error 015\n", false),
         (Some("inherit"), "upstream said 200\n", true),
     ] {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = free_loopback_addr();
         let c = h.container("wasm-http-out");
         let mut spec = wasm_spec(&c, &relay, &["/app.wasm"]);
         host_network(&mut spec);
