@@ -35,6 +35,12 @@ pub mod proto {
 
 /// The vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// What the agent writes to the guest console once it is about to listen on
+/// [`AGENT_VSOCK_PORT`], followed by " at S s of guest uptime". The host sends no `CONNECT`
+/// before it reads this: vhost-device-vsock (0.3) ends its worker thread for good when a
+/// `CONNECT` reaches it after the guest's memory is mapped but before the guest driver has made
+/// the queues ready, and then no `CONNECT` is ever answered.
+pub const AGENT_SERVING_MARKER: &str = "strata-guest-agent: serving on vsock port 1024";
 /// The protocol version this crate speaks.
 /// 2: stdio streams, `Stats`, `OomEvent`. 3: `MountBundle`. 4: `Pause`, `Resume`, `Pids`,
 /// `Update`, `ResizePty`, `CloseStdin`, a terminal with streamed stdio, bundles on the pod's
@@ -121,4 +127,10 @@ mod stats {
         let back = Stats::from(&StatsResponse::from(&s));
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
+}
+
+#[cfg(test)]
+#[test]
+fn the_serving_marker_names_the_agents_port() {
+    assert!(AGENT_SERVING_MARKER.ends_with(&format!(" port {AGENT_VSOCK_PORT}")));
 }

@@ -29,6 +29,8 @@ pub mod service;
 pub mod share;
 pub mod streams;
 
-pub use strata_agent_protocol::{client, proto, vsock, AGENT_VSOCK_PORT, PROTOCOL_VERSION};
+pub use strata_agent_protocol::{
+    client, proto, vsock, AGENT_SERVING_MARKER, AGENT_VSOCK_PORT, PROTOCOL_VERSION,
+};
 
 pub(crate) use strata_backend::chain;

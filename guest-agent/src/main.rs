@@ -2,7 +2,7 @@
 //! (`--listen-unix PATH`).
 
 use strata_guest_agent::service::serve;
-use strata_guest_agent::{pid1, AGENT_VSOCK_PORT};
+use strata_guest_agent::{pid1, AGENT_SERVING_MARKER, AGENT_VSOCK_PORT};
 
 fn main() {
     // First, while this process has one thread: it may be the native tier's creating helper.
@@ -133,7 +133,7 @@ fn guest_mode() -> ! {
         pid1::power_off();
     }
     println!(
-        "strata-guest-agent: serving on vsock port {AGENT_VSOCK_PORT} at {:.3} s of guest uptime",
+        "{AGENT_SERVING_MARKER} at {:.3} s of guest uptime",
         strata_guest_agent::selftest::uptime()
     );
     let state = std::path::Path::new("/run/strata/containers");

@@ -520,40 +520,43 @@ impl MicrovmBackend {
         }
         let deadline = t0 + self.settings.boot_timeout();
         let agent = loop {
-            // Each try with a short deadline: a CONNECT that reaches the guest before its vsock
-            // is up may never be answered, and must not hold the boot for a call's deadline.
-            match Agent::connect_hybrid_vsock(vm.vsock_socket(), AGENT_VSOCK_PORT, CONNECT_TRY) {
-                Ok(a) => break a.with_call_timeout(CALL_TIMEOUT),
-                Err(e) => {
-                    let why = if !vm.is_running() {
-                        Some(format!(
-                            "the VM stopped before its agent answered ({})",
-                            chain(&e)
-                        ))
-                    } else if Instant::now() >= deadline {
-                        Some(format!(
-                            "its agent did not answer within {} s ({})",
-                            self.settings.boot_timeout_secs,
-                            chain(&e)
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = why {
-                        let tail = vm.console_tail();
-                        let _ = vm.stop(Duration::ZERO);
-                        cleanup(&mut network);
-                        return Err(Error::Other(
-                            VmError::Boot {
-                                reason,
-                                console_tail: tail,
-                            }
-                            .to_string(),
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+            // No CONNECT before the guest says its agent serves (AGENT_SERVING_MARKER says
+            // why); then each try with a short deadline, so that a CONNECT sent just before
+            // the agent listens does not hold the boot for a call's deadline.
+            let failed = if vm.agent_announced() {
+                match Agent::connect_hybrid_vsock(vm.vsock_socket(), AGENT_VSOCK_PORT, CONNECT_TRY)
+                {
+                    Ok(a) => break a.with_call_timeout(CALL_TIMEOUT),
+                    Err(e) => chain(&e),
                 }
+            } else {
+                "the guest console never showed the agent serving".to_string()
+            };
+            let why = if !vm.is_running() {
+                Some(format!(
+                    "the VM stopped before its agent answered ({failed})"
+                ))
+            } else if Instant::now() >= deadline {
+                Some(format!(
+                    "its agent did not answer within {} s ({failed})",
+                    self.settings.boot_timeout_secs
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = why {
+                let tail = vm.console_tail();
+                let _ = vm.stop(Duration::ZERO);
+                cleanup(&mut network);
+                return Err(Error::Other(
+                    VmError::Boot {
+                        reason,
+                        console_tail: tail,
+                    }
+                    .to_string(),
+                ));
             }
+            std::thread::sleep(Duration::from_millis(20));
         };
         if let Some(net) = &network {
             if let Err(e) = agent.configure_network(&network_request(net)) {

@@ -92,6 +92,11 @@ pub trait Vm: Send + Sync {
     fn is_running(&self) -> bool;
     /// The last lines of the guest console (for errors).
     fn console_tail(&self) -> String;
+    /// Whether the guest console shows the agent's [`AGENT_SERVING_MARKER`]: only then may
+    /// the host send its first `CONNECT` (the marker's documentation says why).
+    ///
+    /// [`AGENT_SERVING_MARKER`]: strata_agent_protocol::AGENT_SERVING_MARKER
+    fn agent_announced(&self) -> bool;
     /// Ends every process of the VM (SIGKILL after `grace`), waits for them, removes the
     /// state directory. Idempotent.
     fn stop(&self, grace: Duration) -> Result<(), crate::Error>;

@@ -593,6 +593,14 @@ impl Vm for QemuVm {
         process::tail(&self.console, TAIL_LINES)
     }
 
+    fn agent_announced(&self) -> bool {
+        // The console holds the kernel's boot messages and the agent's lines: a few KiB.
+        std::fs::read(&self.console).is_ok_and(|text| {
+            let marker = strata_agent_protocol::AGENT_SERVING_MARKER.as_bytes();
+            text.windows(marker.len()).any(|w| w == marker)
+        })
+    }
+
     fn stop(&self, grace: Duration) -> Result<(), Error> {
         let mut guard = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         let Some(parts) = guard.as_mut() else {
