@@ -1584,6 +1584,121 @@ fn a_recorded_run_yields_a_policy_that_a_later_run_enforces() {
     c.remove_and_check();
 }
 
+/// `strata policy record` on a running container: a workload under a tight policy keeps
+/// trying to read a file the policy refuses. Recording lets the read through (and audits it,
+/// under a `start` record naming the recording policy), `strata policy generate` then lists
+/// the file, and `--stop` gives the container's own policy back: the read is refused again.
+/// Asking for a container that does not exist fails, naming it, and writes nothing.
+#[test]
+fn recording_a_running_container_then_stopping_it() {
+    let (h, probe) = harness_with_probe!("record_running");
+    let cfg = runtime_config(
+        h,
+        "record-running",
+        SENTRY_ONLY,
+        &[
+            (
+                "sentry.toml",
+                "allowed_policies = [\"default\", \"tight\"]\n",
+            ),
+            (
+                "tight.toml",
+                "[files]\nread = [\"/\"]\nread_write = [\"/tmp\", \"/dev/null\"]\n\
+                 deny = [\"/srv/secret\"]\n[exec]\nallow = [\"/bin\", \"/usr/bin\"]\n\
+                 [network]\nmode = \"none\"\n",
+            ),
+        ],
+    );
+    let cfg_flags = ["--runtime-config-path", cfg.to_str().unwrap()];
+    let c = h.container("record-running");
+    let script = "while :; do if cat /srv/secret >/tmp/got 2>/dev/null; then \
+                  echo read >/tmp/flag; else rm -f /tmp/flag; fi; sleep 0.2; done";
+    let mut spec = spec_with_probe(&c, &probe, &["sh", "-c", script], "sentry");
+    let root = rootfs(&spec);
+    std::fs::create_dir_all(root.join("srv")).unwrap();
+    std::fs::write(root.join("srv/secret"), "the secret\n").unwrap();
+    spec["annotations"]["strata.dev/sentry-policy"] = "tight".into();
+    start_spec_detached(h, &c, &spec, &cfg_flags);
+    let secret_reads = |recs: &[serde_json::Value], decision: &str| {
+        recs.iter()
+            .filter(|r| {
+                r["decision"] == decision
+                    && (r["args"]["path"] == "/srv/secret"
+                        || r["args"]["resolved"] == "/srv/secret")
+            })
+            .count()
+    };
+    let recs = audit_records_when(h, &c.id, |r| secret_reads(r, "deny") > 0);
+    assert!(secret_reads(&recs, "deny") > 0, "{recs:?}");
+    assert!(!root.join("tmp/flag").exists());
+
+    let ns = h.info.namespace.clone();
+    let out = strata_cli(h, &["policy", "record", "-n", &ns, &c.id]);
+    assert!(out.stdout.contains("recording"), "{out}");
+    let recs = audit_records_when(h, &c.id, |r| secret_reads(r, "allow") > 0);
+    assert!(secret_reads(&recs, "allow") > 0, "{recs:?}");
+    assert!(
+        recs.iter().any(|r| r["decision"] == "start"
+            && r["args"]["policy"] == "record"
+            && r["args"]["switched_by"] == "strata policy record"),
+        "{recs:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !root.join("tmp/flag").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("tmp/got")).unwrap_or_default(),
+        "the secret\n",
+        "{}",
+        c.log()
+    );
+    // Asked again: says so, changes nothing.
+    let again = strata_cli(h, &["policy", "record", "-n", &ns, &c.id]);
+    assert!(again.stdout.contains("already recording"), "{again}");
+
+    let out = strata_cli(h, &["policy", "generate", "-n", &ns, &c.id]);
+    assert!(out.stdout.contains("\"/srv/secret\""), "{out}");
+    assert!(!out.stderr.contains("not from a run under"), "{out}");
+
+    let out = strata_cli(h, &["policy", "record", "--stop", "-n", &ns, &c.id]);
+    assert!(out.stdout.contains("recording ended"), "{out}");
+    let allowed = secret_reads(&audit_records(h, &c.id), "allow");
+    let denied = secret_reads(&audit_records(h, &c.id), "deny");
+    let recs = audit_records_when(h, &c.id, |r| secret_reads(r, "deny") > denied);
+    assert!(secret_reads(&recs, "deny") > denied, "{recs:?}");
+    assert!(
+        recs.iter().any(|r| r["decision"] == "start"
+            && r["args"]["policy"] == "tight"
+            && r["args"]["switched_by"] == "strata policy record --stop"),
+        "{recs:?}"
+    );
+    // Records after the last switch: only refusals of the secret.
+    let last = recs.iter().rposition(|r| r["decision"] == "start").unwrap();
+    assert_eq!(secret_reads(&recs[last..], "allow"), 0, "{recs:?}");
+    assert!(allowed > 0);
+    let dir = PathBuf::from("/run/strata/sentry").join(&ns).join(&c.id);
+    assert!(!dir.join("record").exists());
+
+    // Bad input: a container that is not there.
+    let mut cmdl = std::process::Command::new(h.shim_dir.join("strata"));
+    cmdl.args(["policy", "record", "-n", &ns, "no-such-container"]);
+    let out = cmd::run(cmdl, None, CTR_TIMEOUT).unwrap();
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("\"no-such-container\" is not a sentry container"),
+        "{out}"
+    );
+    assert!(!PathBuf::from("/run/strata/sentry")
+        .join(&ns)
+        .join("no-such-container")
+        .exists());
+    c.kill("SIGKILL");
+    c.remove_and_check();
+}
+
 /// The exec TOCTOU window the supervisor cannot close for a multi-threaded caller (docs/sentry.md)
 /// is closed by Landlock: a thread flips the exec path between `/bin/busybox` (allowed) and a
 /// copy of the probe in `/tmp` (not allowed) while the main thread execs it, many times over.

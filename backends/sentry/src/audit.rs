@@ -61,6 +61,10 @@ struct State {
     tokens: f64,
     last: Instant,
     suppressed: u64,
+    /// The size cap and the rate limit: the policy's, or the recording policy's while
+    /// `strata policy record` records (see [`AuditLog::set_limits`]).
+    max_bytes: u64,
+    per_second: f64,
     /// Trapped calls per decision since the node's counters were last written
     /// (`strata_sentry_trapped_calls_total`), counted before the rate limit.
     decisions: std::collections::BTreeMap<String, u64>,
@@ -69,8 +73,6 @@ struct State {
 /// The writer shared by a container's supervisor threads.
 pub struct AuditLog {
     path: PathBuf,
-    max_bytes: u64,
-    per_second: f64,
     st: Mutex<State>,
 }
 
@@ -81,9 +83,9 @@ impl AuditLog {
         let per_second = per_second as f64;
         Ok(AuditLog {
             path,
-            max_bytes,
-            per_second,
             st: Mutex::new(State {
+                max_bytes,
+                per_second,
                 file: Some(file),
                 written,
                 batch: Vec::new(),
@@ -94,6 +96,14 @@ impl AuditLog {
                 decisions: Default::default(),
             }),
         })
+    }
+
+    /// A new size cap and rate limit from now on (a full burst's worth of records at once).
+    pub fn set_limits(&self, max_bytes: u64, per_second: u32) {
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        st.max_bytes = max_bytes;
+        st.per_second = per_second as f64;
+        st.tokens = st.per_second * 10.0;
     }
 
     pub fn path(&self) -> &Path {
@@ -114,9 +124,9 @@ impl AuditLog {
             }
         }
         let now = Instant::now();
-        let burst = self.per_second * 10.0;
+        let burst = st.per_second * 10.0;
         st.tokens =
-            (st.tokens + now.duration_since(st.last).as_secs_f64() * self.per_second).min(burst);
+            (st.tokens + now.duration_since(st.last).as_secs_f64() * st.per_second).min(burst);
         st.last = now;
         if st.tokens < 1.0 {
             st.suppressed += 1;
@@ -140,7 +150,7 @@ impl AuditLog {
         }
         r.ts = ts;
         Self::add(&mut st, &r);
-        let batch = (self.max_bytes as usize / 4).clamp(1, BATCH_BYTES);
+        let batch = (st.max_bytes as usize / 4).clamp(1, BATCH_BYTES);
         if st.batch.len() >= batch || st.since.is_some_and(|t| now - t >= BATCH_AGE) {
             self.write(&mut st);
         }
@@ -184,7 +194,7 @@ impl AuditLog {
         }
         let lines = std::mem::take(&mut st.batch);
         st.since = None;
-        if st.written + lines.len() as u64 > self.max_bytes {
+        if st.written + lines.len() as u64 > st.max_bytes {
             st.file = None;
             let mut old = self.path.clone().into_os_string();
             old.push(".1");

@@ -52,6 +52,10 @@ pub struct SentryBackend {
 
 use strata_native::sanitize;
 
+/// In a container's sentry directory: while this file exists, its supervisor records
+/// (`strata policy record`; [`supervisor::Ctx::follow_record_control`]).
+pub const RECORD_CONTROL_FILE: &str = "record";
+
 /// The sentry directory of a container.
 pub fn container_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
     root.join(sanitize(namespace)).join(sanitize(id))
@@ -60,15 +64,22 @@ pub fn container_dir(root: &Path, namespace: &str, id: &str) -> PathBuf {
 /// The audit log of container `id`: in `namespace` if given, else in whichever namespace
 /// has a container of that id.
 pub fn find_audit_log(root: &Path, namespace: Option<&str>, id: &str) -> Option<PathBuf> {
+    find_container_dir(root, namespace, id).map(|d| d.join(audit::FILE))
+}
+
+/// The sentry directory of container `id` (one holding its audit log): in `namespace` if
+/// given, else in whichever namespace has a container of that id.
+pub fn find_container_dir(root: &Path, namespace: Option<&str>, id: &str) -> Option<PathBuf> {
+    let has_log = |d: &PathBuf| d.join(audit::FILE).exists();
     if let Some(ns) = namespace {
-        let p = container_dir(root, ns, id).join(audit::FILE);
-        return p.exists().then_some(p);
+        let d = container_dir(root, ns, id);
+        return has_log(&d).then_some(d);
     }
     std::fs::read_dir(root)
         .ok()?
         .flatten()
-        .map(|e| e.path().join(sanitize(id)).join(audit::FILE))
-        .find(|p| p.exists())
+        .map(|e| e.path().join(sanitize(id)))
+        .find(has_log)
 }
 
 impl SentryBackend {
@@ -204,13 +215,10 @@ impl SentryBackend {
         let config = dir.join("config.json");
         std::fs::write(&config, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(|e| Error::io(format!("write {}", config.display()), e))?;
-        let ctx = Arc::new(supervisor::Ctx::new(
-            opts.id.clone(),
-            policy,
-            log,
-            uts,
-            applied,
-        ));
+        let ctx = Arc::new(
+            supervisor::Ctx::new(opts.id.clone(), policy, log, uts, applied)
+                .with_record_control(dir.join(RECORD_CONTROL_FILE)),
+        );
         let listener = supervisor::Listener::start(exec_ours, exec_theirs, ctx)
             .map_err(|e| Error::io("start the supervisor", e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");

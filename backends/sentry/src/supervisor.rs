@@ -81,7 +81,14 @@ pub const EMULATED_VERSION: &str = "#1 SMP PREEMPT_DYNAMIC Strata sentry";
 /// One container's supervision state, shared by its threads.
 pub struct Ctx {
     pub id: String,
+    /// The container's own policy (what its filter and Landlock rules were made from); the
+    /// supervisor decides by [`Ctx::policy`].
     pub policy: Policy,
+    /// The built-in recording policy, which decides while `strata policy record` records.
+    recording_policy: Policy,
+    recording: AtomicBool,
+    /// The file whose existence asks for recording (`strata policy record`), if any.
+    record_control: Option<PathBuf>,
     pub audit: AuditLog,
     pub uts: Uts,
     stop: AtomicBool,
@@ -122,6 +129,9 @@ impl Ctx {
         Ctx {
             id,
             policy,
+            recording_policy: Policy::recording(),
+            recording: AtomicBool::new(false),
+            record_control: None,
             audit,
             uts,
             stop: AtomicBool::new(false),
@@ -132,6 +142,68 @@ impl Ctx {
             keep_root: AtomicBool::new(applied.root_watched),
             cpu_cgroups: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Recording is asked for by the existence of `path` (see [`Ctx::follow_record_control`]).
+    pub fn with_record_control(mut self, path: PathBuf) -> Ctx {
+        self.record_control = Some(path);
+        self
+    }
+
+    /// The policy that decides calls now: the recording policy while `strata policy record`
+    /// records, else the container's own.
+    pub fn policy(&self) -> &Policy {
+        if self.recording.load(Ordering::Relaxed) {
+            &self.recording_policy
+        } else {
+            &self.policy
+        }
+    }
+
+    /// Starts or ends recording as the control file asks (`strata policy record [--stop]`).
+    /// Recording decides every call that still reaches the supervisor by the recording policy
+    /// and audits it without rate limit; what the kernel enforces from the container's start
+    /// (its filter's untrapped calls, its Landlock rules) stays as it was. Each switch is a
+    /// `start` record naming the policy that decides from then on, written at once: the
+    /// command waits for it.
+    pub fn follow_record_control(&self) {
+        let Some(control) = &self.record_control else {
+            return;
+        };
+        if self.policy.record {
+            return;
+        }
+        let want = control.exists();
+        if want == self.recording.load(Ordering::SeqCst) {
+            return;
+        }
+        self.recording.store(want, Ordering::SeqCst);
+        let now = if want {
+            &self.recording_policy
+        } else {
+            &self.policy
+        };
+        self.audit
+            .set_limits(now.audit_max_bytes, now.audit_per_second);
+        self.audit.record(crate::audit::Record {
+            syscall: "-".into(),
+            decision: "start".into(),
+            args: [
+                ("policy".to_string(), now.name.clone()),
+                (
+                    "switched_by".to_string(),
+                    if want {
+                        "strata policy record".to_string()
+                    } else {
+                        "strata policy record --stop".to_string()
+                    },
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        self.audit.flush();
+        tracing::info!(id = %self.id, policy = %now.name, "sentry: the supervisor decides by another policy");
     }
 
     /// Moves the supervisor threads out of the container's CPU cgroups for good, before
@@ -235,6 +307,7 @@ fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd, kernel: Vec<Tree>) {
 
 fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
     while !ctx.stop.load(Ordering::SeqCst) {
+        ctx.follow_record_control();
         let mut fds = [
             PollFd::new(exec_ours.as_fd(), PollFlags::POLLIN),
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
@@ -519,13 +592,20 @@ fn after_answer(x: impl std::any::Any) {
     AFTER_ANSWER.with(|a| a.borrow_mut().push(Box::new(x)));
 }
 
-/// The policy's own decision on call `nr` (`[syscalls]`), if it lists it.
+/// The policy's own decision on call `nr` (`[syscalls]`), if it lists it; while recording,
+/// a listed call is let through and audited.
 fn extra(ctx: &Ctx, nr: i32) -> Option<ExtraAction> {
-    ctx.policy
+    let listed = ctx
+        .policy
         .extra
         .values()
         .find(|(x, _)| *x == nr)
-        .map(|(_, a)| *a)
+        .map(|(_, a)| *a);
+    if ctx.recording.load(Ordering::Relaxed) {
+        listed.map(|_| ExtraAction::Audit)
+    } else {
+        listed
+    }
 }
 
 fn finish(call: Call<'_>, outcome: Outcome) {

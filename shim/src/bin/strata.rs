@@ -96,6 +96,24 @@ enum PolicyCommand {
     /// a sentry container run with `strata.dev/sentry-policy=record` (generate before the
     /// container is deleted: its log goes with it).
     Generate(GenerateArgs),
+    /// Record a running sentry container: from now on its supervisor decides every call it
+    /// sees by the recording policy (let through, outside the always-denied calls) and audits
+    /// it without rate limit, until `--stop`; then `strata policy generate` writes a policy
+    /// from its log. What the kernel enforces from the container's start (its Landlock rules,
+    /// the calls its filter does not trap) stays as it was.
+    Record(RecordArgs),
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// The container id.
+    container: String,
+    /// containerd namespace (default: whichever has a container of that id).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// End the recording: the container's own policy decides again.
+    #[arg(long)]
+    stop: bool,
 }
 
 #[derive(Args)]
@@ -178,6 +196,7 @@ fn main() -> ExitCode {
         Command::Vm(VmCommand::Run(args)) => run_vm(args),
         Command::Audit(args) => run_audit(&args),
         Command::Policy(PolicyCommand::Generate(args)) => run_policy_generate(&args),
+        Command::Policy(PolicyCommand::Record(args)) => run_policy_record(&args),
         Command::Install(args) => run_install(args, false),
         Command::Uninstall(args) => run_install(args, true),
     };
@@ -280,6 +299,98 @@ fn run_audit(a: &AuditArgs) -> anyhow::Result<ExitCode> {
     let summary = strata_sentry::audit::summarise(&path)
         .with_context(|| format!("reading {}", path.display()))?;
     print!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_policy_record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
+    use strata_sentry::RECORD_POLICY;
+    let root = std::path::Path::new(strata_sentry::DEFAULT_STATE_ROOT);
+    let dir = strata_sentry::find_container_dir(root, a.namespace.as_deref(), &a.container)
+        .with_context(|| {
+            format!(
+                "{:?} is not a sentry container under {} (not on the sentry tier, or deleted)",
+                a.container,
+                root.display()
+            )
+        })?;
+    let log = dir.join(strata_sentry::audit::FILE);
+    // The policies the log's `start` records name, in order: the container's own first,
+    // then one per switch.
+    let started = || -> anyhow::Result<Vec<String>> {
+        Ok(strata_sentry::record::read_log(&log)
+            .with_context(|| format!("reading {}", log.display()))?
+            .into_iter()
+            .filter(|r| r.syscall == "-" && r.decision == "start")
+            .filter_map(|r| r.args.get("policy").cloned())
+            .collect())
+    };
+    let before = started()?;
+    let own = before.first().cloned().unwrap_or_default();
+    if own == RECORD_POLICY {
+        println!(
+            "{}: runs under the recording policy from its start",
+            a.container
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let control = dir.join(strata_sentry::RECORD_CONTROL_FILE);
+    let recording =
+        |policies: &[String]| policies.last().map(String::as_str) == Some(RECORD_POLICY);
+    if recording(&before) != a.stop {
+        println!(
+            "{}: {}",
+            a.container,
+            if a.stop {
+                "not recording"
+            } else {
+                "already recording"
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let set = |on: bool| {
+        if on {
+            std::fs::write(&control, b"")
+        } else {
+            std::fs::remove_file(&control).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        }
+    };
+    set(!a.stop).with_context(|| format!("writing {}", control.display()))?;
+    // The supervisor looks at the control file at least once a second and answers with a
+    // `start` record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = started()?;
+        if now.len() > before.len() && recording(&now) != a.stop {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = set(a.stop);
+            anyhow::bail!(
+                "{}: its supervisor did not answer within 5 s (is its shim running?); nothing changed",
+                a.container
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if a.stop {
+        println!(
+            "{}: recording ended; its policy {own:?} decides again",
+            a.container
+        );
+    } else {
+        println!(
+            "{}: recording (policy {own:?} set aside for the calls its supervisor sees); \
+             `strata policy record --stop {}` ends it, `strata policy generate {}` writes a policy",
+            a.container, a.container, a.container
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

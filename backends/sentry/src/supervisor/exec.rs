@@ -102,16 +102,16 @@ pub(super) fn exec_call(call: &mut Call<'_>, dirfd: i32, ptr: u64, flags: i32) -
             Err(e) => return Outcome::Errno(e, "resolution failed"),
         }
     };
-    if real != normalize(&path) || call.ctx.policy.record {
+    if real != normalize(&path) || call.ctx.policy().record {
         call.arg("resolved", real.clone());
     }
-    if !call.ctx.policy.exec_allowed(&real) {
+    if !call.ctx.policy().exec_allowed(&real) {
         return Outcome::Errno(libc::EACCES, "not in the exec allowlist");
     }
     let private = private_memory(&t, ptr);
     if !private {
         call.arg("shared_memory", "true");
-        if call.ctx.policy.require_private_memory {
+        if call.ctx.policy().require_private_memory {
             return Outcome::Errno(libc::EPERM, "exec path in memory another task can write");
         }
     }

@@ -9,7 +9,7 @@ pub(super) fn socket_call(call: &mut Call<'_>) -> Outcome {
     call.arg("family", family_name(domain));
     call.arg("type", ty.to_string());
     call.arg("protocol", proto.to_string());
-    let p = &call.ctx.policy;
+    let p = call.ctx.policy();
     match domain {
         libc::AF_UNIX => Outcome::Continue,
         libc::AF_NETLINK if proto == libc::NETLINK_ROUTE => Outcome::Continue,
@@ -103,7 +103,7 @@ pub(super) fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
     if !call.valid() {
         return Outcome::Gone;
     }
-    if call.ctx.policy.any_address() {
+    if call.ctx.policy().any_address() {
         // No decision rests on the address (read for the audit only): the kernel does the
         // call in the workload's own network namespace, with its own answers (capability
         // checks, EINPROGRESS, ECONNREFUSED, AF_UNSPEC, a bad length...).
@@ -127,7 +127,7 @@ pub(super) fn addr_call(call: &mut Call<'_>, bind: bool) -> Outcome {
         Err(e) => return Outcome::Errno(e, "bad address"),
     };
     call.arg("addr", sa.to_string());
-    let p = &call.ctx.policy;
+    let p = call.ctx.policy();
     if bind {
         if !p.bind_allowed(&sa) {
             return Outcome::Errno(libc::EACCES, "bind address refused by policy");
@@ -184,7 +184,7 @@ pub(super) fn listen_call(call: &mut Call<'_>) -> Outcome {
         Some(sa) => {
             call.arg("addr", sa.to_string());
             // Unbound, listen() binds the wildcard address: the policy must allow that.
-            if call.ctx.policy.any_address() || call.ctx.policy.bind_allowed(&sa) {
+            if call.ctx.policy().any_address() || call.ctx.policy().bind_allowed(&sa) {
                 Outcome::Continue
             } else {
                 Outcome::Errno(libc::EACCES, "listen address refused by policy")

@@ -117,7 +117,7 @@ pub(super) fn open_call(
     let real = match &resolved {
         Resolved::At { real, .. } | Resolved::OwnFd { real, .. } => real.clone(),
     };
-    if real != normalize(&abs) || call.ctx.policy.record {
+    if real != normalize(&abs) || call.ctx.policy().record {
         call.arg("resolved", real.clone());
     }
     // Reopening a descriptor the task holds (`/dev/stdout`, `/proc/self/fd/N`) gives it nothing
@@ -133,7 +133,7 @@ pub(super) fn open_call(
             Err(e) => return Outcome::Errno(e, "reopen for more than the descriptor allows"),
         }
     } else {
-        let access = call.ctx.policy.file_access(&real);
+        let access = call.ctx.policy().file_access(&real);
         let ok = match access {
             Access::Deny => false,
             Access::Read => !write,
