@@ -269,6 +269,21 @@ static void files(void) {
     op("openat2_o_path_rdwr", syscall(SYS_openat2, AT_FDCWD, p("f"), &pathrw, sizeof pathrw));
     op("openat2_small_size", syscall(SYS_openat2, AT_FDCWD, p("f"), &how, 8));
 
+    /* Paths through one's own procfs magic links (root, cwd), and another process's */
+    char via[8192];
+    snprintf(via, sizeof via, "/proc/self/root%s", p("f"));
+    head("proc_self_root_file", via);
+    snprintf(via, sizeof via, "/proc/thread-self/root%s", p("f"));
+    head("proc_thread_self_root_file", via);
+    snprintf(via, sizeof via, "/proc/%d/root%s", (int)getpid(), p("f"));
+    head("proc_own_pid_root_file", via);
+    head("proc_self_cwd_file", "/proc/self/cwd/f");
+    head("proc_self_root_missing", "/proc/self/root/no/such/file");
+    ls("proc_self_root_twice_dir", "/proc/self/root/proc/self/root/etc");
+    op("proc_self_root_nofollow", open("/proc/self/root", O_RDONLY | O_NOFOLLOW));
+    op("proc_self_root_o_path_nofollow", open("/proc/self/root", O_PATH | O_NOFOLLOW));
+    op("proc_self_cwd_dir", open("/proc/self/cwd", O_RDONLY | O_DIRECTORY));
+
     /* Reopening one's own descriptors */
     fd = open(p("f"), O_RDONLY);
     char self[64];

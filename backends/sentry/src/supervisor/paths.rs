@@ -78,6 +78,57 @@ pub(super) fn rewrite_self(t: &Task, path: &str) -> String {
     }
 }
 
+/// The task's own `/proc/<pid>/root` and `/proc/<pid>/cwd` magic links (its pid, or its
+/// own thread under `task/`, after [`rewrite_self`]) followed as the kernel follows them: to
+/// the task's root (the container's `/`, where the supervisor resolves) and to its working
+/// directory. Not when the link is the last component and is not to be followed (`O_NOFOLLOW`
+/// meets the link itself, as before). Another process's links stay as they are: the kernel
+/// checks ptrace access to that process, and under the sentry Landlock's rule too, which the
+/// supervisor cannot ask for it (the walk then stops at the magic link: ELOOP).
+pub(super) fn own_links(t: &Task, path: &str, follow: bool) -> Result<String, i32> {
+    let norm = normalize(path);
+    let comps: Vec<&str> = norm.split('/').filter(|c| !c.is_empty()).collect();
+    let own = t.ns_tgid.to_string();
+    let tid = t.ns_tid.to_string();
+    let at = match comps.as_slice() {
+        ["proc", p, "root" | "cwd", ..] if *p == own => 2,
+        ["proc", p, "task", x, "root" | "cwd", ..] if *p == own && *x == tid => 4,
+        _ => return Ok(path.to_string()),
+    };
+    let rest = &comps[at + 1..];
+    if rest.is_empty() && !follow {
+        return Ok(path.to_string());
+    }
+    let base = if comps[at] == "root" {
+        "/".to_string()
+    } else {
+        let cwd = readlink(&format!("/proc/{}/cwd", t.pid))?;
+        if !cwd.starts_with('/') || cwd.ends_with(" (deleted)") {
+            return Err(libc::ENOENT);
+        }
+        cwd
+    };
+    Ok(if rest.is_empty() {
+        base
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), rest.join("/"))
+    })
+}
+
+/// [`rewrite_self`] and [`own_links`] until neither changes the path
+/// (`/proc/self/root/proc/self/root/...`), at most [`MAX_LINKS`] times (then ELOOP).
+fn task_path(t: &Task, path: &str, follow: bool) -> Result<String, i32> {
+    let mut path = path.to_string();
+    for _ in 0..MAX_LINKS {
+        let next = own_links(t, &rewrite_self(t, &path), follow)?;
+        if next == path {
+            return Ok(path);
+        }
+        path = next;
+    }
+    Err(libc::ELOOP)
+}
+
 pub(super) fn is_procfs(fd: &OwnedFd) -> bool {
     nix::sys::statfs::fstatfs(fd)
         .map(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC)
@@ -103,7 +154,7 @@ pub(super) enum Resolved {
 /// component but the last by the kernel (openat2 with RESOLVE_IN_ROOT), the last one here
 /// so that the caller can open it with O_NOFOLLOW (no race on symlinks) and judge it first.
 pub(super) fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Result<Resolved, i32> {
-    let mut path = rewrite_self(t, path);
+    let mut path = task_path(t, path, follow)?;
     for _ in 0..MAX_LINKS {
         let trimmed = path.trim_end_matches('/');
         let (dir, name) = match trimmed.rfind('/') {
@@ -162,11 +213,12 @@ pub(super) fn resolve(t: &Task, root: &OwnedFd, path: &str, follow: bool) -> Res
                     let target = nix::fcntl::readlinkat(Some(dfd.as_raw_fd()), cname.as_c_str())
                         .map_err(|e| e as i32)?;
                     let target = names::from_bytes(target.as_bytes());
-                    path = if target.starts_with('/') {
-                        rewrite_self(t, &target)
+                    let target = if target.starts_with('/') {
+                        target
                     } else {
-                        rewrite_self(t, &format!("{dreal}/{target}"))
+                        format!("{dreal}/{target}")
                     };
+                    path = task_path(t, &target, follow)?;
                     continue;
                 }
             }
@@ -279,6 +331,67 @@ mod tests {
         assert_eq!(rewrite_self(&t, "/proc/net"), "/proc/7/net");
         assert_eq!(rewrite_self(&t, "/proc/network"), "/proc/network");
         assert_eq!(rewrite_self(&t, "/etc/self"), "/etc/self");
+    }
+
+    #[test]
+    fn the_tasks_own_root_and_cwd_links_are_followed() {
+        let t = task();
+        let me = std::process::id();
+        let t_here = Task { pid: me, ..task() };
+        assert_eq!(
+            own_links(&t, "/proc/7/root/etc/f", true),
+            Ok("/etc/f".into())
+        );
+        assert_eq!(
+            own_links(&t, "/proc/7/root/etc/f", false),
+            Ok("/etc/f".into())
+        );
+        assert_eq!(own_links(&t, "/proc/7/root", true), Ok("/".into()));
+        // The link itself, not followed: left for O_NOFOLLOW to meet.
+        assert_eq!(
+            own_links(&t, "/proc/7/root", false),
+            Ok("/proc/7/root".into())
+        );
+        assert_eq!(
+            own_links(&t, "/proc/7/task/9/root/x", true),
+            Ok("/x".into())
+        );
+        // Another thread's, another process's, and names that only look alike: unchanged.
+        assert_eq!(
+            own_links(&t, "/proc/7/task/8/root/x", true),
+            Ok("/proc/7/task/8/root/x".into())
+        );
+        assert_eq!(
+            own_links(&t, "/proc/1/root/etc/f", true),
+            Ok("/proc/1/root/etc/f".into())
+        );
+        assert_eq!(
+            own_links(&t, "/proc/7/rooted", true),
+            Ok("/proc/7/rooted".into())
+        );
+        assert_eq!(
+            own_links(&t, "/srv/proc/7/root", true),
+            Ok("/srv/proc/7/root".into())
+        );
+        // cwd: the working directory as the host's procfs names it (here, this test's).
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            own_links(&t_here, "/proc/7/cwd/a/b", true),
+            Ok(format!(
+                "{}/a/b",
+                cwd.display().to_string().trim_end_matches('/')
+            ))
+        );
+        // And through resolve, from a root without any /proc: /proc/self/root/etc/f is /etc/f.
+        let r = Root::new("ownroot");
+        assert_eq!(
+            r.resolve("/proc/self/root/etc/f", true),
+            Ok(("/etc/f".into(), REG))
+        );
+        assert_eq!(
+            r.resolve("/proc/thread-self/root/etc/f", true),
+            Ok(("/etc/f".into(), REG))
+        );
     }
 
     #[test]
