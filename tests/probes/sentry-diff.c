@@ -268,6 +268,65 @@ static void files(void) {
     struct open_how pathrw = {.flags = O_PATH | O_RDWR};
     op("openat2_o_path_rdwr", syscall(SYS_openat2, AT_FDCWD, p("f"), &pathrw, sizeof pathrw));
     op("openat2_small_size", syscall(SYS_openat2, AT_FDCWD, p("f"), &how, 8));
+    struct open_how opath = {.flags = O_PATH};
+    op("openat2_o_path", syscall(SYS_openat2, AT_FDCWD, p("f"), &opath, sizeof opath));
+
+    /* openat2 with RESOLVE_* flags: the kernel's lookup rules, relative to a directory */
+    mkdir(p("r2"), 0755);
+    put(p("r2/in"), "inside\n", 0644);
+    put(p("r2/etc-passwd"), "r2's own\n", 0644);
+    symlink("in", p("r2/rel-link"));
+    symlink("/in", p("r2/abs-link"));
+    symlink("../f", p("r2/up-link"));
+    int r2 = open(p("r2"), O_RDONLY | O_DIRECTORY);
+    struct { const char *name; int dir; const char *path; unsigned long long flags, resolve; } rs[] = {
+        {"openat2_beneath_inside", r2, "in", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_dotdot", r2, "../f", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_dot_dotdot_in", r2, "./../r2/in", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_absolute", r2, "/etc/passwd", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_rel_link", r2, "rel-link", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_up_link", r2, "up-link", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_missing", r2, "none", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_dir", r2, ".", O_RDONLY | O_DIRECTORY, RESOLVE_BENEATH},
+        {"openat2_in_root_absolute", r2, "/in", O_RDONLY, RESOLVE_IN_ROOT},
+        {"openat2_in_root_abs_link", r2, "abs-link", O_RDONLY, RESOLVE_IN_ROOT},
+        {"openat2_in_root_dotdot", r2, "../../../in", O_RDONLY, RESOLVE_IN_ROOT},
+        {"openat2_in_root_etc", r2, "/etc-passwd", O_RDONLY, RESOLVE_IN_ROOT},
+        {"openat2_no_symlinks", AT_FDCWD, p("r2/rel-link"), O_RDONLY, RESOLVE_NO_SYMLINKS},
+        {"openat2_no_symlinks_plain", AT_FDCWD, p("r2/in"), O_RDONLY, RESOLVE_NO_SYMLINKS},
+        {"openat2_no_symlinks_nofollow", AT_FDCWD, p("r2/rel-link"), O_RDONLY | O_NOFOLLOW, RESOLVE_NO_SYMLINKS},
+        {"openat2_no_magiclinks_exe", AT_FDCWD, "/proc/self/exe", O_RDONLY, RESOLVE_NO_MAGICLINKS},
+        {"openat2_no_magiclinks_plain", AT_FDCWD, "/etc/passwd", O_RDONLY, RESOLVE_NO_MAGICLINKS},
+        {"openat2_no_xdev_proc", AT_FDCWD, "/proc/self/status", O_RDONLY, RESOLVE_NO_XDEV},
+        {"openat2_no_xdev_same", r2, "in", O_RDONLY, RESOLVE_NO_XDEV},
+        {"openat2_no_xdev_relative_dotdot", r2, "../f", O_RDONLY, RESOLVE_NO_XDEV},
+        {"openat2_beneath_and_in_root", r2, "in", O_RDONLY, RESOLVE_BENEATH | RESOLVE_IN_ROOT},
+        {"openat2_unknown_resolve", r2, "in", O_RDONLY, 0x4000},
+        {"openat2_beneath_create", r2, "made", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_create_again", r2, "made", O_CREAT | O_EXCL | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_create_escape", r2, "../made2", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_in_root_create_abs", r2, "/made3", O_CREAT | O_WRONLY, RESOLVE_IN_ROOT},
+        {"openat2_beneath_create_trailing_slash", r2, "made4/", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_cached_create", r2, "made5", O_CREAT | O_WRONLY, RESOLVE_CACHED},
+        {"openat2_o_path_beneath", r2, "in", O_PATH, RESOLVE_BENEATH},
+        {"openat2_bad_dirfd", 999, "in", O_RDONLY, RESOLVE_BENEATH},
+        {"openat2_file_dirfd", -1, "in", O_RDONLY, RESOLVE_BENEATH},
+    };
+    int filefd = open(p("f"), O_RDONLY);
+    for (unsigned i = 0; i < sizeof rs / sizeof rs[0]; i++) {
+        struct open_how h = {.flags = rs[i].flags, .resolve = rs[i].resolve};
+        if (rs[i].flags & O_CREAT) h.mode = 0644;
+        int d = rs[i].dir == -1 ? filefd : rs[i].dir;
+        long r = syscall(SYS_openat2, d, rs[i].path, &h, sizeof h);
+        if (r < 0) { line(rs[i].name, "err %s", en(errno)); continue; }
+        char buf[32] = {0};
+        long n = (rs[i].flags & (O_WRONLY | O_PATH | O_DIRECTORY)) ? 0 : read((int)r, buf, sizeof buf - 1);
+        for (long k = 0; k < n; k++) if (buf[k] == '\n' || buf[k] == ' ') buf[k] = '_';
+        line(rs[i].name, "ok %ld %s", r, n > 0 ? buf : "-");
+        close((int)r);
+    }
+    close(filefd);
+    close(r2);
 
     /* Paths through one's own procfs magic links (root, cwd), and another process's */
     char via[8192];

@@ -26,6 +26,14 @@ const POLICY_DIFFERENCES: &[(&str, &str)] = &[
         "another process's /proc/<pid>/fd/N is refused (EACCES): the kernel lets a process with ptrace access to it reopen it; the supervisor reopens only the calling task's own descriptors",
     ),
     (
+        "openat2_o_path",
+        "openat2 with O_PATH is answered ENOSYS, as by a kernel without openat2 (every user of openat2 falls back to openat): an O_PATH descriptor cannot be handed over (ADDFD refuses it), and letting the kernel make the call would let it read open_how again, after the check, where another thread may have turned O_PATH into O_RDONLY",
+    ),
+    (
+        "openat2_o_path_beneath",
+        "as openat2_o_path: O_PATH with RESOLVE_BENEATH, ENOSYS",
+    ),
+    (
         "proc_kallsyms",
         "kernel-internal file refused by the default policy (EACCES; the kernel gives root zeroed addresses): /proc/kallsyms, /proc/kcore, /proc/keys, /proc/sched_debug, /proc/timer_list where the runtime leaves them unmasked",
     ),

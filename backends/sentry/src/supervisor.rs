@@ -55,7 +55,7 @@ mod uname;
 use exec::exec_call;
 use net::{addr_call, listen_call, socket_call};
 use open::{open_call, openat2_call, O_PATH_FLAGS};
-use paths::{absolute, is_procfs, open_dir, readlink, resolve, Resolved};
+use paths::{absolute, fd_path, is_procfs, open_dir, readlink, resolve, rewrite_self, Resolved};
 use task::{field, keep_root, read_bytes, read_cstr, task, task_and_root, Need, Task};
 use uname::uname_call;
 

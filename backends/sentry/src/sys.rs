@@ -292,9 +292,12 @@ struct OpenHow {
     resolve: u64,
 }
 
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
+pub const RESOLVE_CACHED: u64 = 0x20;
 
 /// openat2(2).
 pub fn openat2(
@@ -618,6 +621,37 @@ pub fn in_namespaces_of<T: Send>(
     })
 }
 
+/// Runs `f` on a short-lived thread whose root directory is `root` (a task's root: the
+/// container's `/`), with the workload's credentials `c` for `f` itself: for a lookup the
+/// kernel must make exactly as it would for the task (`openat2` with the task's own
+/// `RESOLVE_*` flags, where `..` stops at the task's root and absolute paths start there).
+/// The thread takes its permitted capabilities for `chroot` only, and is gone when `f`
+/// returns: no other call of the supervisor ever runs in the container's root.
+pub fn in_root_of<T: Send>(
+    root: &OwnedFd,
+    c: &Creds,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // The new thread has the calling thread's credentials, not its thread-local
+            // record of them (see in_namespaces_of): every capability, for chroot.
+            let caps = capget()?;
+            capset_effective(&caps, u64::MAX)?;
+            // SAFETY: unshare(CLONE_FS) gives this thread its own root and working directory.
+            check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long)?;
+            // SAFETY: fchdir on a live descriptor changes only this thread's (own) cwd.
+            check(unsafe { libc::fchdir(root.as_raw_fd()) } as libc::c_long)?;
+            // SAFETY: a NUL-terminated literal; changes only this thread's (own) root.
+            check(unsafe { libc::chroot(c".".as_ptr()) } as libc::c_long)?;
+            let _as = AsWorkload::enter(c)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("lookup thread panicked")))
+    })
+}
+
 /// While alive, the calling thread acts with a workload's credentials.
 ///
 /// Leaving restores the effective capabilities, fsuid 0 and fsgid 0; the supplementary
@@ -771,6 +805,51 @@ mod tests {
     fn count(set: &libc::cpu_set_t) -> i32 {
         // SAFETY: a plain bit array.
         unsafe { libc::CPU_COUNT(set) }
+    }
+
+    /// A lookup on the thread `in_root_of` makes: absolute paths, `..` and absolute symlinks
+    /// stay in the given root, as for a task chrooted there; the calling thread's root and
+    /// credentials are unchanged after. Needs root (chroot); skipped otherwise.
+    #[test]
+    fn lookups_in_a_tasks_root_stay_in_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: in_root_of needs root (chroot)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("strata-in-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("in"), "in").unwrap();
+        std::os::unix::fs::symlink("/in", dir.join("sub/abs")).unwrap();
+        let root: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        let sub: OwnedFd = std::fs::File::open(dir.join("sub")).unwrap().into();
+        let creds = Creds {
+            groups: nix::unistd::getgroups()
+                .unwrap()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect(),
+            cap_eff: u64::MAX,
+            ..Default::default()
+        };
+        let look = |at: &OwnedFd, p: &std::ffi::CStr, resolve: u64| {
+            in_root_of(&root, &creds, || {
+                openat2(at.as_raw_fd(), p, libc::O_PATH | libc::O_CLOEXEC, 0, resolve)
+            })
+            .map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap())
+            .map_err(|e| e.raw_os_error().unwrap())
+        };
+        let want = Ok(dir.join("in"));
+        assert_eq!(look(&sub, c"/in", 0), want);
+        assert_eq!(look(&sub, c"../../../../in", 0), want);
+        assert_eq!(look(&sub, c"abs", 0), want);
+        assert_eq!(look(&sub, c"abs", RESOLVE_NO_SYMLINKS), Err(libc::ELOOP));
+        assert_eq!(look(&sub, c"../in", RESOLVE_BENEATH), Err(libc::EXDEV));
+        assert_eq!(look(&sub, c"/etc/passwd", 0), Err(libc::ENOENT));
+        // The calling thread's own root is the host's still.
+        assert!(std::path::Path::new("/proc/self/status").exists());
+        drop((root, sub));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

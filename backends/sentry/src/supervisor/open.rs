@@ -51,11 +51,164 @@ pub(super) fn openat2_call(call: &mut Call<'_>) -> Outcome {
     {
         return Outcome::Errno(libc::EINVAL, "bad openat2 flags or mode");
     }
+    if flags & libc::O_PATH as u64 != 0 {
+        // Never CONTINUE an openat2: the kernel reads `open_how` again, so a thread of the
+        // task could turn O_PATH into O_RDONLY after the check. And an O_PATH descriptor
+        // cannot be handed over (ADDFD refuses it). So the answer of a kernel without
+        // openat2, on which every user of it falls back to openat (whose flags are in
+        // registers) or open.
+        call.arg("flags", flags_text(flags as i32));
+        return Outcome::Errno(libc::ENOSYS, "openat2 with O_PATH");
+    }
     if word(2) != 0 {
-        // The task's own RESOLVE_* flags would have to be combined with RESOLVE_IN_ROOT.
-        return Outcome::Errno(libc::EOPNOTSUPP, "openat2 resolve flags are not emulated");
+        return resolving_open(call, a[0] as i32, a[1], flags as i32, mode as u32, word(2));
     }
     open_call(call, a[0] as i32, a[1], word(0) as i32, word(1) as u32, 0)
+}
+
+/// `openat2` with the task's own `RESOLVE_*` flags. The kernel makes the lookup as it would
+/// for the task (from a duplicate of the task's directory descriptor or its working
+/// directory, on a thread whose root is the task's, with the task's credentials and flags;
+/// `O_PATH`, so that nothing is opened yet), so its answers are the kernel's: EXDEV for a
+/// path leaving `RESOLVE_BENEATH`, ELOOP for a symlink under `RESOLVE_NO_SYMLINKS`... What it
+/// found (for a file to be made: the directory it goes in) is then judged and opened as every
+/// open is, by the container path the kernel gives for it, and must be the same file (else
+/// EAGAIN, which openat2(2) gives for a rename that raced a lookup). Magic links on the way
+/// are not followed outside `RESOLVE_BENEATH`/`RESOLVE_IN_ROOT` (which refuse them anyway):
+/// meeting one there is answered as a kernel without openat2 (ENOSYS), so that the task
+/// falls back to openat, which follows its own.
+fn resolving_open(
+    call: &mut Call<'_>,
+    dirfd: i32,
+    ptr: u64,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> Outcome {
+    use sys::{
+        RESOLVE_BENEATH, RESOLVE_CACHED, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS,
+        RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV,
+    };
+    call.arg("flags", flags_text(flags));
+    call.arg("resolve", format!("{resolve:#x}"));
+    let known = RESOLVE_NO_XDEV
+        | RESOLVE_NO_MAGICLINKS
+        | RESOLVE_NO_SYMLINKS
+        | RESOLVE_BENEATH
+        | RESOLVE_IN_ROOT
+        | RESOLVE_CACHED;
+    if resolve & !known != 0 || (resolve & RESOLVE_BENEATH != 0 && resolve & RESOLVE_IN_ROOT != 0) {
+        return Outcome::Errno(libc::EINVAL, "bad openat2 resolve flags");
+    }
+    let tmpfile = flags & libc::O_TMPFILE == libc::O_TMPFILE;
+    let creates = flags & libc::O_CREAT != 0 || tmpfile;
+    if resolve & RESOLVE_CACHED != 0 && (creates || flags & libc::O_TRUNC != 0) {
+        return Outcome::Errno(libc::EAGAIN, "RESOLVE_CACHED with a creating open");
+    }
+    // Uncached is always a right answer to RESOLVE_CACHED (the kernel's, when the lookup is
+    // not in its cache, is EAGAIN).
+    let resolve = resolve & !RESOLVE_CACHED;
+    let scoped = resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT) != 0;
+    let lookup_resolve = if scoped {
+        resolve
+    } else {
+        resolve | RESOLVE_NO_MAGICLINKS
+    };
+    // Host work first (the task's descriptors, its procfs), with the thread's own capabilities.
+    let _ = sys::unpark();
+    let pid = call.n.pid;
+    let need = if creates { Need::All } else { Need::Creds };
+    let Ok((t, root)) = task_and_root(call.ctx, pid, need) else {
+        return call.unreadable();
+    };
+    let path = match read_cstr(pid, ptr) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Errno(e, "unreadable path"),
+    };
+    call.arg("path", path.clone());
+    if path.is_empty() {
+        return Outcome::Errno(libc::ENOENT, "no such file");
+    }
+    let start = if dirfd == libc::AT_FDCWD {
+        open_path(
+            &format!("/proc/{}/cwd", t.pid),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            0,
+        )
+        .map_err(|e| e as i32)
+    } else {
+        sys::pidfd_open(t.tgid)
+            .and_then(|p| sys::pidfd_getfd(&p, dirfd))
+            .map_err(|_| libc::EBADF)
+    };
+    let start = match start {
+        Ok(f) => f,
+        Err(e) => return Outcome::Errno(e, "the task's directory"),
+    };
+    if !call.valid() {
+        return Outcome::Gone;
+    }
+    // `/proc/self` would name the lookup thread, which is in no pid namespace of the task's.
+    let text = if path.starts_with('/') && !scoped {
+        rewrite_self(&t, &path)
+    } else {
+        path.clone()
+    };
+    let lookup = |p: &str, extra: i32| -> Result<(OwnedFd, String), i32> {
+        let cp = names::to_c(p)?;
+        let fd = sys::in_root_of(&root, &t.creds, || {
+            sys::openat2(
+                start.as_raw_fd(),
+                &cp,
+                libc::O_PATH | libc::O_CLOEXEC | extra,
+                0,
+                lookup_resolve,
+            )
+        })
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let real = fd_path(&fd)?;
+        Ok((fd, real))
+    };
+    // An ELOOP the task's own flags would not have given (RESOLVE_NO_SYMLINKS refuses magic
+    // links too): a magic link, or a real loop, which openat then reports.
+    let magic = |e: i32| {
+        e == libc::ELOOP && !scoped && resolve & (RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS) == 0
+    };
+    let found = lookup(&text, flags & (libc::O_NOFOLLOW | libc::O_DIRECTORY));
+    let (abs, expect) = match found {
+        Ok((fd, real)) => match nix::sys::stat::fstat(fd.as_raw_fd()) {
+            Ok(st) => (real, Some((st.st_dev, st.st_ino))),
+            Err(e) => return Outcome::Errno(e as i32, "openat2 lookup"),
+        },
+        Err(libc::ENOENT) if flags & libc::O_CREAT != 0 && !tmpfile => {
+            // A file to make: its directory found as the task's walk would find it, the name
+            // made there (a name that is no plain one exists, or fails as the kernel's would).
+            let trimmed = text.trim_end_matches('/');
+            if trimmed.len() != text.len() {
+                return Outcome::Errno(libc::EISDIR, "open failed");
+            }
+            let (dir, name) = match trimmed.rsplit_once('/') {
+                Some(("", n)) => ("/", n),
+                Some((d, n)) => (d, n),
+                None => (".", trimmed),
+            };
+            match lookup(dir, libc::O_DIRECTORY) {
+                Ok((_, real)) => (format!("{}/{name}", real.trim_end_matches('/')), None),
+                Err(e) if magic(e) => return Outcome::Errno(libc::ENOSYS, "magic link"),
+                Err(e) => return Outcome::Errno(e, "openat2 lookup"),
+            }
+        }
+        Err(e) if magic(e) => {
+            return Outcome::Errno(libc::ENOSYS, "a magic link under openat2 resolve flags")
+        }
+        Err(e) => return Outcome::Errno(e, "openat2 lookup"),
+    };
+    if abs != path {
+        call.arg("resolved", abs.clone());
+    }
+    // What was found is opened without following anything more: the lookup followed what
+    // the task's flags let it follow.
+    open_in_root(call, t, root, abs, flags | libc::O_NOFOLLOW, mode, expect)
 }
 
 /// The flags open(2) keeps beside `O_PATH` (it drops the others; openat2(2) refuses them).
@@ -92,6 +245,23 @@ pub(super) fn open_call(
         Ok(x) => x,
         Err(o) => return o,
     };
+    open_in_root(call, t, root, abs, flags, mode, None)
+}
+
+/// An open of `abs` (a container path) for task `t` whose root is `root`, with `flags`,
+/// judged and performed as every open is. With `expect`, the file opened must be that one
+/// (device, inode), else EAGAIN.
+fn open_in_root(
+    call: &mut Call<'_>,
+    t: Task,
+    root: Rc<OwnedFd>,
+    abs: String,
+    flags: i32,
+    mode: u32,
+    expect: Option<(u64, u64)>,
+) -> Outcome {
+    let creates =
+        flags & (libc::O_CREAT | libc::O_TRUNC) != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     keep_root(call.ctx, &root);
     let write = flags & libc::O_ACCMODE != libc::O_RDONLY || creates;
     let creds = match sys::AsWorkload::enter_parking(&t.creds) {
@@ -275,6 +445,12 @@ pub(super) fn open_call(
         Ok(dev) => dev.is_none_or(|d| !on_procfs(d, &file)),
         Err(e) => return Outcome::Errno(e, "device not allowed"),
     };
+    if let Some((dev, ino)) = expect {
+        match nix::sys::stat::fstat(file.as_raw_fd()) {
+            Ok(st) if st.st_dev == dev && st.st_ino == ino => {}
+            _ => return Outcome::Errno(libc::EAGAIN, "renamed while looked up"),
+        }
+    }
     // No second validity check: SECCOMP_IOCTL_NOTIF_ADDFD fails for a task that is gone.
     after_answer((creds, resolved, held));
     Outcome::Fd(file, cloexec, hold)
