@@ -20,6 +20,7 @@ const ESCAPE_C: &str = r#"#define _GNU_SOURCE
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/io_uring.h>
+#include <linux/openat2.h>
 #include <linux/perf_event.h>
 #include <linux/userfaultfd.h>
 #include <sched.h>
@@ -120,6 +121,45 @@ static int toctou(int argc, char **argv) {
     stop_flip = 1;
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     printf("toctou ok=%ld denied=%ld violations=%ld other=%ld\n", ok, denied, violations, other);
+    return 0;
+}
+
+/* openat2 flag TOCTOU: a thread flips open_how.flags between O_PATH and O_RDWR while the
+   main thread opens TARGET (a file the policy lets be read, not written) with openat2
+   ROUNDS times. A descriptor that is not O_PATH is a violation: the file was opened for
+   writing although the policy refuses it. */
+static struct open_how flip_how;
+static void *how_flipper(void *x) {
+    (void)x;
+    volatile unsigned long long *flags = &flip_how.flags;
+    while (!stop_flip) {
+        *flags = O_PATH;
+        for (volatile int d = 0; d < 20000; d++) {}
+        *flags = O_RDWR;
+        for (volatile int d = 0; d < 20000; d++) {}
+    }
+    return NULL;
+}
+
+static int openat2_toctou(const char *target, long rounds) {
+    pthread_t t[2];
+    flip_how.flags = O_PATH;
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, how_flipper, NULL);
+    long opath = 0, refused = 0, enosys = 0, violations = 0, other = 0;
+    for (long i = 0; i < rounds; i++) {
+        int fd = syscall(SYS_openat2, AT_FDCWD, target, &flip_how, sizeof flip_how);
+        if (fd < 0) {
+            if (errno == EACCES) refused++; else if (errno == ENOSYS) enosys++; else other++;
+            continue;
+        }
+        if (fcntl(fd, F_GETFL) & O_PATH) opath++;
+        else if (violations++ < 5) fprintf(stderr, "opened %s for writing\n", target);
+        close(fd);
+    }
+    stop_flip = 1;
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    printf("openat2toctou opath=%ld refused=%ld enosys=%ld violations=%ld other=%ld\n",
+           opath, refused, enosys, violations, other);
     return 0;
 }
 
@@ -269,6 +309,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "affinity") == 0) return affinity_after_open();
     if (argc > 1 && strcmp(argv[1], "creds") == 0) return creds_open();
     if (argc > 1 && strcmp(argv[1], "toctou") == 0) return toctou(argc, argv);
+    if (argc > 3 && strcmp(argv[1], "openat2toctou") == 0) return openat2_toctou(argv[2], atol(argv[3]));
     if (argc > 1 && strcmp(argv[1], "unspec") == 0) {
         /* A UDP socket connected on loopback, then dissolved with AF_UNSPEC, then connected
            outside loopback (refused by a loopback policy). */
@@ -1112,6 +1153,71 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         );
         c.remove_and_check();
     }
+}
+
+/// The same race on `openat2`'s flags, which the kernel reads again after CONTINUE: two
+/// threads flip `open_how.flags` between `O_PATH` and `O_RDWR` while the main thread opens
+/// `/srv/ro` 100,000 times, a file the policy lets be read but not written (its Landlock
+/// rules, from the spec's writable root, let it be written). No descriptor may be one opened
+/// for writing. Against the build that answered `openat2` with `O_PATH` CONTINUE (session
+/// 12), this found violations (docs/sentry.md).
+#[test]
+fn toctou_flipping_openat2_flags_never_opens_a_denied_file() {
+    let (h, probe) = harness_with_probe!("openat2_toctou");
+    let cfg = runtime_config(
+        h,
+        "sentry-openat2-race",
+        SENTRY_ONLY,
+        &[
+            (
+                "sentry.toml",
+                "allowed_policies = [\"default\", \"readonly\"]\n",
+            ),
+            (
+                "readonly.toml",
+                "[files]\nread = [\"/\"]\nread_write = [\"/tmp\", \"/dev/null\"]\n\
+                 [exec]\nallow = [\"/\"]\n[network]\nmode = \"none\"\n",
+            ),
+        ],
+    );
+    let c = h.container("sentry-openat2-toctou");
+    let mut spec = spec_with_probe(
+        &c,
+        &probe,
+        &[
+            "/usr/local/bin/escape",
+            "openat2toctou",
+            "/srv/ro",
+            "100000",
+        ],
+        "sentry",
+    );
+    spec["annotations"]["strata.dev/sentry-policy"] = "readonly".into();
+    let root = rootfs(&spec);
+    std::fs::create_dir_all(root.join("srv")).unwrap();
+    std::fs::write(root.join("srv/ro"), "read only\n").unwrap();
+    let out = c.run_spec(&spec, &["--runtime-config-path", cfg.to_str().unwrap()]);
+    assert!(out.success(), "{out}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("openat2toctou "))
+        .unwrap_or_else(|| panic!("no result from the probe: {out}"));
+    eprintln!("{line}");
+    let n = |k: &str| count(line, k);
+    assert_eq!(
+        n("violations"),
+        0,
+        "a read-only file was opened for writing: {out}"
+    );
+    // Both flags were seen by the supervisor: O_PATH answered ENOSYS, O_RDWR refused.
+    assert!(n("enosys") > 0 && n("refused") > 0, "{line}");
+    assert_eq!(
+        n("opath") + n("refused") + n("enosys") + n("other"),
+        100_000,
+        "{line}"
+    );
+    c.remove_and_check();
 }
 
 /// The audit log of a container that runs with `ctr run --rm` (which deletes it with the

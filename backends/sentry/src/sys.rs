@@ -834,7 +834,13 @@ mod tests {
         };
         let look = |at: &OwnedFd, p: &std::ffi::CStr, resolve: u64| {
             in_root_of(&root, &creds, || {
-                openat2(at.as_raw_fd(), p, libc::O_PATH | libc::O_CLOEXEC, 0, resolve)
+                openat2(
+                    at.as_raw_fd(),
+                    p,
+                    libc::O_PATH | libc::O_CLOEXEC,
+                    0,
+                    resolve,
+                )
             })
             .map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap())
             .map_err(|e| e.raw_os_error().unwrap())
