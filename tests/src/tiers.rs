@@ -24,6 +24,10 @@ pub const WASM: &[(&str, &str)] = &[
         "a wasm task has no terminal to resize",
     ),
     (
+        "tty_device_is_the_controlling_terminal",
+        "a wasm task has no terminal, so no /dev/tty",
+    ),
+    (
         "exec_runs_in_the_container",
         "a wasm task is one module instance: no exec into it (as in runwasi)",
     ),

@@ -139,6 +139,32 @@ fn tty_run() {
     c.assert_no_leaks();
 }
 
+/// `/dev/tty` is the process's controlling terminal, as programs that prompt (`read </dev/tty`,
+/// `sudo`, `ssh`, git's credential prompt) use it: written to and read from.
+#[test]
+fn tty_device_is_the_controlling_terminal() {
+    let h = harness!();
+    let c = h.container("devtty");
+    let cmd = c.run_command(
+        &["-t"],
+        &[
+            "sh",
+            "-c",
+            "echo via-dev-tty >/dev/tty; echo rc=$?; read l </dev/tty; echo \"got:$l\"; exit 5",
+        ],
+    );
+    let mut pty = PtyChild::spawn(cmd, 40, 100).unwrap();
+    pty.wait_for("rc=", h.ctr_timeout()).unwrap();
+    pty.write(b"typed\r").unwrap();
+    let (code, screen) = pty.wait(SECS(30));
+    assert_eq!(code, 5, "screen:\n{screen}\n{}", c.log());
+    assert!(
+        screen.contains("via-dev-tty") && screen.contains("rc=0") && screen.contains("got:typed"),
+        "/dev/tty: {screen}"
+    );
+    c.assert_no_leaks();
+}
+
 #[test]
 fn tty_resize() {
     let h = harness!();

@@ -284,6 +284,22 @@ fn open_in_root(
         Ok(r) => r,
         Err(e) => return Outcome::Errno(e, "resolution failed"),
     };
+    // `/dev/tty` is the opener's controlling terminal: the task's, which the supervisor (with
+    // none) would answer ENXIO for. Opened by its own name in the container, judged so.
+    let resolved = match &resolved {
+        Resolved::At { stat: Some(st), .. } if is_dev_tty(st) && flags & libc::O_PATH == 0 => {
+            let pts = match controlling_tty(&t) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Errno(e, "no controlling terminal"),
+            };
+            call.arg("tty", pts.clone());
+            match resolve(&t, &root, &pts, true) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Errno(e, "resolution failed"),
+            }
+        }
+        _ => resolved,
+    };
     let real = match &resolved {
         Resolved::At { real, .. } | Resolved::OwnFd { real, .. } => real.clone(),
     };
@@ -575,6 +591,31 @@ pub(super) fn read_open_call(
         return Err(Outcome::Gone);
     }
     Ok((t, root, abs))
+}
+
+/// Whether `st` is the `/dev/tty` device (5:0).
+fn is_dev_tty(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(5, 0)
+}
+
+/// The container path of task `t`'s controlling terminal (its `tty_nr`, `/proc/<pid>/stat`
+/// field 7): a pseudo-terminal of the container's `devpts` (majors 136-143), which is where a
+/// runtime makes a container's terminal. ENXIO without one, as the kernel's `/dev/tty` says.
+pub(super) fn controlling_tty(t: &Task) -> Result<String, i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).map_err(|_| libc::ESRCH)?;
+    let tty_nr: u64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
+        .and_then(|f| f.parse().ok())
+        .ok_or(libc::ESRCH)?;
+    let (major, minor) = (
+        (tty_nr >> 8) & 0xfff,
+        (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00),
+    );
+    match major {
+        136..=143 => Ok(format!("/dev/pts/{}", (major - 136) * 256 + minor)),
+        _ => Err(libc::ENXIO),
+    }
 }
 
 /// A duplicate of the task's descriptor that `host` (`/proc/<tgid>[/task/<tid>]/fd/<n>`)
