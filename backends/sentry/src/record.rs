@@ -37,7 +37,9 @@ const OPENS: &[&str] = &["open", "openat", "openat2", "creat"];
 const EXECS: &[&str] = &["execve", "execveat"];
 const ENOENT: i32 = libc::ENOENT;
 
-/// `/proc/<digits>`, `/proc/*/task/<digits>` and `/dev/pts/<digits>` components as `*`.
+/// `/proc/<digits>`, `/proc/*/task/<digits>` and `/dev/pts/<digits>` components as `*`; and
+/// a name that is not UTF-8 (escaped in the log, `names.rs`) as `*`, since a rule cannot name
+/// it (the policy loader refuses the escape characters).
 fn generalise(path: &str) -> String {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let numeric = |c: &str| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit());
@@ -50,7 +52,11 @@ fn generalise(path: &str) -> String {
                 3 => comps[0] == "proc" && comps[2] == "task",
                 _ => false,
             };
-        out.push(if wild { "*" } else { c });
+        out.push(if wild || c.chars().any(crate::names::is_escape) {
+            "*"
+        } else {
+            c
+        });
     }
     format!("/{}", out.join("/"))
 }
@@ -137,7 +143,7 @@ pub fn generate(records: impl IntoIterator<Item = Record>, source: &str) -> Gene
             }
             s if EXECS.contains(&s) && ok => {
                 if let Some(p) = reached(&r) {
-                    exec.insert(p);
+                    exec.insert(generalise(&p));
                 }
             }
             "socket" if ok => {
@@ -248,6 +254,37 @@ mod tests {
             errno,
             ..Default::default()
         }
+    }
+
+    /// A recorded name that is not UTF-8 becomes `*` in its rule: the policy loads, and lets
+    /// the same name be opened and run again (session 9 noted such a policy could not be
+    /// loaded).
+    #[test]
+    fn names_that_are_not_utf8_become_wildcards() {
+        let file = crate::names::from_bytes(b"/data/caf\xe9/notes");
+        let prog = crate::names::from_bytes(b"/opt/t\xf6ol");
+        let records = vec![
+            rec("-", "start", &[("policy", "record")], None),
+            rec(
+                "openat",
+                "allow",
+                &[("path", &file), ("flags", "O_RDONLY"), ("resolved", &file)],
+                None,
+            ),
+            rec(
+                "execve",
+                "allow",
+                &[("path", &prog), ("resolved", &prog)],
+                None,
+            ),
+        ];
+        let g = generate(records, "test");
+        assert!(g.toml.contains("\"/data/*/notes\""), "{}", g.toml);
+        assert!(g.toml.contains("\"/opt/*\""), "{}", g.toml);
+        let p = Policy::parse(&g.toml, "gen", Path::new("gen.toml")).expect("loads");
+        assert_eq!(p.file_access(&file), Access::Read);
+        assert!(p.exec_allowed(&prog));
+        assert_eq!(p.file_access("/data/other/secret"), Access::Deny);
     }
 
     #[test]
