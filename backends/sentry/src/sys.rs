@@ -602,23 +602,15 @@ pub fn in_namespaces_of<T: Send>(
     pidfd: &OwnedFd,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // The new thread has the calling thread's credentials (fsuid, fsgid, groups, the
-            // workload's effective capabilities), not its thread-local record of them.
-            let caps = capget()?;
-            let eff = u64::from(caps[0].effective) | (u64::from(caps[1].effective) << 32);
-            capset_effective(&caps, u64::MAX)?;
+    on_moved_thread(
+        || {
             let flags = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
             // SAFETY: setns(2) on a pidfd with namespace flags changes only this thread's
             // namespaces (network, IPC and UTS may differ between threads).
-            check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) } as libc::c_long)?;
-            capset_effective(&caps, eff)?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
-    })
+            check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) } as libc::c_long).map(drop)
+        },
+        f,
+    )
 }
 
 /// Runs `f` on a short-lived thread whose root directory is `root` (a task's root: the
@@ -632,23 +624,41 @@ pub fn in_root_of<T: Send>(
     c: &Creds,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // The new thread has the calling thread's credentials, not its thread-local
-            // record of them (see in_namespaces_of): every capability, for chroot.
-            let caps = capget()?;
-            capset_effective(&caps, u64::MAX)?;
+    on_moved_thread(
+        || {
             // SAFETY: unshare(CLONE_FS) gives this thread its own root and working directory.
             check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long)?;
             // SAFETY: fchdir on a live descriptor changes only this thread's (own) cwd.
             check(unsafe { libc::fchdir(root.as_raw_fd()) } as libc::c_long)?;
             // SAFETY: a NUL-terminated literal; changes only this thread's (own) root.
-            check(unsafe { libc::chroot(c".".as_ptr()) } as libc::c_long)?;
+            check(unsafe { libc::chroot(c".".as_ptr()) } as libc::c_long).map(drop)
+        },
+        || {
             let _as = AsWorkload::enter(c)?;
+            f()
+        },
+    )
+}
+
+/// Runs `move_it` on a new thread with every permitted capability effective, then `f` there
+/// with the effective capabilities the calling thread had; the thread ends with `f`. The new
+/// thread has the calling thread's credentials (fsuid, fsgid, groups, a workload's effective
+/// capabilities), not its thread-local record of them.
+fn on_moved_thread<T: Send>(
+    move_it: impl FnOnce() -> io::Result<()> + Send,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let caps = capget()?;
+            let eff = u64::from(caps[0].effective) | (u64::from(caps[1].effective) << 32);
+            capset_effective(&caps, u64::MAX)?;
+            move_it()?;
+            capset_effective(&caps, eff)?;
             f()
         })
         .join()
-        .unwrap_or_else(|_| Err(io::Error::other("lookup thread panicked")))
+        .unwrap_or_else(|_| Err(io::Error::other("supervisor helper thread panicked")))
     })
 }
 
