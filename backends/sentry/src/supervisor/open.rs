@@ -116,19 +116,11 @@ fn resolving_open(
     };
     // Host work first (the task's descriptors, its procfs), with the thread's own capabilities.
     let _ = sys::unpark();
-    let pid = call.n.pid;
     let need = if creates { Need::All } else { Need::Creds };
-    let Ok((t, root)) = task_and_root(call.ctx, pid, need) else {
-        return call.unreadable();
+    let (t, root, path) = match read_task_path(call, need, ptr) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
-    let path = match read_cstr(pid, ptr) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Errno(e, "unreadable path"),
-    };
-    call.arg("path", path.clone());
-    if path.is_empty() {
-        return Outcome::Errno(libc::ENOENT, "no such file");
-    }
     let start = if dirfd == libc::AT_FDCWD {
         open_path(
             &format!("/proc/{}/cwd", t.pid),
@@ -565,10 +557,10 @@ pub(super) fn refused_open(resolved: &Resolved, flags: i32) -> Refused {
 /// absolute path it asks for. Everything read through the pid (credentials, root, path,
 /// working directory) is read before the one validity check, so that all of it is known to
 /// be the trapped task's.
-pub(super) fn read_open_call(
+/// The calling task, its root and the path it passes (audited); ENOENT for an empty path.
+fn read_task_path(
     call: &mut Call<'_>,
     need: Need,
-    dirfd: i32,
     ptr: u64,
 ) -> Result<(Task, Rc<OwnedFd>, String), Outcome> {
     let pid = call.n.pid;
@@ -583,6 +575,16 @@ pub(super) fn read_open_call(
     if path.is_empty() {
         return Err(Outcome::Errno(libc::ENOENT, "no such file"));
     }
+    Ok((t, root, path))
+}
+
+pub(super) fn read_open_call(
+    call: &mut Call<'_>,
+    need: Need,
+    dirfd: i32,
+    ptr: u64,
+) -> Result<(Task, Rc<OwnedFd>, String), Outcome> {
+    let (t, root, path) = read_task_path(call, need, ptr)?;
     let abs = match absolute(&t, dirfd, &path) {
         Ok(p) => p,
         Err(e) => return Err(Outcome::Errno(e, "cannot place a relative path")),
