@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::fs::FsConfig;
 use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::vsock::VsockConfig;
 use crate::machine::{Exit, Machine, MachineConfig, DEFAULT_CMDLINE};
@@ -30,6 +31,9 @@ pub struct VmRunArgs {
     /// Network devices, each `FD,MAC` or `tap=FD,mac=MAC` (`--net`): a tap descriptor this
     /// process inherited, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, and the guest's MAC.
     pub nets: Vec<String>,
+    /// virtio-fs devices, each `TAG=SOCKET` (`--fs`): the vhost-user socket of a back end
+    /// (virtiofsd) that is already listening; the guest mounts the tag.
+    pub fs: Vec<String>,
     /// The guest's vsock CID.
     pub guest_cid: u64,
     /// Give up (and report the console's tail) after this long.
@@ -50,6 +54,7 @@ impl VmRunArgs {
             disks: Vec::new(),
             vsock: None,
             nets: Vec::new(),
+            fs: Vec::new(),
             guest_cid: 3,
             timeout: None,
             console_input: true,
@@ -76,6 +81,11 @@ impl VmRunArgs {
             .nets
             .iter()
             .map(|n| NetConfig::parse(n))
+            .collect::<Result<_, _>>()?;
+        cfg.fs = self
+            .fs
+            .iter()
+            .map(|f| FsConfig::parse(f))
             .collect::<Result<_, _>>()?;
         cfg.console_echo = Some(Box::new(std::io::stdout()));
         Ok(cfg)

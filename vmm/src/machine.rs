@@ -19,6 +19,7 @@ use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::i8042::{ResetTrigger, I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_LEN};
 use crate::devices::virtio::block::{Block, DiskConfig};
+use crate::devices::virtio::fs::{Fs, FsConfig};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::{Vsock, VsockConfig};
@@ -49,6 +50,9 @@ pub struct MachineConfig {
     /// Network devices, each on a tap descriptor open in this process (which keeps it; the
     /// device works on a duplicate), after the disks and vsock on the MMIO bus.
     pub nets: Vec<NetConfig>,
+    /// virtio-fs devices, each served by a vhost-user back end already listening on its socket
+    /// (virtiofsd). With any, guest memory is a shared memfd, which the back ends map.
+    pub fs: Vec<FsConfig>,
     /// Where the console is echoed, besides the ring buffer.
     pub console_echo: Option<Box<dyn Write + Send>>,
     /// Load the VMM threads' seccomp filters ([`crate::seccomp`]). On by default.
@@ -67,6 +71,7 @@ impl MachineConfig {
             disks: Vec::new(),
             vsock: None,
             nets: Vec::new(),
+            fs: Vec::new(),
             console_echo: None,
             seccomp: true,
         }
@@ -179,6 +184,11 @@ impl Machine {
             virtio.push(Box::new(dev));
             workers.push(Box::new(worker));
         }
+        for f in &cfg.fs {
+            let (dev, worker) = Fs::new(f)?;
+            virtio.push(Box::new(dev));
+            workers.push(Box::new(worker));
+        }
         let max_devices = (layout::VIRTIO_IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1) as usize;
         if virtio.len() > max_devices {
             return Err(Error::Config(format!(
@@ -195,7 +205,11 @@ impl Machine {
         }
         let cmdline = boot::cmdline(cmdline.trim())?;
 
-        let mem = memory::create(mem_size)?;
+        let mem = if cfg.fs.is_empty() {
+            memory::create(mem_size)?
+        } else {
+            memory::create_shared(mem_size)?
+        };
         let loaded = boot::load(&mem, mem_size, &cfg.kernel, cfg.initrd.as_deref(), &cmdline)?;
         mptable::setup(&mem, cfg.vcpus)?;
         let vm = Vm::new(mem, cfg.vcpus)?;

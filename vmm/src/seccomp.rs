@@ -27,6 +27,8 @@ pub enum ThreadRole {
     VsockWorker,
     /// The net device's rx thread.
     NetWorker,
+    /// The virtio-fs device's vhost-user thread.
+    FsWorker,
 }
 
 /// Errors building or loading a filter.
@@ -108,12 +110,23 @@ const VSOCK_WORKER: &[&str] = &[
 /// tap and its eventfd, and the irqfd write, are in [`COMMON`]).
 const NET_WORKER: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_ctl"];
 
+/// What the virtio-fs worker adds: its epoll, and vhost-user messages (with descriptors) on
+/// the socket connected before the filter was loaded.
+const FS_WORKER: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "sendmsg",
+    "recvmsg",
+];
+
 /// The allow-list for `role`.
 pub fn allowed_syscalls(role: ThreadRole) -> Vec<&'static str> {
     let extra = match role {
         ThreadRole::Vcpu => VCPU,
         ThreadRole::VsockWorker => VSOCK_WORKER,
         ThreadRole::NetWorker => NET_WORKER,
+        ThreadRole::FsWorker => FS_WORKER,
     };
     COMMON.iter().chain(extra).copied().collect()
 }
@@ -131,7 +144,7 @@ pub fn build(role: ThreadRole, violation: ScmpAction) -> Result<ScmpFilterContex
             .map_err(|e| err(format!("{name}: {e}")))?;
     }
     let ioctl = ScmpSyscall::from_name("ioctl").map_err(|e| err(e.to_string()))?;
-    let mut requests = if role == ThreadRole::NetWorker {
+    let mut requests = if matches!(role, ThreadRole::NetWorker | ThreadRole::FsWorker) {
         vec![]
     } else {
         vec![FIONBIO]
@@ -171,6 +184,7 @@ mod tests {
             ThreadRole::Vcpu,
             ThreadRole::VsockWorker,
             ThreadRole::NetWorker,
+            ThreadRole::FsWorker,
         ] {
             build(role, ScmpAction::KillProcess).unwrap();
             let allowed = allowed_syscalls(role);
@@ -179,6 +193,24 @@ mod tests {
             ] {
                 assert!(!allowed.contains(&bad), "{role:?} allows {bad}");
             }
+        }
+    }
+
+    #[test]
+    fn fs_worker_only_talks_on_its_connected_socket() {
+        let allowed = allowed_syscalls(ThreadRole::FsWorker);
+        for bad in [
+            "socket",
+            "connect",
+            "accept4",
+            "epoll_create1",
+            "unlink",
+            "memfd_create",
+        ] {
+            assert!(!allowed.contains(&bad), "the fs worker allows {bad}");
+        }
+        for need in ["sendmsg", "recvmsg", "epoll_wait"] {
+            assert!(allowed.contains(&need), "the fs worker needs {need}");
         }
     }
 

@@ -170,6 +170,10 @@ struct VmRunCli {
     /// IFF_VNET_HDR) with the guest's MAC address (repeatable).
     #[arg(long, value_name = "FD,MAC")]
     net: Vec<String>,
+    /// A virtio-fs device served by a vhost-user back end (virtiofsd) already listening on
+    /// SOCKET; the guest mounts TAG (repeatable).
+    #[arg(long, value_name = "TAG=SOCKET")]
+    fs: Vec<String>,
     /// Fail if the guest has not shut down after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
@@ -281,6 +285,7 @@ fn run_vm(a: VmRunCli) -> anyhow::Result<ExitCode> {
     args.disks = a.disk;
     args.vsock = a.vsock;
     args.nets = a.net;
+    args.fs = a.fs;
     args.timeout = a.timeout.map(std::time::Duration::from_secs);
     let code = strata_vmm::cli::vm_run(&args).context("strata vm run")?;
     Ok(ExitCode::from(code as u8))

@@ -1,10 +1,16 @@
-//! Guest memory: anonymous mappings laid out by [`crate::arch::x86_64::layout`], registered with
-//! KVM as memory slots. The one `unsafe` here is `KVM_SET_USER_MEMORY_REGION`.
+//! Guest memory: mappings laid out by [`crate::arch::x86_64::layout`], registered with KVM as
+//! memory slots. Anonymous by default; backed by one memfd ([`create_shared`]) when a vhost-user
+//! back end (virtiofsd) must map it too. The `unsafe` here is `KVM_SET_USER_MEMORY_REGION` and
+//! `memfd_create`.
 #![allow(unsafe_code)]
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::os::fd::FromRawFd;
+
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::arch::x86_64::layout;
 
@@ -27,6 +33,40 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         mib: mem_size >> 20,
         reason: e.to_string(),
     })
+}
+
+/// Maps `mem_size` bytes of guest RAM backed by one memfd (the regions at consecutive offsets),
+/// which a vhost-user back end can map from the descriptor each region carries.
+pub fn create_shared(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let err = |reason: String| MemoryError::Map {
+        mib: mem_size >> 20,
+        reason,
+    };
+    let name = c"strata-guest-ram";
+    // SAFETY: `name` is a NUL-terminated string that outlives the call; the flags are valid.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    file.set_len(mem_size)
+        .map_err(|e| err(format!("sizing the memfd: {e}")))?;
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0u64;
+    let mut ranges = Vec::new();
+    for (start, size) in layout::ram_regions(mem_size) {
+        ranges.push((
+            GuestAddress(start),
+            size as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += size;
+    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| err(e.to_string()))
 }
 
 /// Registers every region of `mem` with the VM, one slot each.

@@ -3,9 +3,10 @@
 //! A device sees its queues only after the driver set DRIVER_OK; the transport checks every
 //! queue against guest memory first (virtio-queue's `is_valid`). Queue notifications are handled
 //! on the notifying vCPU's thread; devices that also move data from the host side (vsock, net)
-//! run a [`Worker`] thread.
+//! or talk to a back end in another process (fs, vhost-user) run a [`Worker`] thread.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod tap;
@@ -56,6 +57,10 @@ pub enum DeviceError {
     NetSpec { spec: String, why: String },
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    #[error("invalid file system device {spec:?}: {why}")]
+    FsSpec { spec: String, why: String },
+    #[error("the vhost-user back end at {socket}: {reason}")]
+    VhostUser { socket: String, reason: String },
     #[error("the driver activated the device with {got} queues; it has {want}")]
     QueueCount { got: usize, want: usize },
 }
