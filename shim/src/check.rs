@@ -482,7 +482,7 @@ fn assess_microvm(host: &Host) -> Assessment {
             "/dev/kvm is PVM (kvm_pvm), not hardware virtualisation: small purpose-built guests run, \
              an unmodified Linux guest stops with \"emulation failure\"; a microvm pod gets the \
              QEMU driver with TCG (emulation, no security boundary) only where [microvm] \
-             allow_tcg = true",
+             allow_tcg = true, and the strata driver (Strata's own VMM) refuses pods here",
         ),
         KvmBacking::Unknown => f.add(
             Verdict::Degraded,

@@ -195,9 +195,16 @@ pub fn shim_dir(testenv: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The microvm driver the suites run pods under: `STRATA_TEST_MICROVM_DRIVER` (`qemu`, the
+/// default, or `strata`, Strata's own VMM).
+pub fn microvm_driver() -> String {
+    std::env::var("STRATA_TEST_MICROVM_DRIVER").unwrap_or_else(|_| "qemu".into())
+}
+
 /// The `[microvm]` table the tests run pods under: the guest kernel that
 /// `scripts/build-guest-kernel` cached for this tree, the initramfs `scripts/build-initramfs`
-/// wrote, and `allow_tcg` (this machine's /dev/kvm cannot run a Linux guest: QEMU emulates).
+/// wrote, `allow_tcg` (this machine's /dev/kvm cannot run a Linux guest: QEMU emulates), and
+/// the driver of [`microvm_driver`].
 pub fn microvm_test_table() -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let kernel = Command::new(repo.join("scripts/build-guest-kernel"))
@@ -208,7 +215,8 @@ pub fn microvm_test_table() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     format!(
-        "[microvm]\nallow_tcg = true\nboot_timeout_secs = 120\nkernel = {kernel:?}\ninitrd = {:?}\n",
+        "[microvm]\ndriver = {:?}\nallow_tcg = true\nboot_timeout_secs = 120\nkernel = {kernel:?}\ninitrd = {:?}\n",
+        microvm_driver(),
         MICROVM_INITRAMFS
     )
 }
@@ -223,6 +231,11 @@ pub fn tier_gate(test: &str) -> Option<String> {
     let (Ok(Runtime::Strata), Ok(tier)) = (Runtime::from_env(), Tier::from_env()) else {
         return None;
     };
+    if tier == Tier::Microvm && microvm_driver() == "strata" {
+        if let Some(why) = strata_microvm::strata_vmm::unsupported_here() {
+            return Some(format!("not on {tier} with Strata's VMM here: {why}"));
+        }
+    }
     let name = test.rsplit("::").next().unwrap_or(test);
     crate::tiers::not_applicable_on(tier, name).map(|why| format!("not on {tier}: {why}"))
 }

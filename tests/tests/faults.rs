@@ -14,7 +14,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use strata_tests::cmd::poll;
 use strata_tests::harness;
-use strata_tests::harness::{microvm_test_table, not_applicable, Container, Harness};
+use strata_tests::harness::{
+    microvm_driver, microvm_test_table, not_applicable, Container, Harness,
+};
 use strata_tests::wasi::{self, Workload, WorkloadRun};
 
 static DAEMON: RwLock<()> = RwLock::new(());
@@ -118,21 +120,31 @@ fn start_pod<'h>(h: &'h Harness, name: &str) -> Container<'h> {
     c
 }
 
-/// The pod's state directory, where its VM's QMP socket is.
+/// The pod's VM state directory: where its hybrid vsock socket is (QEMU's vhost-device-vsock
+/// has it as `--uds-path`, Strata's VMM as `--vsock`).
 fn vm_dir(c: &Container) -> PathBuf {
     let vm = c.host_pids();
-    let qemu = vm
-        .iter()
+    vm.iter()
         .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .find(|c| c.contains("qemu-system"))
-        .unwrap_or_else(|| panic!("no QEMU among {vm:?}"));
-    let qmp = qemu
-        .split_whitespace()
-        .find_map(|a| a.strip_prefix("unix:"))
-        .and_then(|a| a.split(',').next())
-        .expect("QEMU's -qmp unix:PATH");
-    Path::new(qmp).parent().unwrap().to_path_buf()
+        .flat_map(|c| {
+            c.split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .find(|a| a.ends_with("/vsock.sock"))
+        .and_then(|a| Path::new(&a).parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| panic!("no vsock socket in the command lines of {vm:?}"))
+}
+
+/// The pod's VMM process: QEMU, or Strata's VMM (`strata vm run`).
+fn vmm_pid(c: &Container) -> u32 {
+    c.host_pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu") || c.trim() == "strata")
+        })
+        .expect("the pod's VMM")
 }
 
 /// One QMP command on a fresh connection (after the greeting and `qmp_capabilities`).
@@ -182,7 +194,13 @@ fn assert_pod_failed(c: &Container, why: &str) {
 #[test]
 fn a_guest_kernel_panic_ends_the_pod_and_leaves_nothing() {
     let h = harness!();
-    if !runs_in_a_vm(h, "a_guest_kernel_panic_ends_the_pod_and_leaves_nothing") {
+    let test = "a_guest_kernel_panic_ends_the_pod_and_leaves_nothing";
+    if !runs_in_a_vm(h, test) {
+        return;
+    }
+    if microvm_driver() == "strata" {
+        // The guest's panic is injected as an NMI through QEMU's monitor.
+        not_applicable(test, "Strata's VMM has no monitor to inject an NMI through");
         return;
     }
     let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
@@ -202,14 +220,7 @@ fn a_guest_agent_that_stops_answering_ends_the_pod() {
     let c = start_pod(h, "agent-hang");
     // The whole guest stops, so its agent answers nothing (and no guest process can answer
     // for it); the watchdog must give up on it, not wait for ever.
-    let qemu = c
-        .host_pids()
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
-        })
-        .expect("the pod's QEMU");
-    kill(Pid::from_raw(qemu as i32), Signal::SIGSTOP).unwrap();
+    kill(Pid::from_raw(vmm_pid(&c) as i32), Signal::SIGSTOP).unwrap();
     // A call meanwhile fails rather than hangs.
     let out = c.exec("while-hung", &["/bin/true"]);
     assert!(!out.success(), "exec into a hung guest succeeded: {out}");
@@ -225,7 +236,7 @@ fn a_killed_shims_vm_under_another_state_dir_is_cleaned_up() {
     let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
     let c = start_pod(h, "shimkill-dir");
     let vm = c.host_pids();
-    assert!(vm.len() >= 3, "expected QEMU and its helpers: {vm:?}");
+    assert!(vm.len() >= 3, "expected the VMM and its helpers: {vm:?}");
     let pod_dir = vm_dir(&c).parent().unwrap().to_path_buf();
     assert!(
         pod_dir.starts_with(fault_state_dir(h)),
@@ -251,4 +262,54 @@ fn a_killed_shims_vm_under_another_state_dir_is_cleaned_up() {
     );
     assert!(!pod_dir.exists(), "{} is left", pod_dir.display());
     c.assert_no_leaks();
+}
+
+/// `driver = "strata"` where /dev/kvm cannot run a Linux guest (PVM here): `ctr run` fails with
+/// the reason, and nothing of the pod is left (no VM process, state directory, mount or
+/// cgroup). Where /dev/kvm is hardware, the shared suites run under that driver instead
+/// (`STRATA_TEST_MICROVM_DRIVER=strata`).
+#[test]
+fn the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware() {
+    let h = harness!();
+    let test = "the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware";
+    if !runs_in_a_vm(h, test) {
+        return;
+    }
+    let Some(why) = strata_microvm::strata_vmm::unsupported_here() else {
+        not_applicable(
+            test,
+            "/dev/kvm is hardware-backed here: the strata driver boots pods",
+        );
+        return;
+    };
+    let _shared = DAEMON.read().unwrap_or_else(|p| p.into_inner());
+    let config = h.info.state.join("strata-microvm-strata-driver.toml");
+    let fault = std::fs::read_to_string(fault_config(h)).unwrap();
+    std::fs::write(
+        &config,
+        fault
+            .replacen("[microvm]\n", "[microvm]\ndriver = \"strata\"\n", 1)
+            .replacen("driver = \"qemu\"\n", "", 1),
+    )
+    .unwrap();
+    let c = h.container("strata-driver");
+    let out = c.try_start(
+        &["--runtime-config-path", &config.display().to_string()],
+        &["/bin/true"],
+    );
+    assert!(!out.success(), "the pod started: {out}");
+    assert!(
+        out.stderr.contains("needs hardware virtualisation"),
+        "ctr does not say why: {out}\n{}",
+        c.log()
+    );
+    assert!(out.stderr.contains(why.split(';').next().unwrap()), "{out}");
+    let left: Vec<_> = std::fs::read_dir(fault_state_dir(h))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|p| p.to_string_lossy().contains(&c.id)),
+        "VM state left: {left:?}"
+    );
+    c.remove_and_check();
 }

@@ -15,7 +15,9 @@ pub mod process;
 pub mod qemu;
 pub mod settings;
 pub mod share;
+pub mod strata_vmm;
 pub mod tools;
+pub mod vmproc;
 
 pub use backend::MicrovmBackend;
 pub use error::Error;
@@ -51,6 +53,11 @@ impl Tier for MicrovmTier {
                 qemu: settings.qemu.clone(),
                 virtiofsd: settings.virtiofsd.clone(),
                 vhost_vsock: settings.vhost_device_vsock.clone(),
+            }),
+            settings::Driver::Strata => Box::new(strata_vmm::StrataVmm {
+                strata: settings.strata.clone(),
+                virtiofsd: settings.virtiofsd.clone(),
+                require_hardware_kvm: true,
             }),
         };
         Ok(Arc::new(MicrovmBackend::new(

@@ -17,6 +17,8 @@ pub enum Driver {
     /// `allow_tcg`.
     #[default]
     Qemu,
+    /// Strata's own VMM (`strata vm run`), hardware KVM only.
+    Strata,
 }
 
 /// `[microvm]`.
@@ -51,6 +53,9 @@ pub struct Settings {
     pub qemu: Option<PathBuf>,
     pub virtiofsd: Option<PathBuf>,
     pub vhost_device_vsock: Option<PathBuf>,
+    /// The `strata` binary whose `vm run` is the VMM of the strata driver; unset: the one
+    /// beside the shim, then `/var/cache/strata/tools/bin`, then `PATH`.
+    pub strata: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -71,6 +76,7 @@ impl Default for Settings {
             qemu: None,
             virtiofsd: None,
             vhost_device_vsock: None,
+            strata: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Finding the helper binaries of the QEMU driver, and the guest image the scripts build.
+//! Finding the helper binaries of the drivers, and the guest image the scripts build.
 //!
 //! A helper is looked for in this order: the path the configuration names (and nowhere else
 //! when it names one), [`TOOLS_BIN`] (where `scripts/install-deps` builds rust-vmm's
@@ -15,7 +15,7 @@ pub const TOOLS_BIN: &str = "/var/cache/strata/tools/bin";
 /// Where `scripts/build-initramfs` writes the guest's initramfs by default.
 pub const GUEST_INITRAMFS: &str = "/var/cache/strata/guest-initramfs/initramfs.cpio.gz";
 
-/// A helper binary of the QEMU driver.
+/// A helper binary of a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     /// `qemu-system-x86_64` (Debian's `qemu-system-x86`).
@@ -24,6 +24,8 @@ pub enum Tool {
     Virtiofsd,
     /// `vhost-device-vsock`, the vhost-user vsock device with a hybrid Unix socket.
     VhostVsock,
+    /// `strata`, whose `vm run` is Strata's own VMM (the strata driver).
+    Strata,
 }
 
 impl Tool {
@@ -33,6 +35,7 @@ impl Tool {
             Tool::Qemu => "qemu-system-x86_64",
             Tool::Virtiofsd => "virtiofsd",
             Tool::VhostVsock => "vhost-device-vsock",
+            Tool::Strata => "strata",
         }
     }
 
@@ -40,7 +43,7 @@ impl Tool {
     fn extra_dirs(self) -> &'static [&'static str] {
         match self {
             Tool::Virtiofsd => &["/usr/libexec"],
-            Tool::Qemu | Tool::VhostVsock => &[],
+            Tool::Qemu | Tool::VhostVsock | Tool::Strata => &[],
         }
     }
 
@@ -53,6 +56,7 @@ impl Tool {
             Tool::VhostVsock => {
                 "scripts/install-deps installs it (cargo install vhost-device-vsock into /var/cache/strata/tools)"
             }
+            Tool::Strata => "it is built with the shim (cargo build --bins) and installed beside it",
         }
     }
 }

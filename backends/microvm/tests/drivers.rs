@@ -1,6 +1,13 @@
-//! The QEMU driver for real: QEMU `-M microvm` (TCG here: this host's /dev/kvm is PVM),
-//! vhost-device-vsock and virtiofsd as separate processes, the guest kernel from
-//! scripts/build-guest-kernel and the agent's initramfs from scripts/build-initramfs.
+//! The drivers for real, with the guest kernel from scripts/build-guest-kernel and the agent's
+//! initramfs from scripts/build-initramfs:
+//!
+//! - QEMU `-M microvm` (TCG here: this host's /dev/kvm is PVM), vhost-device-vsock and
+//!   virtiofsd as separate processes;
+//! - Strata's own VMM (`strata vm run`, the `strata` binary of this build) with virtiofsd. Where
+//!   /dev/kvm is hardware it boots the guest to its agent. Here (PVM) it is refused with the
+//!   reason, and its process handling is tested with the hardware check off: virtiofsd and the
+//!   VMM start, the VMM's virtio-fs front end connects, the guest kernel starts and stops at its
+//!   first `int3` (PVM cannot emulate it), and nothing is left, whether stopped or orphaned.
 //!
 //! Skipped, saying why, without root, the helpers (scripts/install-deps) or the cached kernel
 //! (scripts/build-guest-kernel); on CI a skip is a failure (`strata_backend::testing`).
@@ -16,6 +23,7 @@ use strata_agent_protocol::client::Agent;
 use strata_agent_protocol::proto::agent::Stdio;
 use strata_microvm::hypervisor::{GUEST_SHARE_DIR, VM_RECORD_FILE};
 use strata_microvm::qemu::{cleanup_orphan, hardware_kvm, Qemu, CONSOLE_LOG};
+use strata_microvm::strata_vmm::{unsupported_here, StrataVmm};
 use strata_microvm::tools::{self, Tool};
 use strata_microvm::{process, Accel, Error, Hypervisor, Vm, VmRecord, VmSpec};
 
@@ -37,7 +45,7 @@ fn repo() -> PathBuf {
 }
 
 fn skip(test: &str, why: &str) {
-    strata_backend::testing::skip(&format!("microvm qemu::{test}"), why);
+    strata_backend::testing::skip(&format!("microvm drivers::{test}"), why);
 }
 
 /// The agent's initramfs, built once per test run from this tree.
@@ -505,4 +513,165 @@ fn cleanup_orphan_ends_a_vm_whose_shim_was_killed() {
             Err(e) => panic!("{}: {e}", cg.display()),
         }
     }
+}
+
+/// The `strata` binary of this build (cargo puts a profile's binaries beside `deps/`), or None
+/// after a skip.
+fn strata_binary(test: &str) -> Option<PathBuf> {
+    let bin = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .join("strata");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    skip(
+        test,
+        &format!(
+            "{} is not built (cargo build --workspace --bins)",
+            bin.display()
+        ),
+    );
+    None
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where /dev/kvm is not hardware, the strata driver refuses the pod with the reason and
+/// starts nothing.
+#[test]
+fn strata_driver_refuses_where_kvm_is_not_hardware() {
+    let _serial = serial();
+    let test = "strata_driver_refuses_where_kvm_is_not_hardware";
+    let Some((kernel, initrd)) = guest(test) else {
+        return;
+    };
+    if hardware_kvm() {
+        strata_backend::testing::not_applicable(test, "/dev/kvm is hardware-backed here");
+        return;
+    }
+    let s = Scratch::new("strata-refused");
+    let e = StrataVmm::default()
+        .start(&spec(&s, &kernel, &initrd))
+        .err()
+        .unwrap();
+    eprintln!("strata driver here: {e}");
+    assert!(matches!(e, Error::NoAccelerator(_)), "{e:?}");
+    assert_eq!(
+        Some(e.to_string()),
+        unsupported_here().map(|w| format!("{}", Error::NoAccelerator(w)))
+    );
+    assert!(e.to_string().contains("driver = \"qemu\""), "{e}");
+    assert_eq!(std::fs::read_dir(s.state()).unwrap().count(), 0);
+    assert!(process::descendants(std::process::id()).is_empty());
+}
+
+/// The strata driver's VM: virtiofsd and `strata vm run` in the VM's record, the console in
+/// the state directory, the VMM's virtio-fs connected to virtiofsd; on hardware KVM the agent
+/// answers; here the guest kernel stops at its first `int3` and the VMM ends with the reason.
+/// `stop` then leaves nothing.
+#[test]
+fn strata_driver_runs_its_processes_and_stop_leaves_nothing() {
+    let _serial = serial();
+    let test = "strata_driver_runs_its_processes_and_stop_leaves_nothing";
+    let Some((kernel, initrd)) = guest(test) else {
+        return;
+    };
+    let Some(strata) = strata_binary(test) else {
+        return;
+    };
+    let s = Scratch::new("strata-run");
+    let driver = StrataVmm {
+        strata: Some(strata),
+        virtiofsd: None,
+        require_hardware_kvm: false,
+    };
+    // Not quiet: the kernel's first lines show that it runs.
+    let mut sp = spec(&s, &kernel, &initrd);
+    sp.extra_cmdline = String::new();
+    let vm = driver.start(&sp).unwrap();
+    assert_eq!(vm.driver(), "strata");
+    assert_eq!(vm.accel(), Accel::Kvm);
+    assert_eq!(vm.vsock_socket(), s.state().join("vsock.sock"));
+    let rec = record(&s.state());
+    let names: Vec<String> = rec.processes.iter().map(|&(p, _)| comm(p)).collect();
+    for want in ["strata", "virtiofsd"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    // The kernel runs: the machine was built, its virtio-fs device connected to virtiofsd.
+    wait_until(
+        "the guest kernel on the console",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(s.state().join(CONSOLE_LOG))
+                .is_ok_and(|c| c.contains("Linux version"))
+        },
+    );
+    let virtiofsd_log = std::fs::read_to_string(s.state().join("virtiofsd.log")).unwrap();
+    assert!(
+        virtiofsd_log.contains("Client connected"),
+        "virtiofsd saw no front end: {virtiofsd_log}"
+    );
+    if hardware_kvm() {
+        let (agent, waited) = wait_for_agent(vm.as_ref());
+        assert_eq!(agent.ping().unwrap().pid, 1);
+        eprintln!("strata driver: the agent answered after {waited:?}");
+    } else {
+        wait_until(
+            "the VMM's end at the guest's first int3",
+            Duration::from_secs(120),
+            || !vm.is_running(),
+        );
+        let log = std::fs::read_to_string(s.state().join("strata-vmm.log")).unwrap();
+        assert!(log.contains("emulation failure"), "{log}");
+        assert!(
+            vm.console_tail().contains("x86/fpu"),
+            "{}",
+            vm.console_tail()
+        );
+    }
+    vm.stop(Duration::from_secs(5)).unwrap();
+    assert_all_gone(&rec);
+    assert!(!s.state().exists(), "the state directory is left");
+    assert!(mount_points_under(&s.0).is_empty());
+}
+
+/// A strata-driver VM dropped without `stop` (its shim was SIGKILLed): `cleanup_orphan` ends it
+/// from its state directory alone.
+#[test]
+fn strata_driver_cleanup_orphan_ends_a_vm_whose_shim_was_killed() {
+    let _serial = serial();
+    let test = "strata_driver_cleanup_orphan_ends_a_vm_whose_shim_was_killed";
+    let Some((kernel, initrd)) = guest(test) else {
+        return;
+    };
+    let Some(strata) = strata_binary(test) else {
+        return;
+    };
+    let s = Scratch::new("strata-orphan");
+    let driver = StrataVmm {
+        strata: Some(strata),
+        virtiofsd: None,
+        require_hardware_kvm: false,
+    };
+    let vm = driver.start(&spec(&s, &kernel, &initrd)).unwrap();
+    let rec = record(&s.state());
+    drop(vm);
+    cleanup_orphan(&s.state()).unwrap();
+    for &(pid, _) in &rec.processes {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    assert_all_gone(&rec);
+    assert!(!s.state().exists());
+    assert!(mount_points_under(&s.0).is_empty());
 }
