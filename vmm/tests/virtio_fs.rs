@@ -11,6 +11,9 @@
 //! - A reset stops the rings; dropping the device closes the connection, and virtiofsd ends.
 //! - virtiofsd killed under a running device: the machine is told to stop, with the reason.
 //! - No back end listening: a clear error naming the socket.
+//! - With KVM: an assembled guest (shared memfd memory registered with KVM) finds the device in
+//!   its MMIO slot, reads the tag, sets up both queues and sends FUSE_INIT, LOOKUP, OPEN and READ
+//!   of a host file, polling the used ring; it prints what virtiofsd answered.
 
 mod common;
 
@@ -26,6 +29,7 @@ use strata_vmm::devices::virtio::mmio::MmioTransport;
 use strata_vmm::devices::virtio::Worker;
 use strata_vmm::machine::VcpuEvent;
 use strata_vmm::vstate::memory;
+use strata_vmm::{Exit, Machine, MachineConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -457,4 +461,211 @@ fn no_back_end_is_a_clear_error() {
     .expect("no back end")
     .to_string();
     assert!(e.contains(&socket.display().to_string()), "{e}");
+}
+
+/// 64-bit guest. Request queue: descriptors 0x320000, avail 0x321000, used 0x322000; hiprio
+/// queue at 0x300000.. (set up, unused). Request k is copied to 0x330000 + k * 0x100, its reply
+/// lands at 0x340000 + k * 0x10000. r12 counts requests.
+const FS_GUEST: &str = r#"
+    mov $0xd0000000, %ebx
+    xor %r12d, %r12d
+    mov (%rbx), %eax
+    call puthex
+    call space
+    mov 8(%rbx), %eax
+    call puthex
+    call space
+    mov 0x100(%rbx), %eax
+    call puthex
+    call space
+    mov 0x124(%rbx), %eax
+    call puthex
+    call newline
+    movl $0, 0x70(%rbx)
+    movl $3, 0x70(%rbx)
+    movl $1, 0x24(%rbx)
+    movl $1, 0x20(%rbx)
+    movl $0, 0x24(%rbx)
+    movl $0, 0x20(%rbx)
+    movl $0xb, 0x70(%rbx)
+    movl $0, 0x30(%rbx)
+    movl $8, 0x38(%rbx)
+    movl $0x300000, 0x80(%rbx)
+    movl $0x301000, 0x90(%rbx)
+    movl $0x302000, 0xa0(%rbx)
+    movl $1, 0x44(%rbx)
+    movl $1, 0x30(%rbx)
+    movl $8, 0x38(%rbx)
+    movl $0x320000, 0x80(%rbx)
+    movl $0x321000, 0x90(%rbx)
+    movl $0x322000, 0xa0(%rbx)
+    movl $1, 0x44(%rbx)
+    movl $0xf, 0x70(%rbx)
+    mov 0x70(%rbx), %eax
+    call puthex
+    call newline
+    # INIT: out_header.len, .error, init_out.major, .minor
+    lea init_req(%rip), %rsi
+    mov $56, %ecx
+    call submit
+    mov 0x340000, %eax
+    call puthex
+    call space
+    mov 0x340004, %eax
+    call puthex
+    call space
+    mov 0x340010, %eax
+    call puthex
+    call newline
+    # LOOKUP hello.txt: error, attr.size
+    lea lookup_req(%rip), %rsi
+    mov $50, %ecx
+    call submit
+    mov 0x350004, %eax
+    call puthex
+    call space
+    mov 0x350040, %eax
+    call puthex
+    call newline
+    # OPEN the node found
+    lea open_req(%rip), %rsi
+    mov $48, %ecx
+    mov 0x350010, %rax
+    mov %rax, open_req+16(%rip)
+    call submit
+    mov 0x360004, %eax
+    call puthex
+    call newline
+    # READ it through the handle: error, the first 8 bytes
+    lea read_req(%rip), %rsi
+    mov $80, %ecx
+    mov 0x350010, %rax
+    mov %rax, read_req+16(%rip)
+    mov 0x360010, %rax
+    mov %rax, read_req+40(%rip)
+    call submit
+    mov 0x370004, %eax
+    call puthex
+    call space
+    mov 0x370010, %eax
+    bswap %eax
+    call puthex
+    mov 0x370014, %eax
+    bswap %eax
+    call puthex
+    call newline
+    call reset
+
+# submit: copies the request at %rsi (%ecx bytes) to its slot, chains it with a 4 KiB reply
+# buffer, makes it available, notifies queue 1 and polls the used ring until it is answered.
+submit:
+    mov %r12d, %edi
+    shl $8, %edi
+    add $0x330000, %edi
+    mov %edi, %r11d
+    mov %ecx, %r9d
+    rep movsb
+    mov %r12d, %eax
+    shl $1, %eax
+    mov %eax, %edx
+    shl $4, %edx
+    add $0x320000, %edx
+    mov %r11, (%rdx)
+    mov %r9d, 8(%rdx)
+    movw $1, 12(%rdx)
+    lea 1(%rax), %r10d
+    mov %r10w, 14(%rdx)
+    mov %r12d, %r10d
+    shl $16, %r10d
+    add $0x340000, %r10d
+    mov %r10, 16(%rdx)
+    movl $4096, 24(%rdx)
+    movw $2, 28(%rdx)
+    movw $0, 30(%rdx)
+    mov %r12d, %r10d
+    mov %ax, 0x321004(,%r10,2)
+    lea 1(%r12), %r10d
+    mov %r10w, 0x321002
+    movl $1, 0x50(%rbx)
+5:  cmpw %r10w, 0x322002
+    jne 5b
+    inc %r12d
+    ret
+space:
+    lea sp(%rip), %rsi
+    jmp puts
+newline:
+    lea nl(%rip), %rsi
+    jmp puts
+sp: .asciz " "
+nl: .asciz "\n"
+init_req:
+    .long 56, 26
+    .quad 2, 0
+    .long 0, 0, 1, 0
+    .long 7, 31, 0x20000, 0
+lookup_req:
+    .long 50, 1
+    .quad 4, 1
+    .long 0, 0, 1, 0
+    .ascii "hello.txt\0"
+open_req:
+    .long 48, 14
+    .quad 6, 0
+    .long 0, 0, 1, 0
+    .long 0, 0
+read_req:
+    .long 80, 15
+    .quad 8, 0
+    .long 0, 0, 1, 0
+    .quad 0, 0
+    .long 4096, 0
+    .quad 0
+    .long 0, 0
+"#;
+
+#[test]
+fn a_kvm_guest_reads_a_host_file_through_virtiofsd() {
+    if !common::kvm_available() {
+        return;
+    }
+    let Some((dir, shared, _daemon)) = fixture("kvm") else {
+        return;
+    };
+    let content = b"STRATAFS virtio-fs on KVM\n";
+    std::fs::write(shared.join("hello.txt"), content).unwrap();
+    let kernel = common::bzimage_from_asm(&dir, "fs", FS_GUEST);
+    let mut cfg = MachineConfig::new(&kernel);
+    cfg.mem_mib = 64;
+    cfg.fs.push(FsConfig {
+        tag: "strata".into(),
+        socket: dir.0.join("virtiofs.sock"),
+    });
+    let mut m = Machine::start(cfg).unwrap();
+    let r = m.wait(Some(Duration::from_secs(60)));
+    let out = m.console().contents();
+    assert_eq!(r.unwrap(), Exit::Reset, "console: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("74726976 0000001a 61727473 00000001"),
+        "magic, type 26, the tag \"stra...\", one request queue: {out}"
+    );
+    assert_eq!(lines[1], "0000000f", "DRIVER_OK: {out}");
+    let init: Vec<&str> = lines[2].split(' ').collect();
+    assert_eq!(
+        init[1], "00000000",
+        "FUSE_INIT answered without error: {out}"
+    );
+    assert_eq!(init[2], "00000007", "FUSE major 7: {out}");
+    assert_eq!(
+        lines[3],
+        format!("00000000 {:08x}", content.len()),
+        "LOOKUP: no error, the host file's size: {out}"
+    );
+    assert_eq!(lines[4], "00000000", "OPEN: {out}");
+    assert_eq!(
+        lines[5], "00000000 5354524154414653",
+        "READ: no error, \"STRATAFS\": {out}"
+    );
 }
