@@ -511,3 +511,88 @@ fn host_network_is_the_hosts_or_refused_with_the_reason() {
     }
     c.remove_and_check();
 }
+
+/// Under containerd's systemd cgroup driver the sandbox's cgroup path is `slice:prefix:name`.
+/// The microvm tier puts the VM's host processes in the directory systemd gives that unit
+/// (`kubepods.slice/kubepods-besteffort.slice/<pod>.slice/cri-containerd-<id>.scope`), and the
+/// pod slice's memory limit, when below the guest's memory, refuses the pod with the reason
+/// and leaves nothing. Only the microvm tier: the other tiers, like runc without systemd,
+/// take such a path as the systemd driver's, which needs systemd (this host runs none).
+#[test]
+fn a_systemd_cgroup_path_holds_the_vm_of_a_pod() {
+    let h = harness!();
+    let test = "a_systemd_cgroup_path_holds_the_vm_of_a_pod";
+    if h.processes_on_the_host() {
+        strata_tests::harness::not_applicable(
+            test,
+            "the systemd cgroup driver needs systemd, which this host does not run; only the \
+             microvm tier maps such a path to cgroupfs itself",
+        );
+        return;
+    }
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("memory.limit_in_bytes").exists() {
+        strata_tests::harness::not_applicable(test, "no cgroup v1 memory hierarchy here");
+        return;
+    }
+    let c = h.container("systemd-cg");
+    let slice = format!("kubepods-besteffort-podstrata{}.slice", std::process::id());
+    let cgroups_path = format!("{slice}:cri-containerd:{}", c.id);
+    let pod_dir = memory
+        .join("kubepods.slice/kubepods-besteffort.slice")
+        .join(&slice);
+    let scope = pod_dir.join(format!("cri-containerd-{}.scope", c.id));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let cleanup = || {
+        for d in [
+            scope.clone(),
+            pod_dir.clone(),
+            memory.join("kubepods.slice/kubepods-besteffort.slice"),
+            memory.join("kubepods.slice"),
+        ] {
+            let _ = std::fs::remove_dir(d);
+        }
+    };
+
+    // The kubelet's pod limit below the guest's memory: refused, saying so.
+    std::fs::write(
+        pod_dir.join("memory.limit_in_bytes"),
+        (128u64 << 20).to_string(),
+    )
+    .unwrap();
+    let out = c.try_start(&["--cgroup", &cgroups_path], &["/bin/sleep", "600"]);
+    assert!(
+        !out.success(),
+        "a pod limited below its VM's memory started: {out}"
+    );
+    assert!(out.stderr.contains("memory limit (128 MiB"), "{out}");
+    c.remove_and_check();
+    assert!(!scope.exists(), "the refused pod's cgroup is left");
+
+    // Enough memory: the VM's processes are in the unit's cgroup.
+    std::fs::write(
+        pod_dir.join("memory.limit_in_bytes"),
+        (2u64 << 30).to_string(),
+    )
+    .unwrap();
+    c.start(&["--cgroup", &cgroups_path], &["/bin/sleep", "600"]);
+    let procs = std::fs::read_to_string(scope.join("cgroup.procs")).unwrap_or_default();
+    let in_scope: Vec<u32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+    let vm = c.host_pids();
+    assert!(vm.len() >= 3, "the VMM and its helpers: {vm:?}");
+    for p in &vm {
+        assert!(
+            in_scope.contains(p),
+            "VM process {p} is not in {}: {in_scope:?}",
+            scope.display()
+        );
+    }
+    let out = c.kill("SIGKILL");
+    assert!(out.success(), "{out}");
+    c.remove_and_check();
+    assert!(
+        !scope.exists(),
+        "the pod's cgroup is left after its removal"
+    );
+    cleanup();
+}

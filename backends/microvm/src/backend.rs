@@ -459,7 +459,10 @@ impl MicrovmBackend {
                     let _ = std::fs::remove_dir(ns);
                 }
                 return Err(Error::InvalidArgument(format!(
-                    "the pod's memory limit ({} MiB, its cgroup's) is below its VM's guest memory                      ({memory_mib} MiB), so the host would OOM-kill the VM: give the pod more                      memory, or its RuntimeClass an overhead that covers the VM (docs/microvm.md,                      \"Sizing a pod\")",
+                    "the pod's memory limit ({} MiB, its cgroup's) is below its VM's guest memory \
+                     ({memory_mib} MiB), so the host would OOM-kill the VM: give the pod more \
+                     memory, or its RuntimeClass an overhead that covers the VM (docs/microvm.md, \
+                     \"Sizing a pod\")",
                     limit >> 20
                 )));
             }
@@ -792,19 +795,37 @@ fn pod_memory_limit(cgroups: &[PathBuf]) -> Option<u64> {
 /// VM's host processes (cpuset is left out: a new cpuset cgroup has no CPUs until set).
 const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
-/// The host cgroups the VM's processes join: the sandbox container's cgroup path, when it is a
-/// cgroupfs path (`/a/b`), in the unified hierarchy on a cgroup v2 host, else in each v1
-/// hierarchy of [`V1_CONTROLLERS`] this host mounts (a hybrid host's unified hierarchy has
-/// no controllers). Systemd-style paths (`slice:prefix:name`) get none here.
+/// The host cgroups the VM's processes join: the sandbox container's cgroup path, in the
+/// unified hierarchy on a cgroup v2 host, else in each v1 hierarchy of [`V1_CONTROLLERS`] this
+/// host mounts (a hybrid host's unified hierarchy has no controllers). A cgroupfs path (`/a/b`)
+/// is taken as it is; a systemd one (`slice:prefix:name`, what containerd passes under the
+/// systemd cgroup driver) becomes the directory systemd gives that unit
+/// ([`systemd_cgroup_dir`]), made through cgroupfs (no systemd is asked: Strata's shim does
+/// not talk to systemd).
 fn pod_cgroups(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
-    let Some(rel) = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().clone())
-        .filter(|p| p.is_absolute())
-        .and_then(|p| p.strip_prefix("/").ok().map(Path::to_path_buf))
-    else {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
         return Vec::new();
+    };
+    let rel = match path.strip_prefix("/") {
+        Ok(rel)
+            if rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))) =>
+        {
+            rel.to_path_buf()
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "a cgroup path with '..': the VM joins no pod cgroup");
+            return Vec::new();
+        }
+        Err(_) => match path.to_str().map(systemd_cgroup_dir) {
+            Some(Ok(dir)) => dir,
+            Some(Err(why)) => {
+                tracing::warn!(path = %path.display(), %why, "the VM joins no pod cgroup");
+                return Vec::new();
+            }
+            None => return Vec::new(),
+        },
     };
     let root = Path::new("/sys/fs/cgroup");
     let roots: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
@@ -821,6 +842,52 @@ fn pod_cgroups(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
         .map(|r| r.join(&rel))
         .filter(|d| std::fs::create_dir_all(d).is_ok())
         .collect()
+}
+
+/// The cgroup directory (relative to a hierarchy's root) that systemd gives the unit of a
+/// systemd-style cgroup path `slice:prefix:name`, as runc's systemd driver computes it: the
+/// slice expanded into its parents (`kubepods-besteffort-pod1.slice` is
+/// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice`; an empty slice is
+/// `system.slice`, `-.slice` the root), then the unit `prefix-name.scope` (or `name` itself when
+/// it is a slice).
+pub fn systemd_cgroup_dir(path: &str) -> std::result::Result<PathBuf, String> {
+    let parts: Vec<&str> = path.split(':').collect();
+    let [slice, prefix, name] = parts[..] else {
+        return Err(format!("{path:?} is not slice:prefix:name"));
+    };
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        return Err(format!("{slice:?} is not a slice (it must end in .slice)"));
+    };
+    if stem.contains('/') || name.is_empty() || name.contains('/') || prefix.contains('/') {
+        return Err(format!("{path:?} holds a '/' or no name"));
+    }
+    let mut dir = PathBuf::new();
+    if stem != "-" {
+        let mut so_far = String::new();
+        for part in stem.split('-') {
+            if part.is_empty() {
+                return Err(format!("{slice:?} has an empty component"));
+            }
+            if !so_far.is_empty() {
+                so_far.push('-');
+            }
+            so_far.push_str(part);
+            dir.push(format!("{so_far}.slice"));
+        }
+    }
+    if name.ends_with(".slice") {
+        dir.push(name);
+    } else if prefix.is_empty() {
+        dir.push(format!("{name}.scope"));
+    } else {
+        dir.push(format!("{prefix}-{name}.scope"));
+    }
+    Ok(dir)
 }
 
 impl Backend for MicrovmBackend {
@@ -1116,5 +1183,34 @@ pub fn cleanup_orphan(bundle: &Path, state_root: &Path, namespace: &str, sandbox
     let _ = std::fs::remove_dir_all(&dir);
     if let Some(ns) = dir.parent() {
         let _ = std::fs::remove_dir(ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_paths_become_the_directories_systemd_gives_them() {
+        let ok = |p: &str| systemd_cgroup_dir(p).unwrap().display().to_string();
+        assert_eq!(
+            ok("kubepods-besteffort-pod1a2b.slice:cri-containerd:abc"),
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b.slice/cri-containerd-abc.scope"
+        );
+        assert_eq!(ok(":docker:x"), "system.slice/docker-x.scope");
+        assert_eq!(ok("-.slice:p:x"), "p-x.scope");
+        assert_eq!(ok("user.slice::x"), "user.slice/x.scope");
+        assert_eq!(ok("a-b.slice:p:c.slice"), "a.slice/a-b.slice/c.slice");
+        for bad in [
+            "/kubepods/pod1/abc",
+            "kubepods.slice:cri-containerd",
+            "kubepods:cri-containerd:abc",
+            "a--b.slice:p:x",
+            "a.slice:p:",
+            "a.slice:p:x/y",
+            "a.slice:p:x:y",
+        ] {
+            assert!(systemd_cgroup_dir(bad).is_err(), "{bad} accepted");
+        }
     }
 }
