@@ -278,6 +278,13 @@ static void files(void) {
     symlink("in", p("r2/rel-link"));
     symlink("/in", p("r2/abs-link"));
     symlink("../f", p("r2/up-link"));
+    /* Dangling symlinks as the name of a creating open: the kernel makes the target. */
+    symlink("made-by-link", p("r2/dangle-rel"));
+    symlink("/made-abs", p("r2/dangle-abs"));
+    symlink("../made-up", p("r2/dangle-up"));
+    symlink("dangle-next", p("r2/dangle-chain"));
+    symlink("made-chain", p("r2/dangle-next"));
+    symlink("made-excl", p("r2/dangle-excl"));
     int r2 = open(p("r2"), O_RDONLY | O_DIRECTORY);
     struct { const char *name; int dir; const char *path; unsigned long long flags, resolve; } rs[] = {
         {"openat2_beneath_inside", r2, "in", O_RDONLY, RESOLVE_BENEATH},
@@ -308,6 +315,13 @@ static void files(void) {
         {"openat2_in_root_create_abs", r2, "/made3", O_CREAT | O_WRONLY, RESOLVE_IN_ROOT},
         {"openat2_beneath_create_trailing_slash", r2, "made4/", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
         {"openat2_cached_create", r2, "made5", O_CREAT | O_WRONLY, RESOLVE_CACHED},
+        {"openat2_beneath_creat_dangling", r2, "dangle-rel", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_creat_dangling_up", r2, "dangle-up", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_beneath_creat_dangling_abs", r2, "dangle-abs", O_CREAT | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_in_root_creat_dangling_abs", r2, "dangle-abs", O_CREAT | O_WRONLY, RESOLVE_IN_ROOT},
+        {"openat2_no_xdev_creat_dangling_chain", r2, "dangle-chain", O_CREAT | O_WRONLY, RESOLVE_NO_XDEV},
+        {"openat2_beneath_creat_excl_dangling", r2, "dangle-excl", O_CREAT | O_EXCL | O_WRONLY, RESOLVE_BENEATH},
+        {"openat2_no_symlinks_creat_dangling", r2, "dangle-excl", O_CREAT | O_WRONLY, RESOLVE_NO_SYMLINKS},
         {"openat2_o_path_beneath", r2, "in", O_PATH, RESOLVE_BENEATH},
         {"openat2_bad_dirfd", 999, "in", O_RDONLY, RESOLVE_BENEATH},
         {"openat2_file_dirfd", -1, "in", O_RDONLY, RESOLVE_BENEATH},
@@ -326,6 +340,10 @@ static void files(void) {
         close((int)r);
     }
     close(filefd);
+    rc("openat2_dangling_made_rel", faccessat(r2, "made-by-link", F_OK, 0), 0);
+    rc("openat2_dangling_made_abs_in_root", faccessat(r2, "made-abs", F_OK, 0), 0);
+    rc("openat2_dangling_made_chain", faccessat(r2, "made-chain", F_OK, 0), 0);
+    rc("openat2_dangling_not_made_excl", faccessat(r2, "made-excl", F_OK, 0), 0);
     close(r2);
 
     /* Paths through one's own procfs magic links (root, cwd), and another process's */

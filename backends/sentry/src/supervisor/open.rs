@@ -173,6 +173,52 @@ fn resolving_open(
             Err(e) => return Outcome::Errno(e as i32, "openat2 lookup"),
         },
         Err(libc::ENOENT) if flags & libc::O_CREAT != 0 && !tmpfile => {
+            // A dangling symlink as the name: the kernel follows it (and any it leads to, 40 at
+            // most) and makes the last target, under the same resolve flags; O_EXCL refuses it.
+            let mut text = text.clone();
+            let mut found = None;
+            for hop in 0..=MAX_SYMLINK_HOPS {
+                let link = match lookup(&text, libc::O_NOFOLLOW) {
+                    Ok((fd, _)) => symlink_target(&fd),
+                    Err(_) => None,
+                };
+                let Some(target) = link else { break };
+                if flags & libc::O_EXCL != 0 {
+                    return Outcome::Errno(libc::EEXIST, "O_EXCL on a symlink");
+                }
+                if hop == MAX_SYMLINK_HOPS {
+                    return Outcome::Errno(libc::ELOOP, "too many symlinks");
+                }
+                text = link_destination(&text, &target);
+                match lookup(&text, flags & libc::O_DIRECTORY) {
+                    Ok(f) => {
+                        found = Some(f);
+                        break;
+                    }
+                    Err(libc::ENOENT) => {}
+                    Err(e) if magic(e) => return Outcome::Errno(libc::ENOSYS, "magic link"),
+                    Err(e) => return Outcome::Errno(e, "openat2 lookup"),
+                }
+            }
+            if let Some((fd, real)) = found {
+                // The target appeared meanwhile: opened as found.
+                let st = match nix::sys::stat::fstat(fd.as_raw_fd()) {
+                    Ok(st) => st,
+                    Err(e) => return Outcome::Errno(e as i32, "openat2 lookup"),
+                };
+                if real != path {
+                    call.arg("resolved", real.clone());
+                }
+                return open_in_root(
+                    call,
+                    t,
+                    root,
+                    real,
+                    flags | libc::O_NOFOLLOW,
+                    mode,
+                    Some((st.st_dev, st.st_ino)),
+                );
+            }
             // A file to make: its directory found as the task's walk would find it, the name
             // made there (a name that is no plain one exists, or fails as the kernel's would).
             let trimmed = text.trim_end_matches('/');
@@ -201,6 +247,34 @@ fn resolving_open(
     // What was found is opened without following anything more: the lookup followed what
     // the task's flags let it follow.
     open_in_root(call, t, root, abs, flags | libc::O_NOFOLLOW, mode, expect)
+}
+
+/// How many symlinks a path walk follows (the kernel's MAXSYMLINKS).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The target of the symlink `fd` (an `O_PATH | O_NOFOLLOW` descriptor), or None when it is
+/// not one.
+fn symlink_target(fd: &OwnedFd) -> Option<String> {
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFLNK {
+        return None;
+    }
+    let target = nix::fcntl::readlinkat(Some(fd.as_raw_fd()), "").ok()?;
+    target.into_string().ok()
+}
+
+/// Where a symlink at `link` (a path as the task wrote it) with `target` leads: an absolute
+/// target as it is (the lookup's resolve flags say from where it counts), a relative one from
+/// the link's directory.
+fn link_destination(link: &str, target: &str) -> String {
+    if target.starts_with('/') {
+        return target.to_string();
+    }
+    match link.trim_end_matches('/').rsplit_once('/') {
+        Some(("", _)) => format!("/{target}"),
+        Some((dir, _)) => format!("{dir}/{target}"),
+        None => target.to_string(),
+    }
 }
 
 /// The flags open(2) keeps beside `O_PATH` (it drops the others; openat2(2) refuses them).
@@ -762,6 +836,15 @@ pub(super) fn memfd_with(name: &str, text: &str) -> Result<OwnedFd, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_leads_from_its_own_directory_or_from_a_root() {
+        assert_eq!(link_destination("a/b/link", "t"), "a/b/t");
+        assert_eq!(link_destination("link", "t"), "t");
+        assert_eq!(link_destination("/link", "t"), "/t");
+        assert_eq!(link_destination("/d/link", "../t"), "/d/../t");
+        assert_eq!(link_destination("a/link", "/abs/t"), "/abs/t");
+    }
 
     #[test]
     fn only_opens_within_a_granted_tree_are_left_to_the_kernel() {
