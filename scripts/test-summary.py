@@ -3,7 +3,8 @@
 failed and skipped counts; critest's counts per handler; and every skip with its reason.
 
 Reads the results directory test-all fills: for each cargo run NAME,
-  NAME.meta   "<target>\t<containerd version>" (target: strata-native, ..., runc, or "unit")
+  NAME.meta   "<target>\t<containerd version>" (target: strata-native, ..., runc, or "unit";
+              strata-microvm:strata for the microvm tier under Strata's own VMM)
   NAME.out    cargo test's output
   NAME.skips  lines "<kind>\t<test path>\t<reason>" (strata_backend::testing), kind "missing"
               (a prerequisite missing: a failure on CI) or "n/a" (cannot apply here)
@@ -91,9 +92,9 @@ def main(results):
 
     print()
     print("== results: suite x target x containerd")
-    print(f"{'suite':<16} {'target':<16} {'containerd':<11} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    print(f"{'suite':<16} {'target':<21} {'containerd':<11} {'passed':>6} {'failed':>6} {'skipped':>7}")
     for (suite, target, ctrd), (p, fl, s) in sorted(rows.items()):
-        print(f"{suite:<16} {target:<16} {ctrd:<11} {p:>6} {fl:>6} {s:>7}")
+        print(f"{suite:<16} {target:<21} {ctrd:<11} {p:>6} {fl:>6} {s:>7}")
 
     critest = os.path.join(results, "critest.tsv")
     if os.path.exists(critest):
