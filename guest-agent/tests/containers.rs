@@ -117,6 +117,9 @@ fn pause_resume_pids_update_and_kill_all() {
         return;
     }
     let dir = scratch("pause");
+    // Its own name per run: a run that failed half-way leaves no cgroup (with the limit set
+    // below) for the next to find.
+    let id = &format!("ticker-{}", std::process::id());
     let mut host = HostAgent::start(&dir);
     let agent = Agent::connect_unix(&host.sock, Duration::from_secs(30)).unwrap();
     let c = Calls(&agent);
@@ -125,7 +128,7 @@ fn pause_resume_pids_update_and_kill_all() {
     // the shell ignores SIGTERM, its children do not: the shell's wait returns when they die.
     let b = bundle(
         &dir,
-        "ticker",
+        id,
         &[
             "/bin/sh",
             "-c",
@@ -136,14 +139,14 @@ fn pause_resume_pids_update_and_kill_all() {
     );
     let ticks_file = b.join("rootfs/tmp/ticks");
     let ticks = || std::fs::metadata(&ticks_file).map(|m| m.len()).unwrap_or(0);
-    c.create("ticker", &b, Stdio::default());
-    let init = c.start("ticker", "");
+    c.create(id, &b, Stdio::default());
+    let init = c.start(id, "");
 
     // Pids: the shell and both sleeps (and now and then a short sleep of the loop).
     let mut pids = Vec::new();
     assert!(
         eventually(Duration::from_secs(10), || {
-            pids = agent.pids("ticker").unwrap();
+            pids = agent.pids(id).unwrap();
             pids.contains(&init) && pids.len() >= 3
         }),
         "pids {pids:?}, init {init}"
@@ -152,11 +155,11 @@ fn pause_resume_pids_update_and_kill_all() {
 
     // Paused: no tick for half a second; resumed: ticking again.
     assert!(eventually(Duration::from_secs(10), || ticks() > 0));
-    agent.pause("ticker").unwrap();
+    agent.pause(id).unwrap();
     let paused_at = ticks();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ticks(), paused_at, "ticked while paused");
-    agent.resume("ticker").unwrap();
+    agent.resume(id).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || ticks() > paused_at),
         "no tick after resume"
@@ -165,25 +168,25 @@ fn pause_resume_pids_update_and_kill_all() {
     // A memory limit by Update, as the cgroup itself shows it and as Stats does.
     assert_ne!(memory_limit_of(init), 96 << 20);
     agent
-        .update("ticker", r#"{"memory": {"limit": 100663296}}"#)
+        .update(id, r#"{"memory": {"limit": 100663296}}"#)
         .unwrap();
     assert_eq!(memory_limit_of(init), 96 << 20);
-    assert_eq!(agent.stats("ticker").unwrap().memory_limit, 96 << 20);
-    let bad = agent.update("ticker", "{not json").unwrap_err();
+    assert_eq!(agent.stats(id).unwrap().memory_limit, 96 << 20);
+    let bad = agent.update(id, "{not json").unwrap_err();
     assert!(bad.to_string().contains("Update"), "{bad}");
 
     // An exec'd sleep as well; SIGTERM to all: the sleeps die of it, the shell's wait returns.
-    c.exec("ticker", "e1", "sleep 1000", Stdio::default());
-    c.start("ticker", "e1");
+    c.exec(id, "e1", "sleep 1000", Stdio::default());
+    c.start(id, "e1");
     std::fs::write(b.join("rootfs/tmp/stop"), "").unwrap();
-    agent.kill("ticker", "", 15, true).unwrap();
-    assert_eq!(c.wait("ticker", "e1"), 128 + 15);
-    assert_eq!(c.wait("ticker", ""), 0);
+    agent.kill(id, "", 15, true).unwrap();
+    assert_eq!(c.wait(id, "e1"), 128 + 15);
+    assert_eq!(c.wait(id, ""), 0);
     assert_eq!(
         std::fs::read_to_string(b.join("rootfs/tmp/done")).unwrap(),
         "waited\n"
     );
-    c.delete("ticker");
+    c.delete(id);
     agent.shutdown().unwrap();
     assert!(host.child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

@@ -405,8 +405,14 @@ fn stats_report_usage() {
         &["--memory-limit", "134217728"],
         &Workload::new().children(children).busy(20000).sleep(),
     );
-    // pids.current counts tasks: the threads of every process of the container.
+    // pids.current counts tasks: the threads of every process of the container. In a VM the
+    // pids are the guest's, whose /proc the host cannot read (the host's own /proc/<pid> is
+    // another process, or none); there each of the workload's processes has one thread.
+    let on_host = h.processes_on_the_host();
     let threads = |pids: Vec<u32>| -> u64 {
+        if !on_host {
+            return pids.len() as u64;
+        }
         pids.iter()
             .map(|p| std::fs::read_dir(format!("/proc/{p}/task")).map_or(0, |d| d.count() as u64))
             .sum()

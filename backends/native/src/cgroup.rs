@@ -72,14 +72,31 @@ impl Cgroup {
     }
 
     /// Sends `sig` to every process in the cgroup; for SIGKILL also thaws it, so that the
-    /// kills land even in a paused container.
+    /// kills land even in a paused container. Another signal is sent with the cgroup frozen
+    /// (as runc's `kill --all` does), unless it was paused already, then thawed: no process
+    /// runs while the list is walked, so none reacts to the signal (an init that exits, and
+    /// whose exit SIGKILLs the rest) before every one of them has it, and none forks a child
+    /// that the walk misses.
     pub fn signal_all(&self, sig: nix::sys::signal::Signal) {
+        let kill = sig == nix::sys::signal::Signal::SIGKILL;
+        let froze = !kill && !self.is_frozen() && self.freeze(true).is_ok();
         for pid in self.pids().unwrap_or_default() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
         }
-        if sig == nix::sys::signal::Signal::SIGKILL {
+        if kill {
             self.thaw();
+        } else if froze {
+            let _ = self.freeze(false);
         }
+    }
+
+    /// Whether the cgroup is frozen or freezing (v1 `freezer.state`, v2 `cgroup.freeze`).
+    fn is_frozen(&self) -> bool {
+        self.dirs().iter().any(|dir| {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            matches!(read("freezer.state").trim(), "FROZEN" | "FREEZING")
+                || read("cgroup.freeze").trim() == "1"
+        })
     }
 
     /// SIGKILLs every process in the cgroup (see [`Cgroup::signal_all`]).
