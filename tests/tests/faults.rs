@@ -271,7 +271,7 @@ fn a_killed_shims_vm_under_another_state_dir_is_cleaned_up() {
 #[test]
 fn the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware() {
     let h = harness!();
-    let test = "the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware";
+    let test = "faults::the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware";
     if !runs_in_a_vm(h, test) {
         return;
     }

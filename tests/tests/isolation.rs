@@ -521,7 +521,7 @@ fn host_network_is_the_hosts_or_refused_with_the_reason() {
 #[test]
 fn a_systemd_cgroup_path_holds_the_vm_of_a_pod() {
     let h = harness!();
-    let test = "a_systemd_cgroup_path_holds_the_vm_of_a_pod";
+    let test = "isolation::a_systemd_cgroup_path_holds_the_vm_of_a_pod";
     if h.processes_on_the_host() {
         strata_tests::harness::not_applicable(
             test,
