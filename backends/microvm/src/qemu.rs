@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::hypervisor::SHARE_TAG;
 use crate::process;
 use crate::tools::{self, Tool};
-use crate::vmproc::{self, Parts, Paths, ProcessVm, Role, QEMU_NAME, START_TIMEOUT, VSOCK_NAME};
+use crate::vmproc::{self, Parts, Paths, Role, QEMU_NAME, START_TIMEOUT, VSOCK_NAME};
 use crate::{Accel, Error, Hypervisor, Vm, VmSpec};
 
 pub use crate::vmproc::{cleanup_orphan, CONSOLE_LOG, VSOCK_SOCKET};
@@ -47,23 +47,29 @@ pub fn hardware_kvm() -> bool {
             || Path::new("/sys/module/kvm_amd").exists())
 }
 
+/// Why `/dev/kvm` cannot run an unmodified Linux guest here, or None where it is hardware.
+pub fn no_hardware_kvm() -> Option<&'static str> {
+    if hardware_kvm() {
+        None
+    } else if !Path::new("/dev/kvm").exists() {
+        Some("there is no /dev/kvm")
+    } else if Path::new("/sys/module/kvm_pvm").exists() {
+        Some("/dev/kvm is PVM (kvm_pvm), which runs no unmodified Linux guest")
+    } else {
+        Some("/dev/kvm exists, but neither kvm_intel nor kvm_amd is loaded")
+    }
+}
+
 /// KVM where it can run the guest, else TCG if `allow_tcg`, else [`Error::NoAccelerator`].
 pub fn choose_accel(allow_tcg: bool) -> Result<Accel, Error> {
-    if hardware_kvm() {
-        Ok(Accel::Kvm)
-    } else if allow_tcg {
-        Ok(Accel::Tcg)
-    } else {
-        Err(Error::NoAccelerator(format!(
-            "no hardware virtualisation here ({}); QEMU could only emulate the guest (TCG), \
+    match no_hardware_kvm() {
+        None => Ok(Accel::Kvm),
+        Some(_) if allow_tcg => Ok(Accel::Tcg),
+        Some(why) => Err(Error::NoAccelerator(format!(
+            "no hardware virtualisation here ({why}); QEMU could only emulate the guest (TCG), \
              which is no security boundary and is allowed only by `allow_tcg = true` in the \
-             `[microvm]` section of the configuration",
-            if Path::new("/dev/kvm").exists() {
-                "/dev/kvm exists, but neither kvm_intel nor kvm_amd is loaded"
-            } else {
-                "no /dev/kvm"
-            }
-        )))
+             `[microvm]` section of the configuration"
+        ))),
     }
 }
 
@@ -203,20 +209,9 @@ impl Hypervisor for Qemu {
             tools::find(Tool::Virtiofsd, self.virtiofsd.as_deref())?,
             tools::find(Tool::VhostVsock, self.vhost_vsock.as_deref())?,
         ];
-        let mut parts = vmproc::parts_for(spec)?;
-        let t0 = Instant::now();
-        if let Err(reason) = self.launch(spec, accel, bins, &mut parts) {
-            return Err(parts.fail(reason));
-        }
-        tracing::info!(
-            vm = %spec.id,
-            %accel,
-            pids = ?parts.record().processes,
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "QEMU microVM started"
-        );
-        let vsock = parts.paths.vsock.clone();
-        Ok(Box::new(ProcessVm::new("qemu", accel, vsock, parts)))
+        vmproc::start(spec, "qemu", accel, |parts| {
+            self.launch(spec, accel, bins, parts)
+        })
     }
 }
 

@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use crate::hypervisor::SHARE_TAG;
 use crate::process;
-use crate::qemu::{hardware_kvm, kernel_cmdline};
+use crate::qemu::{kernel_cmdline, no_hardware_kvm};
 use crate::tools::{self, Tool};
-use crate::vmproc::{self, Parts, Paths, ProcessVm, Role, START_TIMEOUT, STRATA_VMM_NAME};
+use crate::vmproc::{self, Parts, Paths, Role, START_TIMEOUT, STRATA_VMM_NAME};
 use crate::{Accel, Error, Hypervisor, Vm, VmSpec};
 
 pub use crate::vmproc::{CONSOLE_LOG, VSOCK_SOCKET};
@@ -52,20 +52,12 @@ impl Default for StrataVmm {
 
 /// Why the driver cannot boot a Linux guest here, if it cannot.
 pub fn unsupported_here() -> Option<String> {
-    if hardware_kvm() {
-        return None;
-    }
-    let what = if Path::new("/sys/module/kvm_pvm").exists() {
-        "/dev/kvm is PVM (kvm_pvm), which runs no unmodified Linux guest"
-    } else if Path::new("/dev/kvm").exists() {
-        "/dev/kvm exists, but neither kvm_intel nor kvm_amd is loaded"
-    } else {
-        "there is no /dev/kvm"
-    };
-    Some(format!(
-        "the strata driver needs hardware virtualisation (kvm_intel or kvm_amd) and {what}; \
-         use driver = \"qemu\" in the [microvm] section of the configuration"
-    ))
+    no_hardware_kvm().map(|what| {
+        format!(
+            "the strata driver needs hardware virtualisation (kvm_intel or kvm_amd) and {what}; \
+             use driver = \"qemu\" in the [microvm] section of the configuration"
+        )
+    })
 }
 
 /// The `strata` binary: `explicit`, else beside the running executable (the shim and `strata`
@@ -140,19 +132,9 @@ impl Hypervisor for StrataVmm {
             find_strata(self.strata.as_deref())?,
             tools::find(Tool::Virtiofsd, self.virtiofsd.as_deref())?,
         ];
-        let mut parts = vmproc::parts_for(spec)?;
-        let t0 = Instant::now();
-        if let Err(reason) = self.launch(spec, bins, &mut parts) {
-            return Err(parts.fail(reason));
-        }
-        tracing::info!(
-            vm = %spec.id,
-            pids = ?parts.record().processes,
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "Strata microVM started"
-        );
-        let vsock = parts.paths.vsock.clone();
-        Ok(Box::new(ProcessVm::new("strata", Accel::Kvm, vsock, parts)))
+        vmproc::start(spec, "strata", Accel::Kvm, |parts| {
+            self.launch(spec, bins, parts)
+        })
     }
 }
 
@@ -193,7 +175,7 @@ mod tests {
     #[test]
     fn refused_with_the_reason_where_kvm_is_not_hardware() {
         match unsupported_here() {
-            None => assert!(hardware_kvm()),
+            None => assert!(no_hardware_kvm().is_none()),
             Some(why) => {
                 assert!(why.contains("hardware virtualisation"), "{why}");
                 assert!(why.contains("driver = \"qemu\""), "{why}");

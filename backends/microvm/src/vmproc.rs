@@ -84,20 +84,42 @@ pub fn check_spec(spec: &VmSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// A fresh set of parts for `spec`: its state directory emptied of anything a driver leaves.
-pub fn parts_for(spec: &VmSpec) -> Result<Parts, Error> {
+/// Starts a VM of `driver` for `spec` in its state directory, emptied first of anything a
+/// driver leaves: `launch` starts the processes into the [`Parts`] it is given. A launch that
+/// fails is undone ([`Parts::fail`]: processes killed, the share released, the files removed
+/// but the console); one that succeeds is the running [`ProcessVm`].
+pub fn start(
+    spec: &VmSpec,
+    driver: &'static str,
+    accel: Accel,
+    launch: impl FnOnce(&mut Parts) -> Result<(), String>,
+) -> Result<Box<dyn Vm>, Error> {
     let paths = Paths::new(&spec.state_dir)?;
     for f in paths.leftovers().iter().chain([&paths.console]) {
         let _ = std::fs::remove_file(f);
     }
-    Ok(Parts {
+    let mut parts = Parts {
         paths,
         cgroups: spec.cgroups.clone(),
         daemons: Vec::new(),
         vmm: None,
         descendants: Vec::new(),
         shared: None,
-    })
+    };
+    let t0 = Instant::now();
+    if let Err(reason) = launch(&mut parts) {
+        return Err(parts.fail(reason));
+    }
+    tracing::info!(
+        vm = %spec.id,
+        driver,
+        %accel,
+        pids = ?parts.record().processes,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "microVM started"
+    );
+    let vsock = parts.paths.vsock.clone();
+    Ok(Box::new(ProcessVm::new(driver, accel, vsock, parts)))
 }
 
 /// Binds the pod's shared directory where virtiofsd can serve it, and starts virtiofsd on
