@@ -144,14 +144,10 @@ pub struct Fs {
 
 /// The worker: the vhost-user conversation and the interrupt relay.
 pub struct FsWorker {
-    socket: PathBuf,
-    frontend: Option<Frontend>,
-    commands: Option<Receiver<Command>>,
-    protocol: bool,
-    backend_features: u64,
+    /// The thread's state, until the thread takes it.
+    ctx: Option<WorkerCtx>,
+    /// Wakes the thread (to stop it).
     wake: EventFd,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -227,16 +223,24 @@ impl Fs {
             wake: dup(&wake)?,
             kicks: kicks.iter().map(dup).collect::<Result<_, _>>()?,
         };
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = FsWorker {
-            socket: cfg.socket.clone(),
-            frontend: Some(frontend),
-            commands: Some(rx),
-            protocol,
-            backend_features,
+            ctx: Some(WorkerCtx {
+                socket,
+                frontend,
+                commands: rx,
+                protocol,
+                backend_features,
+                wake: dup(&wake)?,
+                kicks,
+                calls,
+                stop: stop.clone(),
+                irq: None,
+                active: Vec::new(),
+                _mem: None,
+            }),
             wake,
-            kicks,
-            calls,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             thread: None,
         };
         Ok((dev, worker))
@@ -336,19 +340,12 @@ impl VirtioDevice for Fs {
     }
 }
 
-impl FsWorker {
-    /// The back end's virtio features (as GET_FEATURES answered).
-    pub fn backend_features(&self) -> u64 {
-        self.backend_features
-    }
-}
-
 impl Worker for FsWorker {
     fn start(&mut self, events: Sender<VcpuEvent>, seccomp: bool) -> Result<(), crate::Error> {
         if self.thread.is_some() {
             return Ok(());
         }
-        let (Some(frontend), Some(commands)) = (self.frontend.take(), self.commands.take()) else {
+        let Some(mut ctx) = self.ctx.take() else {
             return Ok(());
         };
         let err = |source| DeviceError::Worker {
@@ -362,26 +359,15 @@ impl Worker for FsWorker {
                 .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))
                 .map_err(err)
         };
-        add(self.wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
-        add(frontend.as_raw_fd(), EventSet::READ_HANG_UP, TOKEN_SOCKET)?;
-        for (i, c) in self.calls.iter().enumerate() {
+        add(ctx.wake.as_raw_fd(), EventSet::IN, TOKEN_WAKE)?;
+        add(
+            ctx.frontend.as_raw_fd(),
+            EventSet::READ_HANG_UP,
+            TOKEN_SOCKET,
+        )?;
+        for (i, c) in ctx.calls.iter().enumerate() {
             add(c.as_raw_fd(), EventSet::IN, TOKEN_CALL + i as u64)?;
         }
-        let dup = |e: &EventFd| e.try_clone().map_err(err);
-        let mut ctx = WorkerCtx {
-            socket: self.socket.display().to_string(),
-            frontend,
-            commands,
-            protocol: self.protocol,
-            backend_features: self.backend_features,
-            wake: dup(&self.wake)?,
-            kicks: self.kicks.iter().map(dup).collect::<Result<_, _>>()?,
-            calls: self.calls.iter().map(dup).collect::<Result<_, _>>()?,
-            stop: self.stop.clone(),
-            irq: None,
-            active: Vec::new(),
-            _mem: None,
-        };
         let failures = events.clone();
         let t = super::spawn_worker(
             "strata-fs",
