@@ -287,9 +287,7 @@ fn the_strata_driver_refuses_a_pod_where_kvm_is_not_hardware() {
     let fault = std::fs::read_to_string(fault_config(h)).unwrap();
     std::fs::write(
         &config,
-        fault
-            .replacen("[microvm]\n", "[microvm]\ndriver = \"strata\"\n", 1)
-            .replacen("driver = \"qemu\"\n", "", 1),
+        fault.replacen("driver = \"qemu\"", "driver = \"strata\"", 1),
     )
     .unwrap();
     let c = h.container("strata-driver");

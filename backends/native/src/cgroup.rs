@@ -83,10 +83,8 @@ impl Cgroup {
         for pid in self.pids().unwrap_or_default() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
         }
-        if kill {
+        if kill || froze {
             self.thaw();
-        } else if froze {
-            let _ = self.freeze(false);
         }
     }
 
