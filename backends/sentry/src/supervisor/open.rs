@@ -166,59 +166,37 @@ fn resolving_open(
     let magic = |e: i32| {
         e == libc::ELOOP && !scoped && resolve & (RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS) == 0
     };
-    let found = lookup(&text, flags & (libc::O_NOFOLLOW | libc::O_DIRECTORY));
+    let mut text = text;
+    let mut found = lookup(&text, flags & (libc::O_NOFOLLOW | libc::O_DIRECTORY));
+    if flags & libc::O_CREAT != 0 && !tmpfile {
+        // A dangling symlink as the name: the kernel follows it (and any it leads to,
+        // MAX_LINKS at most) and makes the last target, under the same resolve flags; O_EXCL
+        // refuses it.
+        let mut hops = 0;
+        while matches!(found, Err(libc::ENOENT)) {
+            let Some(target) = lookup(&text, libc::O_NOFOLLOW)
+                .ok()
+                .and_then(|(fd, _)| symlink_target(&fd))
+            else {
+                break;
+            };
+            if flags & libc::O_EXCL != 0 {
+                return Outcome::Errno(libc::EEXIST, "O_EXCL on a symlink");
+            }
+            hops += 1;
+            if hops > MAX_LINKS {
+                return Outcome::Errno(libc::ELOOP, "too many symlinks");
+            }
+            text = link_destination(&text, &target);
+            found = lookup(&text, flags & libc::O_DIRECTORY);
+        }
+    }
     let (abs, expect) = match found {
         Ok((fd, real)) => match nix::sys::stat::fstat(fd.as_raw_fd()) {
             Ok(st) => (real, Some((st.st_dev, st.st_ino))),
             Err(e) => return Outcome::Errno(e as i32, "openat2 lookup"),
         },
         Err(libc::ENOENT) if flags & libc::O_CREAT != 0 && !tmpfile => {
-            // A dangling symlink as the name: the kernel follows it (and any it leads to, 40 at
-            // most) and makes the last target, under the same resolve flags; O_EXCL refuses it.
-            let mut text = text.clone();
-            let mut found = None;
-            for hop in 0..=MAX_SYMLINK_HOPS {
-                let link = match lookup(&text, libc::O_NOFOLLOW) {
-                    Ok((fd, _)) => symlink_target(&fd),
-                    Err(_) => None,
-                };
-                let Some(target) = link else { break };
-                if flags & libc::O_EXCL != 0 {
-                    return Outcome::Errno(libc::EEXIST, "O_EXCL on a symlink");
-                }
-                if hop == MAX_SYMLINK_HOPS {
-                    return Outcome::Errno(libc::ELOOP, "too many symlinks");
-                }
-                text = link_destination(&text, &target);
-                match lookup(&text, flags & libc::O_DIRECTORY) {
-                    Ok(f) => {
-                        found = Some(f);
-                        break;
-                    }
-                    Err(libc::ENOENT) => {}
-                    Err(e) if magic(e) => return Outcome::Errno(libc::ENOSYS, "magic link"),
-                    Err(e) => return Outcome::Errno(e, "openat2 lookup"),
-                }
-            }
-            if let Some((fd, real)) = found {
-                // The target appeared meanwhile: opened as found.
-                let st = match nix::sys::stat::fstat(fd.as_raw_fd()) {
-                    Ok(st) => st,
-                    Err(e) => return Outcome::Errno(e as i32, "openat2 lookup"),
-                };
-                if real != path {
-                    call.arg("resolved", real.clone());
-                }
-                return open_in_root(
-                    call,
-                    t,
-                    root,
-                    real,
-                    flags | libc::O_NOFOLLOW,
-                    mode,
-                    Some((st.st_dev, st.st_ino)),
-                );
-            }
             // A file to make: its directory found as the task's walk would find it, the name
             // made there (a name that is no plain one exists, or fails as the kernel's would).
             let trimmed = text.trim_end_matches('/');
@@ -248,9 +226,6 @@ fn resolving_open(
     // the task's flags let it follow.
     open_in_root(call, t, root, abs, flags | libc::O_NOFOLLOW, mode, expect)
 }
-
-/// How many symlinks a path walk follows (the kernel's MAXSYMLINKS).
-const MAX_SYMLINK_HOPS: usize = 40;
 
 /// The target of the symlink `fd` (an `O_PATH | O_NOFOLLOW` descriptor), or None when it is
 /// not one.
