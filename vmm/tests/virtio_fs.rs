@@ -17,12 +17,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use strata_microvm::tools::{self, Tool};
 use strata_vmm::devices::bus::BusDevice;
 use strata_vmm::devices::virtio::fs::{Fs, FsConfig, FsWorker, TYPE_FS};
 use strata_vmm::devices::virtio::mmio::MmioTransport;
@@ -53,22 +53,16 @@ const FUSE_INIT: u32 = 26;
 const FUSE_CREATE: u32 = 35;
 const ROOT: u64 = 1;
 
-/// The virtiofsd binary, or None (skipped, saying why; a failure under CI).
+/// The virtiofsd binary the microvm tier would use, or None (skipped, saying why; a failure
+/// under CI).
 fn virtiofsd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::iter::once(PathBuf::from("/var/cache/strata/tools/bin"))
-        .chain(std::env::split_paths(&path))
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        });
-    if found.is_none() {
-        strata_backend::testing::skip(
-            "virtio-fs tests",
-            "virtiofsd is not installed (scripts/install-deps builds it into /var/cache/strata/tools/bin)",
-        );
+    match tools::find(Tool::Virtiofsd, None) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            strata_backend::testing::skip("virtio-fs tests", &e.to_string());
+            None
+        }
     }
-    found
 }
 
 /// virtiofsd serving `shared` on `socket`, as the microvm tier starts it.
@@ -130,6 +124,31 @@ fn r32(t: &mut MmioTransport, off: u64) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Sets the device up as Linux's virtio_mmio driver does: reset, VERSION_1 only, both queues
+/// of [`QSIZE`] at [`HIPRIO_RING`] and [`REQ_RING`], DRIVER_OK.
+fn set_up(t: &mut MmioTransport) {
+    w32(t, 0x70, 0);
+    w32(t, 0x70, 3);
+    w32(t, 0x14, 1);
+    assert_ne!(r32(t, 0x10) & 1, 0, "VIRTIO_F_VERSION_1 offered");
+    w32(t, 0x24, 1);
+    w32(t, 0x20, 1);
+    w32(t, 0x24, 0);
+    w32(t, 0x20, 0);
+    w32(t, 0x70, 0xb);
+    assert_eq!(r32(t, 0x70), 0xb, "FEATURES_OK accepted");
+    for (i, base) in [HIPRIO_RING, REQ_RING].into_iter().enumerate() {
+        w32(t, 0x30, i as u32);
+        w32(t, 0x38, u32::from(QSIZE));
+        w32(t, 0x80, base as u32);
+        w32(t, 0x90, base as u32 + 0x1000);
+        w32(t, 0xa0, base as u32 + 0x2000);
+        w32(t, 0x44, 1);
+    }
+    w32(t, 0x70, 0xf);
+    assert_eq!(r32(t, 0x70), 0xf, "DRIVER_OK, no NEEDS_RESET");
+}
+
 /// A driver of one virtio-fs device: the transport, the memory, the request queue's state.
 struct Driver {
     mem: GuestMemoryMmap,
@@ -160,26 +179,7 @@ impl Driver {
         t.read(0x100, &mut cfg);
         assert_eq!(&cfg[..7], b"strata\0");
         assert_eq!(u32::from_le_bytes(cfg[36..40].try_into().unwrap()), 1);
-        w32(&mut t, 0x70, 0);
-        w32(&mut t, 0x70, 3);
-        w32(&mut t, 0x14, 1);
-        assert_ne!(r32(&mut t, 0x10) & 1, 0, "VIRTIO_F_VERSION_1 offered");
-        w32(&mut t, 0x24, 1);
-        w32(&mut t, 0x20, 1);
-        w32(&mut t, 0x24, 0);
-        w32(&mut t, 0x20, 0);
-        w32(&mut t, 0x70, 0xb);
-        assert_eq!(r32(&mut t, 0x70), 0xb, "FEATURES_OK accepted");
-        for (i, base) in [HIPRIO_RING, REQ_RING].into_iter().enumerate() {
-            w32(&mut t, 0x30, i as u32);
-            w32(&mut t, 0x38, u32::from(QSIZE));
-            w32(&mut t, 0x80, base as u32);
-            w32(&mut t, 0x90, base as u32 + 0x1000);
-            w32(&mut t, 0xa0, base as u32 + 0x2000);
-            w32(&mut t, 0x44, 1);
-        }
-        w32(&mut t, 0x70, 0xf);
-        assert_eq!(r32(&mut t, 0x70), 0xf, "DRIVER_OK, no NEEDS_RESET");
+        set_up(&mut t);
         Driver {
             mem,
             t,
@@ -408,22 +408,7 @@ fn a_reset_device_is_served_again_after_a_new_set_up() {
     for a in [REQ_RING, HIPRIO_RING] {
         d.mem.write_slice(&[0u8; 0x3000], GuestAddress(a)).unwrap();
     }
-    w32(&mut d.t, 0x70, 3);
-    w32(&mut d.t, 0x24, 1);
-    w32(&mut d.t, 0x20, 1);
-    w32(&mut d.t, 0x24, 0);
-    w32(&mut d.t, 0x20, 0);
-    w32(&mut d.t, 0x70, 0xb);
-    for (i, base) in [HIPRIO_RING, REQ_RING].into_iter().enumerate() {
-        w32(&mut d.t, 0x30, i as u32);
-        w32(&mut d.t, 0x38, u32::from(QSIZE));
-        w32(&mut d.t, 0x80, base as u32);
-        w32(&mut d.t, 0x90, base as u32 + 0x1000);
-        w32(&mut d.t, 0xa0, base as u32 + 0x2000);
-        w32(&mut d.t, 0x44, 1);
-    }
-    w32(&mut d.t, 0x70, 0xf);
-    assert_eq!(r32(&mut d.t, 0x70), 0xf);
+    set_up(&mut d.t);
     d.avail_idx = 0;
     let (err, _) = d.call(FUSE_LOOKUP, ROOT, &name("f"));
     assert_eq!(err, 0, "LOOKUP after the reset");
