@@ -67,7 +67,9 @@ static long read_file(const char *path) {
 }
 
 /* TOCTOU: two threads flip the path between an allowed and a denied file while the main
-   thread opens it N times; every descriptor obtained must be the allowed file.
+   thread opens it N times; every descriptor obtained must be the allowed file (the same
+   device and inode), or the null device a masked denied file shows (counted as denied, and
+   as masked): anything else is a violation.
    toctou [ALLOWED DENIED N] (default: /etc/passwd, /proc/kallsyms, 20000). */
 static volatile int stop_flip;
 static char flip_buf[256];
@@ -101,26 +103,39 @@ static int toctou(int argc, char **argv) {
             return 1;
         }
     }
-    long ok = 0, denied = 0, violations = 0, other = 0;
+    struct stat want;
+    if (stat(flip_a, &want) != 0) {
+        printf("toctou stat %s failed: %s\n", flip_a, strerror(errno));
+        return 1;
+    }
+    long ok = 0, denied = 0, masked = 0, violations = 0, other = 0;
     for (long i = 0; i < rounds; i++) {
         int fd = open(flip_buf, O_RDONLY);
         if (fd < 0) {
             if (errno == EACCES) denied++; else other++;
             continue;
         }
-        char link[64], p[256];
-        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-        ssize_t n = readlink(link, p, sizeof p - 1);
-        if (n > 0) {
-            p[n] = 0;
-            if (strcmp(p, flip_a) == 0) ok++;
-            else if (violations++ < 5) fprintf(stderr, "opened %s\n", p);
+        struct stat st;
+        if (fstat(fd, &st) != 0) {
+            other++;
+        } else if (st.st_dev == want.st_dev && st.st_ino == want.st_ino) {
+            ok++;
+        } else if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) {
+            denied++;
+            masked++;
+        } else {
+            char link[64], p[256];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, p, sizeof p - 1);
+            p[n > 0 ? n : 0] = 0;
+            if (violations++ < 5) fprintf(stderr, "opened %s\n", p);
         }
         close(fd);
     }
     stop_flip = 1;
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
-    printf("toctou ok=%ld denied=%ld violations=%ld other=%ld\n", ok, denied, violations, other);
+    printf("toctou ok=%ld denied=%ld masked=%ld violations=%ld other=%ld\n", ok, denied, masked,
+           violations, other);
     return 0;
 }
 
@@ -518,6 +533,41 @@ fn confined_config(h: &Harness) -> String {
     .to_string()
 }
 
+/// The default policy with `[audit] opens = true`: every open trapped, judged and performed
+/// by the supervisor (and audited), where the default policy leaves opens to the kernel
+/// (docs/sentry.md, "Opens the kernel decides"). The tests of the supervisor's own open path
+/// run under it.
+const AUDITED: &str = concat!(
+    include_str!("../../configs/sentry/default.toml"),
+    "\n[audit]\nopens = true\n"
+);
+
+/// Puts `spec` under [`AUDITED`]; the `ctr` flags that name the configuration allowing it.
+fn audited(h: &Harness, spec: &mut serde_json::Value) -> [String; 2] {
+    spec["annotations"]["strata.dev/sentry-policy"] = "audited".into();
+    audited_flags(h)
+}
+
+/// The `ctr` flag naming a configuration whose pods may pick [`AUDITED`] (as `audited`).
+fn audited_flags(h: &Harness) -> [String; 2] {
+    static CFG: OnceLock<PathBuf> = OnceLock::new();
+    let cfg = CFG.get_or_init(|| {
+        runtime_config(
+            h,
+            "sentry-audited",
+            SENTRY_ONLY,
+            &[
+                (
+                    "sentry.toml",
+                    "allowed_policies = [\"default\", \"audited\"]\n",
+                ),
+                ("audited.toml", AUDITED),
+            ],
+        )
+    });
+    ["--runtime-config-path".into(), cfg.display().to_string()]
+}
+
 /// The shared harness and the escape program; returns from the test (skipped) when the suite
 /// does not run against Strata or the program cannot be built.
 macro_rules! harness_with_probe {
@@ -861,7 +911,18 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     let h = harness!();
     strata_only!(h);
     let c = h.container("sentry-audit");
-    c.start(&["--annotation", SENTRY], &["sleep", "300"]);
+    let flags = audited_flags(h);
+    c.start(
+        &[
+            "--annotation",
+            SENTRY,
+            &flags[0],
+            &flags[1],
+            "--annotation",
+            "strata.dev/sentry-policy=audited",
+        ],
+        &["sleep", "300"],
+    );
     // An exec process: libcontainer sends a second notification fd for it.
     let out = c.exec(
         "a1",
@@ -906,6 +967,86 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
             .exists(),
         "the sentry directory outlived the container"
     );
+}
+
+/// Under the default policy no open is trapped (docs/sentry.md, "Opens the kernel decides"):
+/// the kernel opens for the workload, under its Landlock domain, in a mount namespace where the
+/// policy's denied files are masked and the files that tell the host's kernel are the
+/// emulated ones (read-only), with a device cgroup that holds the supervisor's device list
+/// even in a privileged container. Shown from a process started by `ctr task exec` (which must
+/// see the same), in a privileged container on both tiers: native makes and reads a
+/// `/dev/kmsg` node and reads the host's kernel files, the sentry does not; a process's own memory opens on both (the
+/// kernel's ptrace check); the audit log records no open.
+#[test]
+fn opens_under_the_default_policy_are_the_kernels() {
+    let h = harness!();
+    strata_only!(h);
+    let script = "cat /proc/version; uname -r; cat /proc/sys/kernel/osrelease; \
+        echo kallsyms=$(wc -c </proc/kallsyms); echo syskernel=$(ls /sys/kernel | wc -l); \
+        (echo x >/proc/version) 2>/dev/null; echo write_version=$?; \
+        (exec 5</proc/self/mem) && echo own_mem=open; \
+        echo reopen >/dev/stdout; \
+        i=0; while [ $i -lt 300 ]; do read x </etc/passwd; i=$((i+1)); done; echo reads=$i; \
+        (mknod /tmp/kmsg c 1 11 && exec 7</tmp/kmsg) 2>&1; echo kmsg=$?";
+    let mut outs = Vec::new();
+    for backend in ["native", "sentry"] {
+        let c = h.container(&format!("kernel-opens-{backend}"));
+        let tier = format!("strata.dev/backend={backend}");
+        c.start(&["--annotation", &tier, "--privileged"], &["sleep", "300"]);
+        let out = c.exec("k1", &["sh", "-c", script]);
+        eprintln!("{backend}: {out}");
+        if backend == "sentry" {
+            let recs = audit_records(h, &c.id);
+            let start = recs.iter().find(|r| r["decision"] == "start");
+            assert_eq!(
+                start.map(|r| r["args"]["opens"].clone()),
+                Some(serde_json::json!("kernel")),
+                "{recs:?}"
+            );
+            let opens: Vec<_> = recs
+                .iter()
+                .filter(|r| {
+                    ["open", "openat", "openat2", "creat"]
+                        .contains(&r["syscall"].as_str().unwrap_or(""))
+                })
+                .collect();
+            assert!(opens.is_empty(), "opens were trapped: {opens:?}");
+            // The exec'd shell's own exec was trapped: the filter is there.
+            assert!(
+                recs.iter()
+                    .any(|r| r["syscall"] == "execve" && r["args"]["path"] == "/bin/sh"),
+                "{recs:?}"
+            );
+        }
+        c.remove_and_check();
+        outs.push(out.stdout);
+    }
+    let (native, sentry) = (&outs[0], &outs[1]);
+    let release = "5.15.0-strata"; // strata_sentry::EMULATED_RELEASE
+                                   // Native shows the host's kernel and reads /dev/mem: the checks below discriminate.
+    assert!(!native.contains(release), "{native}");
+    assert!(native.contains("kmsg=0"), "{native}");
+    assert!(!native.contains("kallsyms=0\n"), "{native}");
+    for line in [
+        format!("Linux version {release} "),
+        format!("\n{release}\n{release}\n"),
+        "kallsyms=0\n".to_string(),
+        "syskernel=0\n".to_string(),
+        "write_version=1\n".to_string(),
+        "reads=300\n".to_string(),
+    ] {
+        assert!(sentry.contains(&line), "sentry: no {line:?}\n{sentry}");
+    }
+    for both in ["own_mem=open\n", "reopen\n"] {
+        assert!(
+            native.contains(both) && sentry.contains(both),
+            "{both:?}: {native}\n{sentry}"
+        );
+    }
+    // The device cgroup refuses making a node for /dev/kmsg (EPERM, as the supervisor
+    // answers an open of one where it performs opens).
+    assert!(sentry.contains("kmsg=1"), "{sentry}");
+    assert!(sentry.contains("Operation not permitted"), "{sentry}");
 }
 
 #[test]
@@ -1003,9 +1144,11 @@ fn supervisor_death_attempt(h: &strata_tests::Harness, attempt: u32) -> bool {
         ],
         "sentry",
     );
+    let mut spec = spec;
+    let flags = audited(h, &mut spec);
     std::fs::write(rootfs(&spec).join("etc/hostname"), "h\n").unwrap();
     let log = rootfs(&spec).join("tmp/log");
-    start_spec_detached(h, &c, &spec, &[]);
+    start_spec_detached(h, &c, &spec, &[&flags[0], &flags[1]]);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         cmd::poll(Duration::from_secs(20), || read()
@@ -1064,8 +1207,9 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         &[
             (
                 "sentry.toml",
-                "allowed_policies = [\"default\", \"racy\", \"kernel\"]\n",
+                "allowed_policies = [\"default\", \"racy\", \"kernel\", \"audited\"]\n",
             ),
+            ("audited.toml", AUDITED),
             (
                 "racy.toml",
                 "[files]\nread_write = [\"/\"]\ndeny = [\"/srv/secret\"]\n\
@@ -1084,7 +1228,16 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
     let cfg = cfg.to_str().unwrap();
     for (name, policy, allowed, denied) in [
         ("tree", "racy", "/srv/ok", "/srv/secret"),
-        ("proc", "default", "/proc/1/status", "/proc/kallsyms"),
+        // The supervisor's own opens of /proc (every open trapped to be audited).
+        ("proc", "audited", "/proc/1/status", "/proc/kallsyms"),
+        // No open trapped at all: /proc/kallsyms is masked in the container's mount
+        // namespace, so the kernel opens the null device for it.
+        (
+            "proc-untrapped",
+            "default",
+            "/proc/1/status",
+            "/proc/kallsyms",
+        ),
         // The allowed file's opens answered CONTINUE, the denied one beside it and in /proc.
         ("kernel-tree", "kernel", "/srv/ok", "/srv/secret"),
         ("kernel-proc", "kernel", "/srv/ok", "/proc/kallsyms"),
@@ -1112,25 +1265,32 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
                     .join(&c.id)
                     .join("audit.jsonl"),
             );
-            std::thread::spawn(move || loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("\"kernel\":\"landlock\"") {
-                    return true;
+            std::thread::spawn(move || {
+                let mut seen = (false, false);
+                loop {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    seen.0 |= text.contains("\"kernel\":\"landlock\"");
+                    seen.1 |= text.contains("\"opens\":\"kernel\"");
+                    if seen.0 || stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return seen;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(50));
             })
         };
         let out = c.run_spec(&spec, &["--runtime-config-path", cfg]);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let left_to_kernel = watch.join().unwrap();
+        let (left_to_kernel, untrapped) = watch.join().unwrap();
         assert!(out.success(), "{name}: {out}");
         assert_eq!(
             left_to_kernel,
             policy == "kernel",
-            "{name}: opens left to the kernel under policy {policy}"
+            "{name}: opens left to the kernel one by one under policy {policy}"
+        );
+        assert_eq!(
+            untrapped,
+            policy == "default",
+            "{name}: opens untrapped under policy {policy}"
         );
         let line = out
             .stdout
@@ -1146,6 +1306,8 @@ fn toctou_rewriting_the_path_never_opens_a_denied_file() {
         );
         // The race was really run: both the allowed and the denied path were seen.
         assert!(n("ok") > 0 && n("denied") > 0, "{name}: {line}");
+        // Untrapped, the denied file is the mask; trapped, the supervisor's EACCES.
+        assert_eq!(n("masked") > 0, policy == "default", "{name}: {line}");
         assert_eq!(
             n("ok") + n("denied") + n("other"),
             100_000,
@@ -1349,12 +1511,13 @@ fn opens_after_a_chroot_resolve_in_the_new_root() {
     // must make it open each task's root afresh.
     let (h, probe) = harness_with_probe!("chroot");
     let c = h.container("sentry-chroot");
-    let spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "chroot"], "sentry");
+    let mut spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "chroot"], "sentry");
+    let flags = audited(h, &mut spec);
     let root = rootfs(&spec);
     std::fs::create_dir_all(root.join("srv/r/srv")).unwrap();
     std::fs::write(root.join("srv/marker"), "outer\n").unwrap();
     std::fs::write(root.join("srv/r/srv/marker"), "inner\n").unwrap();
-    let out = c.run_spec(&spec, &[]);
+    let out = c.run_spec(&spec, &[&flags[0], &flags[1]]);
     assert!(out.success(), "{out}");
     assert!(
         out.stdout
@@ -1533,7 +1696,7 @@ fn an_exec_is_confined_as_its_init_is() {
     let cfg = wrong_policy_config(h, "landlock-exec-policy", &host);
     let helper = CaplessHostProcess::spawn();
     let script = format!(
-        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; {}",
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; /bin/cat /dev/null; {}",
         escape_through_proc_root(helper.0.id(), &host)
     );
     for backend in ["native", "sentry"] {
@@ -1562,10 +1725,11 @@ fn an_exec_is_confined_as_its_init_is() {
             let mentions = |recs: &[serde_json::Value], needle: &str| {
                 recs.iter().any(|r| r.to_string().contains(needle))
             };
-            let recs = audit_records_when(h, &c.id, |recs| mentions(recs, "/root/d/f"));
+            // (Its opens are the kernel's under this policy: its exec of /bin/cat is trapped.)
+            let recs = audit_records_when(h, &c.id, |recs| mentions(recs, "\"/bin/cat\""));
             assert!(
-                mentions(&recs, "/root/d/f"),
-                "the exec'd process's open of /root/d/f is not in the audit log"
+                mentions(&recs, "\"/bin/cat\""),
+                "the exec'd process's exec of /bin/cat is not in the audit log: {recs:?}"
             );
         }
         c.remove_and_check();
@@ -1885,7 +2049,9 @@ fn supervisor_threads_work_in_the_containers_cpu_cgroup() {
         &["sh", "-c", "while true; do read x </etc/passwd; done"],
         "sentry",
     );
-    start_spec_detached(h, &c, &spec, &[]);
+    let mut spec = spec;
+    let flags = audited(h, &mut spec);
+    start_spec_detached(h, &c, &spec, &[&flags[0], &flags[1]]);
     let pid = c.pid().expect("the task's pid");
     let cpu_line = |path: String| -> Option<String> {
         std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
@@ -1959,7 +2125,8 @@ fn opens_keep_each_tasks_credentials_as_they_change() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    let out = c.run_spec(&spec, &[]);
+    let flags = audited(h, &mut spec);
+    let out = c.run_spec(&spec, &[&flags[0], &flags[1]]);
     let r = parse(&out.stdout);
     let expect = [
         ("root_reads_root_file", "allowed"),
@@ -1999,7 +2166,9 @@ fn a_flood_of_trapped_calls_neither_starves_another_container_nor_grows_its_log(
         ],
         "sentry",
     );
-    start_spec_detached(h, &flood, &spec, &[]);
+    let mut spec = spec;
+    let flags = audited(h, &mut spec);
+    start_spec_detached(h, &flood, &spec, &[&flags[0], &flags[1]]);
     // The flood is on once the rate limit has started dropping records.
     let recs = audit_records_when(h, &flood.id, |r| {
         r.iter().any(|x| x["decision"] == "suppressed")
@@ -2011,7 +2180,14 @@ fn a_flood_of_trapped_calls_neither_starves_another_container_nor_grows_its_log(
     );
     let other = h.container("sentry-flooded");
     let out = other.run_with(
-        &["--annotation", SENTRY],
+        &[
+            "--annotation",
+            SENTRY,
+            &flags[0],
+            &flags[1],
+            "--annotation",
+            "strata.dev/sentry-policy=audited",
+        ],
         &[
             "sh",
             "-c",
@@ -2059,8 +2235,9 @@ fn a_flood_of_trapped_calls_neither_starves_another_container_nor_grows_its_log(
 fn a_task_never_sees_itself_held_on_one_cpu() {
     let (h, probe) = harness_with_probe!("a_task_never_sees_itself_held_on_one_cpu");
     let c = h.container("sentry-affinity");
-    let spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "affinity"], "sentry");
-    let out = c.run_spec(&spec, &[]);
+    let mut spec = spec_with_probe(&c, &probe, &["/usr/local/bin/escape", "affinity"], "sentry");
+    let flags = audited(h, &mut spec);
+    let out = c.run_spec(&spec, &[&flags[0], &flags[1]]);
     assert!(out.success(), "{out}");
     let online = std::thread::available_parallelism()
         .map(|n| n.get())

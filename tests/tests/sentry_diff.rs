@@ -3,9 +3,11 @@
 //! descriptor, process, signal, socket and limit calls with their edge cases and prints one line
 //! per case (the kernel's answer, nothing that changes from run to run). It runs through
 //! containerd with the spec `ctr run` writes, on the native tier and on the sentry tier under
-//! its default policy, and the two outputs are compared line for line. Every line that differs
-//! must be in [`POLICY_DIFFERENCES`], with the reason (also in docs/sentry.md, "The kernel's
-//! answers"); a listed line that no longer differs fails the test too, so the table stays true.
+//! its default policy (whose opens the kernel decides) and under the same policy with every
+//! open performed by the supervisor (`[audit] opens = true`), and the outputs are compared line
+//! for line. Every line that differs must be in [`POLICY_DIFFERENCES`] or in the table of that
+//! mode, with the reason (also in docs/sentry.md, "The kernel's answers"); a listed line that
+//! no longer differs fails the test too, so the tables stay true.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,41 +16,9 @@ use strata_tests::{cmd, harness, skip, strata_only, Harness};
 
 const PROBE_C: &str = include_str!("../probes/sentry-diff.c");
 
-/// Where the sentry's default policy answers differently from the kernel, on purpose:
-/// `(case, reason)`. Everything else the probe prints must be the same on both tiers.
+/// Where the sentry answers differently from the kernel, on purpose, whoever performs the
+/// opens: `(case, reason)`. Everything else the probe prints must be the same on both tiers.
 const POLICY_DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "reopen_own_fd_write",
-        "a descriptor the task holds is reopened through /proc/self/fd only for no more access than it has: the kernel reopens the file afresh (a read-only descriptor can become a writable one if the file's mode allows), the supervisor refuses (EACCES), so a descriptor passed in read-only stays read-only",
-    ),
-    (
-        "proc_other_process_fd",
-        "another process's /proc/<pid>/fd/N is refused (EACCES): the kernel lets a process with ptrace access to it reopen it; the supervisor reopens only the calling task's own descriptors",
-    ),
-    (
-        "openat2_o_path",
-        "openat2 with O_PATH is answered ENOSYS, as by a kernel without openat2 (every user of openat2 falls back to openat): an O_PATH descriptor cannot be handed over (ADDFD refuses it), and letting the kernel make the call would let it read open_how again, after the check, where another thread may have turned O_PATH into O_RDONLY",
-    ),
-    (
-        "openat2_o_path_beneath",
-        "as openat2_o_path: O_PATH with RESOLVE_BENEATH, ENOSYS",
-    ),
-    (
-        "proc_kallsyms",
-        "kernel-internal file refused by the default policy (EACCES; the kernel gives root zeroed addresses): /proc/kallsyms, /proc/kcore, /proc/keys, /proc/sched_debug, /proc/timer_list where the runtime leaves them unmasked",
-    ),
-    (
-        "sys_kernel_notes",
-        "/sys/kernel is refused by the default policy (EACCES): it tells the host kernel's build (notes, vmcoreinfo) and tunables",
-    ),
-    (
-        "sys_firmware",
-        "/sys/firmware is refused by the default policy (EACCES) where runc shows the empty tmpfs it masks it with: the policy does not rely on the spec's masked paths",
-    ),
-    (
-        "proc_self_mem",
-        "/proc/<pid>/mem is refused by the default policy (EACCES): writing another task's (or its own) memory through it would defeat the exec check",
-    ),
     (
         "proc_version",
         "emulated (docs/sentry.md, \"Files that tell the host's kernel\"): Linux version 5.15.0-strata, not the host's",
@@ -74,6 +44,85 @@ const POLICY_DIFFERENCES: &[(&str, &str)] = &[
         "families outside IP, Unix and netlink are refused by the sentry (EACCES) before the kernel would say EAFNOSUPPORT",
     ),
 ];
+
+/// Under the default policy, whose opens the kernel decides (docs/sentry.md, "Opens the
+/// kernel decides"): the policy's denied files are masked in the container.
+const KERNEL_OPENS_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "proc_kallsyms",
+        "masked by the null device (read empty; the kernel gives root zeroed addresses): the default policy denies /proc/kallsyms, /proc/kcore, /proc/keys, /proc/sched_debug, /proc/timer_list, /proc/kmsg, /proc/sysrq-trigger, /proc/config.gz",
+    ),
+    (
+        "sys_kernel_notes",
+        "/sys/kernel is masked by an empty read-only tmpfs (ENOENT): it tells the host kernel's build (notes, vmcoreinfo) and tunables",
+    ),
+];
+
+/// Where the supervisor performs every open (the default policy with `[audit] opens = true`,
+/// and every policy the kernel cannot decide opens for).
+const SUPERVISOR_OPENS_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "reopen_own_fd_write",
+        "a descriptor the task holds is reopened through /proc/self/fd only for no more access than it has: the kernel reopens the file afresh (a read-only descriptor can become a writable one if the file's mode allows), the supervisor refuses (EACCES), so a descriptor passed in read-only stays read-only",
+    ),
+    (
+        "proc_other_process_fd",
+        "another process's /proc/<pid>/fd/N is refused (EACCES): the kernel lets a process with ptrace access to it reopen it; the supervisor reopens only the calling task's own descriptors",
+    ),
+    (
+        "openat2_o_path",
+        "openat2 with O_PATH is answered ENOSYS, as by a kernel without openat2 (every user of openat2 falls back to openat): an O_PATH descriptor cannot be handed over (ADDFD refuses it), and letting the kernel make the call would let it read open_how again, after the check, where another thread may have turned O_PATH into O_RDONLY",
+    ),
+    (
+        "openat2_o_path_beneath",
+        "as openat2_o_path: O_PATH with RESOLVE_BENEATH, ENOSYS",
+    ),
+    (
+        "proc_kallsyms",
+        "kernel-internal file refused by the policy (EACCES; the kernel gives root zeroed addresses): /proc/kallsyms, /proc/kcore, /proc/keys, /proc/sched_debug, /proc/timer_list where the runtime leaves them unmasked",
+    ),
+    (
+        "sys_kernel_notes",
+        "/sys/kernel is refused by the policy (EACCES): it tells the host kernel's build (notes, vmcoreinfo) and tunables",
+    ),
+    (
+        "sys_firmware",
+        "/sys/firmware is refused by the policy (EACCES) where runc shows the empty tmpfs it masks it with: the supervisor does not rely on the spec's masked paths",
+    ),
+    (
+        "proc_self_mem",
+        "/proc/<pid>/mem is refused by the policy (EACCES): the supervisor, which is not the task, cannot make the kernel's ptrace access check for it",
+    ),
+];
+
+/// The default policy with every open trapped and performed by the supervisor.
+const AUDITED: &str = concat!(
+    include_str!("../../configs/sentry/default.toml"),
+    "\n[audit]\nopens = true\n"
+);
+
+/// The `ctr` flags that put a sentry container under [`AUDITED`].
+fn audited_flags(h: &Harness) -> Vec<String> {
+    let dir = h.info.state.join("diff-audited");
+    std::fs::create_dir_all(dir.join("sentry")).unwrap();
+    std::fs::write(
+        dir.join("sentry/sentry.toml"),
+        "allowed_policies = [\"default\", \"audited\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("sentry/audited.toml"), AUDITED).unwrap();
+    std::fs::write(
+        dir.join("strata.toml"),
+        "default_backend = \"sentry\"\nallowed_backends = [\"native\", \"sentry\"]\n",
+    )
+    .unwrap();
+    vec![
+        "--runtime-config-path".into(),
+        dir.join("strata.toml").display().to_string(),
+        "--annotation".into(),
+        "strata.dev/sentry-policy=audited".into(),
+    ]
+}
 
 /// The probe, built once per test binary. `None`: no C compiler (skipped; on CI a failure).
 fn probe(h: &Harness, test: &str) -> Option<PathBuf> {
@@ -137,9 +186,10 @@ fn compare(native: &[String], sentry: &[String]) -> Vec<(String, String, String)
         .collect()
 }
 
-/// Fails unless every differing case is listed, and every listed case (of those this run
-/// printed) differs.
-fn check(mode: &str, native: &[String], sentry: &[String]) {
+/// Fails unless every differing case is listed in [`POLICY_DIFFERENCES`] or `table`, and every
+/// listed case (of those this run printed) differs.
+fn check(mode: &str, native: &[String], sentry: &[String], table: &[(&str, &str)]) {
+    let listed = || POLICY_DIFFERENCES.iter().chain(table);
     let diffs = compare(native, sentry);
     eprintln!("{mode}: {} cases, {} differ", native.len(), diffs.len());
     for (k, n, s) in &diffs {
@@ -147,15 +197,14 @@ fn check(mode: &str, native: &[String], sentry: &[String]) {
     }
     let unlisted: Vec<_> = diffs
         .iter()
-        .filter(|(k, _, _)| !POLICY_DIFFERENCES.iter().any(|(c, _)| c == k))
+        .filter(|(k, _, _)| !listed().any(|(c, _)| c == k))
         .collect();
     assert!(
         unlisted.is_empty(),
         "{mode}: the sentry answers these differently from the kernel, and they are no documented policy decision: {unlisted:#?}"
     );
     let printed = |c: &str| native.iter().any(|l| l.split(' ').next() == Some(c));
-    let stale: Vec<_> = POLICY_DIFFERENCES
-        .iter()
+    let stale: Vec<_> = listed()
         .filter(|(c, _)| printed(c) && !diffs.iter().any(|(k, _, _)| k == c))
         .map(|(c, _)| *c)
         .collect();
@@ -174,7 +223,16 @@ fn the_sentry_answers_as_the_kernel_does_call_for_call() {
     };
     let native = run(h, &dir, "native", &[], &["rw", "/wd"]);
     let sentry = run(h, &dir, "sentry", &[], &["rw", "/wd"]);
-    check("writable root", &native, &sentry);
+    check("writable root", &native, &sentry, KERNEL_OPENS_DIFFERENCES);
+    let flags = audited_flags(h);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let audited = run(h, &dir, "sentry", &flags, &["rw", "/wd"]);
+    check(
+        "writable root, opens by the supervisor",
+        &native,
+        &audited,
+        SUPERVISOR_OPENS_DIFFERENCES,
+    );
 }
 
 #[test]
@@ -186,7 +244,7 @@ fn a_read_only_root_fails_writes_with_erofs_on_both_tiers() {
     };
     let native = run(h, &dir, "native", &["--read-only"], &["ro"]);
     let sentry = run(h, &dir, "sentry", &["--read-only"], &["ro"]);
-    check("read-only root", &native, &sentry);
+    check("read-only root", &native, &sentry, KERNEL_OPENS_DIFFERENCES);
     // The probe itself discriminates: the root is read-only under both.
     assert!(
         sentry.iter().any(|l| l == "ro_creat err EROFS")

@@ -77,6 +77,10 @@ fn write() -> BitFlags<AccessFs> {
     AccessFs::from_write(TARGET_ABI) & !AccessFs::IoctlDev
 }
 
+/// Annotation: the kernel decides every open (`Policy::kernel_opens`), so the filter traps
+/// none, and a process that Landlock does not restrict must not start (the hook fails it).
+pub const KERNEL_OPENS_ANNOTATION: &str = "strata.dev/sentry-kernel-opens";
+
 /// Annotation: the ruleset compiled from the policy ([`Compiled`], JSON), where there is one;
 /// it then replaces the rules from the spec.
 pub const COMPILED_ANNOTATION: &str = "strata.dev/sentry-landlock-compiled";
@@ -230,12 +234,63 @@ fn rules(spec: &Spec, exec: Option<&[String]>) -> Vec<(String, BitFlags<AccessFs
     out
 }
 
+/// Rules for the standard streams this process holds that are FIFOs or regular files: the
+/// right to reopen each (`/dev/stdout`, `/proc/self/fd/1`) for no more than the descriptor
+/// allows, read or write (and truncate a regular file), as the supervisor reopens a task's own
+/// descriptors where it performs opens. containerd's FIFOs lie outside the container's root,
+/// where nothing else is granted; a pipe or socket needs no rule (Landlock does not judge
+/// opens of them), and a terminal is the container's own `/dev/pts`.
+fn stdio_rules() -> Vec<(i32, BitFlags<AccessFs>)> {
+    let mut out = Vec::new();
+    for fd in 0..=2 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt != libc::S_IFIFO && fmt != libc::S_IFREG {
+            continue;
+        }
+        // An anonymous pipe is a FIFO too, on the kernel's internal pipefs, which takes no
+        // rule (EBADFD).
+        const PIPEFS_MAGIC: i64 = 0x5049_5045;
+        // SAFETY: a descriptor of this process's standard streams, open for the call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if nix::sys::statfs::fstatfs(borrowed)
+            .map_or(true, |f| f.filesystem_type().0 == PIPEFS_MAGIC)
+        {
+            continue;
+        }
+        let Ok(fl) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) else {
+            continue;
+        };
+        if fl & libc::O_PATH != 0 {
+            continue;
+        }
+        let write = if fmt == libc::S_IFREG {
+            AccessFs::WriteFile | AccessFs::Truncate
+        } else {
+            AccessFs::WriteFile.into()
+        };
+        let access = match fl & libc::O_ACCMODE {
+            libc::O_RDONLY => AccessFs::ReadFile.into(),
+            libc::O_WRONLY => write,
+            _ => write | AccessFs::ReadFile,
+        };
+        out.push((fd, access));
+    }
+    out
+}
+
 /// What the hook installed.
 pub struct Applied {
     /// The trees of a compiled ruleset that this process really got (their paths existed,
     /// with no symlink on the way), when the ruleset is fully enforced: the opens the
     /// supervisor may leave to the kernel. `None` otherwise.
     pub kernel_trees: Option<Vec<Tree>>,
+    /// Whether Landlock restricts this process at all (fully or partly: a kernel whose ABI
+    /// lacks some right still confines reads and writes to the container's root and mounts,
+    /// and keeps other domains' `/proc/<pid>/root` out).
+    pub enforced: bool,
 }
 
 /// Restricts this process (and what it execs) to the container's root and mounts, or to the
@@ -295,12 +350,24 @@ pub fn apply(spec: &Spec) -> Result<Applied, String> {
             }
         }
     }
+    if ann.contains_key(KERNEL_OPENS_ANNOTATION) {
+        for (fd, access) in stdio_rules() {
+            // SAFETY: a descriptor of this process's standard streams, open for the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(|e| format!("sentry: Landlock rule for descriptor {fd:?}: {e}"))?;
+        }
+    }
     let status = ruleset
         .restrict_self()
         .map_err(|e| format!("sentry: Landlock restrict_self: {e}"))?;
     let kernel_trees =
         (compiled.is_some() && status.ruleset == RulesetStatus::FullyEnforced).then_some(granted);
-    Ok(Applied { kernel_trees })
+    Ok(Applied {
+        kernel_trees,
+        enforced: status.ruleset != RulesetStatus::NotEnforced,
+    })
 }
 
 #[cfg(test)]

@@ -53,6 +53,15 @@ impl PreExec for ExecFilter {
             .and_then(|v| serde_json::from_str(v).ok())
             .ok_or("sentry: no filter for this exec")?;
         let confined = crate::confine::apply(spec)?;
+        if ann.contains_key(crate::confine::KERNEL_OPENS_ANNOTATION) && !confined.enforced {
+            // Opens are not trapped: without Landlock nothing would keep them inside the
+            // container's root and mounts (another process's `/proc/<pid>/root`).
+            return Err(
+                "sentry: opens are left to the kernel, but Landlock does not restrict \
+                        this process"
+                    .into(),
+            );
+        }
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("sentry: no_new_privs: {e}"))?;
         let notify = libcontainer::seccomp::initialize_seccomp(&filter)
             .map_err(|e| format!("sentry: install the filter: {e}"))?

@@ -37,6 +37,10 @@ pub const TRAPPED: &[&str] = &[
     "sched_getaffinity",
 ];
 
+/// The open calls among [`TRAPPED`]: not trapped at all where the kernel decides every open
+/// as the policy does (`Policy::kernel_opens`); the spec's own profile then rules them.
+pub const OPENS: &[&str] = &["open", "openat", "openat2", "creat"];
+
 /// Calls the sentry always refuses (Docker's default profile refuses them too, or more).
 pub const DENIED: &[&str] = &[
     "io_uring_setup",
@@ -201,8 +205,9 @@ fn spec_runs_plain_clone(rules: &[Value], default: Option<&str>) -> bool {
 }
 
 /// Rewrites `spec` (OCI runtime spec as JSON) for the sentry: no_new_privs, and the filter
-/// above merged into whatever seccomp profile the spec already has.
-pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
+/// above merged into whatever seccomp profile the spec already has. With `kernel_opens`, the
+/// open calls ([`OPENS`]) are left out of the filter and to the spec's own rules.
+pub fn apply(spec: &mut Value, policy: &Policy, kernel_opens: bool) -> Result<Applied, String> {
     let process = spec
         .get_mut("process")
         .and_then(Value::as_object_mut)
@@ -221,7 +226,8 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
     let seccomp = seccomp
         .as_object_mut()
         .ok_or("linux.seccomp is not an object")?;
-    let mut managed: Vec<&str> = managed().collect();
+    let mine = |n: &&str| !(kernel_opens && OPENS.contains(n));
+    let mut managed: Vec<&str> = managed().filter(mine).collect();
     managed.extend(policy.extra.keys().map(String::as_str));
 
     let default = seccomp
@@ -244,7 +250,7 @@ pub fn apply(spec: &mut Value, policy: &Policy) -> Result<Applied, String> {
         }
         rules.push(rule);
     }
-    let mut notify: Vec<&str> = TRAPPED.to_vec();
+    let mut notify: Vec<&str> = TRAPPED.iter().copied().filter(mine).collect();
     notify.extend(DENIED);
     // chroot: decided by the policy if it lists it (its rules were dropped above); else
     // trapped where the spec would let it run, left to the spec where it refuses it.
@@ -335,7 +341,7 @@ mod tests {
                 ],
             }},
         });
-        apply(&mut spec, &Policy::builtin_default()).unwrap();
+        apply(&mut spec, &Policy::builtin_default(), false).unwrap();
         assert_eq!(spec["process"]["noNewPrivileges"], json!(true));
         let s = &spec["linux"]["seccomp"];
         assert_eq!(s["defaultAction"], json!("SCMP_ACT_ERRNO"));
@@ -357,6 +363,37 @@ mod tests {
     }
 
     #[test]
+    fn opens_the_kernel_decides_are_left_to_the_specs_own_rules() {
+        let mut spec = json!({
+            "process": { "args": ["sh"] },
+            "linux": { "seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [
+                    { "names": ["read", "openat", "write", "open"], "action": "SCMP_ACT_ALLOW" },
+                ],
+            }},
+        });
+        apply(&mut spec, &Policy::builtin_default(), true).unwrap();
+        let rules = spec["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        assert_eq!(
+            rules[0]["names"],
+            json!(["read", "openat", "write", "open"])
+        );
+        let notify = rules
+            .iter()
+            .find(|r| r["action"] == "SCMP_ACT_NOTIFY")
+            .unwrap()["names"]
+            .as_array()
+            .unwrap();
+        for n in OPENS {
+            assert!(!notify.contains(&json!(n)), "{n}");
+        }
+        for n in ["execve", "socket", "uname", "mount", "open_tree"] {
+            assert!(notify.contains(&json!(n)), "{n}");
+        }
+    }
+
+    #[test]
     fn chroot_is_trapped_where_the_spec_lets_it_run() {
         let policy = Policy::builtin_default();
         let notified = |spec: &Value| {
@@ -369,7 +406,7 @@ mod tests {
         };
         // No profile: allowed by default, so trapped.
         let mut spec = json!({ "process": { "args": ["sh"] } });
-        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(apply(&mut spec, &policy, false).unwrap().root_watched);
         assert!(notified(&spec));
         // Allowed by name (as Docker's profile does): trapped instead.
         let mut spec = json!({
@@ -378,7 +415,7 @@ mod tests {
                 { "names": ["chroot", "read"], "action": "SCMP_ACT_ALLOW" },
             ]}},
         });
-        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(apply(&mut spec, &policy, false).unwrap().root_watched);
         assert!(notified(&spec));
         let rules = spec["linux"]["seccomp"]["syscalls"].as_array().unwrap();
         assert_eq!(rules[0]["names"], json!(["read"]));
@@ -387,7 +424,7 @@ mod tests {
             "process": { "args": ["sh"] },
             "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [] }},
         });
-        assert!(apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(apply(&mut spec, &policy, false).unwrap().root_watched);
         assert!(!notified(&spec));
         // Allowed only for some arguments: left to the spec, and roots are not kept.
         let mut spec = json!({
@@ -397,7 +434,7 @@ mod tests {
                   "args": [{ "index": 1, "value": 0, "op": "SCMP_CMP_EQ" }] },
             ]}},
         });
-        assert!(!apply(&mut spec, &policy).unwrap().root_watched);
+        assert!(!apply(&mut spec, &policy, false).unwrap().root_watched);
         assert!(!notified(&spec));
     }
 
@@ -415,7 +452,7 @@ mod tests {
                   "args": [{ "index": 0, "value": ns_mask, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] },
             ]}},
         });
-        apply(&mut spec, &Policy::builtin_default()).unwrap();
+        apply(&mut spec, &Policy::builtin_default(), false).unwrap();
         let rules = spec["linux"]["seccomp"]["syscalls"]
             .as_array()
             .unwrap()
@@ -467,7 +504,7 @@ mod tests {
             "process": { "args": ["sh"] },
             "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ERRNO", "syscalls": [] }},
         });
-        apply(&mut spec, &Policy::builtin_default()).unwrap();
+        apply(&mut spec, &Policy::builtin_default(), false).unwrap();
         let allows_clone = spec["linux"]["seccomp"]["syscalls"]
             .as_array()
             .unwrap()

@@ -109,11 +109,21 @@ impl SentryBackend {
         }
     }
 
-    fn prepare(&self, opts: &CreateOpts, dir: &Path) -> Result<(supervisor::Listener, PathBuf)> {
+    fn prepare(
+        &self,
+        opts: &CreateOpts,
+        dir: &Path,
+    ) -> Result<(supervisor::Listener, PathBuf, bool)> {
         let annotations = opts.spec.annotations().clone().unwrap_or_default();
         let policy_dir = policy::policy_dir_for(opts.config_path.as_deref());
         let policy = policy::select(&policy_dir, &annotations)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Opens the kernel decides (docs/sentry.md, "Opens the kernel decides"): where the
+        // policy allows it, Landlock confines the workload to the container, and the masks and
+        // emulated files can be mounted in a mount namespace of the container's own.
+        let kernel_opens = policy
+            .kernel_opens()
+            .filter(|_| sys::landlock_abi().is_some() && own_mount_namespace(&opts.spec));
 
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -131,6 +141,15 @@ impl SentryBackend {
                 (
                     "landlock_abi".to_string(),
                     sys::landlock_abi().map_or("none".into(), |v| v.to_string()),
+                ),
+                (
+                    "opens".to_string(),
+                    if kernel_opens.is_some() {
+                        "kernel"
+                    } else {
+                        "supervisor"
+                    }
+                    .to_string(),
                 ),
             ]
             .into(),
@@ -160,7 +179,11 @@ impl SentryBackend {
 
         let mut spec = serde_json::to_value(&opts.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
-        let applied = filter::apply(&mut spec, &policy).map_err(Error::InvalidArgument)?;
+        let applied = filter::apply(&mut spec, &policy, kernel_opens.is_some())
+            .map_err(Error::InvalidArgument)?;
+        if let Some(k) = &kernel_opens {
+            kernel_decides_opens(&mut spec, k, dir)?;
+        }
         // For every container process (see exec_filter): a socket it inherits, the filter,
         // and what Landlock lets it execute.
         let (exec_ours, exec_theirs) = nix::sys::socket::socketpair(
@@ -198,7 +221,10 @@ impl SentryBackend {
             confine::EXEC_ANNOTATION.into(),
             serde_json::json!(confine::exec_annotation(policy.exec_prefixes().as_deref())),
         );
-        if let Some(compiled) = confine::compile(&policy) {
+        // Where the kernel decides opens, the rules from the spec (the container's root and
+        // mounts) are what it needs; a compiled ruleset grants reads and writes only on the
+        // policy's trees, for the opens the supervisor leaves to the kernel one by one.
+        if let Some(compiled) = confine::compile(&policy).filter(|_| kernel_opens.is_none()) {
             ann.insert(
                 confine::COMPILED_ANNOTATION.into(),
                 serde_json::json!(serde_json::to_string(&compiled).unwrap_or_default()),
@@ -222,8 +248,115 @@ impl SentryBackend {
         let listener = supervisor::Listener::start(exec_ours, exec_theirs, ctx)
             .map_err(|e| Error::io("start the supervisor", e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
-        Ok((listener, config))
+        Ok((listener, config, kernel_opens.is_some()))
     }
+
+    /// Mounts the emulated files ([`kernel_decides_opens`] wrote them) read-only over their
+    /// paths in the mount namespace of the created container `pid`, before anything of the
+    /// workload runs; a path the container does not have (no `/proc`) is skipped.
+    fn mount_emulated(dir: &Path, pid: u32) -> Result<()> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let mut trees = Vec::new();
+        for (path, _) in supervisor::emulated_files() {
+            let source = dir.join(EMULATED_DIR).join(emulated_name(path));
+            let c = CString::new(source.as_os_str().as_bytes())
+                .map_err(|_| Error::InvalidArgument(format!("{}", source.display())))?;
+            let tree = sys::read_only_tree(&c)
+                .map_err(|e| Error::io(format!("open_tree {}", source.display()), e))?;
+            trees.push((tree, CString::new(path).expect("no NUL in a literal")));
+        }
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+            .map_err(|e| Error::io("open the container's mount namespace", e))?;
+        sys::attach_in_namespace(&ns.into(), &trees)
+            .map_err(|e| Error::io("mount the emulated files in the container", e))?;
+        Ok(())
+    }
+}
+
+/// In a container's sentry directory: the emulated files mounted over `/proc/version`...
+/// where the kernel decides opens.
+const EMULATED_DIR: &str = "emulated";
+
+/// The file name in [`EMULATED_DIR`] for the emulated file at container path `path`.
+fn emulated_name(path: &str) -> String {
+    path.trim_start_matches('/').replace('/', "-")
+}
+
+/// Whether the spec gives the container a mount namespace of its own (not one it joins by
+/// path): only there may the shim mount the emulated files.
+fn own_mount_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_none())
+        })
+}
+
+/// Rewrites `spec` (JSON) so that the kernel decides every open as the policy does, where the
+/// filter traps none (docs/sentry.md, "Opens the kernel decides"): the policy's denied paths
+/// masked (`linux.maskedPaths`, as runc masks `/proc/kcore`), the device cgroup narrowed to
+/// the supervisor's device list (a privileged spec allows every device), the hook told to
+/// refuse a process Landlock does not restrict; and the emulated files written to `dir`, for
+/// [`SentryBackend::mount_emulated`] once the container exists.
+fn kernel_decides_opens(
+    spec: &mut serde_json::Value,
+    k: &policy::KernelOpens,
+    dir: &Path,
+) -> Result<()> {
+    use serde_json::{json, Value};
+    let linux = spec
+        .as_object_mut()
+        .and_then(|o| {
+            o.entry("linux")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+        })
+        .ok_or_else(|| Error::InvalidArgument("spec linux is not an object".into()))?;
+    let masked = linux
+        .entry("maskedPaths")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .ok_or_else(|| Error::InvalidArgument("spec maskedPaths is not a list".into()))?;
+    for m in &k.masks {
+        if !masked.iter().any(|v| v.as_str() == Some(m)) {
+            masked.push(json!(m));
+        }
+    }
+    let mut devices = vec![json!({ "allow": false, "access": "rwm" })];
+    devices.extend(supervisor::DEFAULT_DEVICES.iter().map(|(major, minor)| {
+        json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" })
+    }));
+    devices.extend(
+        supervisor::PTY_MAJORS
+            .map(|major| json!({ "allow": true, "type": "c", "major": major, "access": "rwm" })),
+    );
+    let resources = linux
+        .entry("resources")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| Error::InvalidArgument("spec resources is not an object".into()))?;
+    resources.insert("devices".into(), Value::Array(devices));
+    spec.as_object_mut()
+        .and_then(|o| {
+            o.entry("annotations")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+        })
+        .ok_or_else(|| Error::InvalidArgument("spec annotations are not an object".into()))?
+        .insert(confine::KERNEL_OPENS_ANNOTATION.into(), json!("1"));
+    let emulated = dir.join(EMULATED_DIR);
+    std::fs::create_dir_all(&emulated)
+        .map_err(|e| Error::io(format!("create {}", emulated.display()), e))?;
+    for (path, text) in supervisor::emulated_files() {
+        let file = emulated.join(emulated_name(path));
+        std::fs::write(&file, text)
+            .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The names (`uname`) of the UTS namespace the spec joins by path, if it joins one: read by
@@ -270,7 +403,7 @@ impl Backend for SentryBackend {
         let dir = container_dir(&self.root, &opts.namespace, &opts.id);
         // Left by a shim that died before `delete` could run.
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut listener, config) = match self.prepare(&opts, &dir) {
+        let (mut listener, config, kernel_opens) = match self.prepare(&opts, &dir) {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -286,6 +419,18 @@ impl Backend for SentryBackend {
                 ..opts.clone()
             })
         });
+        let created = match created {
+            Ok(pid) if kernel_opens => match Self::mount_emulated(&dir, pid) {
+                Ok(()) => Ok(pid),
+                Err(e) => {
+                    // Nothing of the workload has run: the created container goes.
+                    let _ = self.native.kill(&opts.id, None, libc::SIGKILL, true);
+                    let _ = self.native.delete(&opts.id, None);
+                    Err(e)
+                }
+            },
+            other => other,
+        };
         match created {
             Ok(pid) => {
                 self.supervised

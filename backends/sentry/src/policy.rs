@@ -109,6 +109,9 @@ struct SyscallsToml {
 struct AuditToml {
     max_bytes: Option<u64>,
     per_second: Option<u32>,
+    /// Trap every open to audit it, where the kernel could decide them untrapped.
+    #[serde(default)]
+    opens: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -238,6 +241,9 @@ pub struct Policy {
     pub extra: HashMap<String, (i32, ExtraAction)>,
     pub audit_max_bytes: u64,
     pub audit_per_second: u32,
+    /// `[audit] opens = true`: every open is trapped and audited, even where
+    /// [`Self::kernel_opens`] would leave them to the kernel.
+    pub audit_opens: bool,
     /// Recording mode: every decision rests on the always-denied set alone, and each is
     /// audited (no rate limit) so that a policy can be generated from the log.
     pub record: bool,
@@ -368,6 +374,7 @@ impl Policy {
             extra,
             audit_max_bytes: t.audit.max_bytes.unwrap_or(8 << 20).max(4096),
             audit_per_second: t.audit.per_second.unwrap_or(200).max(1),
+            audit_opens: t.audit.opens,
             record: false,
         })
     }
@@ -476,6 +483,47 @@ impl Policy {
         self.uniform_access(tree)
     }
 
+    /// Whether the kernel alone can decide every open as this policy does, so that opens need
+    /// not be trapped at all (issue 13, docs/sentry.md "Opens the kernel decides"): the files
+    /// rules are `read_write = ["/"]` and deny rules that are either fixed paths in `/proc` or
+    /// `/sys` outside any process's own directory (masked in the container's mount namespace,
+    /// as runc masks `/proc/kcore`: [`KernelOpens::masks`]) or a process's memory and mapped
+    /// files ([`PTRACE_GUARDED`], which the kernel opens only for a task that may ptrace that
+    /// process). Never for the recording policy or one that audits opens, which must see
+    /// every open; never for any other rule, which the kernel could not enforce by path.
+    pub fn kernel_opens(&self) -> Option<KernelOpens> {
+        if self.record || self.audit_opens {
+            return None;
+        }
+        let mut allows = self.files.iter().filter(|(_, a)| *a != Access::Deny);
+        match (allows.next(), allows.next()) {
+            (Some((root, Access::ReadWrite)), None) if root.is_empty() => {}
+            _ => return None,
+        }
+        let mut masks = Vec::new();
+        for (rule, _) in self.files.iter().filter(|(_, a)| *a == Access::Deny) {
+            let path = format!("/{}", rule.join("/"));
+            if PTRACE_GUARDED.contains(&path.as_str()) {
+                continue;
+            }
+            let fixed = match rule.as_slice() {
+                [top, entry, ..] if top == "proc" => {
+                    !(entry == "self"
+                        || entry == "thread-self"
+                        || entry.bytes().all(|b| b.is_ascii_digit()))
+                }
+                [top, _, ..] => top == "sys",
+                _ => false,
+            };
+            if !fixed || rule.iter().any(|c| c == "*") {
+                return None;
+            }
+            masks.push(path);
+        }
+        masks.sort();
+        Some(KernelOpens { masks })
+    }
+
     /// Whether the file at `path` (resolved) may be executed.
     pub fn exec_allowed(&self, path: &str) -> bool {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -511,6 +559,26 @@ impl Policy {
             NetMode::Cidr => is_loopback(sa) || self.bind.iter().any(|r| r.matches(sa)),
         }
     }
+}
+
+/// Deny rules that the kernel's own ptrace access check answers once opens are the kernel's:
+/// a process's memory and its mapped files, which the kernel opens only for a task that may
+/// ptrace that process (same credentials and dumpable, or `CAP_SYS_PTRACE`; Landlock's ptrace
+/// rule keeps every other domain out), as under runc. The supervisor, which is not the task,
+/// cannot ask that check for it, and so refuses them outright when it performs opens.
+pub const PTRACE_GUARDED: &[&str] = &[
+    "/proc/*/mem",
+    "/proc/*/task/*/mem",
+    "/proc/*/map_files",
+    "/proc/*/task/*/map_files",
+];
+
+/// What the kernel needs for a policy whose opens it decides ([`Policy::kernel_opens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelOpens {
+    /// The denied paths, each to be masked in the container (`linux.maskedPaths`: the null
+    /// device over a file, an empty read-only tmpfs over a directory).
+    pub masks: Vec<String>,
 }
 
 /// Whether `path` (normalised) is the root or at or beneath `/proc`, `/sys` or `/dev`: never
@@ -654,6 +722,44 @@ mod tests {
         assert!(d.connect_allowed(&"10.0.0.1:80".parse().unwrap()));
         assert!(d.bind_allowed(&"0.0.0.0:80".parse().unwrap()));
         assert!(d.raw_sockets);
+    }
+
+    #[test]
+    fn opens_are_the_kernels_only_where_masks_and_ptrace_say_what_the_policy_says() {
+        let k = Policy::builtin_default()
+            .kernel_opens()
+            .expect("default: kernel opens");
+        assert!(k.masks.contains(&"/proc/kallsyms".to_string()));
+        assert!(k.masks.contains(&"/sys/kernel".to_string()));
+        assert!(!k.masks.iter().any(|m| m.contains('*')), "{k:?}");
+        assert_eq!(k.masks.len(), 12, "{k:?}");
+        let p = |t: &str| Policy::parse(t, "t", Path::new("t.toml")).unwrap();
+        let rw = "[files]\nread_write = [\"/\"]\n";
+        assert_eq!(p(rw).kernel_opens(), Some(KernelOpens { masks: vec![] }));
+        // Every open audited: trapped.
+        assert_eq!(
+            p(&format!("{rw}[audit]\nopens = true\n")).kernel_opens(),
+            None
+        );
+        assert_eq!(Policy::recording().kernel_opens(), None);
+        // Rules the kernel could not enforce by a mask: trapped.
+        for deny in [
+            "/etc/shadow",
+            "/proc/*/environ",
+            "/proc/self/environ",
+            "/proc/1/environ",
+            "/proc/thread-self/mem",
+            "/sys/*/x",
+            "/proc",
+        ] {
+            let t = format!("{rw}deny = [\"{deny}\"]\n");
+            assert_eq!(p(&t).kernel_opens(), None, "{deny}");
+        }
+        // A root that is only read, or a tree beside it: trapped.
+        assert_eq!(p("[files]\nread = [\"/\"]\n").kernel_opens(), None);
+        assert_eq!(p(&format!("{rw}read = [\"/etc\"]\n")).kernel_opens(), None);
+        let strict = p(include_str!("../../../configs/sentry/strict.toml"));
+        assert_eq!(strict.kernel_opens(), None);
     }
 
     #[test]

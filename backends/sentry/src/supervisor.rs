@@ -48,6 +48,7 @@ use crate::sys::{self, Creds, Notif};
 mod exec;
 mod net;
 mod open;
+pub(crate) use open::emulated_files;
 mod paths;
 mod task;
 mod uname;
@@ -795,15 +796,26 @@ fn bind_or_connect(sock: &OwnedFd, sa: SocketAddr, bind: bool) -> Result<(), Err
     }
 }
 
-/// Device nodes a workload may open through the supervisor (the supervisor is not in the
-/// container's device cgroup, so it must check them itself): null, zero, full, random,
-/// urandom, tty, console, ptmx, and the pty slaves.
+/// The device nodes a workload may open (major, minor): null, zero, full, random, urandom,
+/// tty, console, ptmx; and the pty slaves ([`PTY_MAJORS`]). The supervisor checks them itself
+/// (it is not in the container's device cgroup); where the kernel decides opens, the
+/// container's device cgroup allows these and nothing else (`SentryBackend::prepare`).
+pub(crate) const DEFAULT_DEVICES: &[(u32, u32)] = &[
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
+];
+/// The pseudo-terminal slaves' majors (any minor).
+pub(crate) const PTY_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
+
 fn device_allowed(rdev: u64) -> bool {
     let (maj, min) = (libc::major(rdev), libc::minor(rdev));
-    matches!(
-        (maj, min),
-        (1, 3) | (1, 5) | (1, 7) | (1, 8) | (1, 9) | (5, 0) | (5, 1) | (5, 2)
-    ) || (136..=143).contains(&maj)
+    DEFAULT_DEVICES.contains(&(maj, min)) || PTY_MAJORS.contains(&maj)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! Every `unsafe` block of the crate is here.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -660,6 +660,96 @@ fn on_moved_thread<T: Send>(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("supervisor helper thread panicked")))
     })
+}
+
+/// A detached, read-only (and `nosuid`, `nodev`, `noexec`) copy of the mount of the file at
+/// `source`: `open_tree(2)` with `OPEN_TREE_CLONE`, then `mount_setattr(2)`. Attached in a
+/// container's mount namespace by [`attach_in_namespace`].
+pub fn read_only_tree(source: &CStr) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    // SAFETY: a NUL-terminated path; the flags ask for a new descriptor only.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a live `struct mount_attr` of the size passed; the empty path with
+    // AT_EMPTY_PATH names the detached tree itself.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(tree)
+}
+
+/// Attaches each detached tree (from [`read_only_tree`]) over its path in the mount namespace
+/// `ns` (an open `/proc/<pid>/ns/mnt`), from a short-lived thread that enters that namespace
+/// (with its own root and working directory, the namespace's) and is gone when done: no other
+/// call of the shim runs there. A path that is not there is skipped (ENOENT); any other
+/// failure is the answer. The indices of the trees attached.
+pub fn attach_in_namespace(ns: &OwnedFd, trees: &[(OwnedFd, CString)]) -> io::Result<Vec<usize>> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    on_moved_thread(
+        || {
+            // SAFETY: unshare(CLONE_FS) gives this thread its own root and working directory,
+            // which setns(CLONE_NEWNS) requires and then sets to the namespace's root.
+            check(unsafe { libc::unshare(libc::CLONE_FS) } as libc::c_long)?;
+            // SAFETY: setns(2) on a mount namespace descriptor; only this thread moves.
+            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } as libc::c_long)
+                .map(drop)
+        },
+        || {
+            let mut done = Vec::new();
+            for (i, (tree, target)) in trees.iter().enumerate() {
+                // SAFETY: a live detached tree and a NUL-terminated target path; a trailing
+                // symlink in the target is not followed (no MOVE_MOUNT_T_SYMLINKS).
+                let r = check(unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                });
+                match r {
+                    Ok(_) => done.push(i),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(done)
+        },
+    )
 }
 
 /// While alive, the calling thread acts with a workload's credentials.

@@ -760,24 +760,42 @@ pub(super) fn fifo_wait(
     })
 }
 
-/// Files that would reveal the host's kernel (release, build, boot command line), answered
-/// like `uname`: a plain read-only open gets a sealed memfd with the emulated content. Other
-/// opens of them go to the kernel as usual (which refuses writes).
+/// Files that would reveal the host's kernel (release, build, boot command line), with what
+/// the sentry shows instead, as `uname` does. Where the supervisor performs opens, a plain
+/// read-only open of one gets a sealed memfd with this content ([`emulated_file`]); where the
+/// kernel decides opens, the shim mounts a read-only file with it over each
+/// (`SentryBackend::mount_emulated`).
+pub(crate) fn emulated_files() -> [(&'static str, String); 4] {
+    [
+        (
+            "/proc/version",
+            format!("Linux version {EMULATED_RELEASE} (strata@sentry) (gcc) {EMULATED_VERSION}\n"),
+        ),
+        (
+            "/proc/sys/kernel/osrelease",
+            format!("{EMULATED_RELEASE}\n"),
+        ),
+        ("/proc/sys/kernel/version", format!("{EMULATED_VERSION}\n")),
+        (
+            "/proc/cmdline",
+            format!("BOOT_IMAGE=/boot/vmlinuz-{EMULATED_RELEASE} ro\n"),
+        ),
+    ]
+}
+
+/// The emulated content for an open of `real` with `flags`, if it is one of
+/// [`emulated_files`] and a plain read-only open. Other opens of them go to the kernel as
+/// usual (which refuses writes).
 pub(super) fn emulated_file(real: &str, flags: i32) -> Option<String> {
     let plain_read = flags & libc::O_ACCMODE == libc::O_RDONLY
         && flags & (libc::O_PATH | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECTORY) == 0;
     if !plain_read {
         return None;
     }
-    match real {
-        "/proc/version" => Some(format!(
-            "Linux version {EMULATED_RELEASE} (strata@sentry) (gcc) {EMULATED_VERSION}\n"
-        )),
-        "/proc/sys/kernel/osrelease" => Some(format!("{EMULATED_RELEASE}\n")),
-        "/proc/sys/kernel/version" => Some(format!("{EMULATED_VERSION}\n")),
-        "/proc/cmdline" => Some(format!("BOOT_IMAGE=/boot/vmlinuz-{EMULATED_RELEASE} ro\n")),
-        _ => None,
-    }
+    emulated_files()
+        .into_iter()
+        .find(|(path, _)| *path == real)
+        .map(|(_, text)| text)
 }
 
 /// A read-only descriptor of a sealed memfd holding `text`.
