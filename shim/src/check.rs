@@ -447,16 +447,17 @@ fn assess_sentry(host: &Host, native: &Assessment) -> Assessment {
         (Probe::Yes, Some(abi)) if abi < 3 => f.add(
             Verdict::Degraded,
             format!(
-                "Landlock ABI {abi} (below 3, no truncate right): opens are never left to the \
-                 kernel, even under policies compiled into Landlock; every open costs a \
-                 supervisor round trip"
+                "Landlock ABI {abi} (below 3, no truncate right): under policies compiled into \
+                 Landlock opens are never left to the kernel, and each costs a supervisor \
+                 round trip (the default policy's opens are still the kernel's)"
             ),
         ),
         (Probe::Yes, Some(_)) => {}
         (Probe::No(why), _) | (Probe::Skipped(why), _) => f.add(
             Verdict::Degraded,
             format!(
-                "Landlock unavailable ({why}): file access is confined by the supervisor alone"
+                "Landlock unavailable ({why}): file access is confined by the supervisor alone, \
+                 which traps every open, also under the default policy"
             ),
         ),
         (Probe::Yes, None) => f.add(Verdict::Degraded, "Landlock ABI version unknown"),
