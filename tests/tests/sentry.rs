@@ -548,6 +548,19 @@ fn audited(h: &Harness, spec: &mut serde_json::Value) -> [String; 2] {
     audited_flags(h)
 }
 
+/// The `ctr run` flags that put a container on the sentry under [`AUDITED`].
+fn audited_run_flags(h: &Harness) -> Vec<String> {
+    let [path_flag, path] = audited_flags(h);
+    vec![
+        "--annotation".into(),
+        SENTRY.into(),
+        path_flag,
+        path,
+        "--annotation".into(),
+        "strata.dev/sentry-policy=audited".into(),
+    ]
+}
+
 /// The `ctr` flag naming a configuration whose pods may pick [`AUDITED`] (as `audited`).
 fn audited_flags(h: &Harness) -> [String; 2] {
     static CFG: OnceLock<PathBuf> = OnceLock::new();
@@ -911,18 +924,9 @@ fn trapped_and_denied_calls_are_audited_including_execs() {
     let h = harness!();
     strata_only!(h);
     let c = h.container("sentry-audit");
-    let flags = audited_flags(h);
-    c.start(
-        &[
-            "--annotation",
-            SENTRY,
-            &flags[0],
-            &flags[1],
-            "--annotation",
-            "strata.dev/sentry-policy=audited",
-        ],
-        &["sleep", "300"],
-    );
+    let flags = audited_run_flags(h);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    c.start(&flags, &["sleep", "300"]);
     // An exec process: libcontainer sends a second notification fd for it.
     let out = c.exec(
         "a1",
@@ -2179,15 +2183,10 @@ fn a_flood_of_trapped_calls_neither_starves_another_container_nor_grows_its_log(
         recs.len()
     );
     let other = h.container("sentry-flooded");
+    let run_flags = audited_run_flags(h);
+    let run_flags: Vec<&str> = run_flags.iter().map(String::as_str).collect();
     let out = other.run_with(
-        &[
-            "--annotation",
-            SENTRY,
-            &flags[0],
-            &flags[1],
-            "--annotation",
-            "strata.dev/sentry-policy=audited",
-        ],
+        &run_flags,
         &[
             "sh",
             "-c",
