@@ -1053,6 +1053,43 @@ fn opens_under_the_default_policy_are_the_kernels() {
     assert!(sentry.contains("Operation not permitted"), "{sentry}");
 }
 
+/// The device cgroup of a sentry container holds the supervisor's device list, which backs
+/// the opens the kernel decides, and a task update (containerd's Tasks.Update) whose resources
+/// allow every device does not widen it (the sentry leaves device rules as created, as runc's
+/// `update` does): `/dev/fuse` (10:229, outside every default list) cannot be made and opened
+/// before or after it. On native the update lets it open, so the update really asks for it.
+#[test]
+fn an_update_never_widens_the_device_list() {
+    let h = harness!();
+    strata_only!(h);
+    let resources = serde_json::json!({ "devices": [{ "allow": true, "access": "rwm" }] });
+    let probe = "(mknod /tmp/fuse$0 c 10 229 && exec 7</tmp/fuse$0) 2>&1; echo fuse=$?";
+    for backend in ["native", "sentry"] {
+        let c = h.container(&format!("devices-{backend}"));
+        let tier = format!("strata.dev/backend={backend}");
+        c.start(&["--annotation", &tier], &["sleep", "300"]);
+        let before = c.exec("d1", &["sh", "-c", probe, "a"]);
+        let update = strata_tests::api::update_resources(h, &c.id, &resources).unwrap();
+        assert!(update.is_ok(), "{backend}: Update failed: {update:?}");
+        let after = c.exec("d2", &["sh", "-c", probe, "b"]);
+        eprintln!("{backend}: before {before}\nafter {after}");
+        assert!(before.stdout.contains("fuse=1"), "{backend}: {before}");
+        let after_want = if backend == "native" {
+            "fuse=0"
+        } else {
+            "fuse=1"
+        };
+        assert!(after.stdout.contains(after_want), "{backend}: {after}");
+        if backend == "sentry" {
+            assert!(
+                after.stdout.contains("Operation not permitted"),
+                "{backend}: {after}"
+            );
+        }
+        c.remove_and_check();
+    }
+}
+
 #[test]
 fn a_pod_picks_a_policy_only_within_the_configuration() {
     let h = harness!();

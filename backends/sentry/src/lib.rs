@@ -493,7 +493,11 @@ impl Backend for SentryBackend {
     }
 
     fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
-        self.native.update(id, resources)
+        // The device rules stay as created (as runc's `update` leaves them): they are the
+        // supervisor's device list, which backs the opens the kernel decides.
+        let mut resources = resources.clone();
+        resources.set_devices(None);
+        self.native.update(id, &resources)
     }
 
     fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {

@@ -797,9 +797,11 @@ fn bind_or_connect(sock: &OwnedFd, sa: SocketAddr, bind: bool) -> Result<(), Err
 }
 
 /// The device nodes a workload may open (major, minor): null, zero, full, random, urandom,
-/// tty, console, ptmx; and the pty slaves ([`PTY_MAJORS`]). The supervisor checks them itself
-/// (it is not in the container's device cgroup); where the kernel decides opens, the
-/// container's device cgroup allows these and nothing else (`SentryBackend::prepare`).
+/// tty, console, ptmx, `/dev/net/tun`; and the pty slaves ([`PTY_MAJORS`]). The supervisor
+/// checks them itself (it is not in the container's device cgroup); where the kernel decides
+/// opens, the container's device cgroup allows these and nothing else
+/// (`SentryBackend::prepare`). The list is libcontainer's own default, which its cgroup set-up
+/// always adds (as runc's does), `/dev/net/tun` included: so both ways of deciding opens agree.
 pub(crate) const DEFAULT_DEVICES: &[(u32, u32)] = &[
     (1, 3),
     (1, 5),
@@ -809,6 +811,7 @@ pub(crate) const DEFAULT_DEVICES: &[(u32, u32)] = &[
     (5, 0),
     (5, 1),
     (5, 2),
+    (10, 200),
 ];
 /// The pseudo-terminal slaves' majors (any minor).
 pub(crate) const PTY_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
@@ -828,5 +831,7 @@ mod tests {
         assert!(!device_allowed(libc::makedev(1, 1))); // /dev/mem
         assert!(!device_allowed(libc::makedev(8, 0))); // /dev/sda
         assert!(device_allowed(libc::makedev(136, 4)));
+        assert!(device_allowed(libc::makedev(10, 200))); // /dev/net/tun, libcontainer's default
+        assert!(!device_allowed(libc::makedev(10, 229))); // /dev/fuse
     }
 }
