@@ -151,7 +151,8 @@ impl Container {
                 return Err(e);
             }
         };
-        if pid != 0 && creates_network_namespace(&opts.spec) {
+        if pid != 0 && creates_namespace(&opts.spec, oci_spec::runtime::LinuxNamespaceType::Network)
+        {
             if let Err(e) = crate::netns::loopback_up(pid) {
                 let _ = cleanup_orphan(root, &opts.id);
                 return Err(e);
@@ -418,17 +419,17 @@ fn sanitize_file(s: &str) -> String {
         .collect()
 }
 
-/// Whether the runtime creates the network namespace (no path to join): then its loopback
-/// is ours to bring up.
-fn creates_network_namespace(spec: &oci_spec::runtime::Spec) -> bool {
-    use oci_spec::runtime::LinuxNamespaceType;
+/// Whether the runtime creates a namespace of type `typ` for the container (the spec lists
+/// it with no path to join): for the network namespace, its loopback is then ours to bring
+/// up.
+pub fn creates_namespace(
+    spec: &oci_spec::runtime::Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> bool {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|nss| {
-            nss.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
-        })
+        .is_some_and(|nss| nss.iter().any(|n| n.typ() == typ && n.path().is_none()))
 }
 
 /// The error and its sources, joined.

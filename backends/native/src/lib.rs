@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpts, Result, Stats};
 
 pub use cgroup::Cgroup;
-pub use container::Container;
+pub use container::{creates_namespace, Container};
 pub use executor::{install_seccomp, PreExec};
 
 /// Where native containers keep their state unless configured otherwise.

@@ -41,7 +41,7 @@ use landlock::{
     RulesetStatus, ABI,
 };
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use libcontainer::oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
@@ -240,10 +240,10 @@ fn rules(spec: &Spec, exec: Option<&[String]>) -> Vec<(String, BitFlags<AccessFs
 /// descriptors where it performs opens. containerd's FIFOs lie outside the container's root,
 /// where nothing else is granted; a pipe or socket needs no rule (Landlock does not judge
 /// opens of them), and a terminal is the container's own `/dev/pts`.
-fn stdio_rules() -> Vec<(i32, BitFlags<AccessFs>)> {
+fn stdio_rules(streams: [BorrowedFd<'_>; 3]) -> Vec<(BorrowedFd<'_>, BitFlags<AccessFs>)> {
     let mut out = Vec::new();
-    for fd in 0..=2 {
-        let Ok(st) = nix::sys::stat::fstat(fd) else {
+    for fd in streams {
+        let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else {
             continue;
         };
         let fmt = st.st_mode & libc::S_IFMT;
@@ -253,14 +253,10 @@ fn stdio_rules() -> Vec<(i32, BitFlags<AccessFs>)> {
         // An anonymous pipe is a FIFO too, on the kernel's internal pipefs, which takes no
         // rule (EBADFD).
         const PIPEFS_MAGIC: i64 = 0x5049_5045;
-        // SAFETY: a descriptor of this process's standard streams, open for the call.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        if nix::sys::statfs::fstatfs(borrowed)
-            .map_or(true, |f| f.filesystem_type().0 == PIPEFS_MAGIC)
-        {
+        if nix::sys::statfs::fstatfs(fd).map_or(true, |f| f.filesystem_type().0 == PIPEFS_MAGIC) {
             continue;
         }
-        let Ok(fl) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) else {
+        let Ok(fl) = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL) else {
             continue;
         };
         if fl & libc::O_PATH != 0 {
@@ -351,9 +347,9 @@ pub fn apply(spec: &Spec) -> Result<Applied, String> {
         }
     }
     if ann.contains_key(KERNEL_OPENS_ANNOTATION) {
-        for (fd, access) in stdio_rules() {
-            // SAFETY: a descriptor of this process's standard streams, open for the call.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        use std::os::fd::AsFd;
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        for (fd, access) in stdio_rules([stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]) {
             ruleset = ruleset
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(|e| format!("sentry: Landlock rule for descriptor {fd:?}: {e}"))?;

@@ -120,10 +120,15 @@ impl SentryBackend {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Opens the kernel decides (docs/sentry.md, "Opens the kernel decides"): where the
         // policy allows it, Landlock confines the workload to the container, and the masks and
-        // emulated files can be mounted in a mount namespace of the container's own.
+        // emulated files can be mounted in a mount namespace of the container's own (not one
+        // it joins by path).
+        let own_mounts = strata_native::creates_namespace(
+            &opts.spec,
+            oci_spec::runtime::LinuxNamespaceType::Mount,
+        );
         let kernel_opens = policy
             .kernel_opens()
-            .filter(|_| sys::landlock_abi().is_some() && own_mount_namespace(&opts.spec));
+            .filter(|_| sys::landlock_abi().is_some() && own_mounts);
 
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -221,6 +226,12 @@ impl SentryBackend {
             confine::EXEC_ANNOTATION.into(),
             serde_json::json!(confine::exec_annotation(policy.exec_prefixes().as_deref())),
         );
+        if kernel_opens.is_some() {
+            ann.insert(
+                confine::KERNEL_OPENS_ANNOTATION.into(),
+                serde_json::json!("1"),
+            );
+        }
         // Where the kernel decides opens, the rules from the spec (the container's root and
         // mounts) are what it needs; a compiled ruleset grants reads and writes only on the
         // policy's trees, for the opens the supervisor leaves to the kernel one by one.
@@ -283,25 +294,13 @@ fn emulated_name(path: &str) -> String {
     path.trim_start_matches('/').replace('/', "-")
 }
 
-/// Whether the spec gives the container a mount namespace of its own (not one it joins by
-/// path): only there may the shim mount the emulated files.
-fn own_mount_namespace(spec: &oci_spec::runtime::Spec) -> bool {
-    use oci_spec::runtime::LinuxNamespaceType;
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Mount && n.path().is_none())
-        })
-}
-
 /// Rewrites `spec` (JSON) so that the kernel decides every open as the policy does, where the
 /// filter traps none (docs/sentry.md, "Opens the kernel decides"): the policy's denied paths
 /// masked (`linux.maskedPaths`, as runc masks `/proc/kcore`), the device cgroup narrowed to
-/// the supervisor's device list (a privileged spec allows every device), the hook told to
-/// refuse a process Landlock does not restrict; and the emulated files written to `dir`, for
-/// [`SentryBackend::mount_emulated`] once the container exists.
+/// the supervisor's device list (a privileged spec allows every device); and the emulated
+/// files written to `dir`, for [`SentryBackend::mount_emulated`] once the container exists.
+/// (`prepare` also tells the hook, by annotation, to refuse a process that Landlock does not
+/// restrict.)
 fn kernel_decides_opens(
     spec: &mut serde_json::Value,
     k: &policy::KernelOpens,
@@ -340,14 +339,6 @@ fn kernel_decides_opens(
         .as_object_mut()
         .ok_or_else(|| Error::InvalidArgument("spec resources is not an object".into()))?;
     resources.insert("devices".into(), Value::Array(devices));
-    spec.as_object_mut()
-        .and_then(|o| {
-            o.entry("annotations")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-        })
-        .ok_or_else(|| Error::InvalidArgument("spec annotations are not an object".into()))?
-        .insert(confine::KERNEL_OPENS_ANNOTATION.into(), json!("1"));
     let emulated = dir.join(EMULATED_DIR);
     std::fs::create_dir_all(&emulated)
         .map_err(|e| Error::io(format!("create {}", emulated.display()), e))?;
