@@ -269,7 +269,7 @@ impl SentryBackend {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let mut trees = Vec::new();
-        for (path, _) in supervisor::emulated_files() {
+        for path in supervisor::EMULATED_PATHS {
             let source = dir.join(EMULATED_DIR).join(emulated_name(path));
             let c = CString::new(source.as_os_str().as_bytes())
                 .map_err(|_| Error::InvalidArgument(format!("{}", source.display())))?;
@@ -342,8 +342,9 @@ fn kernel_decides_opens(
     let emulated = dir.join(EMULATED_DIR);
     std::fs::create_dir_all(&emulated)
         .map_err(|e| Error::io(format!("create {}", emulated.display()), e))?;
-    for (path, text) in supervisor::emulated_files() {
+    for path in supervisor::EMULATED_PATHS {
         let file = emulated.join(emulated_name(path));
+        let text = supervisor::emulated_text(path).unwrap_or_default();
         std::fs::write(&file, text)
             .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
     }

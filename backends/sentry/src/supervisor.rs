@@ -48,7 +48,7 @@ use crate::sys::{self, Creds, Notif};
 mod exec;
 mod net;
 mod open;
-pub(crate) use open::emulated_files;
+pub(crate) use open::{emulated_text, EMULATED_PATHS};
 mod paths;
 mod task;
 mod uname;

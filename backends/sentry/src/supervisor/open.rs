@@ -760,31 +760,33 @@ pub(super) fn fifo_wait(
     })
 }
 
-/// Files that would reveal the host's kernel (release, build, boot command line), with what
-/// the sentry shows instead, as `uname` does. Where the supervisor performs opens, a plain
-/// read-only open of one gets a sealed memfd with this content ([`emulated_file`]); where the
-/// kernel decides opens, the shim mounts a read-only file with it over each
+/// Files that would reveal the host's kernel (release, build, boot command line), each
+/// shown with [`emulated_text`] instead, as `uname` is. Where the supervisor performs opens,
+/// a plain read-only open of one gets a sealed memfd with that content ([`emulated_file`]);
+/// where the kernel decides opens, the shim mounts a read-only file with it over each
 /// (`SentryBackend::mount_emulated`).
-pub(crate) fn emulated_files() -> [(&'static str, String); 4] {
-    [
-        (
-            "/proc/version",
-            format!("Linux version {EMULATED_RELEASE} (strata@sentry) (gcc) {EMULATED_VERSION}\n"),
-        ),
-        (
-            "/proc/sys/kernel/osrelease",
-            format!("{EMULATED_RELEASE}\n"),
-        ),
-        ("/proc/sys/kernel/version", format!("{EMULATED_VERSION}\n")),
-        (
-            "/proc/cmdline",
-            format!("BOOT_IMAGE=/boot/vmlinuz-{EMULATED_RELEASE} ro\n"),
-        ),
-    ]
+pub(crate) const EMULATED_PATHS: [&str; 4] = [
+    "/proc/version",
+    "/proc/sys/kernel/osrelease",
+    "/proc/sys/kernel/version",
+    "/proc/cmdline",
+];
+
+/// What the sentry shows for the emulated file at `path` (one of [`EMULATED_PATHS`]).
+pub(crate) fn emulated_text(path: &str) -> Option<String> {
+    match path {
+        "/proc/version" => Some(format!(
+            "Linux version {EMULATED_RELEASE} (strata@sentry) (gcc) {EMULATED_VERSION}\n"
+        )),
+        "/proc/sys/kernel/osrelease" => Some(format!("{EMULATED_RELEASE}\n")),
+        "/proc/sys/kernel/version" => Some(format!("{EMULATED_VERSION}\n")),
+        "/proc/cmdline" => Some(format!("BOOT_IMAGE=/boot/vmlinuz-{EMULATED_RELEASE} ro\n")),
+        _ => None,
+    }
 }
 
 /// The emulated content for an open of `real` with `flags`, if it is one of
-/// [`emulated_files`] and a plain read-only open. Other opens of them go to the kernel as
+/// [`EMULATED_PATHS`] and a plain read-only open. Other opens of them go to the kernel as
 /// usual (which refuses writes).
 pub(super) fn emulated_file(real: &str, flags: i32) -> Option<String> {
     let plain_read = flags & libc::O_ACCMODE == libc::O_RDONLY
@@ -792,10 +794,7 @@ pub(super) fn emulated_file(real: &str, flags: i32) -> Option<String> {
     if !plain_read {
         return None;
     }
-    emulated_files()
-        .into_iter()
-        .find(|(path, _)| *path == real)
-        .map(|(_, text)| text)
+    emulated_text(real)
 }
 
 /// A read-only descriptor of a sealed memfd holding `text`.
@@ -829,6 +828,20 @@ pub(super) fn memfd_with(name: &str, text: &str) -> Result<OwnedFd, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_emulated_path_has_its_text() {
+        for p in EMULATED_PATHS {
+            assert!(
+                emulated_text(p)
+                    .is_some_and(|t| t.contains(EMULATED_RELEASE) || t.contains(EMULATED_VERSION)),
+                "{p}"
+            );
+            assert_eq!(emulated_file(p, libc::O_RDONLY), emulated_text(p));
+            assert_eq!(emulated_file(p, libc::O_WRONLY), None);
+        }
+        assert_eq!(emulated_text("/proc/meminfo"), None);
+    }
 
     #[test]
     fn a_symlink_leads_from_its_own_directory_or_from_a_root() {
