@@ -400,6 +400,16 @@ impl Harness {
         !(self.runtime == Runtime::Strata && self.tier == Tier::Microvm)
     }
 
+    /// The processes a tier keeps in every container beside the workload's, which `ctr task
+    /// ps` lists with it: the sentry's keeper (docs/sentry.md, "One domain per container"),
+    /// none elsewhere. `pids` less those.
+    pub fn workload_pids(&self, pids: &[u32]) -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| !is_tier_process(*p))
+            .collect()
+    }
+
     /// The configuration the microvm tier's containers are created under: the shipped
     /// `configs/strata-microvm.toml` with a `[microvm]` table for this machine
     /// ([`microvm_test_table`]), written once into the daemon's state directory.
@@ -844,4 +854,9 @@ pub fn bundle_dir(h: &Harness, id: &str) -> PathBuf {
 /// Reads a whole file, with the path in the error.
 pub fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Whether host process `pid` is one a tier keeps in a container (the sentry's keeper).
+pub fn is_tier_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "strata-keeper")
 }

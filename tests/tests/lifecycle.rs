@@ -12,7 +12,7 @@ use strata_tests::daemon::{self, ContainerdVersion};
 use strata_tests::events::Events;
 use strata_tests::pty::PtyChild;
 use strata_tests::wasi::{self, Workload, WorkloadRun};
-use strata_tests::{api, harness, Runtime};
+use strata_tests::{api, harness, Runtime, Tier};
 
 /// Waits that follow a step already done. The first output of a `ctr run` waits
 /// `h.ctr_timeout()` instead: on microvm that run boots the pod's VM (emulated in CI).
@@ -370,9 +370,13 @@ fn pids_lists_every_process() {
         c.remove_and_check();
         return;
     }
+    // Beside the workload's: the sentry's keeper, one process (docs/sentry.md).
+    let keepers = usize::from(h.runtime == Runtime::Strata && h.tier == Tier::Sentry);
     let pids = strata_tests::cmd::poll(SECS(10), || {
-        let p = c.pids().ok()?;
+        let all = c.pids().ok()?;
+        let p = h.workload_pids(&all);
         (p.len() == 3
+            && all.len() == 3 + keepers
             && cmdlines(&p)
                 .iter()
                 .filter(|c| c.starts_with("sleep"))
@@ -418,7 +422,11 @@ fn stats_report_usage() {
             .sum()
     };
     let m = strata_tests::cmd::poll(SECS(10), || {
-        let pids = c.pids().ok().filter(|p| p.len() == 1 + children)?;
+        // Every process listed, the sentry's keeper too, is in pids.current.
+        let pids = c
+            .pids()
+            .ok()
+            .filter(|p| h.workload_pids(p).len() == 1 + children)?;
         let m = c.metrics().ok()?;
         (cgroups::metric_pids(&m) == Some(threads(pids))).then_some(m)
     })

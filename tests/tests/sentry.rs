@@ -1000,7 +1000,11 @@ fn opens_under_the_default_policy_are_the_kernels() {
         let out = c.exec("k1", &["sh", "-c", script]);
         eprintln!("{backend}: {out}");
         if backend == "sentry" {
-            let recs = audit_records(h, &c.id);
+            // The supervisor writes its records once idle: wait (bounded) for the exec's.
+            let recs = audit_records_when(h, &c.id, |recs| {
+                recs.iter()
+                    .any(|r| r["syscall"] == "execve" && r["args"]["path"] == "/bin/sh")
+            });
             let start = recs.iter().find(|r| r["decision"] == "start");
             assert_eq!(
                 start.map(|r| r["args"]["opens"].clone()),
@@ -2289,4 +2293,145 @@ fn a_task_never_sees_itself_held_on_one_cpu() {
         "expected all {online} CPUs after every open, and in /proc/self/status: {out}"
     );
     c.assert_no_leaks();
+}
+
+/// One Landlock domain per container (docs/sentry.md, "One domain per container: the
+/// keeper"): a process started by `ctr task exec` is forked inside the init's domain, so
+/// Landlock's ptrace rule lets it reach the init's `/proc/<pid>` links and another exec'd
+/// process's, as on native, and it runs with exactly the credentials, limits and environment
+/// libcontainer gives an exec'd process. Compared line for line with native, for an init of
+/// uid 1000 with supplementary groups and a narrow capability set (ambient included) and
+/// execs as that user, as root and as another user; exit codes and signals to the exec pass
+/// through, and killing an exec leaves nothing of it running.
+#[test]
+fn execd_processes_join_the_inits_landlock_domain_with_their_own_credentials() {
+    let h = harness!();
+    strata_only!(h);
+    let report = "grep -E '^(Uid|Gid|Groups|Umask|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' \
+                  /proc/self/status | tr -d '\\t'; echo HOME=$HOME; echo nofile=$(ulimit -n); \
+                  echo cwd=$(pwd)";
+    // What reaching another process of the container takes: its /proc/<pid> links.
+    let reach = |pid: &str| {
+        format!(
+            "readlink /proc/{pid}/exe || echo no-exe; ls /proc/{pid}/fd >/dev/null 2>&1 && \
+             echo fd-listed; readlink /proc/{pid}/fd/1 >/dev/null && echo fd-read || \
+             echo no-fd; cd /proc/{pid}/root && echo root-entered || echo no-root"
+        )
+    };
+    let mut seen: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for backend in ["native", "sentry"] {
+        let c = h.container(&format!("domain-{backend}"));
+        let init = format!("({report}) > /tmp/init-report; exec sleep 300");
+        let mut spec = spec_on(&c, &["sh", "-c", &init], backend);
+        spec["process"]["user"] =
+            serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [10, 20] });
+        let caps = serde_json::json!(["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+        spec["process"]["capabilities"] = serde_json::json!({
+            "bounding": caps, "effective": caps, "permitted": caps,
+            "inheritable": ["CAP_NET_BIND_SERVICE"], "ambient": ["CAP_NET_BIND_SERVICE"]
+        });
+        spec["process"]["rlimits"] =
+            serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 2048, "soft": 1000 }]);
+        spec["process"]["cwd"] = serde_json::json!("/tmp");
+        start_spec_detached(h, &c, &spec, &[]);
+        let mut record = BTreeMap::new();
+        let init_report = cmd::poll(Duration::from_secs(20), || {
+            let out = c.exec("read-init", &["cat", "/tmp/init-report"]);
+            (out.success() && out.stdout.contains("nofile=")).then_some(out.stdout)
+        })
+        .unwrap_or_else(|| panic!("{backend}: the init wrote no report"));
+        record.insert("init".to_string(), init_report);
+        for (name, flags) in [
+            ("exec", vec![]),
+            ("exec as root", vec!["--user", "0"]),
+            ("exec as 2000", vec!["--user", "2000:2000"]),
+        ] {
+            let id = name.replace(' ', "-");
+            let out = c.exec_with(&id, &flags, &["sh", "-c", report], None);
+            assert!(out.success(), "{backend} {name}: {out}");
+            record.insert(name.to_string(), out.stdout);
+            let out = c.exec_with(
+                &format!("{id}-reach"),
+                &flags,
+                &["sh", "-c", &reach("1")],
+                None,
+            );
+            record.insert(format!("{name} reaches the init"), out.stdout);
+        }
+        // Another exec'd process, reached from an exec.
+        let long = cmd::Background::spawn(c.exec_command("long", &[], &["sleep", "301"]))
+            .expect("starting ctr task exec");
+        let find = "ps -o pid,args | grep '[s]leep 301' | awk '{print $1}'";
+        let pid = cmd::poll(Duration::from_secs(20), || {
+            let out = c.exec("find-long", &["sh", "-c", find]);
+            let pid = out.stdout.trim().to_string();
+            (!pid.is_empty()).then_some(pid)
+        })
+        .unwrap_or_else(|| panic!("{backend}: the long exec never ran"));
+        let out = c.exec("reach-long", &["sh", "-c", &reach(&pid)]);
+        record.insert("exec reaches another exec".into(), out.stdout);
+        // Exit codes and signals pass through.
+        let out = c.exec("seven", &["sh", "-c", "exit 7"]);
+        record.insert("exit 7".into(), format!("{:?}", out.code));
+        let out = c.exec("killed", &["sh", "-c", "kill -KILL $$"]);
+        record.insert("killed by SIGKILL".into(), format!("{:?}", out.code));
+        let kill = h.ctr_run(&["task", "kill", "-s", "SIGTERM", "--exec-id", "long", &c.id]);
+        assert!(kill.success(), "{backend}: {kill}");
+        let out = long.wait(Duration::from_secs(20));
+        record.insert("SIGTERM to the exec".into(), format!("{:?}", out.code));
+        // SIGKILL to an exec (on the sentry: its proxy) leaves nothing of it running.
+        let victim = cmd::Background::spawn(c.exec_command("victim", &[], &["sleep", "302"]))
+            .expect("starting ctr task exec");
+        let running = |c: &Container<'_>| {
+            c.exec("ps", &["sh", "-c", "ps -o args | grep -c '[s]leep 302'"])
+                .stdout
+                .trim()
+                .to_string()
+        };
+        assert!(
+            cmd::poll(Duration::from_secs(20), || (running(&c) == "1")
+                .then_some(()))
+            .is_some(),
+            "{backend}: the victim exec never ran"
+        );
+        let kill = h.ctr_run(&[
+            "task",
+            "kill",
+            "-s",
+            "SIGKILL",
+            "--exec-id",
+            "victim",
+            &c.id,
+        ]);
+        assert!(kill.success(), "{backend}: {kill}");
+        let _ = victim.wait(Duration::from_secs(20));
+        let gone = cmd::poll(Duration::from_secs(10), || {
+            (running(&c) == "0").then_some(())
+        });
+        record.insert(
+            "SIGKILL to the exec ends it".into(),
+            format!("{}", gone.is_some()),
+        );
+        eprintln!("{backend}: {record:#?}");
+        seen.insert(backend.to_string(), record);
+        c.remove_and_check();
+    }
+    let (native, sentry) = (&seen["native"], &seen["sentry"]);
+    for (what, n) in native {
+        assert_eq!(
+            Some(n),
+            sentry.get(what),
+            "{what}: native and sentry differ"
+        );
+    }
+    // And the comparison is not empty: the execs of the init's user reached it.
+    assert!(
+        native["exec reaches the init"].contains("fd-read")
+            && native["exec reaches another exec"].contains("root-entered"),
+        "{native:#?}"
+    );
+    assert!(
+        native["exec as 2000 reaches the init"].contains("no-fd"),
+        "{native:#?}"
+    );
 }

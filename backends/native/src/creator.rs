@@ -40,7 +40,7 @@ use strata_backend::stdio::ProcessIo;
 use strata_backend::{Error, Result};
 
 use crate::container::error_chain;
-use crate::executor::{NativeExecutor, PreExec};
+use crate::executor::{NativeExecutor, PreExec, Role};
 
 /// The first argument that makes a binary embedding this tier act as the helper: see
 /// [`is_asked`].
@@ -262,6 +262,10 @@ fn make(req: Request, hooks: &[Arc<dyn PreExec>]) -> std::result::Result<u32, St
         hook.before_create(bundle)?;
     }
     let executor = NativeExecutor {
+        role: match req.kind {
+            Kind::Init { .. } => Role::Init,
+            Kind::Tenant { .. } => Role::Exec,
+        },
         pre_exec,
         exec_seccomp: req.exec_seccomp,
         creator_exe: None,

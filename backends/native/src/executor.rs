@@ -40,7 +40,8 @@ pub trait PreExec: Send + Sync {
         Ok(())
     }
 
-    fn before_exec(&self, spec: &Spec) -> Result<(), String>;
+    /// `role` tells the container's init from a process joining it (an exec).
+    fn before_exec(&self, spec: &Spec, role: Role) -> Result<(), String>;
 
     /// Whether [`PreExec::before_exec`] runs the workload itself, in the container's process,
     /// and ends that process (the wasm tier's runner): then no program is looked up or
@@ -56,9 +57,21 @@ pub trait PreExec: Send + Sync {
     }
 }
 
+/// Which process of a container a hook runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The container's init.
+    #[default]
+    Init,
+    /// A process joining the container (`ctr task exec`, CRI ExecSync).
+    Exec,
+}
+
 /// The native tier's executor.
 #[derive(Clone, Default)]
 pub struct NativeExecutor {
+    /// The process this executor runs in.
+    pub(crate) role: Role,
     pub(crate) pre_exec: Option<std::sync::Arc<dyn PreExec>>,
     /// For exec'd processes: the container's seccomp profile, which libcontainer's tenant
     /// builder drops.
@@ -113,7 +126,8 @@ impl Executor for NativeExecutor {
             if let Some(profile) = &self.exec_seccomp {
                 install_exec_seccomp(profile)?;
             }
-            hook.before_exec(spec).map_err(ExecutorError::Other)?;
+            hook.before_exec(spec, self.role)
+                .map_err(ExecutorError::Other)?;
             return Err(ExecutorError::Other(format!(
                 "the {} hook returned instead of running the workload",
                 hook.name()
@@ -136,7 +150,8 @@ impl Executor for NativeExecutor {
             install_exec_seccomp(profile)?;
         }
         if let Some(hook) = &self.pre_exec {
-            hook.before_exec(spec).map_err(ExecutorError::Other)?;
+            hook.before_exec(spec, self.role)
+                .map_err(ExecutorError::Other)?;
         }
         // The environment is the spec's by now (libcontainer's `setup_envs`), with HOME from
         // the container's passwd; for a user it has no entry for, runc gives HOME=/.

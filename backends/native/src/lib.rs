@@ -24,7 +24,8 @@ use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpt
 
 pub use cgroup::Cgroup;
 pub use container::{creates_namespace, Container};
-pub use executor::{install_seccomp, PreExec};
+pub use executor::{install_seccomp, PreExec, Role};
+pub use program::find as find_program;
 
 /// Where native containers keep their state unless configured otherwise.
 pub const DEFAULT_STATE_ROOT: &str = "/run/strata/native";

@@ -17,7 +17,13 @@ use std::io::IoSlice;
 
 use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-use strata_native::PreExec;
+use strata_native::{PreExec, Role};
+
+use crate::keeper;
+
+fn sys_close(fd: i32) {
+    let _ = nix::unistd::close(fd);
+}
 
 /// Annotation: the inherited descriptor to send the notification fd on.
 pub const EXEC_FD_ANNOTATION: &str = "strata.dev/sentry-exec-fd";
@@ -27,13 +33,14 @@ pub const EXEC_FILTER_ANNOTATION: &str = "strata.dev/sentry-exec-filter";
 /// The hook.
 pub struct ExecFilter;
 
+/// A descriptor number from the spec's annotations.
+fn fd_of(spec: &Spec, annotation: &str) -> Option<i32> {
+    spec.annotations().as_ref()?.get(annotation)?.parse().ok()
+}
+
 /// The supervisor socket's descriptor number, from the spec.
 fn exec_fd(spec: &Spec) -> Option<i32> {
-    spec.annotations()
-        .as_ref()?
-        .get(EXEC_FD_ANNOTATION)?
-        .parse()
-        .ok()
+    fd_of(spec, EXEC_FD_ANNOTATION)
 }
 
 impl PreExec for ExecFilter {
@@ -42,12 +49,36 @@ impl PreExec for ExecFilter {
     }
 
     fn inherited_fds(&self, spec: &Spec) -> Vec<i32> {
-        exec_fd(spec).into_iter().collect()
+        exec_fd(spec)
+            .into_iter()
+            .chain(fd_of(spec, keeper::KEEPER_FD_ANNOTATION))
+            .collect()
     }
 
-    fn before_exec(&self, spec: &Spec) -> Result<(), String> {
+    fn before_exec(&self, spec: &Spec, role: Role) -> Result<(), String> {
         let ann = spec.annotations().clone().unwrap_or_default();
         let fd = exec_fd(spec).ok_or("sentry: no supervisor socket for this exec")?;
+        let keeper_fd = fd_of(spec, keeper::KEEPER_FD_ANNOTATION);
+        if let (Role::Exec, Some(k)) = (role, keeper_fd) {
+            // Run by the keeper, in the init's Landlock domain and under its filter; this
+            // process stands in for the program (see keeper).
+            sys_close(fd);
+            return keeper::proxy(spec, k).map(|never| match never {});
+        }
+        // The init's real credentials, applied once the keeper is forked; its HOME, found
+        // while the container's passwd can still be read untrapped.
+        let init_creds: Option<keeper::Creds> = match keeper_fd {
+            Some(_) => Some(
+                ann.get(keeper::INIT_CREDS_ANNOTATION)
+                    .and_then(|v| serde_json::from_str(v).ok())
+                    .ok_or("sentry: no credentials for the init")?,
+            ),
+            None => None,
+        };
+        let home = init_creds
+            .as_ref()
+            .filter(|_| ann.contains_key(keeper::INIT_HOME_ANNOTATION))
+            .map(|c| keeper::home_of(c.uid[0]));
         let filter: LinuxSeccomp = ann
             .get(EXEC_FILTER_ANNOTATION)
             .and_then(|v| serde_json::from_str(v).ok())
@@ -81,6 +112,17 @@ impl PreExec for ExecFilter {
         );
         let _ = nix::unistd::close(notify);
         sent.map_err(|e| format!("sentry: send the notification fd: {e}"))?;
+        if let (Some(k), Some(creds)) = (keeper_fd, init_creds) {
+            keeper::start(fd, &[fd, k])?;
+            creds
+                .apply()
+                .map_err(|e| format!("sentry: the init's credentials: {e}"))?;
+            match home {
+                Some(Some(h)) => std::env::set_var("HOME", h),
+                Some(None) => std::env::remove_var("HOME"),
+                None => {}
+            }
+        }
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ mod confine;
 mod cpu_cgroup;
 mod exec_filter;
 pub mod filter;
+mod keeper;
 mod names;
 pub mod policy;
 pub mod record;
@@ -218,6 +219,19 @@ impl SentryBackend {
             exec_filter::EXEC_FD_ANNOTATION.into(),
             serde_json::json!(exec_theirs.as_raw_fd().to_string()),
         );
+        // One Landlock domain per container (keeper.rs): a socket slot for the keeper's
+        // requests, which the supervisor fills once the init has forked it.
+        let keeper_slot = if keeper::possible(&opts.spec) {
+            let slot = std::fs::File::open("/dev/null")
+                .map_err(|e| Error::io("open /dev/null for the keeper's slot", e))?;
+            ann.insert(
+                keeper::KEEPER_FD_ANNOTATION.into(),
+                serde_json::json!(slot.as_raw_fd().to_string()),
+            );
+            Some(std::os::fd::OwnedFd::from(slot))
+        } else {
+            None
+        };
         ann.insert(
             exec_filter::EXEC_FILTER_ANNOTATION.into(),
             serde_json::json!(seccomp_json),
@@ -241,6 +255,9 @@ impl SentryBackend {
                 serde_json::json!(serde_json::to_string(&compiled).unwrap_or_default()),
             );
         }
+        if keeper_slot.is_some() {
+            keeper::rewrite_init_user(&mut spec, &opts.spec).map_err(Error::InvalidArgument)?;
+        }
         // The rewritten spec lives in the sentry directory, which becomes the bundle
         // libcontainer reads (also for every exec): the root must not be relative to it.
         if let Some(p) = spec.pointer_mut("/root/path") {
@@ -256,7 +273,7 @@ impl SentryBackend {
             supervisor::Ctx::new(opts.id.clone(), policy, log, uts, applied)
                 .with_record_control(dir.join(RECORD_CONTROL_FILE)),
         );
-        let listener = supervisor::Listener::start(exec_ours, exec_theirs, ctx)
+        let listener = supervisor::Listener::start(exec_ours, exec_theirs, keeper_slot, ctx)
             .map_err(|e| Error::io("start the supervisor", e))?;
         tracing::info!(id = %opts.id, policy = %listener.ctx().policy.name, "sentry supervisor ready");
         Ok((listener, config, kernel_opens.is_some()))

@@ -249,22 +249,33 @@ pub struct Listener {
     /// The end the container's processes inherit and send their notification fd on; kept
     /// open for the container's life.
     _exec_theirs: OwnedFd,
+    /// Where tenants find the keeper's request socket (keeper.rs): `/dev/null` until the
+    /// init's hook sends the socket, which then takes its number. Kept open for the
+    /// container's life; closing it tells the keeper to take no more requests.
+    _keeper_slot: Option<OwnedFd>,
     /// Closed (dropped) to wake the receiving thread at once when stopping.
     wake: Option<OwnedFd>,
 }
 
 impl Listener {
     /// Receives on `exec_ours` from now on: the init sends its fd when it starts.
-    pub fn start(exec_ours: OwnedFd, exec_theirs: OwnedFd, ctx: Arc<Ctx>) -> io::Result<Listener> {
+    pub fn start(
+        exec_ours: OwnedFd,
+        exec_theirs: OwnedFd,
+        keeper_slot: Option<OwnedFd>,
+        ctx: Arc<Ctx>,
+    ) -> io::Result<Listener> {
         let c = ctx.clone();
+        let slot = keeper_slot.as_ref().map(|s| s.as_raw_fd());
         let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let thread = std::thread::Builder::new()
             .name(format!("sentry-accept-{}", short(&ctx.id)))
-            .spawn(move || accept_loop(exec_ours, wake_r, c))?;
+            .spawn(move || accept_loop(exec_ours, wake_r, slot, c))?;
         Ok(Listener {
             ctx,
             thread: Some(thread),
             _exec_theirs: exec_theirs,
+            _keeper_slot: keeper_slot,
             wake: Some(wake_w),
         })
     }
@@ -306,7 +317,8 @@ fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd, kernel: Vec<Tree>) {
     }
 }
 
-fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
+fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, keeper_slot: Option<RawFd>, ctx: Arc<Ctx>) {
+    let mut keeper_slot = keeper_slot;
     while !ctx.stop.load(Ordering::SeqCst) {
         ctx.follow_record_control();
         let mut fds = [
@@ -324,7 +336,16 @@ fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
             .is_some_and(|r| r.contains(PollFlags::POLLIN))
         {
             match receive_fd(exec_ours.as_raw_fd()) {
-                Ok((fd, kernel)) => spawn_supervisor(&ctx, fd, kernel),
+                Ok(Message::Keeper(fd)) => match keeper_slot.take() {
+                    // Only the first: the init's hook sends it once.
+                    Some(slot) => {
+                        if let Err(e) = sys::replace_fd(&fd, slot) {
+                            tracing::error!(id = %ctx.id, error = %e, "cannot put the keeper's socket in its slot; execs will fail");
+                        }
+                    }
+                    None => tracing::warn!(id = %ctx.id, "a second keeper socket, ignored"),
+                },
+                Ok(Message::Exec(fd, kernel)) => spawn_supervisor(&ctx, fd, kernel),
                 Err(e) => {
                     tracing::warn!(id = %ctx.id, error = %e, "bad message from a container process")
                 }
@@ -339,7 +360,14 @@ fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, ctx: Arc<Ctx>) {
 /// before the user's program runs; no task can install a second notifying filter of its own
 /// (the kernel allows one listener per filter chain), so no message of a workload's comes
 /// with a valid fd.
-fn receive_fd(sock: RawFd) -> io::Result<(OwnedFd, Vec<Tree>)> {
+enum Message {
+    /// A notification fd, and the trees its process's Landlock domain grants.
+    Exec(OwnedFd, Vec<Tree>),
+    /// The keeper's request socket, from the init's hook (keeper.rs).
+    Keeper(OwnedFd),
+}
+
+fn receive_fd(sock: RawFd) -> io::Result<Message> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -364,12 +392,15 @@ fn receive_fd(sock: RawFd) -> io::Result<(OwnedFd, Vec<Tree>)> {
         )));
     }
     let fd = owned.remove(0);
+    if &buf[..len] == crate::keeper::KEEPER_MESSAGE {
+        return Ok(Message::Keeper(fd));
+    }
     // Anything but a well-formed list leaves every open to the supervisor.
     let kernel = buf[..len]
         .strip_prefix(b"exec ")
         .and_then(|j| serde_json::from_slice(j).ok())
         .unwrap_or_default();
-    Ok((fd, kernel))
+    Ok(Message::Exec(fd, kernel))
 }
 
 fn supervise(fd: Arc<OwnedFd>, ctx: Arc<Ctx>, kernel: Vec<Tree>) {

@@ -451,6 +451,128 @@ pub fn set_umask(mask: u32) {
     unsafe { libc::umask(mask as libc::mode_t) };
 }
 
+/// What [`fork_quiet`] and [`fork`] return.
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the calling process: the new one's pid.
+    Parent(u32),
+}
+
+/// A fork whose end raises no signal in the parent (clone(2) with exit signal 0): the
+/// parent's `wait` sees it only with `__WALL` or `__WCLONE`. For a process forked from a
+/// container's init (the keeper), so that the workload's own `wait` never meets it.
+/// Only in a single-threaded process (the container's init in its pre-exec hook).
+pub fn fork_quiet() -> io::Result<Forked> {
+    // SAFETY: clone with no flags and a null stack is fork without the exit signal; the
+    // caller is single-threaded, so the child's copy of memory holds no lock another
+    // thread held.
+    let pid = check(unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            0 as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    })?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid as u32)
+    })
+}
+
+/// fork(2), only in a single-threaded process (the keeper).
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller is single-threaded (see above).
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
+    }
+}
+
+/// pidfd_send_signal(2).
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: a valid pidfd, a signal number, a null siginfo and no flags.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Makes the terminal on `fd` the controlling terminal of the calling session leader
+/// (TIOCSCTTY, without stealing it from another session).
+pub fn set_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Gives up the calling process's controlling terminal, on `fd` (TIOCNOTTY).
+pub fn release_controlling_tty(fd: RawFd) -> io::Result<()> {
+    // SAFETY: TIOCNOTTY takes no argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCNOTTY) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Moves `fd` to the lowest free number at or above `min`, close-on-exec, and owns it.
+pub fn dup_above(fd: &impl std::os::fd::AsFd, min: RawFd) -> io::Result<OwnedFd> {
+    let n = nix::fcntl::fcntl(
+        fd.as_fd().as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min),
+    )
+    .map_err(io::Error::from)?;
+    Ok(own_fd(n))
+}
+
+/// Puts (a duplicate of) `fd` at number `slot`, close-on-exec, closing what was there, in
+/// one step (dup3): a process handed `slot` meanwhile gets the old file or the new, never a
+/// closed number.
+pub fn replace_fd(fd: &OwnedFd, slot: RawFd) -> io::Result<()> {
+    // SAFETY: `slot` is a descriptor the caller owns and keeps owning (its OwnedFd now names
+    // the duplicate); plain integer arguments.
+    check(unsafe { libc::dup3(fd.as_raw_fd(), slot, libc::O_CLOEXEC) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets `sig`'s disposition back to the default.
+pub fn default_disposition(sig: nix::sys::signal::Signal) -> io::Result<()> {
+    // SAFETY: SIG_DFL runs no code of ours in signal context.
+    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Ignores `sig` (SIG_IGN).
+pub fn ignore_disposition(sig: nix::sys::signal::Signal) -> io::Result<()> {
+    // SAFETY: SIG_IGN runs no code of ours in signal context.
+    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Borrows descriptor `fd`, which the caller keeps open for the borrow's use (a standard
+/// stream, or one an owned handle of the caller's holds).
+pub fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: the caller keeps `fd` open while the borrow is used (see above).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Closes descriptor `fd` of this process, which nothing owns (an inherited one, or a
+/// standard stream).
+pub fn close_raw(fd: RawFd) {
+    // SAFETY: the caller names a descriptor no owned handle of this process holds.
+    unsafe { libc::close(fd) };
+}
+
 #[repr(C)]
 struct CapHeader {
     version: u32,

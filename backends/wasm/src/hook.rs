@@ -115,7 +115,7 @@ impl PreExec for WasmHook {
         Ok(())
     }
 
-    fn before_exec(&self, _spec: &Spec) -> Result<(), String> {
+    fn before_exec(&self, _spec: &Spec, _role: strata_native::Role) -> Result<(), String> {
         let Ready {
             engine,
             mut linked,
