@@ -786,10 +786,10 @@ pub fn proxy(
 /// container's root): the program cannot reopen one by path (`/dev/stdout`) inside the
 /// init's Landlock domain, whose rules name only the init's own. A pipe of ours stands in.
 fn is_named_fifo(fd: RawFd) -> bool {
-    const PIPEFS_MAGIC: i64 = 0x5049_5045;
+    const PIPEFS_MAGIC: libc::__fsword_t = 0x5049_5045;
     let fifo = nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
     fifo && nix::sys::statfs::fstatfs(sys::borrow(fd))
-        .is_ok_and(|fs| i64::from(fs.filesystem_type().0) != PIPEFS_MAGIC)
+        .is_ok_and(|fs| fs.filesystem_type().0 != PIPEFS_MAGIC)
 }
 
 /// One standard stream: given to the program as it is, or through a pipe this process pumps
