@@ -25,7 +25,10 @@ fn shim_killed_mid_run_is_cleaned_up() {
     c.start_workload(&flags, &Workload::new().children(children).sleep());
     // Start returns once the init may exec; on a loaded machine the shell forks later.
     let workload = poll(Duration::from_secs(20), || {
-        c.pids().ok().filter(|p| p.len() == 1 + children)
+        // (Beside the sentry's keeper, which must go too.)
+        c.pids()
+            .ok()
+            .filter(|p| h.workload_pids(p).len() == 1 + children)
     });
     let workload =
         workload.unwrap_or_else(|| panic!("expected {} processes: {:?}", 1 + children, c.pids()));

@@ -669,6 +669,9 @@ pub fn proxy(
         terminal,
     };
     let _ = nix::sys::prctl::set_name(c"strata-exec");
+    // Outside every Landlock domain and unfiltered: no process of the workload's user may
+    // reach into it (Landlock's ptrace rule refuses the workload's domain already).
+    let _ = nix::sys::prctl::set_dumpable(false);
     if terminal {
         // The terminal can be the controlling one of one session: the program's, from now.
         // Giving it up sends this session leader's group SIGHUP and SIGCONT, ignored here
