@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use strata_tests::bench::{first_line, interleaved, median, ms, shim_profile, write_results};
+use strata_tests::harness::Container;
 use strata_tests::Harness;
 
 /// The most one `ctr run` of a workload may take.
@@ -97,38 +98,46 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// `ctr run --rm` on `tier` with `args`; the run's output.
-    fn run(&self, tier: Tier, name: &str, args: &[&str]) -> Result<strata_tests::cmd::Output> {
+    /// A container named `name` on `tier`, and the `ctr run` flags that put it there.
+    fn container(&self, tier: Tier, name: &str) -> Result<(Container<'_>, Vec<String>)> {
         let mut c = self.h.container(name);
-        let wrapper = self.runsc_wrapper.to_string_lossy().into_owned();
-        let mount = format!(
-            "type=bind,src={},dst=/data,options=rbind:ro",
-            self.tree.display()
-        );
-        let mut flags: Vec<&str> = vec!["--mount", &mount];
-        let pick;
+        let mut flags: Vec<String> = vec![
+            "--mount".into(),
+            format!(
+                "type=bind,src={},dst=/data,options=rbind:ro",
+                self.tree.display()
+            ),
+        ];
+        let mut add = |f: &[&str]| flags.extend(f.iter().map(|s| s.to_string()));
         match tier {
             Tier::SentryPolicy => {
                 let (cfg, name) = self.policy.as_ref().context("no --policy")?;
-                pick = format!("strata.dev/sentry-policy={name}");
-                flags.extend(["--annotation", "strata.dev/backend=sentry"]);
-                flags.extend(["--annotation", &pick, "--runtime-config-path", cfg]);
+                let pick = format!("strata.dev/sentry-policy={name}");
+                add(&["--annotation", "strata.dev/backend=sentry"]);
+                add(&["--annotation", &pick, "--runtime-config-path", cfg]);
             }
             Tier::SentryRecord => {
-                flags.extend(["--annotation", "strata.dev/backend=sentry"]);
-                flags.extend(["--annotation", "strata.dev/sentry-policy=record"]);
-                flags.extend(["--runtime-config-path", &self.record_cfg]);
+                add(&["--annotation", "strata.dev/backend=sentry"]);
+                add(&["--annotation", "strata.dev/sentry-policy=record"]);
+                add(&["--runtime-config-path", &self.record_cfg]);
             }
-            Tier::Native => flags.extend(["--annotation", "strata.dev/backend=native"]),
-            Tier::Sentry => flags.extend(["--annotation", "strata.dev/backend=sentry"]),
+            Tier::Native => add(&["--annotation", "strata.dev/backend=native"]),
+            Tier::Sentry => add(&["--annotation", "strata.dev/backend=sentry"]),
             Tier::Runsc => {
                 c.runtime = RUNC.to_string();
-                flags.extend(["--runc-binary", &wrapper]);
+                add(&["--runc-binary", &self.runsc_wrapper.to_string_lossy()]);
             }
         }
         if tier != Tier::Runsc {
             c.runtime = STRATA.to_string();
         }
+        Ok((c, flags))
+    }
+
+    /// `ctr run --rm` on `tier` with `args`; the run's output.
+    fn run(&self, tier: Tier, name: &str, args: &[&str]) -> Result<strata_tests::cmd::Output> {
+        let (c, flags) = self.container(tier, name)?;
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         // Longer than the tests' limit per ctr call: gVisor's ptrace platform takes over a
         // minute for the untrapped workload on this machine.
         let out = strata_tests::cmd::run(c.run_command(&flags, args), None, RUN_TIMEOUT)?;
@@ -153,6 +162,26 @@ impl Bench<'_> {
             .with_context(|| format!("{}: no `real` line from time -p: {out}", tier.label()))?;
         Ok(Duration::from_secs_f64(real))
     }
+}
+
+/// The resident and proportional set size of the keeper among `c`'s processes.
+fn keeper_memory(c: &Container<'_>) -> Option<String> {
+    let pid = c
+        .pids()
+        .ok()?
+        .into_iter()
+        .find(|p| strata_tests::harness::is_tier_process(*p))?;
+    let field = |file: &str, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+    };
+    Some(format!(
+        "RSS {}, PSS {}",
+        field("status", "VmRSS:")?,
+        field("smaps_rollup", "Pss:").unwrap_or_else(|| "-".into())
+    ))
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
@@ -328,6 +357,41 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
     }
     eprintln!("open-heavy workload, {} runs", a.runs);
     let open_heavy = interleaved(&tiers, a.runs, |t| b.workload(t, OPEN_HEAVY))?;
+    eprintln!("exec latency, {} runs", a.runs);
+    let running: Vec<(Container<'_>, Tier)> = tiers
+        .iter()
+        .map(|t| {
+            let (c, flags) = b.container(*t, "execs")?;
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            c.start(&flags, &["sleep", "100000"]);
+            Ok((c, *t))
+        })
+        .collect::<Result<_>>()?;
+    // The sentry's keeper (exec'd programs are forked from it, docs/sentry.md): its memory.
+    let keeper = running
+        .iter()
+        .find(|(_, t)| *t == Tier::Sentry)
+        .and_then(|(c, _)| keeper_memory(c));
+    let mut n_exec = 0;
+    let exec = interleaved(&tiers, a.runs, |t| {
+        n_exec += 1;
+        let (c, _) = running
+            .iter()
+            .find(|(_, x)| *x == t)
+            .context("no container")?;
+        let out = strata_tests::cmd::run(
+            c.exec_command(&format!("e{n_exec}"), &[], &["/bin/true"]),
+            None,
+            RUN_TIMEOUT,
+        )?;
+        if !out.success() {
+            bail!("{}: {out}", t.label());
+        }
+        Ok(out.elapsed)
+    })?;
+    for (c, _) in &running {
+        c.remove();
+    }
 
     let med = |v: &Vec<Vec<Duration>>, t: Tier| {
         tiers
@@ -395,6 +459,11 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             &open_heavy,
             "sentry at most 1.3x native (issue 13), faster than runsc",
         ),
+        (
+            "`ctr task exec` of /bin/true into a running container",
+            &exec,
+            "none (the keeper's cost: one more fork and two socket round trips)",
+        ),
     ];
     for (label, v, target) in rows {
         t.push_str(&format!(
@@ -415,6 +484,10 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             spread(v, r),
         ));
     }
+    t.push_str(&format!(
+        "\nThe sentry container's keeper (one per container, docs/sentry.md): {}.\n",
+        keeper.unwrap_or_else(|| "not found".into())
+    ));
     // Native (index 0), sentry (1) and record mode (2) ran next to each other in every round.
     for (who, i) in [("sentry", 1), ("record-mode", 2)] {
         t.push_str(&format!("\nEach round's {who} run against the native run of the same round (median of the rounds' ratios, interquartile range):"));
@@ -422,6 +495,7 @@ fn measure(h: &Harness, a: &Args) -> Result<String> {
             ("start", &start),
             ("untrapped", &untrapped),
             ("open-heavy", &open_heavy),
+            ("exec", &exec),
         ] {
             let (m, lo, hi) = paired(&v[0], &v[i]);
             t.push_str(&format!(
