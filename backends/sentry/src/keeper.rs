@@ -288,14 +288,7 @@ pub fn rewrite_init_user(
             "ambient": held(CapSet::Ambient),
         }),
     );
-    let ann = spec
-        .as_object_mut()
-        .and_then(|o| {
-            o.entry("annotations")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-        })
-        .ok_or("spec annotations are not an object")?;
+    let ann = crate::object_at(spec, "annotations").ok_or("spec annotations are not an object")?;
     ann.insert(
         INIT_CREDS_ANNOTATION.into(),
         json!(serde_json::to_string(&creds).unwrap_or_default()),
@@ -352,6 +345,16 @@ struct Launch {
 
 const LAUNCH_FDS: usize = 5;
 
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets.
+fn seqpacket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
 fn send_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<usize> {
     sendmsg::<UnixAddr>(
         sock,
@@ -394,13 +397,8 @@ fn receive(sock: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
 /// keeper's request socket that tenants are to inherit. `inherited` are descriptors the init
 /// holds that the keeper must not.
 pub fn start(exec_fd: RawFd, inherited: &[RawFd]) -> Result<(), String> {
-    let (theirs, keeper_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("sentry: the keeper's socket: {e}"))?;
+    let (theirs, keeper_end) =
+        seqpacket_pair().map_err(|e| format!("sentry: the keeper's socket: {e}"))?;
     let init = nix::unistd::getpid();
     match sys::fork_quiet().map_err(|e| format!("sentry: fork the keeper: {e}"))? {
         sys::Forked::Child => {
@@ -695,13 +693,7 @@ pub fn proxy(
     .map(sys::own_fd)
     .map_err(|e| format!("open the working directory: {e}"))?;
     let streams = Streams::new().map_err(|e| format!("pipes for the standard streams: {e}"))?;
-    let (mine, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("socketpair: {e}"))?;
+    let (mine, theirs) = seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
     let json = serde_json::to_vec(&launch).map_err(|e| format!("encode: {e}"))?;
     let given = streams.program_ends();
     let sent = send_fds(

@@ -207,13 +207,7 @@ impl SentryBackend {
             .and_then(|l| l.remove("seccomp"))
             .unwrap_or_default()
             .to_string();
-        let ann = spec
-            .as_object_mut()
-            .and_then(|o| {
-                o.entry("annotations")
-                    .or_insert_with(|| serde_json::json!({}))
-                    .as_object_mut()
-            })
+        let ann = object_at(&mut spec, "annotations")
             .ok_or_else(|| Error::InvalidArgument("spec annotations are not an object".into()))?;
         ann.insert(
             exec_filter::EXEC_FD_ANNOTATION.into(),
@@ -279,6 +273,32 @@ impl SentryBackend {
         Ok((listener, config, kernel_opens.is_some()))
     }
 
+    /// Waits until the keeper of container `id` (keeper.rs) takes requests: the init's hook
+    /// forks it after `start` has returned, and an exec'd process inherits the keeper's
+    /// socket when it is made (a CRI ExecSync may come right after StartContainer).
+    fn await_keeper(&self, id: &str) -> Result<()> {
+        let ready = self
+            .supervised
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|s| s.listener.keeper_ready());
+        let Some(ready) = ready else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + KEEPER_WAIT;
+        while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id}: its keeper did not start within {KEEPER_WAIT:?} (the \
+                     init's pre-exec hook never ran or failed)"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     /// Mounts the emulated files ([`kernel_decides_opens`] wrote them) read-only over their
     /// paths in the mount namespace of the created container `pid`, before anything of the
     /// workload runs; a path the container does not have (no `/proc`) is skipped.
@@ -302,6 +322,21 @@ impl SentryBackend {
     }
 }
 
+/// The object at `key` of the JSON object `v`, made empty if missing; None if either is no
+/// object.
+pub(crate) fn object_at<'a>(
+    v: &'a mut serde_json::Value,
+    key: &str,
+) -> Option<&'a mut serde_json::Map<String, serde_json::Value>> {
+    v.as_object_mut()?
+        .entry(key)
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+}
+
+/// How long an exec waits for its container's keeper.
+const KEEPER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// In a container's sentry directory: the emulated files mounted over `/proc/version`...
 /// where the kernel decides opens.
 const EMULATED_DIR: &str = "emulated";
@@ -324,13 +359,7 @@ fn kernel_decides_opens(
     dir: &Path,
 ) -> Result<()> {
     use serde_json::{json, Value};
-    let linux = spec
-        .as_object_mut()
-        .and_then(|o| {
-            o.entry("linux")
-                .or_insert_with(|| json!({}))
-                .as_object_mut()
-        })
+    let linux = object_at(spec, "linux")
         .ok_or_else(|| Error::InvalidArgument("spec linux is not an object".into()))?;
     let masked = linux
         .entry("maskedPaths")
@@ -457,6 +486,9 @@ impl Backend for SentryBackend {
     }
 
     fn start(&self, id: &str, exec_id: Option<&str>) -> Result<u32> {
+        if exec_id.is_some() {
+            self.await_keeper(id)?;
+        }
         self.native.start(id, exec_id)
     }
 

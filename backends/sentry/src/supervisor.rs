@@ -253,6 +253,8 @@ pub struct Listener {
     /// init's hook sends the socket, which then takes its number. Kept open for the
     /// container's life; closing it tells the keeper to take no more requests.
     _keeper_slot: Option<OwnedFd>,
+    /// Set once the keeper's socket is in its slot.
+    keeper_ready: Arc<AtomicBool>,
     /// Closed (dropped) to wake the receiving thread at once when stopping.
     wake: Option<OwnedFd>,
 }
@@ -267,21 +269,32 @@ impl Listener {
     ) -> io::Result<Listener> {
         let c = ctx.clone();
         let slot = keeper_slot.as_ref().map(|s| s.as_raw_fd());
+        let keeper_ready = Arc::new(AtomicBool::new(false));
+        let ready = keeper_ready.clone();
         let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let thread = std::thread::Builder::new()
             .name(format!("sentry-accept-{}", short(&ctx.id)))
-            .spawn(move || accept_loop(exec_ours, wake_r, slot, c))?;
+            .spawn(move || accept_loop(exec_ours, wake_r, slot, ready, c))?;
         Ok(Listener {
             ctx,
             thread: Some(thread),
             _exec_theirs: exec_theirs,
             _keeper_slot: keeper_slot,
+            keeper_ready,
             wake: Some(wake_w),
         })
     }
 
     pub fn ctx(&self) -> &Arc<Ctx> {
         &self.ctx
+    }
+
+    /// Whether the container has a keeper (keeper.rs), and the flag set once its socket is in
+    /// the slot that exec'd processes inherit.
+    pub fn keeper_ready(&self) -> Option<Arc<AtomicBool>> {
+        self._keeper_slot
+            .as_ref()
+            .map(|_| self.keeper_ready.clone())
     }
 
     /// Stops accepting and tells the supervisor threads to end.
@@ -317,7 +330,13 @@ fn spawn_supervisor(ctx: &Arc<Ctx>, fd: OwnedFd, kernel: Vec<Tree>) {
     }
 }
 
-fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, keeper_slot: Option<RawFd>, ctx: Arc<Ctx>) {
+fn accept_loop(
+    exec_ours: OwnedFd,
+    wake: OwnedFd,
+    keeper_slot: Option<RawFd>,
+    keeper_ready: Arc<AtomicBool>,
+    ctx: Arc<Ctx>,
+) {
     let mut keeper_slot = keeper_slot;
     while !ctx.stop.load(Ordering::SeqCst) {
         ctx.follow_record_control();
@@ -338,11 +357,12 @@ fn accept_loop(exec_ours: OwnedFd, wake: OwnedFd, keeper_slot: Option<RawFd>, ct
             match receive_fd(exec_ours.as_raw_fd()) {
                 Ok(Message::Keeper(fd)) => match keeper_slot.take() {
                     // Only the first: the init's hook sends it once.
-                    Some(slot) => {
-                        if let Err(e) = sys::replace_fd(&fd, slot) {
-                            tracing::error!(id = %ctx.id, error = %e, "cannot put the keeper's socket in its slot; execs will fail");
+                    Some(slot) => match sys::replace_fd(&fd, slot) {
+                        Ok(()) => keeper_ready.store(true, Ordering::SeqCst),
+                        Err(e) => {
+                            tracing::error!(id = %ctx.id, error = %e, "cannot put the keeper's socket in its slot; execs will fail")
                         }
-                    }
+                    },
                     None => tracing::warn!(id = %ctx.id, "a second keeper socket, ignored"),
                 },
                 Ok(Message::Exec(fd, kernel)) => spawn_supervisor(&ctx, fd, kernel),
