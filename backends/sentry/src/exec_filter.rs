@@ -112,8 +112,8 @@ impl PreExec for ExecFilter {
         );
         let _ = nix::unistd::close(notify);
         sent.map_err(|e| format!("sentry: send the notification fd: {e}"))?;
-        if let (Some(k), Some(creds)) = (keeper_fd, init_creds) {
-            keeper::start(fd, &[fd, k])?;
+        if let Some(creds) = init_creds {
+            keeper::start(fd)?;
             creds
                 .apply()
                 .map_err(|e| format!("sentry: the init's credentials: {e}"))?;

@@ -394,20 +394,13 @@ fn receive(sock: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
 
 /// In the init's hook, after its filter is installed and before it takes its real
 /// credentials: forks the keeper and sends the supervisor (over `exec_fd`) the end of the
-/// keeper's request socket that tenants are to inherit. `inherited` are descriptors the init
-/// holds that the keeper must not.
-pub fn start(exec_fd: RawFd, inherited: &[RawFd]) -> Result<(), String> {
+/// keeper's request socket that tenants are to inherit.
+pub fn start(exec_fd: RawFd) -> Result<(), String> {
     let (theirs, keeper_end) =
         seqpacket_pair().map_err(|e| format!("sentry: the keeper's socket: {e}"))?;
     let init = nix::unistd::getpid();
     match sys::fork_quiet().map_err(|e| format!("sentry: fork the keeper: {e}"))? {
-        sys::Forked::Child => {
-            drop(theirs);
-            for fd in inherited {
-                sys::close_raw(*fd);
-            }
-            keep(keeper_end, init)
-        }
+        sys::Forked::Child => keep(keeper_end, init),
         sys::Forked::Parent(_) => {}
     }
     drop(keeper_end);
@@ -434,11 +427,11 @@ fn keep(requests: OwnedFd, init: Pid) -> ! {
     }
     let _ = nix::sys::prctl::set_dumpable(false);
     let _ = nix::sys::prctl::set_name(c"strata-keeper");
-    // The container's standard streams are the init's, not the keeper's: holding them would
-    // keep a reader from seeing their end.
-    for fd in 0..3 {
-        sys::close_raw(fd);
-    }
+    // Nothing of the init's but the request socket: not the container's standard streams
+    // (holding them would keep a reader from seeing their end), not the supervisor's socket
+    // or the keeper's slot, not what libcontainer's set-up holds until the init's exec. (This
+    // process never returns: nothing that owned them is dropped.)
+    close_all_but(&[requests.as_raw_fd()]);
     let mut accepting = true;
     let mut children: Vec<Child> = Vec::new();
     loop {
