@@ -85,7 +85,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The repository's `configs/` directory.
 pub fn configs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::package_dir()
         .parent()
         .map(|p| p.join("configs"))
         .unwrap_or_else(|| PathBuf::from("configs"))

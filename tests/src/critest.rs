@@ -26,7 +26,8 @@ pub fn critest_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("STRATA_CRITEST") {
         return vec![PathBuf::from(p)];
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = crate::package_dir();
+    let manifest = manifest.as_path();
     // tests/ -> the repository -> its parent, which holds shared/tools.
     let beside = manifest
         .parent()

@@ -206,7 +206,7 @@ pub fn microvm_driver() -> String {
 /// wrote, `allow_tcg` (this machine's /dev/kvm cannot run a Linux guest: QEMU emulates), and
 /// the driver of [`microvm_driver`].
 pub fn microvm_test_table() -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = crate::package_dir().join("..");
     let kernel = Command::new(repo.join("scripts/build-guest-kernel"))
         .arg("--cached")
         .output()
@@ -417,7 +417,7 @@ impl Harness {
         let path = self.info.state.join("strata-microvm-test.toml");
         if !path.exists() {
             let shipped = std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/strata-microvm.toml"),
+                crate::package_dir().join("../configs/strata-microvm.toml"),
             )
             .expect("reading configs/strata-microvm.toml");
             std::fs::write(&path, format!("{shipped}\n{}", microvm_test_table()))

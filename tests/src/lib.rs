@@ -12,6 +12,17 @@
 
 #![forbid(unsafe_code)]
 
+/// This package's directory (`tests/` of the repository): the one cargo names when it runs
+/// the tests (`CARGO_MANIFEST_DIR` at run time), else the one it was built from. A build
+/// shared between clones (one `CARGO_TARGET_DIR`) may have been compiled in another clone,
+/// since removed: its compile-time path must not be trusted first.
+pub fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub mod api;
 pub mod bench;
 pub mod cgroups;
