@@ -80,6 +80,15 @@ pub struct NativeExecutor {
     pub(crate) creator_exe: Option<std::path::PathBuf>,
 }
 
+/// Gives this container process HOME=/ where it has none. The environment is the spec's by
+/// now (libcontainer's `setup_envs`), with HOME from the container's passwd; for a user it
+/// has no entry for, runc gives HOME=/.
+pub fn default_home() {
+    if std::env::var_os("HOME").is_none_or(|h| h.is_empty()) {
+        std::env::set_var("HOME", "/");
+    }
+}
+
 /// Whether a profile hands calls to a supervisor (the sentry's); such a filter is the
 /// sentry's to install, not ours.
 pub fn has_notify(s: &LinuxSeccomp) -> bool {
@@ -153,11 +162,7 @@ impl Executor for NativeExecutor {
             hook.before_exec(spec, self.role)
                 .map_err(ExecutorError::Other)?;
         }
-        // The environment is the spec's by now (libcontainer's `setup_envs`), with HOME from
-        // the container's passwd; for a user it has no entry for, runc gives HOME=/.
-        if std::env::var_os("HOME").is_none_or(|h| h.is_empty()) {
-            std::env::set_var("HOME", "/");
-        }
+        default_home();
         let err = nix::unistd::execv(&path, &args).unwrap_err();
         Err(ExecutorError::Other(format!(
             "exec {:?}: {}",

@@ -24,7 +24,7 @@ use strata_backend::{Backend, BackendKind, CreateOpts, Error, EventSink, ExecOpt
 
 pub use cgroup::Cgroup;
 pub use container::{creates_namespace, Container};
-pub use executor::{install_seccomp, PreExec, Role};
+pub use executor::{default_home, install_seccomp, PreExec, Role};
 pub use program::find as find_program;
 
 /// Where native containers keep their state unless configured otherwise.

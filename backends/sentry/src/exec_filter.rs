@@ -13,17 +13,10 @@
 //! hook by name and inherits the socket because `inherited_fds` names it). Anything missing
 //! fails the exec: never an unfiltered process.
 
-use std::io::IoSlice;
-
 use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use strata_native::{PreExec, Role};
 
-use crate::keeper;
-
-fn sys_close(fd: i32) {
-    let _ = nix::unistd::close(fd);
-}
+use crate::{fdpass, keeper};
 
 /// Annotation: the inherited descriptor to send the notification fd on.
 pub const EXEC_FD_ANNOTATION: &str = "strata.dev/sentry-exec-fd";
@@ -62,23 +55,23 @@ impl PreExec for ExecFilter {
         if let (Role::Exec, Some(k)) = (role, keeper_fd) {
             // Run by the keeper, in the init's Landlock domain and under its filter; this
             // process stands in for the program (see keeper).
-            sys_close(fd);
+            let _ = nix::unistd::close(fd);
             return keeper::proxy(spec, k).map(|never| match never {});
         }
         // The init's real credentials, applied once the keeper is forked; its HOME, found
         // while the container's passwd can still be read untrapped.
-        let init_creds: Option<keeper::Creds> = match keeper_fd {
-            Some(_) => Some(
+        let init_creds: Option<keeper::Creds> = keeper_fd
+            .map(|_| {
                 ann.get(keeper::INIT_CREDS_ANNOTATION)
                     .and_then(|v| serde_json::from_str(v).ok())
-                    .ok_or("sentry: no credentials for the init")?,
-            ),
-            None => None,
-        };
+                    .ok_or("sentry: no credentials for the init")
+            })
+            .transpose()?;
+        // As libcontainer looks it up (for the uid it was given: 0).
         let home = init_creds
             .as_ref()
             .filter(|_| ann.contains_key(keeper::INIT_HOME_ANNOTATION))
-            .map(|c| keeper::home_of(c.uid[0]));
+            .map(|c| libcontainer::utils::get_user_home(c.uid[0]));
         let filter: LinuxSeccomp = ann
             .get(EXEC_FILTER_ANNOTATION)
             .and_then(|v| serde_json::from_str(v).ok())
@@ -103,13 +96,7 @@ impl PreExec for ExecFilter {
             Some(trees) => format!("exec {}", serde_json::to_string(trees).unwrap_or_default()),
             None => "exec".to_string(),
         };
-        let sent = sendmsg::<UnixAddr>(
-            fd,
-            &[IoSlice::new(message.as_bytes())],
-            &[ControlMessage::ScmRights(&[notify])],
-            MsgFlags::empty(),
-            None,
-        );
+        let sent = fdpass::send(fd, message.as_bytes(), &[notify]);
         let _ = nix::unistd::close(notify);
         sent.map_err(|e| format!("sentry: send the notification fd: {e}"))?;
         if let Some(creds) = init_creds {
@@ -119,6 +106,7 @@ impl PreExec for ExecFilter {
                 .map_err(|e| format!("sentry: the init's credentials: {e}"))?;
             match home {
                 Some(Some(h)) => std::env::set_var("HOME", h),
+                // The executor gives HOME=/ (strata_native::default_home), as runc does.
                 Some(None) => std::env::remove_var("HOME"),
                 None => {}
             }

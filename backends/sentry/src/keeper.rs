@@ -27,7 +27,6 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
@@ -35,14 +34,11 @@ use caps::{CapSet, Capability};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::Resource;
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
-};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::fdpass::{self, seqpacket_pair};
 use crate::sys;
 
 /// Annotation: the descriptor an exec'd process sends its request to the keeper on.
@@ -84,15 +80,14 @@ fn set_of(mask: u64) -> HashSet<Capability> {
         .collect()
 }
 
-/// Every capability this process holds (the shim's permitted set: what a container's init
-/// can be given at all), by OCI name, in capability order.
-pub fn supported_capabilities() -> Vec<String> {
-    let mut all: Vec<Capability> = caps::read(None, CapSet::Permitted)
+/// The capabilities of this process's set `set`, by OCI name, in capability order.
+fn capability_names(set: CapSet) -> Vec<String> {
+    let mut held: Vec<Capability> = caps::read(None, set)
         .unwrap_or_default()
         .into_iter()
         .collect();
-    all.sort_by_key(|c| c.index());
-    all.iter().map(|c| c.to_string()).collect()
+    held.sort_by_key(|c| c.index());
+    held.iter().map(|c| c.to_string()).collect()
 }
 
 impl Creds {
@@ -267,25 +262,18 @@ pub fn rewrite_init_user(
         user["umask"] = json!(umask);
     }
     p.insert("user".into(), user);
-    // Every capability in the sets an exec may ask for; the inheritable and ambient sets as
-    // the shim has them, which is what libcontainer leaves an init whose spec names none.
-    let all = supported_capabilities();
-    let held = |set| {
-        let mut v: Vec<Capability> = caps::read(None, set)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        v.sort_by_key(|c| c.index());
-        v.iter().map(|c| c.to_string()).collect::<Vec<_>>()
-    };
+    // Every capability the shim holds (what an init can be given at all) in the sets an exec
+    // may ask for; the inheritable and ambient sets as the shim has them, which is what
+    // libcontainer leaves an init whose spec names none.
+    let all = capability_names(CapSet::Permitted);
     p.insert(
         "capabilities".into(),
         json!({
             "bounding": all,
             "effective": all,
             "permitted": all,
-            "inheritable": held(CapSet::Inheritable),
-            "ambient": held(CapSet::Ambient),
+            "inheritable": capability_names(CapSet::Inheritable),
+            "ambient": capability_names(CapSet::Ambient),
         }),
     );
     let ann = crate::object_at(spec, "annotations").ok_or("spec annotations are not an object")?;
@@ -297,15 +285,6 @@ pub fn rewrite_init_user(
         ann.insert(INIT_HOME_ANNOTATION.into(), json!("1"));
     }
     Ok(())
-}
-
-/// The home directory of `uid` in this mount namespace's `/etc/passwd`.
-pub fn home_of(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 7 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
-    })
 }
 
 /// The resources whose limits an exec'd process takes from its tenant.
@@ -343,53 +322,17 @@ struct Launch {
     terminal: bool,
 }
 
+/// The descriptors of a request: standard input, output, error, working directory, reply
+/// socket.
 const LAUNCH_FDS: usize = 5;
+const _: () = assert!(LAUNCH_FDS <= fdpass::MAX_FDS);
 
-/// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets.
-fn seqpacket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-}
+/// The longest request (program, arguments, environment, state as JSON).
+const MAX_REQUEST: usize = 256 * 1024;
 
-fn send_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<usize> {
-    sendmsg::<UnixAddr>(
-        sock,
-        &[IoSlice::new(bytes)],
-        &[ControlMessage::ScmRights(fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-}
-
-fn send(sock: RawFd, bytes: &[u8]) {
-    let _ = sendmsg::<UnixAddr>(
-        sock,
-        &[IoSlice::new(bytes)],
-        &[],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-}
-
-/// One message and its descriptors; an empty message is the peer's end.
-fn receive(sock: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; LAUNCH_FDS]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(r) = c {
-            fds.extend(r.into_iter().map(sys::own_fd));
-        }
-    }
-    let len = msg.bytes;
-    buf.truncate(len);
-    Ok((buf, fds))
+/// An answer to an exec's proxy (`started`, `err ...`, `exit N`, `signal N`).
+fn answer(sock: RawFd, bytes: &[u8]) {
+    let _ = fdpass::send(sock, bytes, &[]);
 }
 
 /// In the init's hook, after its filter is installed and before it takes its real
@@ -404,7 +347,7 @@ pub fn start(exec_fd: RawFd) -> Result<(), String> {
         sys::Forked::Parent(_) => {}
     }
     drop(keeper_end);
-    send_fds(exec_fd, KEEPER_MESSAGE, &[theirs.as_raw_fd()])
+    fdpass::send(exec_fd, KEEPER_MESSAGE, &[theirs.as_raw_fd()])
         .map_err(|e| format!("sentry: hand the keeper's socket to the supervisor: {e}"))?;
     Ok(())
 }
@@ -483,12 +426,12 @@ fn keep(requests: OwnedFd, init: Pid) -> ! {
                 Ok(WaitStatus::Signaled(_, sig, _)) => format!("signal {}", sig as i32),
                 _ => "signal 9".to_string(),
             };
-            send(c.reply.as_raw_fd(), end.as_bytes());
+            answer(c.reply.as_raw_fd(), end.as_bytes());
         }
         if accepting {
             let r = revents[0];
             if r.contains(PollFlags::POLLIN) {
-                match receive(requests.as_raw_fd()) {
+                match fdpass::receive(requests.as_raw_fd(), MAX_REQUEST) {
                     Ok((bytes, fds)) if !bytes.is_empty() => {
                         if let Some(c) = serve(&bytes, fds) {
                             children.push(c);
@@ -512,13 +455,13 @@ fn serve(bytes: &[u8], fds: Vec<OwnedFd>) -> Option<Child> {
     let launch: Launch = match serde_json::from_slice(bytes) {
         Ok(l) => l,
         Err(e) => {
-            send(reply, format!("err malformed request: {e}").as_bytes());
+            answer(reply, format!("err malformed request: {e}").as_bytes());
             return None;
         }
     };
     match launch_child(&launch, &fds) {
         Ok((pid, pidfd)) => {
-            let _ = send_fds(reply, b"started", &[pidfd.as_raw_fd()]);
+            let _ = fdpass::send(reply, b"started", &[pidfd.as_raw_fd()]);
             let mut fds = fds;
             let reply = fds.remove(4);
             Some(Child {
@@ -529,7 +472,7 @@ fn serve(bytes: &[u8], fds: Vec<OwnedFd>) -> Option<Child> {
             })
         }
         Err(e) => {
-            send(reply, format!("err {e}").as_bytes());
+            answer(reply, format!("err {e}").as_bytes());
             None
         }
     }
@@ -631,10 +574,7 @@ pub fn proxy(
         .flatten()
         .map(|a| a.as_bytes().to_vec())
         .collect();
-    // As the executor does for its own exec: a user without a home gets HOME=/, as on runc.
-    if std::env::var_os("HOME").is_none_or(|h| h.is_empty()) {
-        std::env::set_var("HOME", "/");
-    }
+    strata_native::default_home();
     let env = std::env::vars_os()
         .map(|(k, v)| {
             let mut e = k.into_vec();
@@ -689,7 +629,7 @@ pub fn proxy(
     let (mine, theirs) = seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
     let json = serde_json::to_vec(&launch).map_err(|e| format!("encode: {e}"))?;
     let given = streams.program_ends();
-    let sent = send_fds(
+    let sent = fdpass::send(
         keeper_fd,
         &json,
         &[
@@ -708,8 +648,8 @@ pub fn proxy(
         }
         Err(e) => return Err(format!("sentry: the container's keeper is gone ({e})")),
     }
-    let (answer, mut fds) =
-        receive(mine.as_raw_fd()).map_err(|e| format!("sentry: the keeper's answer: {e}"))?;
+    let (answer, mut fds) = fdpass::receive(mine.as_raw_fd(), MAX_REQUEST)
+        .map_err(|e| format!("sentry: the keeper's answer: {e}"))?;
     if let Some(err) = answer.strip_prefix(b"err ") {
         return Err(String::from_utf8_lossy(err).into_owned());
     }
@@ -758,7 +698,7 @@ pub fn proxy(
             .collect();
         streams.pump(&ready_fds);
         if ready[1] {
-            let end = receive(mine.as_raw_fd())
+            let end = fdpass::receive(mine.as_raw_fd(), MAX_REQUEST)
                 .map(|(b, _)| b)
                 .unwrap_or_default();
             // No answer: the keeper died, and with it (PR_SET_PDEATHSIG) the program.

@@ -16,6 +16,7 @@ pub mod audit;
 mod confine;
 mod cpu_cgroup;
 mod exec_filter;
+mod fdpass;
 pub mod filter;
 mod keeper;
 mod names;
@@ -192,13 +193,8 @@ impl SentryBackend {
         }
         // For every container process (see exec_filter): a socket it inherits, the filter,
         // and what Landlock lets it execute.
-        let (exec_ours, exec_theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::io("socketpair for exec'd processes", e.into()))?;
+        let (exec_ours, exec_theirs) = fdpass::seqpacket_pair()
+            .map_err(|e| Error::io("socketpair for exec'd processes", e.into()))?;
         // The filter is the pre-exec hook's to install (after Landlock), in the init as in
         // every exec'd process: libcontainer must not install it itself.
         let seccomp_json = spec

@@ -252,7 +252,7 @@ pub struct Listener {
     /// Where tenants find the keeper's request socket (keeper.rs): `/dev/null` until the
     /// init's hook sends the socket, which then takes its number. Kept open for the
     /// container's life; closing it tells the keeper to take no more requests.
-    _keeper_slot: Option<OwnedFd>,
+    keeper_slot: Option<OwnedFd>,
     /// Set once the keeper's socket is in its slot.
     keeper_ready: Arc<AtomicBool>,
     /// Closed (dropped) to wake the receiving thread at once when stopping.
@@ -279,7 +279,7 @@ impl Listener {
             ctx,
             thread: Some(thread),
             _exec_theirs: exec_theirs,
-            _keeper_slot: keeper_slot,
+            keeper_slot,
             keeper_ready,
             wake: Some(wake_w),
         })
@@ -292,9 +292,7 @@ impl Listener {
     /// Whether the container has a keeper (keeper.rs), and the flag set once its socket is in
     /// the slot that exec'd processes inherit.
     pub fn keeper_ready(&self) -> Option<Arc<AtomicBool>> {
-        self._keeper_slot
-            .as_ref()
-            .map(|_| self.keeper_ready.clone())
+        self.keeper_slot.as_ref().map(|_| self.keeper_ready.clone())
     }
 
     /// Stops accepting and tells the supervisor threads to end.
@@ -388,23 +386,7 @@ enum Message {
 }
 
 fn receive_fd(sock: RawFd) -> io::Result<Message> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
-    let mut iov = [io::IoSliceMut::new(&mut buf)];
-    let msg = socket::recvmsg::<()>(
-        sock,
-        &mut iov,
-        Some(&mut cmsg),
-        socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let socket::ControlMessageOwned::ScmRights(r) = c {
-            fds.extend(r);
-        }
-    }
-    let len = msg.bytes;
-    let mut owned: Vec<OwnedFd> = fds.into_iter().map(sys::own_fd).collect();
+    let (buf, mut owned) = crate::fdpass::receive(sock, 64 * 1024)?;
     if owned.len() != 1 {
         return Err(io::Error::other(format!(
             "expected one seccomp fd, got {}",
@@ -412,11 +394,11 @@ fn receive_fd(sock: RawFd) -> io::Result<Message> {
         )));
     }
     let fd = owned.remove(0);
-    if &buf[..len] == crate::keeper::KEEPER_MESSAGE {
+    if buf == crate::keeper::KEEPER_MESSAGE {
         return Ok(Message::Keeper(fd));
     }
     // Anything but a well-formed list leaves every open to the supervisor.
-    let kernel = buf[..len]
+    let kernel = buf
         .strip_prefix(b"exec ")
         .and_then(|j| serde_json::from_slice(j).ok())
         .unwrap_or_default();
